@@ -1,0 +1,112 @@
+"""The topic catalog: every topic, its partitioning key, retention and the events it carries.
+
+Topics are created from this catalog by ``imagegen topics create`` (see ``imagegen_runtime.kafka``)
+with explicit partitions and configs, never by broker auto-creation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import jobs, workers
+from .envelope import Payload
+
+DAY_MS = 24 * 60 * 60 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str  # full Kafka topic name
+    key: str  # what the record key is: "job_id" or "worker_id"
+    partitions: int  # fixed at creation; the key's hash picks the partition
+    retention_ms: int  # -1 = forever (the log is the source of truth)
+    compacted: bool  # cleanup.policy=compact: keeps the latest record per key (state topics)
+    events: tuple[type[Payload], ...]  # the payload types published here
+    description: str = ""
+    configs: dict[str, str] = field(default_factory=dict)  # extra topic configs
+
+    def kafka_configs(self) -> dict[str, str]:
+        """Topic configs passed at creation."""
+        base = {
+            "cleanup.policy": "compact" if self.compacted else "delete",
+            "retention.ms": str(self.retention_ms),
+            "min.insync.replicas": "1",
+        }
+        return {**base, **self.configs}
+
+
+JOB_PARTITIONS = 6
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(
+        "imagegen.jobs.requested", "job_id", JOB_PARTITIONS, -1, False,
+        (jobs.GenerationRequested, jobs.CancellationRequested),
+        "Accepted requests and cancellation requests. Kept forever: replay starts here.",
+    ),
+    TopicSpec(
+        "imagegen.jobs.moderated", "job_id", JOB_PARTITIONS, -1, False,
+        (jobs.PromptModerated, jobs.ImageModerated),
+        "Safety verdicts on prompts (before scheduling) and on images (after generation).",
+    ),
+    TopicSpec(
+        "imagegen.jobs.scheduled", "job_id", JOB_PARTITIONS, -1, False,
+        (jobs.JobScheduled,),
+        "Assignments of jobs to workers, with fencing tokens.",
+    ),
+    TopicSpec(
+        "imagegen.jobs.progress", "job_id", JOB_PARTITIONS, 3 * DAY_MS, False,
+        (jobs.GenerationStarted, jobs.StepProgressed),
+        "Started and step progress with previews. High volume, short retention.",
+    ),
+    TopicSpec(
+        "imagegen.jobs.generated", "job_id", JOB_PARTITIONS, -1, False,
+        (jobs.ImageGenerated,),
+        "Finished generations: storage URIs, digests and timings.",
+    ),
+    TopicSpec(
+        "imagegen.jobs.delivered", "job_id", JOB_PARTITIONS, -1, False,
+        (jobs.ImageDelivered,),
+        "Delivered images: signed URLs and webhook outcome.",
+    ),
+    TopicSpec(
+        "imagegen.jobs.ended", "job_id", JOB_PARTITIONS, -1, False,
+        (jobs.GenerationFailed, jobs.GenerationCancelled),
+        "Failures (per attempt and terminal) and cancellations.",
+    ),
+    TopicSpec(
+        "imagegen.workers.heartbeats", "worker_id", 3, 7 * DAY_MS, True,
+        (workers.WorkerHeartbeat,),
+        "Latest state per worker (compacted).",
+        {"segment.ms": str(60 * 60 * 1000), "min.cleanable.dirty.ratio": "0.1"},
+    ),
+    TopicSpec(
+        "imagegen.workers.models", "worker_id", 3, 30 * DAY_MS, False,
+        (workers.ModelLoaded, workers.ModelEvicted, workers.ModelCorrupted),
+        "Model residency facts per worker.",
+    ),
+    TopicSpec(
+        "imagegen.pool.commands", "worker_id", 3, 7 * DAY_MS, False,
+        (workers.LoadModel, workers.EvictModel, workers.DefragmentMemory),
+        "Commands from the pool-manager to workers.",
+    ),
+    TopicSpec(
+        "imagegen.deadletter", "source", 3, 30 * DAY_MS, False,
+        (workers.DeadLettered,),
+        "Records a consumer could not process, with the error and the original bytes.",
+    ),
+)
+
+TOPIC_BY_NAME: dict[str, TopicSpec] = {t.name: t for t in TOPICS}
+
+
+def topic_for(payload_type: type[Payload]) -> str:
+    """The topic a payload type is published to."""
+    for spec in TOPICS:
+        if payload_type in spec.events:
+            return spec.name
+    raise KeyError(f"{payload_type.__name__} is in no topic of the catalog")
+
+
+def topic_name(name: str, prefix: str = "") -> str:
+    """A topic name with an optional isolation prefix (tests use a unique prefix per run)."""
+    return f"{prefix}{name}"

@@ -1,0 +1,159 @@
+"""The job lifecycle: one event type per fact, keyed by job id (correlation id)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .common import GenerationParams, ImageRef, Plan, Tier
+from .envelope import Payload
+
+
+class GenerationRequested(Payload):
+    """A client's request was accepted durably by the API."""
+
+    event_type: ClassVar[str] = "imagegen.generation.requested"
+    job_id: str
+    user_id: str
+    plan: Plan
+    tier: Tier
+    params: GenerationParams
+    webhook_url: str | None = None
+    idempotency_key: str | None = None
+
+
+class Verdict(StrEnum):
+    ALLOWED = "allowed"
+    REJECTED = "rejected"
+
+
+class PromptModerated(Payload):
+    """The safety service's verdict on a prompt; a rejected prompt never reaches a GPU."""
+
+    event_type: ClassVar[str] = "imagegen.prompt.moderated"
+    job_id: str
+    verdict: Verdict
+    categories: tuple[str, ...] = Field(default=(), description="Categories that fired.")
+    scores: dict[str, float] = Field(default_factory=dict, description="Score per category, 0..1.")
+    checker: str = Field(default="", description="Model/version that decided.")
+
+
+class JobScheduled(Payload):
+    """The scheduler assigned a job to a worker. ``fencing_token`` increases per assignment."""
+
+    event_type: ClassVar[str] = "imagegen.job.scheduled"
+    job_id: str
+    worker_id: str
+    fencing_token: int = Field(ge=1, description="A result with an older token is ignored.")
+    attempt: int = Field(default=1, ge=1)
+    tier: Tier
+    queued_for_ms: int = Field(default=0, ge=0)
+
+
+class GenerationStarted(Payload):
+    """A worker began denoising a job."""
+
+    event_type: ClassVar[str] = "imagegen.generation.started"
+    job_id: str
+    worker_id: str
+    fencing_token: int = Field(ge=1)
+    model_load_ms: int = Field(default=0, ge=0, description="0 when the model was warm.")
+
+
+class StepProgressed(Payload):
+    """Progress every few steps, with an optional small preview (PNG, base64)."""
+
+    event_type: ClassVar[str] = "imagegen.generation.step_progressed"
+    job_id: str
+    worker_id: str
+    fencing_token: int = Field(ge=1)
+    step: int = Field(ge=0)
+    total_steps: int = Field(ge=1)
+    preview_png_b64: str | None = Field(default=None, max_length=65536)
+
+
+class ImageGenerated(Payload):
+    """The worker finished; images are in blob storage."""
+
+    event_type: ClassVar[str] = "imagegen.image.generated"
+    job_id: str
+    worker_id: str
+    fencing_token: int = Field(ge=1)
+    images: tuple[ImageRef, ...]
+    timings_ms: dict[str, float] = Field(
+        default_factory=dict, description="Stage timings: load, encode, denoise, decode, upload."
+    )
+
+
+class ImageModerated(Payload):
+    """The safety service's verdict on the generated images."""
+
+    event_type: ClassVar[str] = "imagegen.image.moderated"
+    job_id: str
+    verdict: Verdict
+    per_image: tuple[Verdict, ...] = ()
+    categories: tuple[str, ...] = ()
+    scores: dict[str, float] = Field(default_factory=dict)
+    checker: str = ""
+
+
+class DeliveredImage(BaseModel):
+    """One delivered image (not an event: part of ImageDelivered)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int = Field(ge=0)
+    url: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    expires_at: datetime
+
+
+class ImageDelivered(Payload):
+    """Images are in the delivery store with signed URLs; the webhook (if any) was called."""
+
+    event_type: ClassVar[str] = "imagegen.image.delivered"
+    job_id: str
+    images: tuple[DeliveredImage, ...]
+    webhook_status: int | None = Field(default=None, description="HTTP status of the webhook call.")
+
+
+class FailureReason(StrEnum):
+    PROMPT_REJECTED = "prompt_rejected"
+    IMAGE_REJECTED = "image_rejected"
+    OUT_OF_MEMORY = "out_of_memory"
+    WORKER_LOST = "worker_lost"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    INTERNAL_ERROR = "internal_error"
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    TIMEOUT = "timeout"
+
+
+class GenerationFailed(Payload):
+    """A job ended without images (terminal), or one attempt failed (``terminal`` False)."""
+
+    event_type: ClassVar[str] = "imagegen.generation.failed"
+    job_id: str
+    reason: FailureReason
+    message: str = Field(default="", max_length=4000)
+    attempt: int = Field(default=1, ge=1)
+    terminal: bool = True
+    worker_id: str | None = None
+
+
+class CancellationRequested(Payload):
+    """The client asked to cancel; a running job stops at the next step boundary."""
+
+    event_type: ClassVar[str] = "imagegen.generation.cancellation_requested"
+    job_id: str
+    requested_by: str
+
+
+class GenerationCancelled(Payload):
+    """A job ended cancelled (terminal)."""
+
+    event_type: ClassVar[str] = "imagegen.generation.cancelled"
+    job_id: str
+    at_step: int | None = Field(default=None, description="Step reached when it stopped, if running.")

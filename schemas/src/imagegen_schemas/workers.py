@@ -1,0 +1,104 @@
+"""Worker and model state (keyed by worker id) and pool commands."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .envelope import Payload
+
+
+class WorkerStatus(StrEnum):
+    IDLE = "idle"
+    BUSY = "busy"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class LoadedModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_id: str
+    kind: str = Field(default="base", description="base, lora, controlnet, vae, safety")
+    bytes: int = Field(ge=0)
+
+
+class WorkerHeartbeat(Payload):
+    """Periodic state of one worker; the latest per worker is the worker's state (compacted)."""
+
+    event_type: ClassVar[str] = "imagegen.worker.heartbeat"
+    worker_id: str
+    status: WorkerStatus
+    gpu_type: str = Field(description="e.g. 'H100-80GB', 'A10G-24GB', 'cpu'.")
+    memory_total_bytes: int = Field(ge=0)
+    memory_free_bytes: int = Field(ge=0)
+    largest_free_block_bytes: int | None = Field(default=None, ge=0)
+    loaded: tuple[LoadedModel, ...] = ()
+    running_job_id: str | None = None
+    capabilities: tuple[str, ...] = Field(default=(), description="families, e.g. 'sd15', 'sdxl'.")
+    interval_s: float = Field(default=2.0, gt=0, description="Heartbeat period; loss is judged on it.")
+
+
+class ModelLoaded(Payload):
+    event_type: ClassVar[str] = "imagegen.model.loaded"
+    worker_id: str
+    model: LoadedModel
+    load_ms: float = Field(ge=0)
+    sha256_verified: bool = True
+
+
+class ModelEvicted(Payload):
+    event_type: ClassVar[str] = "imagegen.model.evicted"
+    worker_id: str
+    model_id: str
+    reason: str = Field(default="", description="e.g. 'eviction_score', 'command', 'oom'.")
+
+
+class ModelCorrupted(Payload):
+    event_type: ClassVar[str] = "imagegen.model.corrupted"
+    worker_id: str
+    model_id: str
+    file: str
+    expected_sha256: str
+    actual_sha256: str
+
+
+class LoadModel(Payload):
+    """Command: load (preload) a model on a worker."""
+
+    event_type: ClassVar[str] = "imagegen.pool.load_model"
+    worker_id: str
+    model_id: str
+    reason: str = Field(default="", description="e.g. 'predicted_demand'.")
+
+
+class EvictModel(Payload):
+    """Command: evict a model from a worker."""
+
+    event_type: ClassVar[str] = "imagegen.pool.evict_model"
+    worker_id: str
+    model_id: str
+    reason: str = ""
+
+
+class DefragmentMemory(Payload):
+    """Command: compact a worker's GPU memory (reload resident models contiguously)."""
+
+    event_type: ClassVar[str] = "imagegen.pool.defragment"
+    worker_id: str
+    reason: str = ""
+
+
+class DeadLettered(Payload):
+    """A record a consumer could not process; the original bytes are kept for replay by hand."""
+
+    event_type: ClassVar[str] = "imagegen.dead_lettered"
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    consumer_group: str
+    error: str = Field(max_length=8000)
+    original_key_b64: str | None = None
+    original_value_b64: str

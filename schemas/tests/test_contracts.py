@@ -1,0 +1,87 @@
+"""Contract tests: the published JSON Schemas, golden messages, headers and the catalog."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from imagegen_schemas import MODELS, TOPICS, Envelope, ce_headers, header_map, parse
+from imagegen_schemas.export import render, schemas
+from imagegen_schemas.registry import UnknownEventType
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDENS = sorted((ROOT / "examples").glob("*.json"))
+
+pytestmark = pytest.mark.unit
+
+
+def test_committed_json_schemas_match_the_models() -> None:
+    """Fails when a model changed and `make schemas` was not run (downstream would drift)."""
+    expected = schemas()
+    committed = {p.name: p.read_text() for p in (ROOT / "jsonschema").glob("*.json")}
+    assert sorted(committed) == sorted(expected), "run `make schemas` and commit the files"
+    for name, doc in expected.items():
+        assert committed[name] == render(doc), f"{name} drifted: run `make schemas`"
+
+
+def test_every_event_type_and_version_has_a_golden() -> None:
+    have = {p.name for p in GOLDENS}
+    want = {f"{t}.v{m.schema_version}.json" for t, m in MODELS.items()}
+    assert want <= have, f"missing goldens: {sorted(want - have)}"
+
+
+@pytest.mark.parametrize("path", GOLDENS, ids=lambda p: p.stem)
+def test_golden_parses_and_validates_against_its_schema(path: Path) -> None:
+    raw = path.read_text()
+    env = Envelope.from_json(raw)
+    payload = parse(env)
+    assert payload.event_type == env.type
+    # The committed schema validates the golden as a consumer in another language would.
+    envelope_schema = json.loads((ROOT / "jsonschema" / "envelope.json").read_text())
+    jsonschema.validate(json.loads(raw), envelope_schema)
+    doc = json.loads((ROOT / "jsonschema" / f"{env.type}.v{env.schema_version}.json").read_text())
+    jsonschema.validate(env.data, doc)
+    # Round trip is lossless.
+    again = Envelope.wrap(payload, correlation_id=env.correlation_id, producer=env.producer,
+                          causation_id=env.causation_id, occurred_at=env.occurred_at,
+                          event_id=env.event_id)
+    assert again == env
+
+
+def test_headers_carry_cloudevents_attributes_and_trace() -> None:
+    env = Envelope.from_json(GOLDENS[0].read_text())
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    h = header_map(ce_headers(env, traceparent=tp))
+    assert h["ce_id"] == env.event_id
+    assert h["ce_type"] == env.type
+    assert h["ce_specversion"] == "1.0"
+    assert h["ce_source"] == f"/imagegen/{env.producer}"
+    assert h["ce_subject"] == env.correlation_id
+    assert h["traceparent"] == tp
+
+
+def test_unknown_type_and_future_version_are_refused() -> None:
+    env = Envelope.from_json(GOLDENS[0].read_text())
+    with pytest.raises(UnknownEventType):
+        parse(env.model_copy(update={"type": "imagegen.nope"}))
+    with pytest.raises(UnknownEventType, match="newer"):
+        parse(env.model_copy(update={"schema_version": 99}))
+
+
+def test_malformed_payload_is_a_validation_error() -> None:
+    env = Envelope.from_json((ROOT / "examples" / "imagegen.job.scheduled.v1.json").read_text())
+    with pytest.raises(ValueError):
+        parse(env.model_copy(update={"data": {**env.data, "fencing_token": 0}}))
+
+
+def test_catalog_is_consistent() -> None:
+    names = [t.name for t in TOPICS]
+    assert len(names) == len(set(names))
+    placed = [m for t in TOPICS for m in t.events]
+    assert len(placed) == len(set(placed)), "an event type is in two topics"
+    for t in TOPICS:
+        assert t.partitions >= 1
+        assert t.kafka_configs()["cleanup.policy"] in {"compact", "delete"}
