@@ -1,0 +1,72 @@
+# imagegen: one entry point for newcomers, CI and operators. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY := .venv/bin/python
+UV_VERSION := 0.9.30
+PYTEST := $(PY) -m pytest
+
+.PHONY: help venv setup up down logs status schemas test test-unit test-integration test-e2e \
+        test-slow test-all demo train-demo-model lint typecheck bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+venv: .venv/.synced ## Python 3.11 workspace (uv, locked versions)
+.venv/.synced: pyproject.toml uv.lock schemas/pyproject.toml libs/runtime/pyproject.toml services/*/pyproject.toml
+	@command -v uv >/dev/null || python3 -m pip install -q "uv==$(UV_VERSION)"
+	uv sync --all-packages --frozen
+	@touch $@
+
+setup: venv ## everything the stack needs: Kafka jars, PostgreSQL, data folders
+	$(PY) deploy/stack.py setup
+
+up: venv ## start Kafka, PostgreSQL and the six services; waits until each is ready
+	$(PY) deploy/stack.py up
+
+down: ## stop everything started by `make up`; leaves no process behind
+	@if [ -x $(PY) ]; then $(PY) deploy/stack.py down; fi
+
+logs: ## tail every log of the local stack
+	$(PY) deploy/stack.py logs
+
+status: ## what runs
+	$(PY) deploy/stack.py status
+
+schemas: venv ## regenerate the committed JSON Schemas from the event models
+	$(PY) -m imagegen_schemas.export
+
+infra-up: venv
+	$(PY) deploy/stack.py infra-up
+
+test: venv infra-up ## the test suite (unit, contract, integration, e2e), not the slow marker
+	$(PYTEST) -m "not slow"
+
+test-unit: venv ## pure tests only, no broker or database
+	$(PYTEST) -m unit
+
+test-integration: venv infra-up ## against the real local Kafka and PostgreSQL
+	$(PYTEST) -m integration
+
+test-e2e: venv ## the whole stack as processes
+	$(PYTEST) -m e2e
+
+test-slow: venv infra-up ## slow suites (long simulations, model quality)
+	$(PYTEST) -m slow
+
+test-all: venv infra-up ## everything
+	$(PYTEST)
+
+demo: venv ## set up everything and run the main job: a prompt in, out/demo.png out
+	$(PY) deploy/demo.py
+
+lint: venv ## ruff
+	.venv/bin/ruff check schemas libs services src tests deploy
+
+typecheck: venv ## mypy --strict on the contracts
+	.venv/bin/mypy schemas/src
+
+bench: venv infra-up ## benchmarks under bench/
+	$(PY) -m bench
+
+clean: down ## remove local state (data, logs); keeps caches
+	rm -rf var out

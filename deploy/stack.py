@@ -1,0 +1,496 @@
+"""The local stack without Docker: real Kafka (KRaft) and PostgreSQL plus the six services.
+
+    python deploy/stack.py setup      # jars, PostgreSQL binaries, initdb, Kafka storage format
+    python deploy/stack.py infra-up   # Kafka + PostgreSQL only (what the tests need)
+    python deploy/stack.py up         # infra + topics + the six services, each until ready
+    python deploy/stack.py down       # stop everything; no process is left behind
+    python deploy/stack.py status | logs | env
+
+Processes run under supervisord (restarted when they crash); logs land in ``var/log/``. Every
+wait is on a condition (a metadata request, ``pg_isready``, ``/readyz``), never on a fixed sleep.
+Ports and paths can be moved with ``IMAGEGEN_STACK_*`` variables (see ``Stack``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+# name -> (python module, HTTP port). The api's port is the public one.
+SERVICES: dict[str, tuple[str, int]] = {
+    "api": ("imagegen_api", 8000),
+    "scheduler": ("imagegen_scheduler", 8101),
+    "gpu-worker": ("imagegen_gpu_worker", 8102),
+    "safety": ("imagegen_safety", 8103),
+    "delivery": ("imagegen_delivery", 8104),
+    "pool-manager": ("imagegen_pool_manager", 8105),
+}
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+@dataclass
+class Stack:
+    var: Path = field(default_factory=lambda: Path(os.environ.get("IMAGEGEN_STACK_VAR", ROOT / "var")))
+    kafka_port: int = field(default_factory=lambda: _env_int("IMAGEGEN_STACK_KAFKA_PORT", 39092))
+    controller_port: int = field(
+        default_factory=lambda: _env_int("IMAGEGEN_STACK_CONTROLLER_PORT", 39093))
+    pg_port: int = field(default_factory=lambda: _env_int("IMAGEGEN_STACK_PG_PORT", 35432))
+    jars: Path = ROOT / "deploy" / ".cache" / "kafka" / "libs"
+
+    # ---- paths -------------------------------------------------------------------------------
+    @property
+    def run(self) -> Path:
+        return self.var / "run"
+
+    @property
+    def logs(self) -> Path:
+        return self.var / "log"
+
+    @property
+    def kafka_dir(self) -> Path:
+        return self.var / "kafka"
+
+    @property
+    def pg_root(self) -> Path:
+        return self.var / "pg"
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    def secret(self, name: str, nbytes: int = 24) -> str:
+        """A generated secret kept in var/secrets (0600), the same on every run."""
+        path = self.var / "secrets" / name
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(nbytes))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    @property
+    def database_url(self) -> str:
+        pw = self.secret("pg_password")
+        return f"postgresql+asyncpg://imagegen:{pw}@127.0.0.1:{self.pg_port}/imagegen"
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def sh(*cmd: str | Path, check: bool = True, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(c) for c in cmd], check=check, text=True, **kw)  # type: ignore[call-overload]
+
+
+# ---- setup ---------------------------------------------------------------------------------------
+def ensure_kafka_jars(st: Stack) -> None:
+    if st.jars.exists() and any(st.jars.glob("kafka_2.13-*.jar")):
+        return
+    say("setup: resolving Kafka jars from Maven Central (deploy/kafka/pom.xml)")
+    tmp = st.jars.with_name("libs.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    sh("mvn", "-q", "-B", "-f", ROOT / "deploy" / "kafka" / "pom.xml",
+       "dependency:copy-dependencies", f"-DoutputDirectory={tmp}", "-DincludeScope=runtime")
+    tmp.rename(st.jars)
+
+
+def pg_bin() -> Path:
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "initdb").exists():
+            return candidate
+    raise FileNotFoundError("PostgreSQL server binaries not found")
+
+
+def ensure_pg_binaries() -> Path:
+    try:
+        return pg_bin()
+    except FileNotFoundError:
+        pass
+    if os.geteuid() != 0:
+        raise SystemExit("PostgreSQL 15+ is missing: run `sudo apt-get install -y postgresql`")
+    say("setup: installing PostgreSQL from Debian packages")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    sh("apt-get", "update", "-qq", env=env)
+    sh("apt-get", "install", "-y", "-qq", "postgresql", env=env)
+    return pg_bin()
+
+
+def _as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _pg_user_prefix() -> list[str]:
+    # PostgreSQL refuses to run as root: as root, its processes run as the `postgres` user.
+    return ["runuser", "-u", "postgres", "--"] if _as_root() else []
+
+
+def ensure_pg_root(st: Stack) -> Path:
+    """The folder holding the data directory and socket; ``var/pg`` unless the postgres user
+    cannot reach the project (a checkout under /root): then a folder in /var/tmp, linked."""
+    root = st.pg_root
+    if root.is_symlink() or root.exists():
+        return root.resolve()
+    if _as_root():
+        probe = sh(*_pg_user_prefix(), "test", "-x", st.var, check=False)
+        if probe.returncode != 0:
+            digest = hashlib.sha1(str(ROOT).encode()).hexdigest()[:10]
+            target = Path(f"/var/tmp/imagegen-pg-{digest}")
+            target.mkdir(parents=True, exist_ok=True)
+            root.symlink_to(target)
+            root = target
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "sock").mkdir(exist_ok=True)
+    if _as_root():
+        shutil.chown(root, "postgres", "postgres")
+        shutil.chown(root / "sock", "postgres", "postgres")
+    return root.resolve()
+
+
+def ensure_pg_cluster(st: Stack) -> None:
+    bin_dir = ensure_pg_binaries()
+    root = ensure_pg_root(st)
+    data = root / "data"
+    if (data / "PG_VERSION").exists():
+        return
+    say(f"setup: initdb {data}")
+    sh(*_pg_user_prefix(), bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth-local=trust",
+       "--auth-host=scram-sha-256", "-E", "UTF8", "--no-instructions", stdout=subprocess.DEVNULL)
+
+
+def write_kafka_config(st: Stack) -> Path:
+    data = st.kafka_dir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    props = st.kafka_dir / "server.properties"
+    props.write_text("\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@127.0.0.1:{st.controller_port}",
+        f"listeners=PLAINTEXT://127.0.0.1:{st.kafka_port},CONTROLLER://127.0.0.1:{st.controller_port}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{st.kafka_port}",
+        "controller.listener.names=CONTROLLER",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name=PLAINTEXT",
+        f"log.dirs={data}",
+        "num.partitions=3",
+        "auto.create.topics.enable=false",
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=6",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        "log.retention.check.interval.ms=60000",
+        "",
+    ]))
+    if not (data / "meta.properties").exists():
+        cp = f"{st.jars}/*"
+        cluster_id = sh("java", "-cp", cp, "kafka.tools.StorageTool", "random-uuid",
+                        capture_output=True).stdout.strip().splitlines()[-1]
+        say(f"setup: formatting Kafka storage {data} (cluster {cluster_id})")
+        sh("java", "-cp", cp, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", props,
+           "--ignore-formatted", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return props
+
+
+def setup(st: Stack) -> None:
+    for d in (st.run, st.logs, st.kafka_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    ensure_kafka_jars(st)
+    ensure_pg_cluster(st)
+    write_kafka_config(st)
+    write_supervisor_config(st)
+    write_env_file(st)
+
+
+# ---- supervision ---------------------------------------------------------------------------------
+def service_env(st: Stack, name: str) -> dict[str, str]:
+    """The environment contract of one service (the compose file passes the same variables)."""
+    prefix = "IMAGEGEN_" + name.upper().replace("-", "_") + "_"
+    env = {
+        f"{prefix}KAFKA_BOOTSTRAP": st.kafka_bootstrap,
+        f"{prefix}HTTP_PORT": str(SERVICES[name][1]),
+    }
+    if name in ("api", "pool-manager"):
+        env[f"{prefix}DATABASE_URL"] = st.database_url
+    if name == "delivery":
+        env[f"{prefix}SIGNING_KEY"] = st.secret("signing_key", 32)
+        env[f"{prefix}STORE_DIR"] = str(st.var / "delivery")
+    if name == "gpu-worker":
+        env[f"{prefix}BLOB_DIR"] = str(st.var / "blobs")
+        env[f"{prefix}MODELS_DIR"] = str(ROOT / "models")
+    return env
+
+
+def _program(name: str, command: str, st: Stack, *, env: dict[str, str] | None = None,
+             user: str | None = None, stopsignal: str = "TERM", stopwait: int = 20) -> str:
+    lines = [
+        f"[program:{name}]",
+        f"command={command}",
+        f"directory={ROOT}",
+        "autostart=false",
+        "autorestart=true",
+        "startsecs=0",
+        "startretries=10",
+        f"stopsignal={stopsignal}",
+        f"stopwaitsecs={stopwait}",
+        "stopasgroup=true",
+        "killasgroup=true",
+        "redirect_stderr=true",
+        f"stdout_logfile={st.logs / (name + '.log')}",
+        "stdout_logfile_maxbytes=20MB",
+        "stdout_logfile_backups=2",
+    ]
+    if user:
+        lines.append(f"user={user}")
+    if env:
+        pairs = ",".join(f'{k}="{v}"' for k, v in env.items())
+        lines.append(f"environment={pairs}")
+    return "\n".join(lines) + "\n"
+
+
+def write_supervisor_config(st: Stack) -> Path:
+    root = st.pg_root.resolve()
+    java = shutil.which("java") or "java"
+    kafka_cmd = (
+        f"{java} -Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true "
+        f"-Dlog4j2.configurationFile={ROOT / 'deploy' / 'kafka' / 'log4j2.properties'} "
+        f"-cp '{st.jars}/*' kafka.Kafka {st.kafka_dir / 'server.properties'}"
+    )
+    pg_cmd = (f"{pg_bin()}/postgres -D {root / 'data'} -p {st.pg_port} -h 127.0.0.1 "
+              f"-k {root / 'sock'}")
+    base_env = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    parts = [
+        f"[unix_http_server]\nfile={st.run / 'supervisor.sock'}\nchmod=0700\n",
+        f"[supervisord]\nlogfile={st.logs / 'supervisord.log'}\npidfile={st.run / 'supervisord.pid'}\n"
+        f"childlogdir={st.logs}\nnodaemon=false\nminfds=4096\n"
+        + ("user=root\n" if _as_root() else ""),
+        "[rpcinterface:supervisor]\n"
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n",
+        f"[supervisorctl]\nserverurl=unix://{st.run / 'supervisor.sock'}\n",
+        _program("kafka", kafka_cmd, st, stopwait=30),
+        _program("postgres", pg_cmd, st, user="postgres" if _as_root() else None,
+                 stopsignal="INT", stopwait=30),
+    ]
+    for name, (module, _port) in SERVICES.items():
+        parts.append(_program(name, f"{PY} -m {module}", st,
+                              env={**base_env, **service_env(st, name)}))
+    conf = st.run / "supervisord.conf"
+    conf.write_text("\n".join(parts))
+    return conf
+
+
+def write_env_file(st: Stack) -> None:
+    """var/stack.env: what tests and the CLI need to reach the local stack."""
+    (st.var / "stack.env").write_text(
+        f"IMAGEGEN_KAFKA_BOOTSTRAP={st.kafka_bootstrap}\n"
+        f"IMAGEGEN_DATABASE_URL={st.database_url}\n"
+        f"IMAGEGEN_API_URL=http://127.0.0.1:{SERVICES['api'][1]}\n"
+    )
+
+
+def supervisord_pid(st: Stack) -> int | None:
+    pidfile = st.run / "supervisord.pid"
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+
+
+def ctl(st: Stack, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    return sh(Path(PY).parent / "supervisorctl", "-c", st.run / "supervisord.conf", *args,
+              check=check, capture_output=True)
+
+
+def ensure_supervisord(st: Stack) -> None:
+    if supervisord_pid(st) is None:
+        sh(Path(PY).parent / "supervisord", "-c", st.run / "supervisord.conf")
+        deadline = time.monotonic() + 15
+        while ctl(st, "status").returncode not in (0, 3) and time.monotonic() < deadline:
+            time.sleep(0.1)  # poll for the control socket to answer
+    else:
+        ctl(st, "reread")
+        ctl(st, "update")
+
+
+def start(st: Stack, *names: str) -> None:
+    for name in names:
+        out = ctl(st, "start", name)
+        if out.returncode != 0 and "already started" not in out.stdout:
+            raise SystemExit(f"could not start {name}: {out.stdout.strip()}")
+
+
+# ---- readiness -----------------------------------------------------------------------------------
+def wait_kafka(st: Stack, timeout_s: float = 90) -> None:
+    from confluent_kafka.admin import AdminClient  # the venv's; a metadata request decides
+
+    admin = AdminClient({"bootstrap.servers": st.kafka_bootstrap,
+                         "socket.connection.setup.timeout.ms": 1000, "log_level": 0})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if admin.list_topics(timeout=1).brokers:
+                return
+        except Exception:
+            pass
+    raise SystemExit(f"Kafka not ready after {timeout_s}s: see {st.logs / 'kafka.log'}")
+
+
+def wait_pg(st: Stack, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        r = sh(pg_bin() / "pg_isready", "-h", "127.0.0.1", "-p", str(st.pg_port), "-t", "1",
+               check=False, capture_output=True)
+        if r.returncode == 0:
+            return
+        time.sleep(0.1)  # pg_isready returns at once while the port is closed; poll again
+    raise SystemExit(f"PostgreSQL not ready after {timeout_s}s: see {st.logs / 'postgres.log'}")
+
+
+def psql(st: Stack, sql: str, db: str = "postgres") -> str:
+    r = sh(*_pg_user_prefix(), pg_bin() / "psql", "-h", st.pg_root.resolve() / "sock", "-p",
+           str(st.pg_port), "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-tAc", sql,
+           capture_output=True)
+    return r.stdout.strip()
+
+
+def ensure_database(st: Stack) -> None:
+    pw = st.secret("pg_password")
+    if psql(st, "select 1 from pg_roles where rolname='imagegen'") != "1":
+        psql(st, f"create role imagegen login createdb password '{pw}'")
+    else:
+        psql(st, f"alter role imagegen password '{pw}'")
+    for db in ("imagegen", "imagegen_test"):
+        if psql(st, f"select 1 from pg_database where datname='{db}'") != "1":
+            psql(st, f"create database {db} owner imagegen")
+
+
+def wait_service(name: str, timeout_s: float = 60) -> float:
+    port = SERVICES[name][1]
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+                if resp.status == 200:
+                    return time.monotonic() - t0
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.1)  # between HTTP polls of /readyz
+    raise SystemExit(f"{name} not ready after {timeout_s}s: see var/log/{name}.log")
+
+
+# ---- commands ------------------------------------------------------------------------------------
+def infra_up(st: Stack) -> None:
+    setup(st)
+    ensure_supervisord(st)
+    start(st, "kafka", "postgres")
+    wait_kafka(st)
+    wait_pg(st)
+    ensure_database(st)
+    ensure_topics(st)
+
+
+def ensure_topics(st: Stack, prefix: str = "") -> None:
+    sys.path.insert(0, str(ROOT / "libs" / "runtime" / "src"))
+    from imagegen_runtime.kafka import ensure_topics as create
+
+    created = create(st.kafka_bootstrap, prefix)
+    if created:
+        say(f"topics: created {len(created)}")
+
+
+def up(st: Stack) -> None:
+    t0 = time.monotonic()
+    infra_up(st)
+    say(f"ready  kafka         {st.kafka_bootstrap}")
+    say(f"ready  postgres      127.0.0.1:{st.pg_port}")
+    start(st, *SERVICES)
+    for name in SERVICES:
+        waited = wait_service(name)
+        say(f"ready  {name:<13} http://127.0.0.1:{SERVICES[name][1]}  (+{waited:.1f}s)")
+    say(f"stack ready in {time.monotonic() - t0:.1f}s; logs in {st.logs}; `make down` stops it")
+
+
+def _our_processes(st: Stack) -> list[int]:
+    """PIDs whose command line points into this stack's var/ or jars (stragglers)."""
+    marks = [str(st.var.resolve()), str(st.jars), str(st.pg_root.resolve())]
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(m in cmd for m in marks) or any(f"-m {m}" in cmd for m, _ in SERVICES.values()):
+            pids.append(int(proc.name))
+    return pids
+
+
+def down(st: Stack) -> None:
+    pid = supervisord_pid(st)
+    if pid is not None:
+        ctl(st, "stop", "all")
+        ctl(st, "shutdown")
+        deadline = time.monotonic() + 60
+        while supervisord_pid(st) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)  # supervisord exits once its children are gone
+    left = _our_processes(st)
+    for p in left:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    say("stack down" + (f" (killed {len(left)} stragglers)" if left else ""))
+
+
+def status(st: Stack) -> None:
+    if supervisord_pid(st) is None:
+        say("stack is down")
+        return
+    say(ctl(st, "status").stdout.rstrip())
+
+
+def main(argv: list[str]) -> None:
+    st = Stack()
+    cmd = argv[0] if argv else "status"
+    if cmd == "setup":
+        setup(st)
+    elif cmd == "infra-up":
+        infra_up(st)
+        say(json.dumps({"kafka": st.kafka_bootstrap, "postgres": f"127.0.0.1:{st.pg_port}"}))
+    elif cmd == "up":
+        up(st)
+    elif cmd == "down":
+        down(st)
+    elif cmd == "status":
+        status(st)
+    elif cmd == "logs":
+        os.execvp("tail", ["tail", "-n", "50", "-F", *map(str, sorted(st.logs.glob("*.log")))])
+    elif cmd == "env":
+        setup(st)
+        say((st.var / "stack.env").read_text().rstrip())
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

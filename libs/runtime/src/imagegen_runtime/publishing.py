@@ -1,0 +1,73 @@
+"""The one way events leave a service: a publisher that adds the envelope, key and trace context.
+
+``Publisher`` is the port; ``KafkaPublisher`` (in :mod:`imagegen_runtime.kafka`) is the real
+adapter and :class:`InMemoryPublisher` the fake for unit tests. Both pass
+``tests/contract/test_publisher_contract.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from imagegen_schemas import Envelope, Payload, ce_headers, topic_for
+
+from .tracing import current_traceparent
+
+
+@dataclass(frozen=True)
+class Published:
+    """What a publisher hands to the transport for one event."""
+
+    topic: str  # full topic name, prefix included
+    key: bytes  # aggregate id (job id or worker id)
+    envelope: Envelope  # the record value
+    headers: list[tuple[str, bytes]]  # CloudEvents-style headers + traceparent
+
+
+class Publisher(Protocol):
+    async def publish(
+        self, payload: Payload, *, key: str, causation_id: str | None = None
+    ) -> Envelope:
+        """Publish and return once the transport has durably accepted the event."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def build_record(
+    payload: Payload, *, key: str, producer: str, topic_prefix: str, causation_id: str | None
+) -> Published:
+    """Envelope, topic, key and headers for one payload (shared by every publisher)."""
+    envelope = Envelope.wrap(payload, correlation_id=key, producer=producer,
+                             causation_id=causation_id)
+    headers = ce_headers(envelope, traceparent=current_traceparent())
+    topic = topic_prefix + topic_for(type(payload))
+    return Published(topic=topic, key=key.encode(), envelope=envelope, headers=headers)
+
+
+class InMemoryPublisher:
+    """Fake publisher: keeps records in order, per topic, in memory."""
+
+    def __init__(self, producer: str = "test", topic_prefix: str = "") -> None:
+        self.producer = producer
+        self.topic_prefix = topic_prefix
+        self.records: list[Published] = []
+        self.closed = False
+
+    async def publish(
+        self, payload: Payload, *, key: str, causation_id: str | None = None
+    ) -> Envelope:
+        if self.closed:
+            raise RuntimeError("publisher is closed")
+        record = build_record(payload, key=key, producer=self.producer,
+                              topic_prefix=self.topic_prefix, causation_id=causation_id)
+        self.records.append(record)
+        return record.envelope
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def on(self, topic: str) -> list[Envelope]:
+        """Envelopes published to ``topic`` (full name), in order."""
+        return [r.envelope for r in self.records if r.topic == topic]

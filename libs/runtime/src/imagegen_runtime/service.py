@@ -1,0 +1,76 @@
+"""The common main loop of a service: logs, tracing, HTTP (health/metrics), consumers, shutdown.
+
+A service's ``entrypoints/main.py`` loads its settings (fail fast), calls its ``bootstrap`` and
+hands the result to :func:`run_service`. One JSON log line with ``"event": "ready"`` is printed
+once every readiness check passes; ``make up`` waits on ``/readyz``, not on time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import uvicorn
+from fastapi import FastAPI
+
+from .health import Readiness
+
+log = logging.getLogger(__name__)
+
+Task = Callable[[asyncio.Event], Awaitable[None]]
+
+
+@dataclass
+class ServiceApp:
+    """What a service's bootstrap returns: its HTTP app, background tasks and readiness checks."""
+
+    name: str  # service name, e.g. "scheduler"
+    http: FastAPI  # serves /healthz, /readyz, /metrics (and the API, for the api service)
+    readiness: Readiness  # checks behind /readyz
+    tasks: list[Task] = field(default_factory=list)  # long-running loops, stopped via the event
+    on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+async def _announce_ready(app: ServiceApp, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        results = await app.readiness.evaluate()
+        if all(results.values()):
+            log.info("ready", extra={"event": "ready", "checks": results})
+            return
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=0.2)
+        except TimeoutError:
+            pass
+
+
+async def serve(app: ServiceApp, host: str, port: int) -> int:
+    """Run until SIGTERM/SIGINT (exit 0) or a task crashes (exit 1, so the supervisor restarts)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    config = uvicorn.Config(app.http, host=host, port=port, log_config=None, lifespan="on",
+                            access_log=False)
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    running = [asyncio.create_task(t(stop)) for t in app.tasks]
+    running.append(asyncio.create_task(_announce_ready(app, stop)))
+    http_task = asyncio.create_task(server.serve())
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopper, http_task, *running[:-1]],
+                                 return_when=asyncio.FIRST_COMPLETED)
+    crashed = False
+    for task in done:
+        if task is not stopper and task.exception() is not None:
+            crashed = True
+            log.error("task crashed; stopping", exc_info=task.exception())
+    stop.set()
+    server.should_exit = True
+    await asyncio.gather(*running, http_task, return_exceptions=True)
+    for close in app.on_shutdown:
+        await close()
+    log.info("stopped", extra={"event": "stopped", "crashed": crashed})
+    return 1 if crashed else 0

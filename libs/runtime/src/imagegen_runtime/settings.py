@@ -1,0 +1,88 @@
+"""Settings shared by every service; each service subclasses with its own env prefix.
+
+A wrong or missing setting stops the service at start-up with one line per problem that names the
+environment variable and says how to fix it (see :func:`load_settings`).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Literal, TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Knobs every service has. Subclasses set ``model_config`` with their own ``env_prefix``."""
+
+    model_config = SettingsConfigDict(env_prefix="IMAGEGEN_", extra="ignore", frozen=True)
+
+    kafka_bootstrap: str = Field(
+        pattern=r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}(,[A-Za-z0-9_.\-\[\]:]+:\d{1,5})*$",
+        description="Kafka bootstrap servers, host:port[,host:port]. `make up` sets it.",
+    )
+    topic_prefix: str = Field(
+        default="", pattern=r"^[A-Za-z0-9._\-]*$",
+        description="Prefix added to every topic name (isolates test runs on one broker).",
+    )
+    http_host: str = Field(default="127.0.0.1", description="Address of the health/metrics server.")
+    http_port: int = Field(ge=1, le=65535, description="Port of /healthz, /readyz and /metrics.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Minimum level of the JSON logs on stdout."
+    )
+    trace_exporter: Literal["none", "console"] = Field(
+        default="none", description="Where OpenTelemetry spans go; 'console' prints them as JSON."
+    )
+    instance_id: str = Field(
+        default="1", pattern=r"^[A-Za-z0-9._\-]+$",
+        description="Distinguishes replicas of one service in logs and event `producer`.",
+    )
+
+
+class DatabaseSettingsMixin(BaseSettings):
+    """For services that keep projections in PostgreSQL."""
+
+    database_url: str = Field(
+        pattern=r"^postgresql\+asyncpg://",
+        description="SQLAlchemy URL, postgresql+asyncpg://user:pass@host:port/db. `make up` sets it.",
+    )
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+class ConfigError(SystemExit):
+    """Raised (as exit status 2) when settings are missing or wrong."""
+
+
+def describe_errors(cls: type[BaseSettings], err: ValidationError) -> list[str]:
+    """One human line per invalid or missing setting, naming the environment variable."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    lines = []
+    for e in err.errors():
+        field = str(e["loc"][0]) if e["loc"] else "?"
+        var = f"{prefix}{field}".upper()
+        info = cls.model_fields.get(field)
+        hint = f" ({info.description})" if info is not None and info.description else ""
+        if e["type"] == "missing":
+            lines.append(f"{var} is required but not set{hint}")
+        else:
+            lines.append(f"{var} is invalid: {e['msg']} (got {e.get('input')!r}){hint}")
+    return lines
+
+
+def load_settings(cls: type[S]) -> S:
+    """Read ``cls`` from the environment or stop the process with a clear message (exit 2)."""
+    try:
+        return cls()
+    except ValidationError as err:
+        for line in describe_errors(cls, err):
+            print(f"configuration error: {line}", file=sys.stderr)
+        raise ConfigError(2) from None
+
+
+def env_vars(cls: type[BaseSettings]) -> set[str]:
+    """Every environment variable ``cls`` reads (used by the compose-file contract test)."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    return {f"{prefix}{name}".upper() for name in cls.model_fields}

@@ -1,0 +1,14 @@
+"""Process entrypoint: ``python -m imagegen_api``."""
+
+from imagegen_runtime.standard import run_main
+
+from ..bootstrap import bootstrap
+from ..config import SERVICE, ApiSettings
+
+
+def main() -> None:
+    run_main(SERVICE, ApiSettings, bootstrap)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    main()

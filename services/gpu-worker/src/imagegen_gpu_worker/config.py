@@ -1,0 +1,34 @@
+"""Settings of the gpu-worker service (env prefix ``IMAGEGEN_GPU_WORKER_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from imagegen_runtime.settings import ServiceSettings
+
+SERVICE = "gpu-worker"
+# Topics this service consumes (catalog names, before the prefix).
+SUBSCRIBES: tuple[str, ...] = ("imagegen.jobs.scheduled", "imagegen.pool.commands", "imagegen.jobs.requested")
+
+
+class GpuWorkerSettings(ServiceSettings):
+    """Every knob of the gpu-worker service; read from ``IMAGEGEN_GPU_WORKER_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="IMAGEGEN_GPU_WORKER_", extra="ignore", frozen=True)
+
+    http_port: int = Field(default=8102, ge=1, le=65535, description="Port of the HTTP server.")
+
+    worker_id: str = Field(
+        default="worker-local-1", pattern=r"^[A-Za-z0-9._\-]+$",
+        description="Stable id of this worker; the Kafka key of its heartbeats.",
+    )
+    device: Literal["cpu", "cuda"] = Field(default="cpu", description="Torch device to run on.")
+    models_dir: Path = Field(default=Path("models"), description="Folder of registered models.")
+    blob_dir: Path = Field(default=Path("var/blobs"), description="Where generated images are written.")
+    heartbeat_interval_s: float = Field(
+        default=2.0, gt=0, le=60, description="Seconds between heartbeats; loss is judged on it."
+    )

@@ -1,0 +1,3 @@
+from .entrypoints.main import main
+
+main()

@@ -1,0 +1,21 @@
+"""Settings of the scheduler service (env prefix ``IMAGEGEN_SCHEDULER_``)."""
+
+from __future__ import annotations
+
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from imagegen_runtime.settings import ServiceSettings
+
+SERVICE = "scheduler"
+# Topics this service consumes (catalog names, before the prefix).
+SUBSCRIBES: tuple[str, ...] = ("imagegen.jobs.moderated", "imagegen.jobs.ended", "imagegen.jobs.generated", "imagegen.workers.heartbeats")
+
+
+class SchedulerSettings(ServiceSettings):
+    """Every knob of the scheduler service; read from ``IMAGEGEN_SCHEDULER_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="IMAGEGEN_SCHEDULER_", extra="ignore", frozen=True)
+
+    http_port: int = Field(default=8101, ge=1, le=65535, description="Port of the HTTP server.")
