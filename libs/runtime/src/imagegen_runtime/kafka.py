@@ -100,6 +100,7 @@ class KafkaPublisher:
         self.topic_prefix = topic_prefix
         self._producer = Producer(producer_config(bootstrap, **extra))
         self._stop = threading.Event()
+        self._closed = False
         # librdkafka runs delivery callbacks inside poll(); one thread keeps polling.
         self._poller = threading.Thread(target=self._poll_loop, name="kafka-producer-poll",
                                         daemon=True)
@@ -122,6 +123,8 @@ class KafkaPublisher:
         self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
     ) -> tuple[int, int]:
         """Produce bytes as they are; returns (partition, offset) once acknowledged."""
+        if self._closed:
+            raise RuntimeError("publisher is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[int, int]] = loop.create_future()
 
@@ -145,6 +148,7 @@ class KafkaPublisher:
         return await fut
 
     async def close(self) -> None:
+        self._closed = True
         await asyncio.to_thread(self._producer.flush, 10.0)
         self._stop.set()
         self._poller.join(timeout=2)
