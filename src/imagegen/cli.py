@@ -1,0 +1,57 @@
+"""The `imagegen` operator CLI.
+
+    imagegen topics create [--prefix P]   create the catalog's topics (idempotent)
+    imagegen topics list                  the catalog: topic, key, partitions, retention, events
+    imagegen simulate ...                 the fleet simulator (see docs/scheduling.md)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _bootstrap(args: argparse.Namespace) -> str:
+    return args.bootstrap or os.environ.get("IMAGEGEN_KAFKA_BOOTSTRAP", "127.0.0.1:39092")
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from imagegen_schemas import TOPICS
+
+    if args.action == "list":
+        for t in TOPICS:
+            retention = "forever" if t.retention_ms < 0 else f"{t.retention_ms // 86_400_000}d"
+            events = ", ".join(e.event_type for e in t.events)
+            print(f"{t.name:<30} key={t.key:<9} partitions={t.partitions:<2} "
+                  f"{'compact' if t.compacted else retention:<8} {events}")
+        return 0
+    from imagegen_runtime.kafka import ensure_topics, wait_for_kafka
+
+    wait_for_kafka(_bootstrap(args), timeout_s=30)
+    created = ensure_topics(_bootstrap(args), args.prefix)
+    print(f"created {len(created)} topics" + (": " + ", ".join(created) if created else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate"]:
+        from imagegen_scheduler.simulator.cli import main as simulate
+
+        return int(simulate(argv[1:]) or 0)
+    parser = argparse.ArgumentParser(prog="imagegen", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    topics = sub.add_parser("topics", help="create or list the catalog's topics")
+    topics.add_argument("action", choices=["create", "list"])
+    topics.add_argument("--prefix", default="", help="topic name prefix (test isolation)")
+    topics.add_argument("--bootstrap", default=None, help="Kafka host:port")
+    topics.set_defaults(func=cmd_topics)
+    sub.add_parser("simulate", help="fleet simulator; `imagegen simulate --help`")
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
