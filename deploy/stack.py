@@ -437,10 +437,13 @@ def _our_processes(st: Stack) -> list[int]:
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if any(m in cmd for m in marks) or any(f"-m {m}" in cmd for m, _ in SERVICES.values()):
+        cmd = " ".join(argv)
+        is_service = any(argv[i:i + 3] == [PY, "-m", m] for i in range(len(argv))
+                         for m, _ in SERVICES.values())
+        if any(m in cmd for m in marks) or is_service:
             pids.append(int(proc.name))
     return pids
 
