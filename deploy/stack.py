@@ -170,7 +170,8 @@ def ensure_pg_cluster(st: Stack) -> None:
         return
     say(f"setup: initdb {data}")
     sh(*_pg_user_prefix(), bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth-local=trust",
-       "--auth-host=scram-sha-256", "-E", "UTF8", "--no-instructions", stdout=subprocess.DEVNULL)
+       "--auth-host=scram-sha-256", "-E", "UTF8", "--no-instructions", stdout=subprocess.DEVNULL,
+       cwd=root)
 
 
 def write_kafka_config(st: Stack) -> Path:
@@ -239,11 +240,12 @@ def service_env(st: Stack, name: str) -> dict[str, str]:
 
 
 def _program(name: str, command: str, st: Stack, *, env: dict[str, str] | None = None,
-             user: str | None = None, stopsignal: str = "TERM", stopwait: int = 20) -> str:
+             user: str | None = None, stopsignal: str = "TERM", stopwait: int = 20,
+             directory: Path = ROOT) -> str:
     lines = [
         f"[program:{name}]",
         f"command={command}",
-        f"directory={ROOT}",
+        f"directory={directory}",
         "autostart=false",
         "autorestart=true",
         "startsecs=0",
@@ -286,7 +288,7 @@ def write_supervisor_config(st: Stack) -> Path:
         f"[supervisorctl]\nserverurl=unix://{st.run / 'supervisor.sock'}\n",
         _program("kafka", kafka_cmd, st, stopwait=30),
         _program("postgres", pg_cmd, st, user="postgres" if _as_root() else None,
-                 stopsignal="INT", stopwait=30),
+                 stopsignal="INT", stopwait=30, directory=root),
     ]
     for name, (module, _port) in SERVICES.items():
         parts.append(_program(name, f"{PY} -m {module}", st,
@@ -368,7 +370,7 @@ def wait_pg(st: Stack, timeout_s: float = 60) -> None:
 def psql(st: Stack, sql: str, db: str = "postgres") -> str:
     r = sh(*_pg_user_prefix(), pg_bin() / "psql", "-h", st.pg_root.resolve() / "sock", "-p",
            str(st.pg_port), "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-tAc", sql,
-           capture_output=True)
+           capture_output=True, cwd=st.pg_root.resolve())
     return r.stdout.strip()
 
 
