@@ -149,7 +149,7 @@ def ensure_pg_root(st: Stack) -> Path:
     if _as_root():
         probe = sh(*_pg_user_prefix(), "test", "-x", st.var, check=False)
         if probe.returncode != 0:
-            digest = hashlib.sha1(str(ROOT).encode()).hexdigest()[:10]
+            digest = hashlib.sha1(str(st.var.resolve()).encode()).hexdigest()[:10]
             target = Path(f"/var/tmp/imagegen-pg-{digest}")
             target.mkdir(parents=True, exist_ok=True)
             root.symlink_to(target)
@@ -440,7 +440,9 @@ def _our_processes(st: Stack) -> list[int]:
             continue
         try:
             argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
+            if (proc / "stat").read_text().split(") ", 1)[1][0] == "Z":
+                continue  # already dead, waiting to be reaped
+        except (OSError, IndexError):
             continue
         cmd = " ".join(argv)
         is_service = any(argv[i:i + 3] == [PY, "-m", m] for i in range(len(argv))

@@ -51,6 +51,9 @@ class JobScheduled(Payload):
     attempt: int = Field(default=1, ge=1)
     tier: Tier
     queued_for_ms: int = Field(default=0, ge=0)
+    # Event-carried state: the worker needs nothing but this event to run the job.
+    params: GenerationParams | None = Field(default=None, description="What to generate.")
+    webhook_url: str | None = Field(default=None, description="Carried on to delivery.")
 
 
 class GenerationStarted(Payload):
@@ -86,6 +89,7 @@ class ImageGenerated(Payload):
     timings_ms: dict[str, float] = Field(
         default_factory=dict, description="Stage timings: load, encode, denoise, decode, upload."
     )
+    webhook_url: str | None = Field(default=None, description="Carried on to delivery.")
 
 
 class ImageModerated(Payload):
@@ -98,6 +102,10 @@ class ImageModerated(Payload):
     categories: tuple[str, ...] = ()
     scores: dict[str, float] = Field(default_factory=dict)
     checker: str = ""
+    # Event-carried state for delivery: the images judged and where to call back.
+    images: tuple[ImageRef, ...] = ()
+    fencing_token: int | None = Field(default=None, description="Token of the judged result.")
+    webhook_url: str | None = None
 
 
 class DeliveredImage(BaseModel):

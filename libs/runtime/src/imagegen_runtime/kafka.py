@@ -111,10 +111,12 @@ class KafkaPublisher:
             self._producer.poll(0.05)
 
     async def publish(
-        self, payload: Payload, *, key: str, causation_id: str | None = None
+        self, payload: Payload, *, key: str, causation_id: str | None = None,
+        event_id: str | None = None,
     ) -> Envelope:
         record = build_record(payload, key=key, producer=self.producer_name,
-                              topic_prefix=self.topic_prefix, causation_id=causation_id)
+                              topic_prefix=self.topic_prefix, causation_id=causation_id,
+                              event_id=event_id)
         await self.send_raw(record.topic, record.key, record.envelope.to_json(), record.headers)
         EVENTS_PUBLISHED.labels(record.topic, record.envelope.type).inc()
         return record.envelope

@@ -7,6 +7,7 @@ adapter and :class:`InMemoryPublisher` the fake for unit tests. Both pass
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,22 +26,40 @@ class Published:
     headers: list[tuple[str, bytes]]  # CloudEvents-style headers + traceparent
 
 
+_NAMESPACE = uuid.UUID("5d0b7c6e-2f1a-4c3b-9e8d-7a6b5c4d3e2f")
+
+
+def derived_event_id(causation_id: str, event_type: str, *parts: object) -> str:
+    """A deterministic event id for an event caused by another one.
+
+    A handler that runs twice for one input (redelivery after a crash) publishes the same
+    event id twice, so every consumer and projection can drop the duplicate by id.
+    """
+    name = "/".join([causation_id, event_type, *map(str, parts)])
+    return str(uuid.uuid5(_NAMESPACE, name))
+
+
 class Publisher(Protocol):
     async def publish(
-        self, payload: Payload, *, key: str, causation_id: str | None = None
+        self, payload: Payload, *, key: str, causation_id: str | None = None,
+        event_id: str | None = None,
     ) -> Envelope:
-        """Publish and return once the transport has durably accepted the event."""
+        """Publish and return once the transport has durably accepted the event.
+
+        ``event_id`` defaults to a fresh UUID; handlers pass :func:`derived_event_id`.
+        """
         ...
 
     async def close(self) -> None: ...
 
 
 def build_record(
-    payload: Payload, *, key: str, producer: str, topic_prefix: str, causation_id: str | None
+    payload: Payload, *, key: str, producer: str, topic_prefix: str, causation_id: str | None,
+    event_id: str | None = None,
 ) -> Published:
     """Envelope, topic, key and headers for one payload (shared by every publisher)."""
     envelope = Envelope.wrap(payload, correlation_id=key, producer=producer,
-                             causation_id=causation_id)
+                             causation_id=causation_id, event_id=event_id)
     headers = ce_headers(envelope, traceparent=current_traceparent())
     topic = topic_prefix + topic_for(type(payload))
     return Published(topic=topic, key=key.encode(), envelope=envelope, headers=headers)
@@ -56,12 +75,14 @@ class InMemoryPublisher:
         self.closed = False
 
     async def publish(
-        self, payload: Payload, *, key: str, causation_id: str | None = None
+        self, payload: Payload, *, key: str, causation_id: str | None = None,
+        event_id: str | None = None,
     ) -> Envelope:
         if self.closed:
             raise RuntimeError("publisher is closed")
         record = build_record(payload, key=key, producer=self.producer,
-                              topic_prefix=self.topic_prefix, causation_id=causation_id)
+                              topic_prefix=self.topic_prefix, causation_id=causation_id,
+                              event_id=event_id)
         self.records.append(record)
         return record.envelope
 
