@@ -233,6 +233,8 @@ def service_env(st: Stack, name: str) -> dict[str, str]:
     if name == "delivery":
         env[f"{prefix}SIGNING_KEY"] = st.secret("signing_key", 32)
         env[f"{prefix}STORE_DIR"] = str(st.var / "delivery")
+    if name == "api":
+        env[f"{prefix}MODELS_DIR"] = str(ROOT / "models")
     if name == "gpu-worker":
         env[f"{prefix}BLOB_DIR"] = str(st.var / "blobs")
         env[f"{prefix}MODELS_DIR"] = str(ROOT / "models")

@@ -2,18 +2,61 @@
 
     imagegen topics create [--prefix P]   create the catalog's topics (idempotent)
     imagegen topics list                  the catalog: topic, key, partitions, retention, events
+    imagegen keys create --user NAME --plan {free,pro,turbo}   print a new API key
     imagegen simulate ...                 the fleet simulator (see docs/scheduling.md)
+
+Connection settings come from flags, else IMAGEGEN_KAFKA_BOOTSTRAP / IMAGEGEN_DATABASE_URL,
+else the local stack's var/stack.env.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
+from pathlib import Path
+
+STACK_ENV = Path(__file__).resolve().parents[2] / "var" / "stack.env"
+
+
+def stack_setting(name: str, default: str | None = None) -> str | None:
+    """``IMAGEGEN_<name>`` from the environment, else from the local stack's var/stack.env."""
+    value = os.environ.get(f"IMAGEGEN_{name}")
+    if value:
+        return value
+    if STACK_ENV.exists():
+        for line in STACK_ENV.read_text().splitlines():
+            key, _, val = line.partition("=")
+            if key == f"IMAGEGEN_{name}":
+                return val
+    return default
 
 
 def _bootstrap(args: argparse.Namespace) -> str:
-    return args.bootstrap or os.environ.get("IMAGEGEN_KAFKA_BOOTSTRAP", "127.0.0.1:39092")
+    return args.bootstrap or stack_setting("KAFKA_BOOTSTRAP", "127.0.0.1:39092") or ""
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from imagegen_api.adapters.accounts import PgAccounts
+    from imagegen_runtime.db import make_engine
+    from imagegen_schemas import Plan
+
+    url = args.database_url or stack_setting("DATABASE_URL")
+    if not url:
+        print("no database: pass --database-url or run `make up` first", file=sys.stderr)
+        return 2
+
+    async def create() -> str:
+        engine = make_engine(url, pool_size=1)
+        accounts = PgAccounts(engine)
+        await accounts.create_tables()
+        key = await accounts.create_key(args.user, Plan(args.plan))
+        await engine.dispose()
+        return key
+
+    print(asyncio.run(create()))
+    return 0
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -48,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     topics.add_argument("--prefix", default="", help="topic name prefix (test isolation)")
     topics.add_argument("--bootstrap", default=None, help="Kafka host:port")
     topics.set_defaults(func=cmd_topics)
+    keys = sub.add_parser("keys", help="API keys")
+    keys.add_argument("action", choices=["create"])
+    keys.add_argument("--user", required=True, help="user id the key acts for")
+    keys.add_argument("--plan", choices=["free", "pro", "turbo"], default="free")
+    keys.add_argument("--database-url", default=None)
+    keys.set_defaults(func=cmd_keys)
     sub.add_parser("simulate", help="fleet simulator; `imagegen simulate --help`")
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -56,21 +56,26 @@ async def serve(app: ServiceApp, host: str, port: int) -> int:
                             access_log=False)
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    crashed: list[BaseException] = []
+
+    def watch(task: asyncio.Task[None]) -> None:
+        # A task may finish normally (a one-off warm-up); one that raises stops the service.
+        if not task.cancelled() and task.exception() is not None:
+            crashed.append(task.exception())  # type: ignore[arg-type]
+            log.error("task crashed; stopping", exc_info=task.exception())
+            stop.set()
+
     running = [asyncio.create_task(t(stop)) for t in app.tasks]
     running.append(asyncio.create_task(_announce_ready(app, stop)))
+    for task in running:
+        task.add_done_callback(watch)
     http_task = asyncio.create_task(server.serve())
-    stopper = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([stopper, http_task, *running[:-1]],
-                                 return_when=asyncio.FIRST_COMPLETED)
-    crashed = False
-    for task in done:
-        if task is not stopper and task.exception() is not None:
-            crashed = True
-            log.error("task crashed; stopping", exc_info=task.exception())
+    http_task.add_done_callback(lambda _: stop.set())  # the HTTP server ended: port taken?
+    await stop.wait()
     stop.set()
     server.should_exit = True
     await asyncio.gather(*running, http_task, return_exceptions=True)
     for close in app.on_shutdown:
         await close()
-    log.info("stopped", extra={"event": "stopped", "crashed": crashed})
-    return 1 if crashed else 0
+    log.info("stopped", extra={"event": "stopped", "crashed": bool(crashed)})
+    return 1 if crashed or not server.started else 0

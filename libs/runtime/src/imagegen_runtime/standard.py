@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from imagegen_schemas import Envelope, Payload
 
-from .health import Readiness, health_app
+from .health import Readiness, add_health_routes, health_app
 from .kafka import Handler, KafkaConsumerLoop, KafkaPublisher, RecordMeta
 from .logs import configure_logging
 from .service import ServiceApp, serve
@@ -78,6 +78,7 @@ def consumer_service(
     publisher: KafkaPublisher,
     *,
     http: FastAPI | None = None,
+    group: str | None = None,
 ) -> ServiceApp:
     """A service that consumes ``subscribes`` in group ``imagegen-<service>`` with ``handler``.
 
@@ -85,10 +86,14 @@ def consumer_service(
     """
     readiness = Readiness()
     readiness.add("kafka", kafka_metadata_check(settings.kafka_bootstrap))  # type: ignore[arg-type]
-    app = ServiceApp(service, http or health_app(service, readiness), readiness)
+    if http is None:
+        http = health_app(service, readiness)
+    else:
+        add_health_routes(http, service, readiness)
+    app = ServiceApp(service, http, readiness)
     if subscribes:
         consumer = KafkaConsumerLoop(
-            settings.kafka_bootstrap, f"{settings.topic_prefix}imagegen-{service}",
+            settings.kafka_bootstrap, group or f"{settings.topic_prefix}imagegen-{service}",
             [settings.topic_prefix + t for t in subscribes], handler, publisher,
         )
         readiness.add("consumer", consumer_assigned_check(consumer))  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""HTTP submission API (FastAPI). Accepts generation requests and publishes `imagegen.generation.requested`."""

@@ -4,23 +4,42 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from imagegen_runtime.health import Readiness, add_health_routes
+from imagegen_runtime.db import make_engine
 from imagegen_runtime.kafka import KafkaPublisher
+from imagegen_runtime.publishing import Publisher
 from imagegen_runtime.service import ServiceApp
-from imagegen_runtime.standard import database_check, kafka_metadata_check
+from imagegen_runtime.standard import consumer_service
 
-from .config import SERVICE, ApiSettings
+from .adapters.accounts import PgAccounts
+from .adapters.catalog import load_catalog
+from .adapters.jobstore import PgJobStore
+from .config import SERVICE, SUBSCRIBES, ApiSettings
+from .entrypoints.http import Deps, build_router
+from .projections.jobs import projector
 
 
-def bootstrap(settings: ApiSettings, *, publisher: KafkaPublisher | None = None) -> ServiceApp:
-    publisher = publisher or KafkaPublisher(
-        settings.kafka_bootstrap, f"{SERVICE}-{settings.instance_id}", settings.topic_prefix
-    )
-    readiness = Readiness()
-    readiness.add("kafka", kafka_metadata_check(settings.kafka_bootstrap))  # type: ignore[arg-type]
-    check, dispose = database_check(settings.database_url)
-    readiness.add("postgres", check)  # type: ignore[arg-type]
-    http = FastAPI(title="imagegen API", version="0.1.0")
-    add_health_routes(http, SERVICE, readiness)
-    app = ServiceApp(SERVICE, http, readiness, on_shutdown=[publisher.close, dispose])  # type: ignore[list-item]
+def bootstrap(settings: ApiSettings, *, publisher: Publisher | None = None) -> ServiceApp:
+    kafka = KafkaPublisher(settings.kafka_bootstrap, f"{SERVICE}-{settings.instance_id}",
+                           settings.topic_prefix)
+    publisher = publisher or kafka
+    engine = make_engine(settings.database_url, pool_size=10)
+    accounts, jobs = PgAccounts(engine), PgJobStore(engine)
+    deps = Deps(accounts, jobs, publisher, load_catalog(settings.models_dir),
+                settings.default_model, settings.public_base_url, settings.openai_timeout_s)
+
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        await accounts.create_tables()
+        await jobs.create()
+        yield
+        await engine.dispose()
+
+    http = FastAPI(title="imagegen API", version="0.1.0", lifespan=lifespan)
+    http.include_router(build_router(deps))
+    app = consumer_service(settings, SERVICE, SUBSCRIBES, projector(jobs), kafka, http=http,
+                           group=f"{settings.topic_prefix}imagegen-api-projector")
+
+    async def database() -> bool:
+        return await jobs.get("readiness-probe") is None
+
+    app.readiness.add("postgres", database)
     return app

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -10,7 +12,11 @@ from imagegen_runtime.settings import DatabaseSettingsMixin, ServiceSettings
 
 SERVICE = "api"
 # Topics this service consumes (catalog names, before the prefix).
-SUBSCRIBES: tuple[str, ...] = ()
+SUBSCRIBES: tuple[str, ...] = (
+    "imagegen.jobs.requested", "imagegen.jobs.moderated", "imagegen.jobs.scheduled",
+    "imagegen.jobs.progress", "imagegen.jobs.generated", "imagegen.jobs.delivered",
+    "imagegen.jobs.ended",
+)  # by the job projector
 
 
 class ApiSettings(ServiceSettings, DatabaseSettingsMixin):
@@ -20,6 +26,12 @@ class ApiSettings(ServiceSettings, DatabaseSettingsMixin):
 
     http_port: int = Field(default=8000, ge=1, le=65535, description="Port of the HTTP server.")
 
+    models_dir: Path = Field(default=Path("models"), description="Registered models (model.json).")
+    default_model: str = Field(default="shapes-demo", description="Model used when none is named.")
+    openai_timeout_s: float = Field(
+        default=120.0, gt=0, le=600,
+        description="How long POST /v1/images/generations waits for the image.",
+    )
     public_base_url: str = Field(
         default="http://127.0.0.1:8000", pattern=r"^https?://",
         description="Base URL clients use to reach this API; used in links and signed URLs.",

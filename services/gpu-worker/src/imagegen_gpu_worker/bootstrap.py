@@ -3,27 +3,56 @@
 from __future__ import annotations
 
 import asyncio
-from functools import partial
 
-from imagegen_runtime.kafka import KafkaPublisher
+from imagegen_runtime.kafka import KafkaConsumerLoop, KafkaPublisher
 from imagegen_runtime.service import ServiceApp
-from imagegen_runtime.standard import consumer_service, dispatcher
+from imagegen_runtime.standard import consumer_assigned_check, consumer_service, dispatcher
+from imagegen_schemas import jobs as ev
+from imagegen_schemas.workers import LoadedModel
 
+from .adapters.blobs import BlobStore, LocalBlobStore
+from .adapters.diffusers_runner import DiffusersRunner
 from .adapters.memory import read_memory
-from .config import SERVICE, SUBSCRIBES, GpuWorkerSettings
-from .service_layer.handlers import HANDLERS
-from .service_layer.heartbeat import heartbeat_loop
+from .config import SERVICE, GpuWorkerSettings
+from .service_layer.heartbeat import heartbeat, heartbeat_loop
+from .service_layer.worker import Runner, Worker, WorkerState
 
 
-def bootstrap(settings: GpuWorkerSettings, *, publisher: KafkaPublisher | None = None) -> ServiceApp:
+def bootstrap(settings: GpuWorkerSettings, *, publisher: KafkaPublisher | None = None,
+              runner: Runner | None = None, blobs: BlobStore | None = None) -> ServiceApp:
     publisher = publisher or KafkaPublisher(
         settings.kafka_bootstrap, f"{SERVICE}-{settings.worker_id}", settings.topic_prefix
     )
-    app = consumer_service(settings, SERVICE, SUBSCRIBES, dispatcher(HANDLERS), publisher)
+    diffusers_runner = DiffusersRunner(settings.models_dir, settings.device)
+    worker = Worker(WorkerState(settings.worker_id), runner or diffusers_runner,
+                    blobs or LocalBlobStore(settings.blob_dir), publisher)
+    prefix = settings.topic_prefix
+    # Assignments are consumed by this worker's own group: every worker sees every assignment
+    # and runs only its own. Cancellations come on a second loop so they are seen mid-run.
+    app = consumer_service(settings, SERVICE, ("imagegen.jobs.scheduled",),
+                           dispatcher({ev.JobScheduled: worker.on_assignment}),  # type: ignore[dict-item]
+                           publisher, group=f"{prefix}imagegen-worker-{settings.worker_id}")
+    control = KafkaConsumerLoop(
+        settings.kafka_bootstrap, f"{prefix}imagegen-worker-{settings.worker_id}-control",
+        [prefix + "imagegen.jobs.requested"],
+        dispatcher({ev.CancellationRequested: worker.on_cancel}),  # type: ignore[dict-item]
+        publisher)
+    app.tasks.append(control.run)
+    app.readiness.add("control", consumer_assigned_check(control))  # type: ignore[arg-type]
 
-    async def beat(stop: asyncio.Event) -> None:
-        await heartbeat_loop(publisher, settings.worker_id, partial(read_memory, settings.device),
-                             settings.heartbeat_interval_s, stop)
+    def beat():  # type: ignore[no-untyped-def]
+        loaded = tuple(LoadedModel(model_id=k, bytes=v.bytes)
+                       for k, v in diffusers_runner.loaded.items())
+        return heartbeat(settings.worker_id, read_memory(settings.device),
+                         settings.heartbeat_interval_s, worker.state.running_job, loaded)
 
-    app.tasks.append(beat)
+    async def beats(stop: asyncio.Event) -> None:
+        await heartbeat_loop(publisher, beat, settings.heartbeat_interval_s, stop)
+
+    async def warm(stop: asyncio.Event) -> None:
+        """Preload the default model so the first job is warm (the pool-manager may ask more)."""
+        if (settings.models_dir / settings.preload_model / "model.json").exists():
+            await asyncio.to_thread(diffusers_runner.load, settings.preload_model)
+
+    app.tasks.extend([beats, warm])
     return app

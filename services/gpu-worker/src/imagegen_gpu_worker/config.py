@@ -12,7 +12,7 @@ from imagegen_runtime.settings import ServiceSettings
 
 SERVICE = "gpu-worker"
 # Topics this service consumes (catalog names, before the prefix).
-SUBSCRIBES: tuple[str, ...] = ("imagegen.jobs.scheduled", "imagegen.pool.commands", "imagegen.jobs.requested")
+SUBSCRIBES: tuple[str, ...] = ("imagegen.jobs.scheduled", "imagegen.jobs.requested")
 
 
 class GpuWorkerSettings(ServiceSettings):
@@ -29,6 +29,9 @@ class GpuWorkerSettings(ServiceSettings):
     device: Literal["cpu", "cuda"] = Field(default="cpu", description="Torch device to run on.")
     models_dir: Path = Field(default=Path("models"), description="Folder of registered models.")
     blob_dir: Path = Field(default=Path("var/blobs"), description="Where generated images are written.")
+    preload_model: str = Field(
+        default="shapes-demo", description="Model loaded at start so the first job is warm."
+    )
     heartbeat_interval_s: float = Field(
         default=2.0, gt=0, le=60, description="Seconds between heartbeats; loss is judged on it."
     )

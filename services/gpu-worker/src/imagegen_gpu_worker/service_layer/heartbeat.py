@@ -7,30 +7,34 @@ from collections.abc import Callable
 import logging
 
 from imagegen_runtime.publishing import Publisher
-from imagegen_schemas.workers import WorkerHeartbeat, WorkerStatus
+from imagegen_schemas.workers import LoadedModel, WorkerHeartbeat, WorkerStatus
 
 from ..adapters.memory import MemoryInfo
 
 log = logging.getLogger(__name__)
 
 
-def heartbeat(worker_id: str, mem: MemoryInfo, interval_s: float) -> WorkerHeartbeat:
-    """The heartbeat of an idle worker with no model loaded yet."""
+def heartbeat(worker_id: str, mem: MemoryInfo, interval_s: float,
+              running_job: str | None = None, loaded: tuple[LoadedModel, ...] = ()
+              ) -> WorkerHeartbeat:
+    """The worker's state now: busy with ``running_job`` or idle, and its resident models."""
     return WorkerHeartbeat(
-        worker_id=worker_id, status=WorkerStatus.IDLE, gpu_type=mem.device_name,
-        memory_total_bytes=mem.total_bytes, memory_free_bytes=mem.free_bytes,
-        capabilities=("sd15",), interval_s=interval_s,
+        worker_id=worker_id, status=WorkerStatus.BUSY if running_job else WorkerStatus.IDLE,
+        gpu_type=mem.device_name, memory_total_bytes=mem.total_bytes,
+        memory_free_bytes=mem.free_bytes, capabilities=("sd15",), interval_s=interval_s,
+        running_job_id=running_job, loaded=loaded,
     )
 
 
 async def heartbeat_loop(
-    publisher: Publisher, worker_id: str, read: Callable[[], MemoryInfo], interval_s: float,
+    publisher: Publisher, beat: Callable[[], WorkerHeartbeat], interval_s: float,
     stop: asyncio.Event,
 ) -> None:
-    """Publish a heartbeat now and then every ``interval_s`` until ``stop`` is set."""
+    """Publish ``beat()`` now and then every ``interval_s`` until ``stop`` is set."""
     while not stop.is_set():
         try:
-            await publisher.publish(heartbeat(worker_id, read(), interval_s), key=worker_id)
+            hb = beat()
+            await publisher.publish(hb, key=hb.worker_id)
         except Exception as exc:  # a missed beat is not fatal; the next one may get through
             log.warning("heartbeat not published", extra={"error": repr(exc)})
         try:

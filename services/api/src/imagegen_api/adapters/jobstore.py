@@ -1,0 +1,112 @@
+"""The job projection in PostgreSQL: apply one event atomically, read jobs and timelines."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import MetaData, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from imagegen_schemas import Envelope, Payload
+
+from ..domain.job import JobView, evolve
+from .tables import job_tables
+
+
+def to_json(job: JobView) -> dict[str, Any]:
+    doc = dataclasses.asdict(job)
+    for k in ("created_at", "updated_at"):
+        doc[k] = doc[k].isoformat() if doc[k] else None
+    return json.loads(json.dumps(doc, default=str))
+
+
+def from_json(doc: dict[str, Any]) -> JobView:
+    doc = dict(doc)
+    for k in ("created_at", "updated_at"):
+        doc[k] = datetime.fromisoformat(doc[k]) if doc.get(k) else None
+    doc["categories"] = tuple(doc.get("categories", ()))
+    doc["images"] = tuple(doc.get("images", ()))
+    return JobView(**doc)
+
+
+class PgJobStore:
+    """One projection instance; ``prefix`` selects the live tables ("") or a rebuild set."""
+
+    def __init__(self, engine: AsyncEngine, prefix: str = "") -> None:
+        self.engine = engine
+        self.metadata = MetaData()
+        self.jobs, self.events, self.processed = job_tables(self.metadata, prefix)
+
+    async def create(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(self.metadata.create_all)
+
+    async def drop(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(self.metadata.drop_all)
+
+    async def apply(self, env: Envelope, payload: Payload, topic: str, partition: int,
+                    offset: int) -> bool:
+        """Apply one event; False when it was already applied (redelivery)."""
+        job_id = getattr(payload, "job_id", None)
+        if job_id is None:
+            return False
+        async with self.engine.begin() as conn:
+            claimed = await conn.execute(
+                pg_insert(self.processed).values(event_id=env.event_id, topic=topic,
+                                                 partition=partition, offset=offset)
+                .on_conflict_do_nothing().returning(self.processed.c.event_id))
+            if claimed.first() is None:
+                return False
+            row = (await conn.execute(select(self.jobs.c.state).where(
+                self.jobs.c.job_id == job_id).with_for_update())).first()
+            before = from_json(row.state) if row else JobView(job_id=job_id)
+            after = evolve(before, env, payload)
+            values = dict(user_id=after.user_id, tier=after.tier, status=after.status,
+                          state=to_json(after), created_at=after.created_at,
+                          updated_at=after.updated_at)
+            if row is None:
+                await conn.execute(insert(self.jobs).values(job_id=job_id, **values))
+            else:
+                await conn.execute(update(self.jobs).where(self.jobs.c.job_id == job_id)
+                                   .values(**values))
+            await conn.execute(insert(self.events).values(
+                job_id=job_id, event_id=env.event_id, type=env.type, occurred_at=env.occurred_at,
+                data=env.data))
+        return True
+
+    async def get(self, job_id: str) -> JobView | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(self.jobs.c.state)
+                                      .where(self.jobs.c.job_id == job_id))).first()
+        return from_json(row.state) if row else None
+
+    async def timeline(self, job_id: str, after_seq: int = 0) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(
+                select(self.events.c.seq, self.events.c.type, self.events.c.occurred_at,
+                       self.events.c.data, self.events.c.event_id)
+                .where(self.events.c.job_id == job_id, self.events.c.seq > after_seq)
+                .order_by(self.events.c.seq))).all()
+        return [dict(r._mapping) for r in rows]
+
+    async def queue_position(self, job: JobView) -> int:
+        """Jobs of the same tier waiting ahead of ``job`` (created earlier, not yet scheduled)."""
+        if job.created_at is None:
+            return 0
+        async with self.engine.connect() as conn:
+            n = (await conn.execute(select(func.count()).select_from(self.jobs).where(
+                self.jobs.c.tier == job.tier, self.jobs.c.status.in_(("moderating", "queued")),
+                self.jobs.c.created_at < job.created_at))).scalar()
+        return int(n or 0)
+
+    async def all_states(self) -> dict[str, dict[str, Any]]:
+        """Every job's state (for replay verification)."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(self.jobs.c.job_id, self.jobs.c.state))).all()
+        return {r.job_id: r.state for r in rows}
+
