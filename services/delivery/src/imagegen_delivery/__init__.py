@@ -1,0 +1,1 @@
+"""Delivery: stores approved images, signs expiring URLs, calls webhooks."""

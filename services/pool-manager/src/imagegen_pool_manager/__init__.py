@@ -1,0 +1,1 @@
+"""Pool-manager: projects worker/model state from events; warm pools, preloading, eviction."""

@@ -1,0 +1,1 @@
+"""Moderation: prompts before scheduling, images after generation."""

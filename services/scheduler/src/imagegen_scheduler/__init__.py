@@ -1,0 +1,1 @@
+"""Tier-aware scheduler: consumes admitted requests and worker state, emits assignments."""

@@ -10,7 +10,9 @@ from .config import SERVICE, SUBSCRIBES, SchedulerSettings
 from .service_layer.handlers import HANDLERS
 
 
-def bootstrap(settings: SchedulerSettings, *, publisher: KafkaPublisher | None = None) -> ServiceApp:
+def bootstrap(
+    settings: SchedulerSettings, *, publisher: KafkaPublisher | None = None
+) -> ServiceApp:
     publisher = publisher or KafkaPublisher(
         settings.kafka_bootstrap, f"{SERVICE}-{settings.instance_id}", settings.topic_prefix
     )

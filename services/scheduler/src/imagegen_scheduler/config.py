@@ -10,7 +10,12 @@ from imagegen_runtime.settings import ServiceSettings
 
 SERVICE = "scheduler"
 # Topics this service consumes (catalog names, before the prefix).
-SUBSCRIBES: tuple[str, ...] = ("imagegen.jobs.moderated", "imagegen.jobs.ended", "imagegen.jobs.generated", "imagegen.workers.heartbeats")
+SUBSCRIBES: tuple[str, ...] = (
+    "imagegen.jobs.moderated",
+    "imagegen.jobs.ended",
+    "imagegen.jobs.generated",
+    "imagegen.workers.heartbeats",
+)
 
 
 class SchedulerSettings(ServiceSettings):

@@ -1,0 +1,1 @@
+"""Pure domain: no Kafka, SQL or torch imports."""
