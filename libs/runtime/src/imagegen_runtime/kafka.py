@@ -262,15 +262,98 @@ class KafkaConsumerLoop:
             job_id_var.reset(token)
 
     async def _dead_letter(self, msg: Message, error: str) -> None:
-        key = msg.key()
-        letter = DeadLettered(
-            source_topic=msg.topic(), source_partition=msg.partition(), source_offset=msg.offset(),
-            consumer_group=self.group_id, error=error[:8000],
-            original_key_b64=base64.b64encode(key).decode() if key else None,
-            original_value_b64=base64.b64encode(msg.value() or b"").decode(),
-        )
-        await self.deadletter.publish(letter, key=f"{msg.topic()}/{msg.partition()}")
+        await dead_letter(self.deadletter, msg, self.group_id, error)
         self.dead_lettered += 1
-        DEAD_LETTERED.labels(msg.topic(), self.group_id).inc()
-        log.error("dead-lettered", extra={"topic": msg.topic(), "offset": msg.offset(),
-                                          "error": error[:500]})
+
+
+async def dead_letter(publisher: KafkaPublisher, msg: Message, group: str, error: str) -> None:
+    """Publish ``msg`` with ``error`` to the dead-letter topic (its bytes kept for replay)."""
+    key = msg.key()
+    letter = DeadLettered(
+        source_topic=msg.topic(), source_partition=msg.partition(), source_offset=msg.offset(),
+        consumer_group=group, error=error[:8000],
+        original_key_b64=base64.b64encode(key).decode() if key else None,
+        original_value_b64=base64.b64encode(msg.value() or b"").decode(),
+    )
+    await publisher.publish(letter, key=f"{msg.topic()}/{msg.partition()}")
+    DEAD_LETTERED.labels(msg.topic(), group).inc()
+    log.error("dead-lettered", extra={"topic": msg.topic(), "offset": msg.offset(),
+                                      "error": error[:500]})
+
+
+ReplayHandler = Callable[[Envelope, Payload, RecordMeta, bool], Awaitable[None]]
+
+
+class ReplayingConsumer:
+    """Rebuilds a service's state from offset 0 of its topics, then follows them live.
+
+    For stateful single-instance deciders (scheduler, pool-manager): their state is a fold of
+    the log, so they keep no offsets. The handler gets ``live=False`` for records that were in
+    the log when the process started (fold only, decide nothing) and ``live=True`` after.
+    ``caught_up`` is set once every partition reached its start-time high watermark.
+    Malformed records are dead-lettered only when live (at most once per record per process).
+    """
+
+    def __init__(self, bootstrap: str, topics: Iterable[str], handler: ReplayHandler,
+                 deadletter: KafkaPublisher, name: str) -> None:
+        self.bootstrap = bootstrap
+        self.topics = list(topics)
+        self.handler = handler
+        self.deadletter = deadletter
+        self.name = name
+        self.caught_up = asyncio.Event()
+        self.records = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.name,
+                             "enable.auto.commit": False, "isolation.level": "read_committed"})
+        md = await asyncio.to_thread(consumer.list_topics, timeout=10)
+        parts = [TopicPartition(t, p, OFFSET_BEGINNING)
+                 for t in self.topics for p in sorted(md.topics[t].partitions)]
+        remaining: dict[tuple[str, int], int] = {}
+        for tp in parts:
+            _, high = await asyncio.to_thread(consumer.get_watermark_offsets, tp, 10)
+            if high > 0:
+                remaining[(tp.topic, tp.partition)] = high
+        consumer.assign(parts)
+        if not remaining:
+            self.caught_up.set()
+        try:
+            while not stop.is_set():
+                msg = await asyncio.to_thread(consumer.poll, 0.2)
+                if msg is None or msg.error():
+                    continue
+                tp = (msg.topic(), msg.partition())
+                live = self.caught_up.is_set()
+                await self._process(msg, live)
+                if not live and tp in remaining and msg.offset() + 1 >= remaining[tp]:
+                    del remaining[tp]
+                    if not remaining:
+                        self.caught_up.set()
+                        log.info("caught up", extra={"records": self.records})
+        finally:
+            await asyncio.to_thread(consumer.close)
+
+    async def _process(self, msg: Message, live: bool) -> None:
+        self.records += 1
+        meta = RecordMeta(msg.topic(), msg.partition(), msg.offset(),
+                          msg.key().decode(errors="replace") if msg.key() else None,
+                          header_map(msg.headers()))
+        try:
+            envelope = Envelope.from_json(msg.value() or b"")
+            payload = parse(envelope)
+        except Exception as exc:
+            if live:
+                await dead_letter(self.deadletter, msg, self.name, f"unparseable record: {exc}")
+            return
+        token = job_id_var.set(envelope.correlation_id)
+        try:
+            await self.handler(envelope, payload, meta, live)
+        except Exception as exc:  # a poison event must not crash-loop a replaying service
+            log.exception("handler failed", extra={"live": live})
+            if live:
+                await dead_letter(self.deadletter, msg, self.name, f"handler failed: {exc!r}")
+        finally:
+            job_id_var.reset(token)

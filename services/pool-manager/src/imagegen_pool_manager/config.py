@@ -10,7 +10,10 @@ from imagegen_runtime.settings import DatabaseSettingsMixin, ServiceSettings
 
 SERVICE = "pool-manager"
 # Topics this service consumes (catalog names, before the prefix).
-SUBSCRIBES: tuple[str, ...] = ("imagegen.workers.heartbeats", "imagegen.workers.models", "imagegen.jobs.scheduled")
+SUBSCRIBES: tuple[str, ...] = (
+    "imagegen.workers.heartbeats", "imagegen.jobs.scheduled", "imagegen.jobs.generated",
+    "imagegen.jobs.ended",
+)
 
 
 class PoolManagerSettings(ServiceSettings, DatabaseSettingsMixin):

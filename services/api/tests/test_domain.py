@@ -1,0 +1,99 @@
+"""The api's pure parts: request checks against catalog and plan; the job fold."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from imagegen_api.domain.job import JobView, evolve, stage_timings
+from imagegen_api.domain.plans import PLANS
+from imagegen_api.domain.validation import Catalog, ModelInfo, check_request
+from imagegen_schemas import Envelope, GenerationParams, ImageRef, Plan, Tier
+from imagegen_schemas import jobs as ev
+
+pytestmark = pytest.mark.unit
+CATALOG = Catalog(models={"m": ModelInfo("m", "sd15", 64, 256, 64)}, loras=frozenset({"ink"}))
+
+
+def check(**kw):  # type: ignore[no-untyped-def]
+    args = dict(model="m", width=64, height=64, scheduler="ddim", num_images=1, loras=[],
+                controlnets=[], catalog=CATALOG, limits=PLANS[Plan.FREE])
+    return check_request(**{**args, **kw})
+
+
+def test_a_good_request_has_no_problem() -> None:
+    assert check() == []
+
+
+@pytest.mark.parametrize(("kw", "field", "words"), [
+    ({"model": "x"}, ("model",), "unknown model"),
+    ({"width": 65}, ("width",), "multiple of 8"),
+    ({"height": 512}, ("height",), "within 64..256"),
+    ({"width": 56}, ("width",), "within 64..256"),
+    ({"scheduler": "magic"}, ("scheduler",), "unknown scheduler"),
+    ({"loras": ["ink", "ink"]}, ("loras",), "at most 1"),
+    ({"loras": ["nope"]}, ("loras", 0, "name"), "unknown LoRA"),
+    ({"controlnets": ["canny"]}, ("controlnets", 0, "type"), "unknown ControlNet"),
+    ({"num_images": 3}, ("num_images",), "at most 2"),
+])
+def test_each_bound_names_the_field_and_reason(kw, field, words) -> None:  # type: ignore[no-untyped-def]
+    problems = check(**kw)
+    assert any(loc == field and words in msg for loc, msg in problems), problems
+
+
+def test_pro_plan_allows_three_loras() -> None:
+    assert check(loras=["ink"] * 3, limits=PLANS[Plan.PRO]) == []
+    assert check(loras=["ink"] * 4, limits=PLANS[Plan.PRO])[0][0] == ("loras",)
+
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+PARAMS = GenerationParams(prompt="p", model="m", width=64, height=64, steps=4,
+                          guidance_scale=5, seed=1)
+
+
+def fold(*payloads: ev.Payload) -> JobView:
+    job = JobView(job_id="j")
+    for i, p in enumerate(payloads):
+        env = Envelope.wrap(p, correlation_id="j", producer="t",
+                            occurred_at=T0 + timedelta(milliseconds=100 * i))
+        job = evolve(job, env, p)
+    return job
+
+
+REQ = ev.GenerationRequested(job_id="j", user_id="u", plan=Plan.PRO, tier=Tier.FAST, params=PARAMS)
+OK = ev.PromptModerated(job_id="j", verdict=ev.Verdict.ALLOWED)
+SCHED1 = ev.JobScheduled(job_id="j", worker_id="w1", fencing_token=1, tier=Tier.FAST)
+SCHED2 = ev.JobScheduled(job_id="j", worker_id="w2", fencing_token=2, attempt=2, tier=Tier.FAST)
+IMG = ImageRef(uri="file:///x.png", sha256="0" * 64, width=64, height=64)
+
+
+def test_happy_path_reaches_delivered_with_stage_timings() -> None:
+    job = fold(REQ, OK, SCHED1,
+               ev.GenerationStarted(job_id="j", worker_id="w1", fencing_token=1),
+               ev.StepProgressed(job_id="j", worker_id="w1", fencing_token=1, step=2,
+                                 total_steps=4),
+               ev.ImageGenerated(job_id="j", worker_id="w1", fencing_token=1, images=(IMG,)),
+               ev.ImageModerated(job_id="j", verdict=ev.Verdict.ALLOWED, fencing_token=1),
+               ev.ImageDelivered(job_id="j", images=(ev.DeliveredImage(
+                   index=0, url="http://x", sha256="0" * 64, expires_at=T0),)))
+    assert job.status == "delivered" and job.images[0]["url"] == "http://x"
+    assert stage_timings(job)["total"] == pytest.approx(700)
+
+
+def test_late_result_of_a_revoked_assignment_is_ignored() -> None:
+    job = fold(REQ, OK, SCHED1, SCHED2,
+               ev.ImageGenerated(job_id="j", worker_id="w1", fencing_token=1, images=(IMG,)))
+    assert job.status == "scheduled" and job.worker_id == "w2"
+
+
+def test_rejected_prompt_fails_with_category_and_nothing_moves_it() -> None:
+    job = fold(REQ, ev.PromptModerated(job_id="j", verdict=ev.Verdict.REJECTED,
+                                       categories=("violence",)), SCHED1)
+    assert job.status == "failed" and job.categories == ("violence",)
+    assert job.failure_reason == "prompt_rejected"
+
+
+def test_events_from_other_topics_may_arrive_first() -> None:
+    job = fold(OK, REQ)
+    assert job.status == "queued" and job.user_id == "u"
