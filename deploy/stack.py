@@ -53,6 +53,10 @@ class Stack:
         default_factory=lambda: _env_int("IMAGEGEN_STACK_CONTROLLER_PORT", 39093))
     pg_port: int = field(default_factory=lambda: _env_int("IMAGEGEN_STACK_PG_PORT", 35432))
     jars: Path = ROOT / "deploy" / ".cache" / "kafka" / "libs"
+    # Added to every service's HTTP port (8000, 8101..8105) so two stacks can run side by side.
+    port_offset: int = field(default_factory=lambda: _env_int("IMAGEGEN_STACK_PORT_OFFSET", 0))
+    models: Path = field(
+        default_factory=lambda: Path(os.environ.get("IMAGEGEN_STACK_MODELS", ROOT / "models")))
 
     # ---- paths -------------------------------------------------------------------------------
     @property
@@ -70,6 +74,9 @@ class Stack:
     @property
     def pg_root(self) -> Path:
         return self.var / "pg"
+
+    def port(self, service: str) -> int:
+        return SERVICES[service][1] + self.port_offset
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -226,18 +233,20 @@ def service_env(st: Stack, name: str) -> dict[str, str]:
     prefix = "IMAGEGEN_" + name.upper().replace("-", "_") + "_"
     env = {
         f"{prefix}KAFKA_BOOTSTRAP": st.kafka_bootstrap,
-        f"{prefix}HTTP_PORT": str(SERVICES[name][1]),
+        f"{prefix}HTTP_PORT": str(st.port(name)),
     }
     if name in ("api", "pool-manager"):
         env[f"{prefix}DATABASE_URL"] = st.database_url
+    if name == "api":
+        env[f"{prefix}PUBLIC_BASE_URL"] = f"http://127.0.0.1:{st.port('api')}"
     if name == "delivery":
         env[f"{prefix}SIGNING_KEY"] = st.secret("signing_key", 32)
         env[f"{prefix}STORE_DIR"] = str(st.var / "delivery")
-    if name == "api":
-        env[f"{prefix}MODELS_DIR"] = str(ROOT / "models")
+    if name in ("api", "scheduler"):
+        env[f"{prefix}MODELS_DIR"] = str(st.models)
     if name == "gpu-worker":
         env[f"{prefix}BLOB_DIR"] = str(st.var / "blobs")
-        env[f"{prefix}MODELS_DIR"] = str(ROOT / "models")
+        env[f"{prefix}MODELS_DIR"] = str(st.models)
     return env
 
 
@@ -305,7 +314,7 @@ def write_env_file(st: Stack) -> None:
     (st.var / "stack.env").write_text(
         f"IMAGEGEN_KAFKA_BOOTSTRAP={st.kafka_bootstrap}\n"
         f"IMAGEGEN_DATABASE_URL={st.database_url}\n"
-        f"IMAGEGEN_API_URL=http://127.0.0.1:{SERVICES['api'][1]}\n"
+        f"IMAGEGEN_API_URL=http://127.0.0.1:{st.port('api')}\n"
     )
 
 
@@ -387,8 +396,8 @@ def ensure_database(st: Stack) -> None:
             psql(st, f"create database {db} owner imagegen")
 
 
-def wait_service(name: str, timeout_s: float = 60) -> float:
-    port = SERVICES[name][1]
+def wait_service(st: Stack, name: str, timeout_s: float = 60) -> float:
+    port = st.port(name)
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
         try:
@@ -428,8 +437,8 @@ def up(st: Stack) -> None:
     say(f"ready  postgres      127.0.0.1:{st.pg_port}")
     start(st, *SERVICES)
     for name in SERVICES:
-        waited = wait_service(name)
-        say(f"ready  {name:<13} http://127.0.0.1:{SERVICES[name][1]}  (+{waited:.1f}s)")
+        waited = wait_service(st, name)
+        say(f"ready  {name:<13} http://127.0.0.1:{st.port(name)}  (+{waited:.1f}s)")
     say(f"stack ready in {time.monotonic() - t0:.1f}s; logs in {st.logs}; `make down` stops it")
 
 

@@ -16,8 +16,9 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = {"api": 8000, "scheduler": 8101, "gpu-worker": 8102, "safety": 8103, "delivery": 8104,
-            "pool-manager": 8105}
+OFFSET = 1000  # this stack's services listen on 9000, 9101..9105, beside the suite's stack
+SERVICES = {"api": 8000 + OFFSET, "scheduler": 8101 + OFFSET, "gpu-worker": 8102 + OFFSET,
+            "safety": 8103 + OFFSET, "delivery": 8104 + OFFSET, "pool-manager": 8105 + OFFSET}
 
 
 def live_pids_mentioning(mark: str) -> list[int]:
@@ -38,7 +39,8 @@ def live_pids_mentioning(mark: str) -> list[int]:
 def test_up_is_ready_idempotent_and_down_leaves_no_process(tmp_path: Path) -> None:
     var = tmp_path / "var"
     env = {**os.environ, "IMAGEGEN_STACK_VAR": str(var), "IMAGEGEN_STACK_KAFKA_PORT": "39192",
-           "IMAGEGEN_STACK_CONTROLLER_PORT": "39193", "IMAGEGEN_STACK_PG_PORT": "35532"}
+           "IMAGEGEN_STACK_CONTROLLER_PORT": "39193", "IMAGEGEN_STACK_PG_PORT": "35532",
+           "IMAGEGEN_STACK_PORT_OFFSET": str(OFFSET)}
     stack = [sys.executable, str(ROOT / "deploy/stack.py")]
     try:
         first = subprocess.run([*stack, "up"], env=env, capture_output=True, text=True,
