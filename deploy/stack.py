@@ -242,6 +242,8 @@ def service_env(st: Stack, name: str) -> dict[str, str]:
     if name == "delivery":
         env[f"{prefix}SIGNING_KEY"] = st.secret("signing_key", 32)
         env[f"{prefix}STORE_DIR"] = str(st.var / "delivery")
+        env[f"{prefix}SOURCE_DIR"] = str(st.var / "blobs")
+        env[f"{prefix}PUBLIC_BASE_URL"] = f"http://127.0.0.1:{st.port('delivery')}"
     if name in ("api", "scheduler"):
         env[f"{prefix}MODELS_DIR"] = str(st.models)
     if name == "gpu-worker":

@@ -2,6 +2,8 @@
 
     imagegen topics create [--prefix P]   create the catalog's topics (idempotent)
     imagegen topics list                  the catalog: topic, key, partitions, retention, events
+    imagegen replay --job ID              one job's timeline, read from the topics
+    imagegen replay --rebuild --verify    rebuild the projection from offset 0, compare with live
     imagegen keys create --user NAME --plan {free,pro,turbo}   print a new API key
     imagegen simulate ...                 the fleet simulator (see docs/scheduling.md)
 
@@ -77,6 +79,34 @@ def cmd_topics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from . import replay
+
+    bootstrap = _bootstrap(args)
+    if args.job:
+        replay.print_timeline(replay.job_timeline(bootstrap, args.job))
+        return 0
+    if not args.rebuild:
+        print("say --job ID or --rebuild [--verify]", file=sys.stderr)
+        return 2
+    url = args.database_url or stack_setting("DATABASE_URL")
+    if not url:
+        print("no database: pass --database-url or run `make up` first", file=sys.stderr)
+        return 2
+    report = asyncio.run(replay.rebuild_and_verify(bootstrap, url, keep=not args.verify))
+    print(f"replayed {report.records} records; compared {report.compared} jobs: "
+          f"{report.equal} equal, {len(report.differences)} different"
+          + (f", {report.skipped_moving} still changing (left out)"
+             if report.skipped_moving else ""))
+    for line in report.differences[:20]:
+        print("  DIFF", line)
+    print("side effects sent: 0 (replay has no publisher, blob store or HTTP client)")
+    if args.verify:
+        print("VERIFIED: rebuilt projection equals the live one" if report.ok
+              else "MISMATCH: rebuilt projection differs from the live one")
+    return 0 if report.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["simulate"]:
@@ -91,6 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     topics.add_argument("--prefix", default="", help="topic name prefix (test isolation)")
     topics.add_argument("--bootstrap", default=None, help="Kafka host:port")
     topics.set_defaults(func=cmd_topics)
+    rp = sub.add_parser("replay", help="replay events: a job's timeline, or rebuild and verify")
+    rp.add_argument("--job", default=None, help="print this job's timeline")
+    rp.add_argument("--rebuild", action="store_true", help="rebuild projections from offset 0")
+    rp.add_argument("--verify", action="store_true",
+                    help="compare the rebuild with the live projection (then drop it)")
+    rp.add_argument("--bootstrap", default=None)
+    rp.add_argument("--database-url", default=None)
+    rp.set_defaults(func=cmd_replay)
     keys = sub.add_parser("keys", help="API keys")
     keys.add_argument("action", choices=["create"])
     keys.add_argument("--user", required=True, help="user id the key acts for")

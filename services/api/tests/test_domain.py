@@ -97,3 +97,51 @@ def test_rejected_prompt_fails_with_category_and_nothing_moves_it() -> None:
 def test_events_from_other_topics_may_arrive_first() -> None:
     job = fold(OK, REQ)
     assert job.status == "queued" and job.user_id == "u"
+
+
+TOPIC_OF = {
+    ev.GenerationRequested: "requested", ev.PromptModerated: "moderated",
+    ev.ImageModerated: "moderated", ev.JobScheduled: "scheduled",
+    ev.GenerationStarted: "progress", ev.StepProgressed: "progress",
+    ev.ImageGenerated: "generated", ev.ImageDelivered: "delivered",
+    ev.GenerationFailed: "ended",
+}
+LIFE = [REQ, OK, SCHED1,
+        ev.GenerationStarted(job_id="j", worker_id="w1", fencing_token=1),
+        ev.StepProgressed(job_id="j", worker_id="w1", fencing_token=1, step=1, total_steps=2),
+        ev.GenerationFailed(job_id="j", reason=ev.FailureReason.WORKER_LOST, attempt=1,
+                            terminal=False),
+        SCHED2,
+        ev.GenerationStarted(job_id="j", worker_id="w2", fencing_token=2),
+        ev.StepProgressed(job_id="j", worker_id="w2", fencing_token=2, step=2, total_steps=2),
+        ev.ImageGenerated(job_id="j", worker_id="w2", fencing_token=2, images=(IMG,)),
+        ev.ImageGenerated(job_id="j", worker_id="w1", fencing_token=1, images=(IMG,)),  # late
+        ev.ImageModerated(job_id="j", verdict=ev.Verdict.ALLOWED, fencing_token=2),
+        ev.ImageDelivered(job_id="j", images=())]
+
+
+def test_interleaving_of_topics_does_not_change_the_projection() -> None:
+    """Per-topic order is kept by Kafka; across topics any interleaving may happen."""
+    import random
+
+    envs = [Envelope.wrap(p, correlation_id="j", producer="t",
+                          occurred_at=T0 + timedelta(milliseconds=10 * i))
+            for i, p in enumerate(LIFE)]
+    streams: dict[str, list[tuple[Envelope, ev.Payload]]] = {}
+    for env, p in zip(envs, LIFE, strict=True):
+        streams.setdefault(TOPIC_OF[type(p)], []).append((env, p))
+    finals = set()
+    rng = random.Random(7)
+    for _ in range(200):
+        queues = {k: list(v) for k, v in streams.items()}
+        job = JobView(job_id="j")
+        while queues:
+            topic = rng.choice(sorted(queues))
+            env, p = queues[topic].pop(0)
+            job = evolve(job, env, p)
+            if not queues[topic]:
+                del queues[topic]
+        finals.add((job.status, job.fencing_token, job.attempt, job.updated_at,
+                    tuple(sorted(job.stamps.items()))))
+    assert len(finals) == 1, finals
+    assert next(iter(finals))[0] == "delivered"

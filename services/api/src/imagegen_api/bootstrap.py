@@ -12,7 +12,7 @@ from imagegen_runtime.standard import consumer_service
 
 from .adapters.accounts import PgAccounts
 from .adapters.catalog import load_catalog
-from .adapters.jobstore import PgJobStore
+from .adapters.jobstore import PgJobStore, projector_group
 from .config import SERVICE, SUBSCRIBES, ApiSettings
 from .entrypoints.http import Deps, build_router
 from .projections.jobs import projector
@@ -36,7 +36,7 @@ def bootstrap(settings: ApiSettings, *, publisher: Publisher | None = None) -> S
     http = FastAPI(title="imagegen API", version="0.1.0", lifespan=lifespan)
     http.include_router(build_router(deps))
     app = consumer_service(settings, SERVICE, SUBSCRIBES, projector(jobs), kafka, http=http,
-                           group=f"{settings.topic_prefix}imagegen-api-projector")
+                           group=projector_group(settings.topic_prefix))
 
     async def database() -> bool:
         return await jobs.get("readiness-probe") is None

@@ -7,13 +7,13 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import MetaData, func, insert, select, update
+from sqlalchemy import MetaData, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagegen_schemas import Envelope, Payload
 
-from ..domain.job import JobView, evolve
+from ..domain.job import Attempt, JobView, evolve
 from .tables import job_tables
 
 
@@ -30,7 +30,19 @@ def from_json(doc: dict[str, Any]) -> JobView:
         doc[k] = datetime.fromisoformat(doc[k]) if doc.get(k) else None
     doc["categories"] = tuple(doc.get("categories", ()))
     doc["images"] = tuple(doc.get("images", ()))
+    doc["failed_attempts"] = tuple(doc.get("failed_attempts", ()))
+    doc["attempts"] = {t: Attempt(**{**a, "categories": tuple(a.get("categories", ()))})
+                       for t, a in doc.get("attempts", {}).items()}
     return JobView(**doc)
+
+
+# Bump when the fold (domain.job) or the tables change: the api then drops the projection and
+# rebuilds it from offset 0 under a new consumer group (``projector_group``).
+PROJECTION_VERSION = 2
+
+
+def projector_group(topic_prefix: str = "") -> str:
+    return f"{topic_prefix}imagegen-api-projector-v{PROJECTION_VERSION}"
 
 
 class PgJobStore:
@@ -42,12 +54,26 @@ class PgJobStore:
         self.jobs, self.events, self.processed = job_tables(self.metadata, prefix)
 
     async def create(self) -> None:
+        """Create the tables; drop an older version of the projection first (it is rebuilt)."""
         async with self.engine.begin() as conn:
+            await conn.execute(text(
+                "create table if not exists projection_versions "
+                "(name text primary key, version int not null)"))
+            name = self.jobs.name
+            found = (await conn.execute(text(
+                "select version from projection_versions where name = :n"), {"n": name})).scalar()
+            if found != PROJECTION_VERSION:  # older, or from before versions were kept
+                await conn.run_sync(self.metadata.drop_all)
             await conn.run_sync(self.metadata.create_all)
+            await conn.execute(text(
+                "insert into projection_versions values (:n, :v) on conflict (name) "
+                "do update set version = excluded.version"), {"n": name, "v": PROJECTION_VERSION})
 
     async def drop(self) -> None:
         async with self.engine.begin() as conn:
             await conn.run_sync(self.metadata.drop_all)
+            await conn.execute(text("delete from projection_versions where name = :n"),
+                               {"n": self.jobs.name})
 
     async def apply(self, env: Envelope, payload: Payload, topic: str, partition: int,
                     offset: int) -> bool:
