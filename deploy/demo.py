@@ -1,15 +1,15 @@
 """`make demo`: set up everything and run the main job, a prompt in over HTTP, out/demo.png out.
 
-Each step says what it does; a step that cannot be done yet stops the demo with the reason.
+Steps: set up (Python workspace is made by make; Kafka jars, PostgreSQL, folders), start the
+whole stack (Kafka, PostgreSQL, six services; waits for each to be ready; creates a dev API
+key), then `imagegen generate` submits the prompt over HTTP, follows the event stream and saves
+the delivered image. The stack keeps running afterwards; `make down` stops it.
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,32 +17,21 @@ PROMPT = "a red circle on a blue background"
 
 
 def step(n: int, text: str) -> None:
-    print(f"[demo {n}/4] {text}", flush=True)
+    print(f"[demo {n}/3] {text}", flush=True)
 
 
 def main() -> int:
-    step(1, "setting up: Kafka jars, PostgreSQL, data folders")
+    step(1, "setting up: Kafka jars (Maven Central), PostgreSQL (Debian), data folders")
     subprocess.run([sys.executable, str(ROOT / "deploy/stack.py"), "setup"], check=True)
     step(2, "starting the stack: Kafka, PostgreSQL and the six services")
     subprocess.run([sys.executable, str(ROOT / "deploy/stack.py"), "up"], check=True)
-    step(3, f"submitting {PROMPT!r} to POST http://127.0.0.1:8000/v1/generations")
-    body = json.dumps({"prompt": PROMPT, "model": "shapes-demo", "width": 64, "height": 64,
-                       "steps": 25, "guidance_scale": 5.0, "seed": 0}).encode()
-    req = urllib.request.Request("http://127.0.0.1:8000/v1/generations", data=body,
-                                 headers={"Content-Type": "application/json"}, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            print(resp.status, resp.read()[:500])
-    except urllib.error.HTTPError as err:
-        if err.code in (404, 405):
-            print(
-                "[demo 3/4] STOPPED: the stack is up and every service is ready, but the API has "
-                "no generation endpoint yet: the generation path is issue #3 and has not "
-                "landed. `make down` stops the stack.", flush=True)
-            return 3
-        raise
-    step(4, "waiting for the image")  # reached once issue #3 lands
-    return 0
+    step(3, f"imagegen generate {PROMPT!r} --out out/demo.png")
+    done = subprocess.run([sys.executable, "-m", "imagegen.cli", "generate", PROMPT, "--out",
+                           str(ROOT / "out/demo.png"), "--seed", "0", "--steps", "25",
+                           "--guidance", "5"], cwd=ROOT)
+    if done.returncode == 0:
+        print(f"[demo] done: {ROOT / 'out/demo.png'}; the stack is still up (`make down`)")
+    return done.returncode
 
 
 if __name__ == "__main__":

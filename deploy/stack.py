@@ -248,6 +248,8 @@ def service_env(st: Stack, name: str) -> dict[str, str]:
         env[f"{prefix}MODELS_DIR"] = str(st.models)
     if name == "gpu-worker":
         env[f"{prefix}BLOB_DIR"] = str(st.var / "blobs")
+        if os.environ.get("IMAGEGEN_STACK_PRELOAD_MODEL"):
+            env[f"{prefix}PRELOAD_MODEL"] = os.environ["IMAGEGEN_STACK_PRELOAD_MODEL"]
         env[f"{prefix}MODELS_DIR"] = str(st.models)
     return env
 
@@ -318,6 +320,10 @@ def write_env_file(st: Stack) -> None:
         f"IMAGEGEN_DATABASE_URL={st.database_url}\n"
         f"IMAGEGEN_API_URL=http://127.0.0.1:{st.port('api')}\n"
     )
+    key = st.var / "secrets" / "dev_api_key"
+    if key.exists():
+        with open(st.var / "stack.env", "a") as f:
+            f.write(f"IMAGEGEN_API_KEY={key.read_text().strip()}\n")
 
 
 def supervisord_pid(st: Stack) -> int | None:
@@ -441,7 +447,23 @@ def up(st: Stack) -> None:
     for name in SERVICES:
         waited = wait_service(st, name)
         say(f"ready  {name:<13} http://127.0.0.1:{st.port(name)}  (+{waited:.1f}s)")
+    key_file = ensure_dev_key(st)
     say(f"stack ready in {time.monotonic() - t0:.1f}s; logs in {st.logs}; `make down` stops it")
+    say(f"development API key (user 'dev', plan pro) in {key_file}")
+
+
+def ensure_dev_key(st: Stack) -> Path:
+    """A development API key, created once and kept in var/secrets/dev_api_key."""
+    path = st.var / "secrets" / "dev_api_key"
+    if not path.exists():
+        env = {**os.environ, "IMAGEGEN_DATABASE_URL": st.database_url}
+        out = sh(PY, "-m", "imagegen.cli", "keys", "create", "--user", "dev", "--plan", "pro",
+                 env=env, capture_output=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(out.stdout.strip())
+        path.chmod(0o600)
+    write_env_file(st)
+    return path
 
 
 def _our_processes(st: Stack) -> list[int]:

@@ -2,6 +2,7 @@
 
     imagegen topics create [--prefix P]   create the catalog's topics (idempotent)
     imagegen topics list                  the catalog: topic, key, partitions, retention, events
+    imagegen generate "a prompt" --out file.png [--model --steps --seed --guidance ...]
     imagegen replay --job ID              one job's timeline, read from the topics
     imagegen replay --rebuild --verify    rebuild the projection from offset 0, compare with live
     imagegen keys create --user NAME --plan {free,pro,turbo}   print a new API key
@@ -79,6 +80,25 @@ def cmd_topics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generate import generate
+
+    api = args.api or stack_setting("API_URL", "http://127.0.0.1:8000") or ""
+    key = args.key or stack_setting("API_KEY")
+    if not key:
+        print("no API key: pass --key, set IMAGEGEN_API_KEY, or run `make up` (it creates one)",
+              file=sys.stderr)
+        return 2
+    body = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "steps": args.steps,
+            "guidance_scale": args.guidance, "scheduler": args.scheduler,
+            "num_images": 1}
+    for name in ("model", "seed", "width", "height"):
+        if getattr(args, name) is not None:
+            body[name] = getattr(args, name)
+    generate(api, key, body, Path(args.out))
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from . import replay
 
@@ -121,6 +141,20 @@ def main(argv: list[str] | None = None) -> int:
     topics.add_argument("--prefix", default="", help="topic name prefix (test isolation)")
     topics.add_argument("--bootstrap", default=None, help="Kafka host:port")
     topics.set_defaults(func=cmd_topics)
+    gen = sub.add_parser("generate", help="generate an image through the running stack")
+    gen.add_argument("prompt")
+    gen.add_argument("--out", default="out/image.png")
+    gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--model", default=None)
+    gen.add_argument("--steps", type=int, default=25)
+    gen.add_argument("--guidance", type=float, default=5.0)
+    gen.add_argument("--scheduler", default="ddim")
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--width", type=int, default=None)
+    gen.add_argument("--height", type=int, default=None)
+    gen.add_argument("--api", default=None, help="API base URL")
+    gen.add_argument("--key", default=None, help="API key")
+    gen.set_defaults(func=cmd_generate)
     rp = sub.add_parser("replay", help="replay events: a job's timeline, or rebuild and verify")
     rp.add_argument("--job", default=None, help="print this job's timeline")
     rp.add_argument("--rebuild", action="store_true", help="rebuild projections from offset 0")

@@ -49,10 +49,16 @@ def bootstrap(settings: GpuWorkerSettings, *, publisher: KafkaPublisher | None =
     async def beats(stop: asyncio.Event) -> None:
         await heartbeat_loop(publisher, beat, settings.heartbeat_interval_s, stop)
 
-    async def warm(stop: asyncio.Event) -> None:
-        """Preload the default model so the first job is warm (the pool-manager may ask more)."""
-        if (settings.models_dir / settings.preload_model / "model.json").exists():
-            await asyncio.to_thread(diffusers_runner.load, settings.preload_model)
+    warmed = asyncio.Event()
 
+    async def warm(stop: asyncio.Event) -> None:
+        """Import diffusers (~10 s) and preload the default model before taking work."""
+        await asyncio.to_thread(diffusers_runner.warm_up, settings.preload_model)
+        warmed.set()
+
+    async def is_warm() -> bool:
+        return warmed.is_set()
+
+    app.readiness.add("warm", is_warm)
     app.tasks.extend([beats, warm])
     return app

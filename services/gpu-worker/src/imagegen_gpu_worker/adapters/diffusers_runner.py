@@ -91,6 +91,14 @@ class DiffusersRunner:
             self.loaded[model_id] = LoadedModel(pipe, size, (time.perf_counter() - t0) * 1000)
             return self.loaded[model_id]
 
+    def warm_up(self, model_id: str | None) -> None:
+        """Import the ML stack now (not on the first job) and load ``model_id`` if registered."""
+        import diffusers  # noqa: F401
+        import torch  # noqa: F401
+
+        if model_id and (self.models_dir / model_id / "model.json").exists():
+            self.load(model_id)
+
     def run(self, plan: RunPlan, on_step: Callable[[int, int, str | None], None],
             cancelled: Callable[[], bool]) -> RunResult:
         import diffusers
