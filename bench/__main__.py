@@ -1,10 +1,14 @@
-"""Run the benchmarks: python -m bench [overhead] [--jobs N]."""
+"""Run a benchmark: python -m bench {overhead,scheduler} [options]."""
 
 from __future__ import annotations
 
 import sys
 
-from .overhead import main
+from . import overhead, scheduler
+
+BENCHES = {"overhead": overhead.main, "scheduler": scheduler.main}
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    name = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in BENCHES else "overhead"
+    rest = sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] in BENCHES else sys.argv[1:]
+    raise SystemExit(BENCHES[name](rest))

@@ -56,7 +56,6 @@ def direct_baseline(models: Path, runs: int = 20) -> float:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("what", nargs="?", default="overhead", choices=["overhead"])
     parser.add_argument("--jobs", type=int, default=200)
     args = parser.parse_args(argv)
 

@@ -2,18 +2,58 @@
 
 from __future__ import annotations
 
-from imagegen_runtime.kafka import KafkaPublisher
+import asyncio
+
+from imagegen_runtime.health import Readiness, health_app
+from imagegen_runtime.kafka import KafkaPublisher, ReplayingConsumer
+from imagegen_runtime.publishing import Publisher
 from imagegen_runtime.service import ServiceApp
-from imagegen_runtime.standard import consumer_service, dispatcher
+from imagegen_runtime.standard import kafka_metadata_check
 
+from .adapters.catalog import load_catalog
 from .config import SERVICE, SUBSCRIBES, SchedulerSettings
-from .service_layer.handlers import HANDLERS
+from .service_layer.scheduling import Scheduler
 
 
-def bootstrap(
-    settings: SchedulerSettings, *, publisher: KafkaPublisher | None = None
-) -> ServiceApp:
-    publisher = publisher or KafkaPublisher(
+def bootstrap(settings: SchedulerSettings, *, publisher: Publisher | None = None) -> ServiceApp:
+    kafka = KafkaPublisher(
         settings.kafka_bootstrap, f"{SERVICE}-{settings.instance_id}", settings.topic_prefix
     )
-    return consumer_service(settings, SERVICE, SUBSCRIBES, dispatcher(HANDLERS), publisher)
+    scheduler = Scheduler(
+        publisher or kafka, load_catalog(settings.models_dir), max_attempts=settings.max_attempts
+    )
+    consumer = ReplayingConsumer(
+        settings.kafka_bootstrap,
+        [settings.topic_prefix + t for t in SUBSCRIBES],
+        scheduler.on_event,
+        kafka,
+        f"{settings.topic_prefix}imagegen-scheduler",
+        after_batch=scheduler.after_batch,
+    )
+    readiness = Readiness()
+    readiness.add("kafka", kafka_metadata_check(settings.kafka_bootstrap))  # type: ignore[arg-type]
+
+    async def live() -> bool:
+        return scheduler.live
+
+    readiness.add("caught_up", live)
+
+    async def ticks(stop: asyncio.Event) -> None:
+        await scheduler.tick_loop(consumer.caught_up, stop)
+
+    http = health_app(SERVICE, readiness)
+
+    @http.get("/v1/queues")
+    async def queues() -> dict[str, object]:
+        """Queued and running jobs per tier, and idle workers (operator view)."""
+        st = scheduler.state
+        return {
+            "queued": {t.value: len(q) for t, q in st.queues.items()},
+            "running": {t.value: n for t, n in st.running_by_tier.items()},
+            "idle_workers": sorted(st.idle),
+            "workers": sorted(st.workers),
+        }
+
+    return ServiceApp(
+        SERVICE, http, readiness, tasks=[consumer.run, ticks], on_shutdown=[kafka.close]
+    )

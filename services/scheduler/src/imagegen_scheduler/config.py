@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -11,9 +13,11 @@ from imagegen_runtime.settings import ServiceSettings
 SERVICE = "scheduler"
 # Topics this service consumes (catalog names, before the prefix).
 SUBSCRIBES: tuple[str, ...] = (
+    "imagegen.jobs.requested",
     "imagegen.jobs.moderated",
-    "imagegen.jobs.ended",
+    "imagegen.jobs.scheduled",
     "imagegen.jobs.generated",
+    "imagegen.jobs.ended",
     "imagegen.workers.heartbeats",
 )
 
@@ -23,4 +27,6 @@ class SchedulerSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="IMAGEGEN_SCHEDULER_", extra="ignore", frozen=True)
 
+    models_dir: Path = Field(default=Path("models"), description="Registered models (model.json).")
+    max_attempts: int = Field(default=3, ge=1, le=10, description="Attempts before a job fails.")
     http_port: int = Field(default=8101, ge=1, le=65535, description="Port of the HTTP server.")

@@ -1,0 +1,67 @@
+"""The policy's knobs. The service builds one from its settings; the simulator from a scenario."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .model import Tier
+
+
+def _tiers(turbo: float, fast: float, relax: float) -> dict[Tier, float]:
+    return {Tier.TURBO: turbo, Tier.FAST: fast, Tier.RELAX: relax}
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """Scheduling policy configuration; defaults are the seed design's numbers."""
+
+    # Relative tier weights. A job's urgency is weight x (1 + wait / tau): the weights set how
+    # much more urgent a higher tier's job is than a lower tier's job that waited as long.
+    tier_weights: Mapping[Tier, float] = field(default_factory=lambda: _tiers(10, 5, 1))
+    # Aging: a relax job that has waited this long ranks with a fresh turbo job (promotion).
+    promote_after_s: float = 300.0
+    # Share of accepting workers guaranteed to relax while relax has work that fits them.
+    relax_reserve_fraction: float = 0.2
+    # Most workers one user may occupy in one tier, as a share of accepting workers (at least 1).
+    user_share: float = 0.05
+    # Warm-model affinity looks at most this many of the chosen tier's jobs whose base model the
+    # worker holds (oldest first).
+    lookahead: int = 64
+    # A tier's head job may be passed over for a warmer one only while it has waited less than
+    # this; after that it takes the next worker it fits (cold jobs are not starved).
+    affinity_patience_s: Mapping[Tier, float] = field(default_factory=lambda: _tiers(5, 30, 120))
+    # Wait targets (p95 goals). Preemption fires when a turbo job would exceed its target.
+    wait_targets_s: Mapping[Tier, float] = field(default_factory=lambda: _tiers(15, 60, 300))
+    # Whether a turbo job may pause a running relax job at a step boundary.
+    preemption: bool = True
+    # A tier scan stops after this many queued jobs; bounds the cost of one decision.
+    max_scan: int = 512
+
+    def __post_init__(self) -> None:
+        if set(self.tier_weights) != set(Tier) or min(self.tier_weights.values()) <= 0:
+            raise ValueError("tier_weights needs a positive weight for each of turbo, fast, relax")
+        if self.tier_weights[Tier.TURBO] <= self.tier_weights[Tier.RELAX]:
+            raise ValueError("tier_weights: turbo must weigh more than relax (e.g. 10/5/1)")
+        if self.promote_after_s <= 0:
+            raise ValueError("promote_after_s must be > 0 seconds (default 300)")
+        if not 0.0 <= self.relax_reserve_fraction < 1.0:
+            raise ValueError("relax_reserve_fraction must be in [0, 1), e.g. 0.2")
+        if not 0.0 < self.user_share <= 1.0:
+            raise ValueError("user_share must be in (0, 1], e.g. 0.05")
+        if self.lookahead < 1 or self.max_scan < self.lookahead:
+            raise ValueError("need 1 <= lookahead <= max_scan")
+
+    @property
+    def aging_scale_s(self) -> float:
+        """tau in urgency = weight x (1 + wait / tau); 33.3 s by default.
+
+        Chosen so that a relax job that has waited ``promote_after_s`` is as urgent as a turbo
+        job that has just arrived: 1 x (1 + 300 / tau) = 10 x (1 + 0).
+        """
+        ratio = self.tier_weights[Tier.TURBO] / self.tier_weights[Tier.RELAX]
+        return self.promote_after_s / (ratio - 1)
+
+    def urgency(self, tier: Tier, waited_s: float) -> float:
+        """The ordering key between tiers; larger is served first."""
+        return self.tier_weights[tier] * (1 + max(0.0, waited_s) / self.aging_scale_s)

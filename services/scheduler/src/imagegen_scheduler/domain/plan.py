@@ -1,0 +1,111 @@
+"""One decision round: the overlay a policy builds on top of the state it must not mutate."""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import math
+from collections.abc import Iterator
+
+from .events import Assign, Decision, Reason
+from .model import TIERS, Tier, WorkerView
+from .queues import QueuedJob
+from .state import SchedulerState
+
+
+class Round:
+    """Jobs taken and workers used so far in one ``decide`` call, and the tokens handed out."""
+
+    def __init__(self, state: SchedulerState, now: float) -> None:
+        self.state = state
+        self.now = now
+        self.taken: set[str] = set()
+        self.assigned_by_tier: dict[Tier, int] = dict.fromkeys(TIERS, 0)
+        self.decisions: list[Decision] = []
+        self._next_token = state.last_token + 1
+        self.assigned_by_user: dict[tuple[Tier, str], int] = {}
+        accepting = state.accepting_workers()
+        self.reserve_slots = math.ceil(state.config.relax_reserve_fraction * accepting)
+        self.user_cap = max(1, math.floor(state.config.user_share * accepting))
+        self._orders: dict[Tier, tuple[list[QueuedJob], Iterator[QueuedJob]]] = {}
+
+    def free_workers(self) -> list[WorkerView]:
+        """Idle accepting workers, smallest budget first, then by id.
+
+        Small workers choose first so that jobs only large workers can hold still find one.
+        """
+        workers = [self.state.workers[w] for w in self.state.idle if w in self.state.workers]
+        return sorted(workers, key=lambda w: (w.budget_gb, w.worker_id))
+
+    def assign(self, job: QueuedJob, worker: WorkerView, reason: Reason) -> None:
+        self.decisions.append(Assign(job.job_id, worker.worker_id, self._next_token, reason))
+        self._next_token += 1
+        self.taken.add(job.job_id)
+        self.assigned_by_tier[job.request.tier] += 1
+        user = (job.request.tier, job.request.user_id)
+        self.assigned_by_user[user] = self.assigned_by_user.get(user, 0) + 1
+
+    def at_cap(self, job: QueuedJob) -> bool:
+        """Whether the job's user already occupies ``user_share`` of the workers in its tier."""
+        return self._user_at_cap(job.request.tier, job.request.user_id)
+
+    def _user_at_cap(self, tier: Tier, user_id: str) -> bool:
+        user = (tier, user_id)
+        running = self.state.running_by_user.get(user, 0) + self.assigned_by_user.get(user, 0)
+        return running >= self.user_cap
+
+    def relax_running(self) -> int:
+        """Relax jobs running or just assigned, not counting those being paused."""
+        state = self.state
+        pausing = sum(
+            1 for j in state.preempting if state.running[j].job.request.tier is Tier.RELAX
+        )
+        return state.running_by_tier[Tier.RELAX] - pausing + self.assigned_by_tier[Tier.RELAX]
+
+    def relax_below_reserve(self) -> bool:
+        return self.relax_running() < self.reserve_slots
+
+    def fitting(self, tier: Tier, worker: WorkerView) -> Iterator[QueuedJob]:
+        """Candidates: untaken jobs of ``tier`` that fit ``worker`` and whose user is under the
+        cap, oldest first.
+
+        Scans at most ``config.max_scan`` queued jobs, which bounds the cost of a decision. The
+        queue order is read once per round and shared by every worker that chooses in it.
+        """
+        if tier not in self._orders:
+            capped = functools.partial(self._user_at_cap, tier)
+            self._orders[tier] = ([], self.state.queues[tier].in_order(capped))
+        seen, rest = self._orders[tier]
+        caps, budget = worker.capabilities, worker.budget_gb
+        for index in range(self.state.config.max_scan):
+            if index == len(seen):
+                job = next(rest, None)
+                if job is None:
+                    return
+                seen.append(job)
+            job = seen[index]
+            if (
+                job.family in caps
+                and job.footprint_gb <= budget
+                and job.job_id not in self.taken
+                and not self.at_cap(job)
+            ):
+                yield job
+
+    def warm_candidates(self, tier: Tier, worker: WorkerView) -> Iterator[QueuedJob]:
+        """Candidates of ``tier`` whose base model ``worker`` holds, oldest first, at most
+        ``config.lookahead`` of them: the look-ahead of warm-model affinity."""
+        queue = self.state.queues[tier]
+        lines = [queue.by_model[m].values() for m in worker.resident if m in queue.by_model]
+        found = 0
+        for job in heapq.merge(*lines, key=lambda j: (j.due_since, j.seq)):
+            if (
+                job.footprint_gb <= worker.budget_gb
+                and job.family in worker.capabilities
+                and job.job_id not in self.taken
+                and not self.at_cap(job)
+            ):
+                yield job
+                found += 1
+                if found == self.state.config.lookahead:
+                    return

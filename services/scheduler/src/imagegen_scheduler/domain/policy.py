@@ -1,0 +1,153 @@
+"""Our tier policy: weighted aging, user caps, relax reserve, warm affinity, preemption.
+
+``decide(state, now)`` offers each idle worker, smallest budget first (then by id), one job;
+a worker whose pick another idle worker holds warmer steps back once and chooses after it.
+Candidates are queued jobs that fit the worker and whose user holds fewer than ``user_share``
+of the workers in that tier (no user monopolises a tier).
+
+1. Held: a worker freed by a preemption goes to the job it was freed for.
+2. Reserved: while relax runs on fewer than ``relax_reserve_fraction`` of the accepting workers
+   and a relax job fits the worker, relax gets it.
+3. Urgency: otherwise the tier whose oldest candidate is most urgent wins, with
+   ``urgency = weight x (1 + wait / tau)``; ties go to the higher tier. Weights 10/5/1 by
+   default; ``tau`` (33.3 s) makes a relax job that has waited ``promote_after_s`` exactly as
+   urgent as a turbo job that just arrived (promotion). Under overload the waits settle where
+   the urgencies meet, so each tier's extra wait is shared in proportion 1/weight.
+4. Warm affinity: the worker may take a warmer job among the chosen tier's first ``lookahead``
+   candidates whose base model it holds (model and adapters resident beats model resident
+   beats cold; ties keep queue order). If the pick would be less than fully warm while the
+   tier's oldest candidate is within its ``affinity_patience_s`` and another worker holds that
+   candidate warmer, the worker is offered to the next tier in urgency order instead (reason
+   ``affinity``), and stays idle if no tier has a settled pick: a short wait for a warm worker
+   costs less than an 8-20 s load. Once a job is past its patience it is passed over only by
+   workers that hold it less warm than some other worker does, so cold jobs are not starved
+   (``_warmest``).
+
+After assigning, turbo jobs that would still miss their wait target may pause relax jobs
+(``preemption.preemptions``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+from .events import Decision, Reason
+from .model import TIER_RANK, TIERS, Tier, WarmLevel, WorkerView, fits, warm_level
+from .plan import Round
+from .preemption import preemptions
+from .queues import QueuedJob
+from .state import SchedulerState
+
+
+def decide(state: SchedulerState, now: float) -> list[Decision]:
+    """Assignments for idle workers, then preemptions; apply them with ``as_event``/``evolve``."""
+    plan = Round(state, now)
+    waiting = deque(plan.free_workers())
+    yielded: set[str] = set()
+    while waiting:
+        worker = waiting.popleft()
+        held = _held_job(plan, worker)
+        if held is not None:
+            plan.assign(held, worker, Reason.HELD)
+            continue
+        choice = _choose(plan, worker)
+        if choice is None:
+            continue
+        job, reason = choice
+        if worker.worker_id not in yielded and _idle_warmer(job, worker, waiting):
+            yielded.add(worker.worker_id)  # once: let the warmer idle worker choose first
+            waiting.append(worker)
+            continue
+        plan.assign(job, worker, reason)
+    plan.decisions.extend(preemptions(plan))
+    return plan.decisions
+
+
+def _idle_warmer(job: QueuedJob, worker: WorkerView, idle: Iterable[WorkerView]) -> bool:
+    """Whether another idle worker still to choose holds ``job`` warmer than ``worker``."""
+    level = warm_level(job.request, worker)
+    return level < WarmLevel.FULL and any(
+        warm_level(job.request, other) > level and fits(job.family, job.footprint_gb, other)
+        for other in idle
+    )
+
+
+def urgency(state: SchedulerState, job: QueuedJob, now: float) -> float:
+    """The ordering key between tiers; larger is served first (``SchedulerConfig.urgency``)."""
+    return state.config.urgency(job.request.tier, now - job.due_since)
+
+
+def _held_job(plan: Round, worker: WorkerView) -> QueuedJob | None:
+    job_id = plan.state.held.get(worker.worker_id)
+    job = plan.state.queued.get(job_id) if job_id is not None else None
+    if job is None or job.job_id in plan.taken or not fits(job.family, job.footprint_gb, worker):
+        return None
+    return job
+
+
+def _choose(plan: Round, worker: WorkerView) -> tuple[QueuedJob, Reason] | None:
+    state = plan.state
+    firsts: dict[Tier, QueuedJob] = {}
+    for tier in TIERS:
+        first = next(plan.fitting(tier, worker), None)
+        if first is not None:
+            firsts[tier] = first
+    if not firsts:
+        return None
+    if Tier.RELAX in firsts and plan.relax_below_reserve():
+        order, reason = [Tier.RELAX], Reason.RESERVED
+    else:
+        order = sorted(firsts, key=lambda t: (-urgency(state, firsts[t], plan.now), TIER_RANK[t]))
+        reason = Reason.URGENCY
+    for index, tier in enumerate(order):
+        job, settled = _warmest(plan, tier, firsts[tier], worker)
+        if settled:
+            return job, reason if index == 0 else Reason.AFFINITY
+    return None  # every candidate is briefly waiting for a worker that holds it warmer
+
+
+def _warmest(
+    plan: Round, tier: Tier, head: QueuedJob, worker: WorkerView
+) -> tuple[QueuedJob, bool]:
+    """Warm affinity with a bounded look-ahead that cannot starve a cold job.
+
+    ``head`` is the tier's oldest candidate for this worker. Returns the pick and whether it is
+    settled. The pick is the head if it is fully warm here; otherwise the warmest of the head and
+    the tier's first ``lookahead`` candidates whose base model this worker holds, oldest first
+    on ties. Bound: once the head has been due for ``affinity_patience_s``, it is taken here
+    unless another worker it fits holds it warmer (that worker will take it, so passing it over
+    here cannot starve it). A pick short of fully warm is unsettled while the head is within its
+    patience and another worker holds the head warmer than this pick: the caller then offers the
+    worker to the next tier, and leaves it idle if no tier has a settled pick.
+    """
+    level = warm_level(head.request, worker)
+    if level == WarmLevel.FULL:
+        return head, True
+    elsewhere = _warmest_elsewhere(plan.state, head, worker)
+    patient = plan.now - head.due_since < plan.state.config.affinity_patience_s[tier]
+    if not patient and elsewhere <= level:
+        return head, True
+    best, best_level = head, level
+    for job in plan.warm_candidates(tier, worker):
+        job_level = warm_level(job.request, worker)
+        if job_level > best_level:
+            best, best_level = job, job_level
+            if best_level == WarmLevel.FULL:
+                break
+    return best, best_level == WarmLevel.FULL or not patient or elsewhere <= best_level
+
+
+def _warmest_elsewhere(state: SchedulerState, job: QueuedJob, worker: WorkerView) -> int:
+    """The best ``WarmLevel`` of the job on another accepting worker that it fits."""
+    holders = state.holders.get(job.request.model_id, set()) - {worker.worker_id}
+    usable = {
+        w
+        for w in holders
+        if state.workers[w].accepting and fits(job.family, job.footprint_gb, state.workers[w])
+    }
+    if not usable:
+        return WarmLevel.COLD
+    for adapter_id in job.request.adapters:
+        usable &= state.holders.get(adapter_id, set())
+    return WarmLevel.FULL if usable else WarmLevel.BASE

@@ -1,0 +1,135 @@
+"""Queued jobs and one tier's queue.
+
+Ordering inside a tier: oldest first by the time a job became schedulable (``queued_at``, the
+original one for a resumed job), then fold order (``seq``). Jobs are kept in a FIFO per user,
+with the users' oldest jobs in a sorted list, so that a user at their concurrency cap
+(``SchedulerConfig.user_share``) is skipped in one step however many jobs they queued: a user
+who floods a tier holds at most their cap of workers, and everybody else's jobs go past theirs.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from .model import JobRequest
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedJob:
+    """A job waiting in a tier queue."""
+
+    request: JobRequest  # what was asked
+    family: str  # model family, the capability it needs
+    footprint_gb: float  # VRAM it needs (model + adapters + activations)
+    remaining_steps: int  # steps left; fewer than requested after a preemption
+    enqueued_at: float  # start of the current stay in the queue
+    waited_s: float  # time spent queued in earlier stays (before a preemption or worker loss)
+    seq: int  # fold-order number; breaks every remaining tie
+    attempt: int  # 1, then +1 after a lost worker
+
+    @property
+    def job_id(self) -> str:
+        return self.request.job_id
+
+    @property
+    def due_since(self) -> float:
+        """When it became schedulable; its wait (and so its urgency) counts from here."""
+        return self.request.queued_at
+
+    def wait_s(self, now: float) -> float:
+        """Total time queued so far, over all stays."""
+        return self.waited_s + max(0.0, now - self.enqueued_at)
+
+
+_Key = tuple[float, int, str]  # (due_since, seq, user_id) of a user's head job
+
+
+class TierQueue:
+    """One tier. Mutated only by ``evolve`` (through ``push`` and ``remove``)."""
+
+    def __init__(self) -> None:
+        self.by_user: dict[str, deque[QueuedJob]] = {}  # each user's jobs, oldest first
+        self.heads: list[_Key] = []  # one key per user with queued jobs, ascending
+        self.arrivals: dict[str, QueuedJob] = {}  # job id -> job in fold order (baselines)
+        self.by_model: dict[str, dict[str, QueuedJob]] = {}  # base model -> its jobs, fold order
+
+    def __len__(self) -> int:
+        return len(self.arrivals)
+
+    def push(self, job: QueuedJob, *, front: bool = False) -> None:
+        """Queue a job; ``front`` puts a resumed job before its user's other jobs."""
+        user = job.request.user_id
+        jobs = self.by_user.setdefault(user, deque())
+        if jobs and front:
+            self._drop_head(jobs[0])
+        if front:
+            jobs.appendleft(job)
+        else:
+            jobs.append(job)
+        if jobs[0] is job:
+            bisect.insort(self.heads, _key(job))
+        self.arrivals[job.job_id] = job
+        self.by_model.setdefault(job.request.model_id, {})[job.job_id] = job
+
+    def remove(self, job_id: str, user_id: str) -> None:
+        """Take a job out (assigned or cancelled)."""
+        job = self.arrivals.pop(job_id, None)
+        if job is not None:
+            same_model = self.by_model[job.request.model_id]
+            del same_model[job_id]
+            if not same_model:
+                del self.by_model[job.request.model_id]
+        jobs = self.by_user.get(user_id)
+        if not jobs:
+            return
+        if jobs[0].job_id == job_id:
+            self._drop_head(jobs.popleft())
+            if jobs:
+                bisect.insort(self.heads, _key(jobs[0]))
+        else:
+            for queued in jobs:
+                if queued.job_id == job_id:
+                    jobs.remove(queued)
+                    break
+        if not jobs:
+            del self.by_user[user_id]
+
+    def oldest_due(self) -> float | None:
+        """``due_since`` of the oldest queued job, or None when empty."""
+        return self.heads[0][0] if self.heads else None
+
+    def in_order(self, skip_user: Callable[[str], bool] | None = None) -> Iterator[QueuedJob]:
+        """Queued jobs oldest first (``due_since``, then ``seq``), leaving out every job of the
+        users for whom ``skip_user`` is true. Lazy: a caller that stops early pays only for
+        what it read, and a skipped user costs one step however many jobs they queued."""
+        later: list[tuple[float, int, str, int]] = []  # users' next jobs: (due, seq, user, index)
+        for due, seq, user in self.heads:
+            while later and later[0][:2] < (due, seq):
+                yield self._next_of(later)
+            if skip_user is not None and skip_user(user):
+                continue
+            jobs = self.by_user[user]
+            yield jobs[0]
+            if len(jobs) > 1:
+                heapq.heappush(later, (jobs[1].due_since, jobs[1].seq, user, 1))
+        while later:
+            yield self._next_of(later)
+
+    def _next_of(self, later: list[tuple[float, int, str, int]]) -> QueuedJob:
+        _, _, user, index = heapq.heappop(later)
+        jobs = self.by_user[user]
+        if index + 1 < len(jobs):
+            heapq.heappush(later, (jobs[index + 1].due_since, jobs[index + 1].seq, user, index + 1))
+        return jobs[index]
+
+    def _drop_head(self, job: QueuedJob) -> None:
+        index = bisect.bisect_left(self.heads, _key(job))
+        del self.heads[index]
+
+
+def _key(job: QueuedJob) -> _Key:
+    return (job.due_since, job.seq, job.request.user_id)

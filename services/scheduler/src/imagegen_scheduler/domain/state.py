@@ -1,0 +1,168 @@
+"""Scheduler state as a fold over events: ``evolve(state, event) -> state``.
+
+``SchedulerState`` is owned by one fold and updated in place (copying a 1,500-job queue on every
+event would dominate the simulator); ``evolve`` returns it so folds read as
+``functools.reduce(evolve, events, SchedulerState(config, catalog))``. Policies only read it.
+Every handler is idempotent: a duplicate or stale event (old fencing token) changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .config import SchedulerConfig
+from .events import (
+    Event,
+    JobAssigned,
+    JobCancelled,
+    JobFinished,
+    JobPreempted,
+    JobQueued,
+    PreemptionRequested,
+    WorkerLost,
+    WorkerUpdated,
+)
+from .fleet import forget_worker, record_worker
+from .model import TIERS, ModelCatalog, Tier, WorkerView, denoise_s, footprint_gb, load_estimate_s
+from .queues import QueuedJob, TierQueue
+
+
+@dataclass(frozen=True, slots=True)
+class RunningJob:
+    job: QueuedJob  # the job as it left the queue
+    worker_id: str  # where it runs
+    fencing_token: int  # token of this assignment
+    started_at: float  # assignment time
+    expected_end: float  # started_at + estimated load and denoise time
+
+
+class SchedulerState:
+    def __init__(self, config: SchedulerConfig, catalog: ModelCatalog) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.workers: dict[str, WorkerView] = {}
+        self.idle: set[str] = set()  # accepting workers with nothing running
+        self.queues: dict[Tier, TierQueue] = {tier: TierQueue() for tier in TIERS}
+        self.queued: dict[str, QueuedJob] = {}
+        self.running: dict[str, RunningJob] = {}  # by job id
+        self.running_on: dict[str, str] = {}  # worker id -> job id
+        self.running_by_tier: dict[Tier, int] = dict.fromkeys(TIERS, 0)
+        self.running_by_user: dict[tuple[Tier, str], int] = {}  # (tier, user) -> running jobs
+        self.last_token = 0  # highest fencing token issued
+        self.preempting: dict[str, str] = {}  # running job being paused -> job it makes room for
+        self.held: dict[str, str] = {}  # worker id -> queued job it is held for
+        self.holders: dict[str, set[str]] = {}  # model or adapter id -> workers it is resident on
+        self.seq = 0
+        self.accepting = 0  # workers that accept new work
+
+    def accepting_workers(self) -> int:
+        return self.accepting
+
+
+def evolve(state: SchedulerState, event: Event) -> SchedulerState:
+    match event:
+        case JobQueued(request, at):
+            if request.job_id in state.queued or request.job_id in state.running:
+                return state
+            try:
+                need = footprint_gb(request, state.catalog)
+                family = state.catalog.models[request.model_id].family
+            except KeyError as missing:
+                raise ValueError(
+                    f"job {request.job_id} uses unknown {missing}; admit() it first"
+                ) from missing
+            state.seq += 1
+            job = QueuedJob(request, family, need, request.steps, at, 0.0, state.seq, 1)
+            _enqueue(state, job, front=False)
+        case JobAssigned(job_id, worker_id, token, at):
+            state.last_token = max(state.last_token, token)
+            queued = state.queued.get(job_id)
+            if queued is None or worker_id in state.running_on:
+                return state
+            del state.queued[job_id]
+            state.queues[queued.request.tier].remove(job_id, queued.request.user_id)
+            worker = state.workers.get(worker_id)
+            end = at
+            if worker is not None:
+                end += load_estimate_s(queued.request, worker, state.catalog)
+                speed = worker.speed
+            else:
+                speed = 1.0
+            end += denoise_s(queued.request, queued.remaining_steps, speed, state.catalog)
+            state.running[job_id] = RunningJob(queued, worker_id, token, at, end)
+            state.running_on[worker_id] = job_id
+            state.running_by_tier[queued.request.tier] += 1
+            user = (queued.request.tier, queued.request.user_id)
+            state.running_by_user[user] = state.running_by_user.get(user, 0) + 1
+            state.idle.discard(worker_id)
+            state.held = {w: j for w, j in state.held.items() if j != job_id and w != worker_id}
+        case JobFinished(job_id, worker_id, token, at):
+            _stop(state, job_id, token)
+        case PreemptionRequested(job_id, worker_id, token, for_job_id, at):
+            running = state.running.get(job_id)
+            if running is not None and running.fencing_token == token:
+                state.preempting[job_id] = for_job_id
+                state.held[worker_id] = for_job_id
+        case JobPreempted(job_id, worker_id, token, completed_steps, at):
+            stopped = _stop(state, job_id, token)
+            if stopped is not None:
+                left = max(1, stopped.job.remaining_steps - completed_steps)
+                _requeue(state, stopped, at, left, stopped.job.attempt)
+        case JobCancelled(job_id, at):
+            queued = state.queued.pop(job_id, None)
+            if queued is not None:
+                state.queues[queued.request.tier].remove(job_id, queued.request.user_id)
+        case WorkerUpdated(worker, at):
+            record_worker(state, worker)
+            if worker.accepting and worker.worker_id not in state.running_on:
+                state.idle.add(worker.worker_id)
+            else:
+                state.idle.discard(worker.worker_id)
+            if not worker.accepting:
+                state.held.pop(worker.worker_id, None)
+        case WorkerLost(worker_id, at):
+            forget_worker(state, worker_id)
+            state.idle.discard(worker_id)
+            state.held.pop(worker_id, None)
+            orphan = state.running_on.get(worker_id)
+            if orphan is not None:
+                lost = _stop(state, orphan, state.running[orphan].fencing_token)
+                if lost is not None:
+                    _requeue(state, lost, at, lost.job.remaining_steps, lost.job.attempt + 1)
+    return state
+
+
+def _enqueue(state: SchedulerState, job: QueuedJob, *, front: bool) -> None:
+    state.queued[job.job_id] = job
+    state.queues[job.request.tier].push(job, front=front)
+
+
+def _stop(state: SchedulerState, job_id: str, token: int) -> RunningJob | None:
+    running = state.running.get(job_id)
+    if running is None or running.fencing_token != token:
+        return None
+    del state.running[job_id]
+    del state.running_on[running.worker_id]
+    state.running_by_tier[running.job.request.tier] -= 1
+    user = (running.job.request.tier, running.job.request.user_id)
+    state.running_by_user[user] -= 1
+    if not state.running_by_user[user]:
+        del state.running_by_user[user]
+    state.preempting.pop(job_id, None)
+    worker = state.workers.get(running.worker_id)
+    if worker is not None and worker.accepting:
+        state.idle.add(running.worker_id)
+    return running
+
+
+def _requeue(
+    state: SchedulerState, stopped: RunningJob, at: float, steps: int, attempt: int
+) -> None:
+    """Queue a paused or orphaned job again, first in its user's line and due since it arrived."""
+    job = stopped.job
+    waited = job.waited_s + max(0.0, stopped.started_at - job.enqueued_at)
+    state.seq += 1
+    again = replace(
+        job, remaining_steps=steps, enqueued_at=at, waited_s=waited, seq=state.seq, attempt=attempt
+    )
+    _enqueue(state, again, front=True)

@@ -1,0 +1,83 @@
+"""``imagegen simulate``: run the fleet simulator and print its figures.
+
+    simulate --scenario seed-peak --policy ours --gpus 100 --json [--hours 1] [--seed N]
+             [--load 0.95] [--plot waits.png]
+
+``--plot`` also runs the other policies on the same demand and draws them side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .engine import POLICIES, simulate
+from .metrics import SimResult
+from .scenario import SCENARIOS
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagegen simulate", description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="seed-peak")
+    parser.add_argument("--policy", choices=sorted(POLICIES), default="ours")
+    parser.add_argument("--gpus", type=int, default=100, help="fleet size (60%% A10G, 40%% A100)")
+    parser.add_argument("--hours", type=float, default=1.0, help="simulated window")
+    parser.add_argument("--seed", type=int, default=1, help="random seed of the demand")
+    parser.add_argument(
+        "--load", type=float, default=None, help="override the mean arrival rate / capacity"
+    )
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--plot", type=Path, default=None, help="write a PNG of waits over time")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["simulate"]:
+        args = args[1:]
+    options = _parser().parse_args(args)
+    if options.gpus < 2 or options.hours <= 0:
+        print("simulate: need --gpus >= 2 and --hours > 0", file=sys.stderr)
+        return 2
+    scenario = SCENARIOS[options.scenario](options.gpus, options.hours)
+    if options.load is not None:
+        scenario = dataclasses.replace(scenario, load_factor=options.load)
+    started = time.perf_counter()
+    result = simulate(scenario, options.policy, options.seed)
+    summary = result.summary()
+    summary["wall_s"] = round(time.perf_counter() - started, 2)
+    if options.plot is not None:
+        from .plot import plot
+
+        others = [simulate(scenario, p, options.seed) for p in POLICIES if p != options.policy]
+        plot(_in_policy_order([result, *others]), options.plot)
+    if options.json:
+        print(json.dumps(summary))
+    else:
+        _print_table(summary)
+    return 0
+
+
+def _in_policy_order(results: list[SimResult]) -> list[SimResult]:
+    order = list(POLICIES)
+    return sorted(results, key=lambda r: order.index(r.policy))
+
+
+def _print_table(summary: dict[str, object]) -> None:
+    print(f"policy {summary['policy']}  scenario {summary['scenario']}  gpus {summary['gpus']}")
+    tiers = summary["tiers"]
+    assert isinstance(tiers, dict)
+    for tier, waits in tiers.items():
+        figures = "  ".join(f"{k} {v:>7.1f}" for k, v in waits.items())
+        print(f"  {tier:<6} {figures}")
+    for key in ("gpu_utilization", "warm_hit_rate", "cold_loads_per_hour", "offered_load"):
+        print(f"  {key:<20} {summary[key]}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

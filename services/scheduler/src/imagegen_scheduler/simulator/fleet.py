@@ -1,0 +1,138 @@
+"""Simulated GPU workers: VRAM with an LRU of resident weights, loads, denoising, pausing."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from imagegen_scheduler.domain import JobRequest, ModelCatalog, WorkerView, denoise_s
+
+from .scenario import GpuType
+
+LATENT_SAVE_S = 0.3  # writing latents at a step boundary when paused
+JITTER_SIGMA = 0.08  # log-normal spread of real denoising time around the estimate
+
+
+@dataclass(slots=True)
+class Run:
+    """The job a worker is running."""
+
+    request: JobRequest
+    token: int  # fencing token of the assignment
+    steps: int  # steps this run must do
+    assigned_at: float
+    denoise_start: float  # after loads
+    end: float  # when it finishes if not paused
+    paused_at: float | None = None  # set when a preemption is scheduled
+
+
+@dataclass(slots=True)
+class StartInfo:
+    cold: bool  # the base model had to be loaded
+    warm_full: bool  # nothing had to be loaded
+    base_loads: int
+    adapter_loads: int
+    end: float
+
+
+class SimWorker:
+    def __init__(self, worker_id: str, gpu: GpuType, catalog: ModelCatalog) -> None:
+        self.worker_id = worker_id
+        self.gpu = gpu
+        self.catalog = catalog
+        self.resident: OrderedDict[str, float] = OrderedDict()  # id -> GB, least recent first
+        self.run: Run | None = None
+        self.denoise_s_total = 0.0  # time spent denoising inside the measured window
+
+    def view(self) -> WorkerView:
+        return WorkerView(
+            self.worker_id,
+            self.gpu.name,
+            self.gpu.budget_gb,
+            self.gpu.speed,
+            self.gpu.capabilities,
+            frozenset(self.resident),
+        )
+
+    def _sizes(self, request: JobRequest) -> dict[str, float]:
+        sizes = {request.model_id: self.catalog.models[request.model_id].weights_gb}
+        for a in request.adapters:
+            sizes[a] = self.catalog.adapters[a].weights_gb
+        return sizes
+
+    def preload(self, request: JobRequest) -> None:
+        """Make a job's weights resident without counting a load (initial warm pool)."""
+        self._make_room(request)
+        for key, gb in self._sizes(request).items():
+            self.resident[key] = gb
+            self.resident.move_to_end(key)
+
+    def _make_room(self, request: JobRequest) -> None:
+        sizes = self._sizes(request)
+        model = self.catalog.models[request.model_id]
+        activations = model.activation_gb_per_mpix * request.megapixels * request.batch
+        need = sum(sizes.values()) + activations
+        held = sum(gb for k, gb in self.resident.items() if k not in sizes)
+        for key in list(self.resident):  # least recently used first
+            if need + held <= self.gpu.budget_gb:
+                break
+            if key not in sizes:
+                held -= self.resident.pop(key)
+        if need > self.gpu.budget_gb:
+            raise AssertionError(f"{request.job_id} cannot fit {self.worker_id}: policy bug")
+
+    def start(
+        self, request: JobRequest, steps: int, token: int, now: float, rng: random.Random
+    ) -> StartInfo:
+        assert self.run is None, f"{self.worker_id} is busy: policy assigned twice"
+        self._make_room(request)
+        load = 0.0
+        base_loads = adapter_loads = 0
+        for key, gb in self._sizes(request).items():
+            if key not in self.resident:
+                spec = self.catalog.models.get(key) or self.catalog.adapters[key]
+                load += rng.uniform(*spec.load_s)
+                if key == request.model_id:
+                    base_loads += 1
+                else:
+                    adapter_loads += 1
+                self.resident[key] = gb
+            self.resident.move_to_end(key)
+        work = denoise_s(request, steps, self.gpu.speed, self.catalog)
+        work *= math.exp(rng.gauss(0.0, JITTER_SIGMA))
+        end = now + load + work
+        self.run = Run(request, token, steps, now, now + load, end)
+        return StartInfo(
+            base_loads > 0, base_loads + adapter_loads == 0, base_loads, adapter_loads, end
+        )
+
+    def pause_point(self, now: float) -> tuple[float, int] | None:
+        """When the running job reaches its next step boundary, and steps done by then.
+
+        None when it would finish first (nothing to pause).
+        """
+        run = self.run
+        assert run is not None
+        step = (run.end - run.denoise_start) / run.steps
+        done = math.ceil(max(0.0, now - run.denoise_start) / step)
+        if done >= run.steps:
+            return None
+        return run.denoise_start + done * step + LATENT_SAVE_S, done
+
+    def account_until(self, window_end: float) -> None:
+        """Add the denoising a still-running job did inside the window (end of simulation)."""
+        if self.run is not None:
+            start, end = max(self.run.denoise_start, 0.0), min(self.run.end, window_end)
+            self.denoise_s_total += max(0.0, end - start)
+
+    def stop(self, now: float, window_end: float) -> Run:
+        """End the current run at ``now`` (finished or paused); account its denoising time."""
+        run = self.run
+        assert run is not None
+        self.run = None
+        start, end = run.denoise_start, min(now, window_end)
+        if end > start:
+            self.denoise_s_total += end - max(start, 0.0)
+        return run

@@ -1,0 +1,168 @@
+"""Given these events, when the policy decides, then these decisions."""
+
+from __future__ import annotations
+
+import pytest
+from imagegen_scheduler.domain import (
+    Assign,
+    JobAssigned,
+    JobCancelled,
+    JobFinished,
+    Reason,
+    SchedulerConfig,
+    Tier,
+    WorkerLost,
+    WorkerUpdated,
+    decide,
+    estimate_waits,
+    evolve,
+)
+from scheduler_testkit import decide_and_apply, job, large, queued, small, state_of, workers
+
+pytestmark = pytest.mark.unit
+NO_RESERVE = SchedulerConfig(relax_reserve_fraction=0.0)
+
+
+def assigned(decisions: list) -> dict[str, str]:
+    return {d.job_id: d.worker_id for d in decisions if isinstance(d, Assign)}
+
+
+def test_a_higher_tier_wins_a_free_worker_over_queued_lower_tier_work() -> None:
+    state = state_of(
+        workers(small("w1", "sdxl"))
+        + queued(job("r", Tier.RELAX), job("f", Tier.FAST), job("t", Tier.TURBO)),
+        NO_RESERVE,
+    )
+    assert assigned(decide(state, 1.0)) == {"t": "w1"}
+
+
+@pytest.mark.parametrize(("now", "winner"), [(299.0, "t"), (301.0, "r")])
+def test_a_relax_job_waiting_past_promote_after_outranks_a_fresh_turbo_job(
+    now: float, winner: str
+) -> None:
+    events = workers(small("w1", "sdxl")) + queued(
+        job("r", Tier.RELAX, at=0.0), job("t", Tier.TURBO, at=now)
+    )
+    assert assigned(decide(state_of(events, NO_RESERVE), now)) == {winner: "w1"}
+
+
+def test_relax_gets_a_worker_while_below_its_reserved_share() -> None:
+    fleet = [small(f"w{i}", "sdxl") for i in range(5)]
+    state = state_of(
+        workers(*fleet) + queued(job("r", Tier.RELAX), job("t1", Tier.TURBO), job("t2", Tier.TURBO))
+    )
+    decisions = decide(state, 1.0)
+    reasons = {d.job_id: d.reason for d in decisions if isinstance(d, Assign)}
+    assert reasons["r"] is Reason.RESERVED  # 20% of 5 workers = 1 reserved for relax
+    assert set(reasons) == {"r", "t1", "t2"}
+
+
+def test_one_user_cannot_take_more_than_its_share_of_a_tier() -> None:
+    fleet = [small(f"w{i}", "sdxl") for i in range(4)]
+    flood = [job(f"f{i}", at=0.0, user="flooder") for i in range(10)]
+    config = SchedulerConfig(user_share=0.25, relax_reserve_fraction=0.0)
+    state = state_of(workers(*fleet) + queued(*flood, job("other", at=5.0)), config)
+    jobs = assigned(decide_and_apply(state, decide, 6.0))
+    assert "other" in jobs
+    assert sum(1 for j in jobs if j.startswith("f")) == 1  # cap = 25% of 4 workers
+
+
+def busy(worker_id: str, at: float = 0.0) -> list:
+    """Events that make a worker busy with a filler job of another user."""
+    filler = job(f"filler-{worker_id}", Tier.TURBO, at=at, user="filler")
+    return queued(filler) + [JobAssigned(filler.job_id, worker_id, 1000, at)]
+
+
+def test_a_worker_prefers_a_job_it_holds_warm_within_the_look_ahead() -> None:
+    state = state_of(
+        workers(small("w1", "sdxl-alt"), small("busy", "sdxl"))
+        + busy("busy")
+        + queued(job("old", at=0.0), job("warm", at=1.0, model="sdxl-alt")),
+        NO_RESERVE,
+    )
+    assert assigned(decide(state, 2.0)) == {"warm": "w1"}
+
+
+def test_a_cold_job_past_its_patience_is_not_passed_over_when_nobody_holds_it() -> None:
+    patience = NO_RESERVE.affinity_patience_s[Tier.RELAX]
+    events = workers(small("w1", "sdxl-alt")) + queued(
+        job("cold", at=0.0), job("warm", at=1.0, model="sdxl-alt")
+    )
+    assert assigned(decide(state_of(events, NO_RESERVE), 2.0)) == {"warm": "w1"}
+    assert assigned(decide(state_of(events, NO_RESERVE), patience + 1)) == {"cold": "w1"}
+
+
+def test_a_turbo_job_briefly_waits_for_a_warm_worker_while_the_cold_one_serves_fast() -> None:
+    state = state_of(
+        workers(small("cold", "sdxl-alt"), small("warm", "sdxl"))
+        + busy("warm")
+        + queued(job("t", Tier.TURBO, at=10.0), job("f", Tier.FAST, at=0.0, model="sdxl-alt")),
+        NO_RESERVE,
+    )
+    decisions = decide(state, 11.0)
+    assert assigned(decisions) == {"f": "cold"}
+    assert decisions[0].reason is Reason.AFFINITY  # turbo is more urgent, but cold here
+    patience = NO_RESERVE.affinity_patience_s[Tier.TURBO]
+    assert assigned(decide(state, 10.0 + patience + 0.1)) == {"t": "cold"}
+
+
+def test_an_idle_worker_waits_rather_than_load_a_job_another_worker_holds_warm() -> None:
+    state = state_of(
+        workers(small("cold", "sdxl-alt"), small("warm", "sdxl"))
+        + busy("warm")
+        + queued(job("r", at=0.0)),
+        NO_RESERVE,
+    )
+    assert decide(state, 1.0) == []  # within its patience: wait for "warm" rather than load
+    evolve(state, JobFinished("filler-warm", "warm", 1000, 2.0))
+    assert assigned(decide(state, 2.0)) == {"r": "warm"}
+    patience = NO_RESERVE.affinity_patience_s[Tier.RELAX]
+    late = state_of(
+        workers(small("cold", "sdxl-alt"), small("warm", "sdxl"))
+        + busy("warm")
+        + queued(job("r", at=0.0)),
+        NO_RESERVE,
+    )
+    assert assigned(decide(late, patience + 1.0)) == {"r": "cold"}  # waited long enough
+
+
+def test_memory_and_capability_route_jobs_only_where_they_fit() -> None:
+    big = job("big", adapters=("cn-canny", "cn-depth"))  # 22 GB: too big for 20 GB
+    flux = job("flux", model="flux")
+    state = state_of(workers(small("s1"), small("s2")) + queued(big, flux), NO_RESERVE)
+    assert decide(state, 1.0) == []
+    evolve(state, WorkerUpdated(large("l1"), 1.0))
+    evolve(state, WorkerUpdated(large("l2"), 1.0))
+    assert sorted(assigned(decide(state, 2.0))) == ["big", "flux"]
+
+
+def test_fencing_tokens_increase_across_rounds_and_stale_results_are_ignored() -> None:
+    state = state_of(workers(small("w1", "sdxl")) + queued(job("a"), job("b", at=1.0)))
+    first = decide_and_apply(state, decide, 2.0)
+    assert [d.fencing_token for d in first] == [1]
+    evolve(state, JobFinished("a", "w1", 0, 3.0))  # stale token: still running
+    assert "a" in state.running and decide(state, 3.0) == []
+    evolve(state, JobFinished("a", "w1", 1, 4.0))
+    second = decide_and_apply(state, decide, 4.0)
+    assert [(d.job_id, d.fencing_token) for d in second] == [("b", 2)]
+
+
+def test_a_lost_worker_requeues_its_job_first_in_line_and_cancel_removes_a_queued_job() -> None:
+    state = state_of(workers(small("w1", "sdxl"), small("w2", "sdxl")) + queued(job("a")))
+    decide_and_apply(state, decide, 1.0)
+    running_on = state.running["a"].worker_id
+    evolve(state, WorkerLost(running_on, 2.0))
+    assert state.queued["a"].attempt == 2
+    evolve(state, JobCancelled("a", 3.0))
+    assert not state.queued and decide(state, 3.0) == []
+
+
+def test_every_queued_job_has_an_eta_and_higher_tiers_come_sooner() -> None:
+    fleet = [small(f"w{i}", "sdxl") for i in range(2)]
+    requests = [job(f"r{i}", Tier.RELAX) for i in range(4)] + [job("t", Tier.TURBO)]
+    state = state_of(workers(*fleet) + queued(*requests))
+    etas = estimate_waits(state, 0.0)
+    assert set(etas) == set(state.queued)
+    assert etas["t"] == 0.0
+    assert etas["r0"] <= etas["r1"] <= etas["r2"] <= etas["r3"]
+    assert etas["r3"] > 0.0

@@ -1,0 +1,108 @@
+"""The fleet simulator: it runs the policies on a simulated fleet and reports sane figures.
+
+The simulated workers assert the policy's promises as they go (a worker never starts a second
+job, never gets a job that does not fit its memory), so every run is also a check of them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from imagegen_scheduler.simulator import POLICIES, seed_peak, simulate
+from imagegen_scheduler.simulator.cli import main
+from imagegen_scheduler.simulator.plot import p95_per_bin
+from imagegen_scheduler.simulator.scenario import seed_catalog
+from imagegen_scheduler.simulator.workload import RequestSampler, arrivals, daily_factor
+
+
+@pytest.mark.unit
+def test_demand_has_the_seed_backlog_a_daily_pattern_and_floods() -> None:
+    import random
+
+    scenario = seed_peak(gpus=100, hours=0.05)
+    jobs = arrivals(scenario, RequestSampler(scenario, seed_catalog()), 5.0, random.Random(1))
+    at_start = [j for j in jobs if j.queued_at == 0.0]
+    assert len(at_start) == 80 + 260 + 1200
+    assert daily_factor(11.0) == pytest.approx(1.0) and daily_factor(23.0) == pytest.approx(0.1)
+    assert sorted(j.queued_at for j in jobs) == [j.queued_at for j in jobs]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_a_small_fleet_simulation_serves_every_tier(policy: str) -> None:
+    result = simulate(seed_peak(gpus=10, hours=0.1), policy, seed=3)
+    summary = result.summary()
+    assert summary["jobs_finished"] > 100
+    for tier in ("turbo", "fast", "relax"):
+        waits = summary["tiers"][tier]
+        assert 0 <= waits["p50_wait_s"] <= waits["p95_wait_s"] <= waits["p99_wait_s"]
+    assert 0 < summary["gpu_utilization"] <= 1 and 0 < summary["warm_hit_rate"] <= 1
+
+
+@pytest.mark.unit
+def test_ours_keeps_the_tier_order_of_waits_under_pressure() -> None:
+    tiers = simulate(seed_peak(gpus=10, hours=0.2), "ours", seed=3).tiers
+    assert tiers["turbo"]["p95_wait_s"] <= tiers["fast"]["p95_wait_s"]
+    assert tiers["fast"]["p95_wait_s"] <= tiers["relax"]["p95_wait_s"]
+
+
+@pytest.mark.unit
+def test_same_seed_same_figures() -> None:
+    a = simulate(seed_peak(gpus=10, hours=0.05), "ours", seed=5).summary()
+    b = simulate(seed_peak(gpus=10, hours=0.05), "ours", seed=5).summary()
+    assert a == b
+
+
+@pytest.mark.unit
+def test_cli_prints_the_figures_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "simulate",
+        "--scenario",
+        "seed-peak",
+        "--policy",
+        "weighted",
+        "--gpus",
+        "10",
+        "--hours",
+        "0.05",
+        "--seed",
+        "2",
+        "--json",
+    ]
+    assert main(argv) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["policy"] == "weighted"
+    assert set(figures["tiers"]) == {"turbo", "fast", "relax"}
+    assert set(figures["tiers"]["relax"]) == {"p50_wait_s", "p95_wait_s", "p99_wait_s"}
+    for key in ("gpu_utilization", "warm_hit_rate", "cold_loads_per_hour"):
+        assert isinstance(figures[key], float)
+
+
+@pytest.mark.unit
+def test_cli_refuses_an_empty_fleet(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--gpus", "0", "--json"]) == 2
+    assert "--gpus" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_plots_the_policies_side_by_side(tmp_path: Path) -> None:
+    png = tmp_path / "waits.png"
+    assert main(["--gpus", "10", "--hours", "0.1", "--plot", str(png), "--json"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_one_peak_hour_of_a_100_gpu_fleet() -> None:
+    """The documented run (docs/scheduling.md): it finishes and its figures are sane."""
+    result = simulate(seed_peak(gpus=100, hours=1.0), "ours", seed=1)
+    summary = result.summary()
+    assert summary["jobs_finished"] > 25_000  # ~8.7 jobs/s of capacity for an hour
+    assert summary["refused"] == 0
+    turbo, fast, relax = (summary["tiers"][t]["p95_wait_s"] for t in ("turbo", "fast", "relax"))
+    assert turbo <= fast <= relax <= 3600
+    assert 0.9 <= summary["gpu_utilization"] <= 1.0
+    assert 0.5 <= summary["warm_hit_rate"] <= 1.0
+    series = p95_per_bin(result)
+    assert set(series) == {"turbo", "fast", "relax"} and len(series["relax"][0]) == 60
