@@ -404,7 +404,7 @@ def ensure_database(st: Stack) -> None:
             psql(st, f"create database {db} owner imagegen")
 
 
-def wait_service(st: Stack, name: str, timeout_s: float = 60) -> float:
+def wait_service(st: Stack, name: str, timeout_s: float = 120) -> float:
     port = st.port(name)
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:

@@ -1,12 +1,82 @@
 """Handlers of the safety service: one per event type it reacts to.
 
-The generation path (issue #3) fills this table; until then the service consumes its topics,
-dead-letters malformed records and skips the rest.
+- GenerationRequested -> PromptModerated. Only the prompt is judged: the negative prompt steers
+  away from what it names ("nsfw, nude, gore" is a common one), so judging it would reject the
+  careful users; an image it still steers into trouble is caught after generation (ADR 0303).
+- ImageGenerated -> ImageModerated, carrying the images, fencing token and webhook on to delivery.
+
+Idempotency: each verdict's event id is derived from its cause's event id, so a redelivered cause
+publishes the same id again (with the same scores: the models are deterministic) and consumers drop
+the duplicate. Model calls run in a worker thread, so the event loop keeps answering /readyz and
+/metrics during inference; each check is timed in ``imagegen_safety_check_seconds{kind}``.
 """
 
 from __future__ import annotations
 
-from imagegen_runtime.standard import PayloadHandler
-from imagegen_schemas import Payload
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
-HANDLERS: dict[type[Payload], PayloadHandler] = {}
+from imagegen_runtime.publishing import Publisher, derived_event_id
+from imagegen_runtime.standard import PayloadHandler
+from imagegen_schemas import Envelope, Payload
+from imagegen_schemas.common import ImageRef
+from imagegen_schemas.jobs import (
+    GenerationRequested,
+    ImageGenerated,
+    ImageModerated,
+    PromptModerated,
+)
+
+from ..adapters.blobs import read_image
+from ..adapters.classifiers import ImageClassifier, PromptClassifier
+from ..config import SafetySettings
+from ..domain.policy import IMAGE_CATEGORY, image_verdict, prompt_verdict
+from ..metrics import CHECK_SECONDS
+
+T = TypeVar("T")
+
+
+async def timed_check(kind: str, fn: Callable[..., T], *args: object) -> T:
+    """Run a blocking check in a worker thread, observing its duration under ``kind``."""
+    with CHECK_SECONDS.labels(kind).time():
+        return await asyncio.to_thread(fn, *args)
+
+
+def make_handlers(
+    publisher: Publisher, prompts: PromptClassifier, images: ImageClassifier,
+    settings: SafetySettings,
+) -> dict[type[Payload], PayloadHandler]:
+    thresholds = settings.prompt_thresholds()
+
+    async def on_generation_requested(envelope: Envelope, msg: GenerationRequested) -> None:
+        scores = await timed_check("prompt", prompts.score, msg.params.prompt)
+        verdict, categories = prompt_verdict(scores, thresholds)
+        moderated = PromptModerated(job_id=msg.job_id, verdict=verdict, categories=categories,
+                                    scores=scores, checker=prompts.checker)
+        await publisher.publish(moderated, key=msg.job_id, causation_id=envelope.event_id,
+                                event_id=derived_event_id(envelope.event_id,
+                                                          PromptModerated.event_type))
+
+    def score_images(refs: Sequence[ImageRef]) -> list[float]:
+        return images.score([read_image(ref) for ref in refs])  # sha256 checked before judging
+
+    async def on_image_generated(envelope: Envelope, msg: ImageGenerated) -> None:
+        nsfw = await timed_check("image", score_images, msg.images)
+        verdict, per_image, categories = image_verdict(
+            nsfw, settings.image_threshold_sexual,
+            reject_whole_batch=settings.image_reject_whole_batch)
+        scores = {IMAGE_CATEGORY: max(nsfw)} | {
+            f"{IMAGE_CATEGORY}.{ref.index}": s for ref, s in zip(msg.images, nsfw, strict=True)}
+        moderated = ImageModerated(
+            job_id=msg.job_id, verdict=verdict, per_image=per_image, categories=categories,
+            scores=scores, checker=images.checker, images=msg.images,
+            fencing_token=msg.fencing_token, webhook_url=msg.webhook_url)
+        await publisher.publish(moderated, key=msg.job_id, causation_id=envelope.event_id,
+                                event_id=derived_event_id(envelope.event_id,
+                                                          ImageModerated.event_type))
+
+    return {
+        GenerationRequested: on_generation_requested,  # type: ignore[dict-item]
+        ImageGenerated: on_image_generated,  # type: ignore[dict-item]
+    }

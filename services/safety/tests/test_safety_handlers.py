@@ -1,0 +1,210 @@
+"""Given an event, when the safety service handles it, then these events (fakes, in memory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from imagegen_runtime.publishing import InMemoryPublisher, derived_event_id
+from imagegen_runtime.standard import PayloadHandler
+from imagegen_safety.adapters.blobs import BlobIntegrityError
+from imagegen_safety.adapters.classifiers import UnreadableImage
+from imagegen_safety.adapters.fakes import FakeImageClassifier, FakePromptClassifier
+from imagegen_safety.config import SafetySettings
+from imagegen_safety.domain.policy import CATEGORIES
+from imagegen_safety.service_layer.handlers import make_handlers
+from imagegen_schemas import Envelope, Payload, parse
+from imagegen_schemas.jobs import (
+    GenerationRequested,
+    ImageGenerated,
+    ImageModerated,
+    PromptModerated,
+    Verdict,
+)
+from prometheus_client import REGISTRY
+from safety_testkit import BENIGN, envelope_of, generated, png, requested, sha, store
+
+pytestmark = pytest.mark.unit
+
+MODERATED = "imagegen.jobs.moderated"
+
+
+class World:
+    """The handlers over an in-memory publisher and fake classifiers."""
+
+    def __init__(self, settings: SafetySettings, **fakes: object) -> None:
+        self.publisher = InMemoryPublisher(producer="safety-1")
+        self.prompts = fakes.get("prompts") or FakePromptClassifier()
+        self.images = fakes.get("images") or FakeImageClassifier()
+        self.handlers: dict[type[Payload], PayloadHandler] = make_handlers(
+            self.publisher, self.prompts, self.images, settings)  # type: ignore[arg-type]
+
+    async def handle(self, envelope: Envelope) -> None:
+        payload = parse(envelope)
+        await self.handlers[type(payload)](envelope, payload)
+
+    def published(self) -> list[tuple[Envelope, Payload]]:
+        return [(r.envelope, parse(r.envelope)) for r in self.publisher.records]
+
+
+@pytest.fixture
+def world(settings: SafetySettings) -> World:
+    return World(settings)
+
+
+def observed(kind: str) -> float:
+    return REGISTRY.get_sample_value("imagegen_safety_check_seconds_count", {"kind": kind}) or 0.0
+
+
+def test_the_service_handles_requests_and_generated_images(world: World) -> None:
+    assert set(world.handlers) == {GenerationRequested, ImageGenerated}
+
+
+async def test_a_benign_prompt_is_allowed(world: World) -> None:
+    cause = envelope_of(requested("job-1", BENIGN))
+    await world.handle(cause)
+    [(env, event)] = world.published()
+    assert event == PromptModerated(job_id="job-1", verdict=Verdict.ALLOWED, categories=(),
+                                    scores=dict.fromkeys(CATEGORIES, 0.01),
+                                    checker="fake-prompt-classifier 1")
+    assert world.publisher.records[0].topic == MODERATED
+    assert world.publisher.records[0].key == b"job-1"
+    assert env.causation_id == cause.event_id
+    assert env.correlation_id == "job-1"
+    assert env.event_id == derived_event_id(cause.event_id, PromptModerated.event_type)
+
+
+async def test_an_abusive_prompt_is_rejected_with_its_categories(world: World) -> None:
+    await world.handle(envelope_of(requested("job-2", "a nazi flag, fuck you")))
+    [(_, event)] = world.published()
+    assert isinstance(event, PromptModerated)
+    assert event.verdict == Verdict.REJECTED
+    assert event.categories == ("hate", "profanity")
+    assert event.scores["hate"] == 0.99
+
+
+async def test_a_redelivered_request_publishes_the_same_event_again(world: World) -> None:
+    cause = envelope_of(requested("job-1", "naked woman, explicit"))
+    await world.handle(cause)
+    await world.handle(cause)
+    (first, a), (second, b) = world.published()
+    assert first.event_id == second.event_id  # downstream drops the duplicate by id
+    assert a == b
+
+
+async def test_only_the_prompt_is_judged_not_the_negative_prompt(settings: SafetySettings) -> None:
+    prompts = FakePromptClassifier()
+    world = World(settings, prompts=prompts)
+    await world.handle(envelope_of(requested("job-1", BENIGN, negative="nsfw, nude, gore")))
+    [(_, event)] = world.published()
+    assert isinstance(event, PromptModerated)
+    assert event.verdict == Verdict.ALLOWED
+    assert prompts.calls == [BENIGN]
+
+
+async def test_settings_thresholds_decide(settings: SafetySettings) -> None:
+    prompts = FakePromptClassifier(overrides={"borderline": {"violence": 0.6}})
+    strict = World(settings, prompts=prompts)
+    lenient = World(settings.model_copy(update={"prompt_threshold_violence": 0.7}),
+                    prompts=prompts)
+    for world in (strict, lenient):
+        await world.handle(envelope_of(requested("job-1", "borderline")))
+    assert [e.verdict for w in (strict, lenient) for _, e in w.published()] == [  # type: ignore[attr-defined]
+        Verdict.REJECTED, Verdict.ALLOWED]
+
+
+async def test_each_check_is_timed(world: World, tmp_path: Path) -> None:
+    before = observed("prompt"), observed("image")
+    await world.handle(envelope_of(requested("job-1")))
+    await world.handle(envelope_of(generated(store(tmp_path, "job-1", [png()]))))
+    assert (observed("prompt"), observed("image")) == (before[0] + 1, before[1] + 1)
+
+
+async def test_allowed_images_go_on_to_delivery_with_their_job_state(
+    world: World, tmp_path: Path,
+) -> None:
+    refs = store(tmp_path, "job-1", [png((255, 0, 0)), png((0, 0, 255))])
+    cause = envelope_of(generated(refs), producer="gpu-worker-1")
+    await world.handle(cause)
+    [(env, event)] = world.published()
+    assert event == ImageModerated(
+        job_id="job-1", verdict=Verdict.ALLOWED, per_image=(Verdict.ALLOWED, Verdict.ALLOWED),
+        categories=(), scores={"sexual": 0.01, "sexual.0": 0.01, "sexual.1": 0.01},
+        checker="fake-image-classifier 1", images=refs, fencing_token=3,
+        webhook_url="https://hooks.example.com/in")
+    assert env.event_id == derived_event_id(cause.event_id, ImageModerated.event_type)
+    assert env.causation_id == cause.event_id
+    assert world.publisher.records[0].topic == MODERATED
+
+
+async def test_an_unsafe_image_is_withheld_and_named(settings: SafetySettings,
+                                                     tmp_path: Path) -> None:
+    unsafe = png((1, 2, 3))
+    world = World(settings, images=FakeImageClassifier({sha(unsafe): 0.93}))
+    refs = store(tmp_path, "job-1", [png(), unsafe])
+    await world.handle(envelope_of(generated(refs)))
+    [(_, event)] = world.published()
+    assert isinstance(event, ImageModerated)
+    assert (event.verdict, event.per_image, event.categories) == (
+        Verdict.ALLOWED, (Verdict.ALLOWED, Verdict.REJECTED), ("sexual",))
+    assert event.scores["sexual"] == 0.93
+
+
+async def test_a_job_whose_every_image_is_unsafe_is_rejected(settings: SafetySettings,
+                                                             tmp_path: Path) -> None:
+    world = World(settings, images=FakeImageClassifier(default=0.95))
+    await world.handle(envelope_of(generated(store(tmp_path, "job-1", [png()]))))
+    [(_, event)] = world.published()
+    assert isinstance(event, ImageModerated)
+    assert (event.verdict, event.per_image) == (Verdict.REJECTED, (Verdict.REJECTED,))
+
+
+async def test_whole_batch_mode_rejects_the_job_for_one_image(settings: SafetySettings,
+                                                              tmp_path: Path) -> None:
+    unsafe = png((1, 2, 3))
+    world = World(settings.model_copy(update={"image_reject_whole_batch": True}),
+                  images=FakeImageClassifier({sha(unsafe): 0.93}))
+    await world.handle(envelope_of(generated(store(tmp_path, "job-1", [png(), unsafe]))))
+    [(_, event)] = world.published()
+    assert event.verdict == Verdict.REJECTED  # type: ignore[attr-defined]
+
+
+async def test_a_redelivered_result_publishes_the_same_event_again(world: World,
+                                                                   tmp_path: Path) -> None:
+    cause = envelope_of(generated(store(tmp_path, "job-1", [png()])))
+    await world.handle(cause)
+    await world.handle(cause)
+    (first, a), (second, b) = world.published()
+    assert first.event_id == second.event_id
+    assert a == b
+
+
+async def test_an_image_whose_bytes_changed_is_an_error_not_a_verdict(world: World,
+                                                                      tmp_path: Path) -> None:
+    refs = store(tmp_path, "job-1", [png()])
+    Path(refs[0].uri.removeprefix("file://")).write_bytes(png((9, 9, 9)))
+    with pytest.raises(BlobIntegrityError, match="sha256"):
+        await world.handle(envelope_of(generated(refs)))
+    assert world.published() == []  # the consumer retries, then dead-letters
+
+
+async def test_a_missing_image_is_an_error(world: World, tmp_path: Path) -> None:
+    refs = store(tmp_path, "job-1", [png()])
+    Path(refs[0].uri.removeprefix("file://")).unlink()
+    with pytest.raises(FileNotFoundError):
+        await world.handle(envelope_of(generated(refs)))
+    assert world.published() == []
+
+
+async def test_bytes_that_are_no_image_are_an_error(world: World, tmp_path: Path) -> None:
+    refs = store(tmp_path, "job-1", [b"GIF89a but not really"])
+    with pytest.raises(UnreadableImage):
+        await world.handle(envelope_of(generated(refs)))
+    assert world.published() == []
+
+
+async def test_a_result_without_images_is_an_error(world: World) -> None:
+    empty = ImageGenerated(job_id="job-1", worker_id="worker-1", fencing_token=3, images=())
+    with pytest.raises(ValueError, match="no images"):
+        await world.handle(envelope_of(empty))
+    assert world.published() == []

@@ -1,0 +1,87 @@
+"""Against the real local broker: the wired service turns requests and results into verdicts.
+
+The classifiers are fakes (the models are covered by the contract tests); everything else is
+real: bootstrap, the consumer group, the Kafka publisher, commit after the effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer
+from imagegen_runtime.kafka import KafkaPublisher
+from imagegen_safety.adapters.fakes import FakeImageClassifier, FakePromptClassifier
+from imagegen_safety.bootstrap import bootstrap
+from imagegen_safety.config import SafetySettings
+from imagegen_schemas import Envelope, parse
+from imagegen_schemas.jobs import ImageModerated, PromptModerated, Verdict
+from safety_testkit import envelope_of, generated, png, requested, store
+
+pytestmark = pytest.mark.integration
+
+
+def read_job(bootstrap_servers: str, topic: str, job_id: str, expect: int,
+             timeout: float = 60) -> list[Envelope]:
+    """The records of ``job_id`` on ``topic`` from offset 0 (stops at ``expect``)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers,
+                         "group.id": f"reader-{uuid.uuid4()}", "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    out: list[Envelope] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < expect and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is not None and not msg.error():
+            env = Envelope.from_json(msg.value())
+            if env.correlation_id == job_id:
+                out.append(env)
+    consumer.close()
+    return out
+
+
+async def test_requests_and_results_become_verdicts_once_per_cause(
+    infra: Any, topics: str, tmp_path: Path,
+) -> None:
+    settings = SafetySettings(kafka_bootstrap=infra.kafka_bootstrap, topic_prefix=topics,
+                              instance_id=f"it{uuid.uuid4().hex[:6]}")
+    app = bootstrap(settings, prompt_classifier=FakePromptClassifier(),
+                    image_classifier=FakeImageClassifier())
+    stop = asyncio.Event()
+    running = [asyncio.create_task(task(stop)) for task in app.tasks]
+    client = KafkaPublisher(infra.kafka_bootstrap, "test", topics)
+    job = f"job-{uuid.uuid4().hex[:8]}"
+    try:
+        deadline = time.monotonic() + 60
+        while not all((await app.readiness.evaluate()).values()):
+            assert time.monotonic() < deadline, await app.readiness.evaluate()
+            await asyncio.sleep(0.2)
+        cause = envelope_of(requested(job, "explicit porn"))
+        result = envelope_of(generated(store(tmp_path, job, [png()]), job_id=job))
+        for topic, env in [("requested", cause), ("requested", cause), ("generated", result)]:
+            # the request twice: what a redelivery after a crash looks like to the service
+            await client.send_raw(f"{topics}imagegen.jobs.{topic}", job.encode(), env.to_json(),
+                                  [])
+        verdicts = await asyncio.to_thread(read_job, infra.kafka_bootstrap,
+                                           topics + "imagegen.jobs.moderated", job, 3)
+    finally:
+        stop.set()
+        await asyncio.gather(*running)
+        for close in app.on_shutdown:
+            await close()
+        await client.close()
+    # one consumer reads both topics: the image verdict may come before or between the others
+    prompt_1, prompt_2 = [v for v in verdicts if v.type == PromptModerated.event_type]
+    [image] = [v for v in verdicts if v.type == ImageModerated.event_type]
+    assert prompt_1.event_id == prompt_2.event_id  # same cause, same id: dropped downstream
+    assert prompt_1.causation_id == cause.event_id
+    moderated = parse(prompt_1)
+    assert isinstance(moderated, PromptModerated)
+    assert (moderated.verdict, moderated.categories) == (Verdict.REJECTED, ("sexual",))
+    judged = parse(image)
+    assert isinstance(judged, ImageModerated)
+    assert (judged.verdict, judged.fencing_token) == (Verdict.ALLOWED, 3)
