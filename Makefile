@@ -6,7 +6,7 @@ UV_VERSION := 0.9.30
 PYTEST := $(PY) -m pytest
 
 .PHONY: help venv setup up down logs status schemas test test-unit test-integration test-e2e \
-        test-slow test-all demo train-demo-model lint typecheck bench clean
+        test-slow test-all demo train-demo-model eval-demo-model lint typecheck bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -58,6 +58,12 @@ test-all: venv infra-up ## everything
 
 demo: venv ## set up everything and run the main job: a prompt in, out/demo.png out
 	$(PY) deploy/demo.py
+
+train-demo-model: venv ## retrain models/shapes-demo from seed 0 (CPU; ~22 min on idle cores, resumable)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m imagegen_gpu_worker.demo.train --out models/shapes-demo --seed 0
+
+eval-demo-model: venv ## score the demo model on 40 held-out captions (guidance 5 and 1)
+	$(PY) -m imagegen_gpu_worker.demo.evaluate --grid out/demo-model/grid.png
 
 lint: venv ## ruff
 	.venv/bin/ruff check schemas libs services src tests deploy

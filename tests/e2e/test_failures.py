@@ -97,7 +97,6 @@ def supervised_pid(name: str) -> int:
     return int(out)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("service", ["api", "safety", "scheduler", "gpu-worker", "delivery",
                                      "pool-manager"])
 def test_kill_9_with_50_jobs_in_flight_loses_none_and_delivers_none_twice(
