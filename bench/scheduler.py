@@ -56,10 +56,18 @@ def catalog():  # type: ignore[no-untyped-def]
 def baseline(n: int) -> float:
     """Jobs/s of the pure policy on the same workload (fold + decide in batches of 500)."""
     from imagegen_scheduler.domain import (
-        JobQueued, JobRequest, SchedulerConfig, SchedulerState, Tier, WorkerUpdated, WorkerView,
-        as_event, decide, evolve,
+        JobFinished,
+        JobQueued,
+        JobRequest,
+        SchedulerConfig,
+        SchedulerState,
+        Tier,
+        WorkerUpdated,
+        WorkerView,
+        as_event,
+        decide,
+        evolve,
     )
-    from imagegen_scheduler.domain import JobFinished
 
     state = SchedulerState(SchedulerConfig(preemption=False), catalog())
     for w in range(N_WORKERS):

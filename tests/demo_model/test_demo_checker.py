@@ -7,9 +7,10 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from imagegen_gpu_worker.demo import checker, scenes
 from imagegen_gpu_worker.demo.scenes import Scene, SceneObject
-from PIL import Image
 
 pytestmark = pytest.mark.unit
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+
 from imagegen_gpu_worker.demo import checker, registry
 
 pytestmark = pytest.mark.slow

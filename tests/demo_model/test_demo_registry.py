@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from imagegen_gpu_worker.demo import registry
 
 pytestmark = pytest.mark.unit

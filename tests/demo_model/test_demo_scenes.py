@@ -7,6 +7,7 @@ from itertools import product
 
 import numpy as np
 import pytest
+
 from imagegen_gpu_worker.demo import build, evaluate, scenes
 from imagegen_gpu_worker.demo.scenes import CaptionSpec, ObjectSpec
 

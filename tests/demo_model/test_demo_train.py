@@ -4,6 +4,7 @@ seed, and a run killed mid-way resumes to the very same weights."""
 from __future__ import annotations
 
 import pytest
+
 from imagegen_gpu_worker.demo import registry
 
 pytestmark = pytest.mark.slow

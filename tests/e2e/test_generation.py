@@ -186,3 +186,21 @@ def test_openai_python_client_gets_an_image(stack: RunningStack) -> None:
     assert Image.open(io.BytesIO(png)).size == (64, 64)
     by_url = client.images.generate(prompt="a white ring", model=MODEL, size="64x64")
     assert httpx.get(by_url.data[0].url, timeout=30).status_code == 200
+
+
+def test_cancel_stops_a_running_job_at_a_step_boundary(stack: RunningStack) -> None:
+    model = "shapes-demo" if (stack.models / "shapes-demo").exists() else MODEL
+    with stack.client() as c:
+        r = c.post("/v1/generations", json={"prompt": "a red circle on a blue background",
+                                            "model": model, "steps": 150, "seed": 3})
+        job_id = r.json()["id"]
+        with c.stream("GET", f"/v1/generations/{job_id}/events", timeout=120) as stream:
+            for line in stream.iter_lines():
+                if line == "event: step":
+                    break
+        assert c.delete(f"/v1/generations/{job_id}").status_code == 202
+    done = stack.wait_terminal(job_id)
+    assert done["status"] == "cancelled", done
+    assert done["progress"]["step"] < 150
+    with stack.client() as c:
+        assert c.delete(f"/v1/generations/{job_id}").status_code == 409

@@ -8,14 +8,14 @@ import time
 from collections import Counter
 
 import pytest
+
+from imagegen.replay import high_watermarks, read
 from imagegen_runtime.kafka import KafkaPublisher, ReplayingConsumer
 from imagegen_scheduler.domain import ModelCatalog, ModelSpec
 from imagegen_scheduler.service_layer.scheduling import Scheduler
 from imagegen_schemas import Envelope, GenerationParams, Payload, Plan, Tier
 from imagegen_schemas import jobs as ev
 from imagegen_schemas.workers import WorkerHeartbeat, WorkerStatus
-
-from imagegen.replay import high_watermarks, read
 
 pytestmark = pytest.mark.integration
 N_JOBS, N_WORKERS = 500, 8

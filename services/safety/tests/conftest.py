@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+
 from imagegen_safety.adapters.classifiers import ImageClassifier, PromptClassifier
 from imagegen_safety.adapters.fakes import FakeImageClassifier, FakePromptClassifier
 from imagegen_safety.config import SafetySettings

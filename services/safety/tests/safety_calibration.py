@@ -17,11 +17,12 @@ import sys
 import time
 from pathlib import Path
 
+from PIL import Image
+
 from imagegen_safety.adapters.minilm import MiniLmProfanityClassifier
 from imagegen_safety.adapters.opennsfw import OpenNsfwClassifier
 from imagegen_safety.config import SafetySettings
 from imagegen_safety.domain.policy import CATEGORIES, prompt_verdict
-from PIL import Image
 
 DATA = Path(__file__).parent / "data"
 LATENCY_PROMPTS = {

@@ -6,10 +6,11 @@ import hashlib
 import io
 from pathlib import Path
 
+from PIL import Image
+
 from imagegen_schemas import Envelope, Payload
 from imagegen_schemas.common import GenerationParams, ImageRef, Plan, Tier
 from imagegen_schemas.jobs import GenerationRequested, ImageGenerated
-from PIL import Image
 
 BENIGN = "a red circle on a blue background"
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from safety_testkit import png, sha, store
+
 from imagegen_safety.adapters.blobs import BlobIntegrityError, read_blob, read_image
 from imagegen_schemas.common import ImageRef
-from safety_testkit import png, sha, store
 
 pytestmark = pytest.mark.unit
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import imagegen_safety.bootstrap as wiring
 import pytest
 from fastapi.testclient import TestClient
+from safety_testkit import envelope_of, requested
+
+import imagegen_safety.bootstrap as wiring
 from imagegen_runtime.health import Readiness, health_app
 from imagegen_runtime.kafka import RecordMeta
 from imagegen_runtime.publishing import InMemoryPublisher
@@ -18,7 +20,6 @@ from imagegen_safety.adapters.opennsfw import OpenNsfwClassifier
 from imagegen_safety.config import SafetySettings
 from imagegen_schemas import parse
 from imagegen_schemas.jobs import PromptModerated, Verdict
-from safety_testkit import envelope_of, requested
 
 pytestmark = pytest.mark.unit
 

@@ -8,11 +8,12 @@ handler tests' fakes behave like the models where those tests rely on it.
 from __future__ import annotations
 
 import pytest
+from safety_testkit import png
+
 from imagegen_safety.adapters.classifiers import ImageClassifier, PromptClassifier, UnreadableImage
 from imagegen_safety.config import SafetySettings
 from imagegen_safety.domain.policy import CATEGORIES, prompt_verdict
 from imagegen_schemas.jobs import Verdict
-from safety_testkit import png
 
 TEXTS = [
     "",

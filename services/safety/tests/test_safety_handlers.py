@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
+from safety_testkit import BENIGN, envelope_of, generated, png, requested, sha, store
+
 from imagegen_runtime.publishing import InMemoryPublisher, derived_event_id
 from imagegen_runtime.standard import PayloadHandler
 from imagegen_safety.adapters.blobs import BlobIntegrityError
@@ -21,8 +24,6 @@ from imagegen_schemas.jobs import (
     PromptModerated,
     Verdict,
 )
-from prometheus_client import REGISTRY
-from safety_testkit import BENIGN, envelope_of, generated, png, requested, sha, store
 
 pytestmark = pytest.mark.unit
 

@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer
+from safety_testkit import envelope_of, generated, png, requested, store
+
 from imagegen_runtime.kafka import KafkaPublisher
 from imagegen_safety.adapters.fakes import FakeImageClassifier, FakePromptClassifier
 from imagegen_safety.bootstrap import bootstrap
 from imagegen_safety.config import SafetySettings
 from imagegen_schemas import Envelope, parse
 from imagegen_schemas.jobs import ImageModerated, PromptModerated, Verdict
-from safety_testkit import envelope_of, generated, png, requested, store
 
 pytestmark = pytest.mark.integration
 
@@ -36,8 +37,8 @@ def read_job(bootstrap_servers: str, topic: str, job_id: str, expect: int,
     deadline = time.monotonic() + timeout
     while len(out) < expect and time.monotonic() < deadline:
         msg = consumer.poll(0.5)
-        if msg is not None and not msg.error():
-            env = Envelope.from_json(msg.value())
+        if msg is not None and not msg.error() and msg.key() == job_id.encode():
+            env = Envelope.from_json(msg.value())  # other tests share the session's topics
             if env.correlation_id == job_id:
                 out.append(env)
     consumer.close()

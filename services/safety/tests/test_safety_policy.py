@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from imagegen_safety.config import SafetySettings
 from imagegen_safety.domain.concepts import CONCEPTS, MINOR_PRESENT, concepts_digest
 from imagegen_safety.domain.policy import CATEGORIES, image_verdict, prompt_verdict

@@ -8,10 +8,11 @@ never fires on a prompt labelled otherwise. Known errors (``~`` lines) are repor
 from __future__ import annotations
 
 import pytest
+from safety_calibration import benign_prompts, unsafe_prompts
+
 from imagegen_safety.adapters.classifiers import PromptClassifier
 from imagegen_safety.config import SafetySettings
 from imagegen_safety.domain.policy import prompt_verdict
-from safety_calibration import benign_prompts, unsafe_prompts
 
 pytestmark = pytest.mark.slow
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from scheduler_testkit import decide_and_apply, job, queued, small, state_of, workers
+
 from imagegen_scheduler.domain import (
     Assign,
     JobFinished,
@@ -11,7 +13,6 @@ from imagegen_scheduler.domain import (
     fifo_decide,
     weighted_decide,
 )
-from scheduler_testkit import decide_and_apply, job, queued, small, state_of, workers
 
 pytestmark = pytest.mark.unit
 

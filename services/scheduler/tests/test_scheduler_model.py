@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from scheduler_testkit import CATALOG, job, large, small
+
 from imagegen_scheduler.domain import (
     Admitted,
     FleetCapabilities,
@@ -15,7 +17,6 @@ from imagegen_scheduler.domain import (
     footprint_gb,
     warm_level,
 )
-from scheduler_testkit import CATALOG, job, large, small
 
 pytestmark = pytest.mark.unit
 FLEET = FleetCapabilities.of([small("a10g-1"), small("a10g-2"), large("a100-1")])

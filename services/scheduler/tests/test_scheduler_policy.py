@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from scheduler_testkit import decide_and_apply, job, large, queued, small, state_of, workers
+
 from imagegen_scheduler.domain import (
     Assign,
     JobAssigned,
@@ -17,7 +19,6 @@ from imagegen_scheduler.domain import (
     estimate_waits,
     evolve,
 )
-from scheduler_testkit import decide_and_apply, job, large, queued, small, state_of, workers
 
 pytestmark = pytest.mark.unit
 NO_RESERVE = SchedulerConfig(relax_reserve_fraction=0.0)

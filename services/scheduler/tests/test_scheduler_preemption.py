@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from scheduler_testkit import decide_and_apply, job, large, queued, small, state_of, workers
+
 from imagegen_scheduler.domain import (
     JobPreempted,
     Preempt,
@@ -12,7 +14,6 @@ from imagegen_scheduler.domain import (
     decide,
     evolve,
 )
-from scheduler_testkit import decide_and_apply, job, large, queued, small, state_of, workers
 
 pytestmark = pytest.mark.unit
 CONFIG = SchedulerConfig(relax_reserve_fraction=0.0)

@@ -8,6 +8,8 @@ import math
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scheduler_testkit import CATALOG, job, large, queued, small, state_of, workers
+
 from imagegen_scheduler.domain import (
     Admitted,
     Assign,
@@ -29,7 +31,6 @@ from imagegen_scheduler.domain import (
     weighted_decide,
     weighted_warm_decide,
 )
-from scheduler_testkit import CATALOG, job, large, queued, small, state_of, workers
 
 pytestmark = pytest.mark.unit
 POLICIES = {

@@ -6,6 +6,7 @@ import random
 from datetime import UTC, datetime
 
 import pytest
+
 from imagegen_runtime.publishing import InMemoryPublisher
 from imagegen_scheduler.domain import ModelCatalog, ModelSpec
 from imagegen_scheduler.service_layer.scheduling import Scheduler

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from imagegen_scheduler.simulator import POLICIES, seed_peak, simulate
 from imagegen_scheduler.simulator.cli import main
 from imagegen_scheduler.simulator.plot import p95_per_bin

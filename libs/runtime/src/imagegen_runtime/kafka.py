@@ -170,6 +170,18 @@ class RecordMeta:
 Handler = Callable[[Envelope, Payload, RecordMeta], Awaitable[None]]
 
 
+def record_meta(msg: Message) -> RecordMeta:
+    return RecordMeta(msg.topic(), msg.partition(), msg.offset(),
+                      msg.key().decode(errors="replace") if msg.key() else None,
+                      header_map(msg.headers()))
+
+
+def decode(msg: Message) -> tuple[Envelope, Payload]:
+    """The envelope and typed payload of a record; raises on a malformed one."""
+    envelope = Envelope.from_json(msg.value() or b"")
+    return envelope, parse(envelope)
+
+
 class KafkaConsumerLoop:
     """Consumes topics in a group; handles each record, then commits its offset.
 
@@ -232,12 +244,9 @@ class KafkaConsumerLoop:
             await asyncio.to_thread(self._consumer.close)
 
     async def _process(self, msg: Message) -> None:
-        meta = RecordMeta(msg.topic(), msg.partition(), msg.offset(),
-                          msg.key().decode(errors="replace") if msg.key() else None,
-                          header_map(msg.headers()))
+        meta = record_meta(msg)
         try:
-            envelope = Envelope.from_json(msg.value() or b"")
-            payload = parse(envelope)
+            envelope, payload = decode(msg)
         except Exception as exc:  # malformed: no retry can fix it
             await self._dead_letter(msg, f"unparseable record: {exc}")
             return
@@ -356,12 +365,9 @@ class ReplayingConsumer:
 
     async def _process(self, msg: Message, live: bool) -> None:
         self.records += 1
-        meta = RecordMeta(msg.topic(), msg.partition(), msg.offset(),
-                          msg.key().decode(errors="replace") if msg.key() else None,
-                          header_map(msg.headers()))
+        meta = record_meta(msg)
         try:
-            envelope = Envelope.from_json(msg.value() or b"")
-            payload = parse(envelope)
+            envelope, payload = decode(msg)
         except Exception as exc:
             if live:
                 await dead_letter(self.deadletter, msg, self.name, f"unparseable record: {exc}")

@@ -6,9 +6,10 @@ in [0, 1] and a category fires when its score is at or above its threshold.
 
 from __future__ import annotations
 
-from imagegen_runtime.settings import ServiceSettings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
+
+from imagegen_runtime.settings import ServiceSettings
 
 SERVICE = "safety"
 # Topics this service consumes (catalog names, before the prefix).

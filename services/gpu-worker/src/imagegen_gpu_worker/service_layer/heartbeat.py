@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 import logging
+from collections.abc import Callable
 
 from imagegen_runtime.publishing import Publisher
 from imagegen_schemas.workers import LoadedModel, WorkerHeartbeat, WorkerStatus
