@@ -43,6 +43,8 @@ EXAMPLES: list[Payload] = [
                         images=(ImageRef(uri=f"file:///var/blobs/{JOB}/0.png", sha256=SHA,
                                          width=64, height=64, index=0),),
                         timings_ms={"load": 0.0, "denoise": 812.5, "decode": 20.1, "upload": 3.2}),
+    jobs.AssignmentRevoked(job_id=JOB, worker_id=WORKER, fencing_token=7,
+                           reason="no heartbeat for 10s"),
     jobs.ImageDelivered(job_id=JOB, images=(jobs.DeliveredImage(
         index=0, url=f"http://127.0.0.1:8000/v1/files/{JOB}/0.png?exp=1&sig=ab", sha256=SHA,
         expires_at=datetime(2026, 11, 28, 10, 0, tzinfo=UTC)),), webhook_status=200),

@@ -60,8 +60,8 @@ TOPICS: tuple[TopicSpec, ...] = (
     ),
     TopicSpec(
         "imagegen.jobs.generated", "job_id", JOB_PARTITIONS, -1, False,
-        (jobs.ImageGenerated,),
-        "Finished generations: storage URIs, digests and timings.",
+        (jobs.ImageGenerated, jobs.AssignmentRevoked),
+        "Finished generations (storage URIs, digests, timings) and revoked assignments.",
     ),
     TopicSpec(
         "imagegen.jobs.delivered", "job_id", JOB_PARTITIONS, -1, False,

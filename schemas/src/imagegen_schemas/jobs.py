@@ -92,6 +92,18 @@ class ImageGenerated(Payload):
     webhook_url: str | None = Field(default=None, description="Carried on to delivery.")
 
 
+class AssignmentRevoked(Payload):
+    """An assignment is void (its worker was declared lost). Published on the results topic,
+    keyed by job, so it precedes in the same partition any late result of that assignment:
+    consumers drop results whose fencing token is not above the revoked one."""
+
+    event_type: ClassVar[str] = "imagegen.assignment.revoked"
+    job_id: str
+    worker_id: str
+    fencing_token: int = Field(ge=1, description="The revoked assignment's token.")
+    reason: str = ""
+
+
 class ImageModerated(Payload):
     """The safety service's verdict on the generated images."""
 

@@ -18,6 +18,7 @@ from imagegen_safety.domain.policy import CATEGORIES
 from imagegen_safety.service_layer.handlers import make_handlers
 from imagegen_schemas import Envelope, Payload, parse
 from imagegen_schemas.jobs import (
+    AssignmentRevoked,
     GenerationRequested,
     ImageGenerated,
     ImageModerated,
@@ -58,7 +59,19 @@ def observed(kind: str) -> float:
 
 
 def test_the_service_handles_requests_and_generated_images(world: World) -> None:
-    assert set(world.handlers) == {GenerationRequested, ImageGenerated}
+    assert set(world.handlers) == {GenerationRequested, ImageGenerated, AssignmentRevoked}
+
+
+async def test_a_late_result_of_a_revoked_assignment_gets_no_verdict(
+        world: World, tmp_path: Path) -> None:
+    refs = store(tmp_path, "job-1", [png()])
+    await world.handle(envelope_of(AssignmentRevoked(job_id="job-1", worker_id="worker-1",
+                                                     fencing_token=3)))
+    await world.handle(envelope_of(generated(refs)))  # token 3: the revoked one
+    assert world.published() == []
+    newer = generated(refs).model_copy(update={"fencing_token": 4})
+    await world.handle(envelope_of(newer))
+    assert len(world.published()) == 1
 
 
 async def test_a_benign_prompt_is_allowed(world: World) -> None:

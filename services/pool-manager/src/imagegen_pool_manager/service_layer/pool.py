@@ -35,6 +35,12 @@ class PoolManager:
             log.warning("worker lost", extra={"worker_id": loss.worker_id,
                                               "jobs": [j for j, _ in loss.jobs]})
             for job_id, flight in loss.jobs:
+                revoked = ev.AssignmentRevoked(job_id=job_id, worker_id=loss.worker_id,
+                                               fencing_token=flight.fencing_token,
+                                               reason="worker lost")
+                await self.publisher.publish(
+                    revoked, key=job_id, causation_id=loss.beat_id,
+                    event_id=derived_event_id(loss.beat_id, revoked.event_type, job_id))
                 failed = ev.GenerationFailed(
                     job_id=job_id, reason=ev.FailureReason.WORKER_LOST, terminal=False,
                     attempt=flight.attempt, worker_id=loss.worker_id,

@@ -14,6 +14,7 @@ the duplicate. Model calls run in a worker thread, so the event loop keeps answe
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -22,6 +23,7 @@ from imagegen_runtime.standard import PayloadHandler
 from imagegen_schemas import Envelope, Payload
 from imagegen_schemas.common import ImageRef
 from imagegen_schemas.jobs import (
+    AssignmentRevoked,
     GenerationRequested,
     ImageGenerated,
     ImageModerated,
@@ -32,6 +34,8 @@ from ..adapters.blobs import read_image
 from ..adapters.classifiers import ImageClassifier, PromptClassifier
 from ..config import SafetySettings
 from ..domain.policy import IMAGE_CATEGORY, image_verdict, prompt_verdict
+
+log = logging.getLogger(__name__)
 from ..metrics import CHECK_SECONDS
 
 T = TypeVar("T")
@@ -61,7 +65,18 @@ def make_handlers(
     def score_images(refs: Sequence[ImageRef]) -> list[float]:
         return images.score([read_image(ref) for ref in refs])  # sha256 checked before judging
 
+    # Highest revoked fencing token per job. The revocation precedes any late result in the
+    # same partition, so this process sees it first (a restart in between loses it: see ADR 0303).
+    revoked: dict[str, int] = {}
+
+    async def on_assignment_revoked(envelope: Envelope, msg: AssignmentRevoked) -> None:
+        revoked[msg.job_id] = max(revoked.get(msg.job_id, 0), msg.fencing_token)
+
     async def on_image_generated(envelope: Envelope, msg: ImageGenerated) -> None:
+        if msg.fencing_token <= revoked.get(msg.job_id, 0):
+            log.warning("result of a revoked assignment dropped",
+                        extra={"job_id": msg.job_id, "fencing_token": msg.fencing_token})
+            return
         nsfw = await timed_check("image", score_images, msg.images)
         verdict, per_image, categories = image_verdict(
             nsfw, settings.image_threshold_sexual,
@@ -79,4 +94,5 @@ def make_handlers(
     return {
         GenerationRequested: on_generation_requested,  # type: ignore[dict-item]
         ImageGenerated: on_image_generated,  # type: ignore[dict-item]
+        AssignmentRevoked: on_assignment_revoked,  # type: ignore[dict-item]
     }
