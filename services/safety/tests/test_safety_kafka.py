@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Consumer
 from safety_testkit import envelope_of, generated, png, requested, store
 
-from imagegen_runtime.kafka import KafkaPublisher
+from imagegen_runtime.kafka import KafkaPublisher, ensure_topics
 from imagegen_safety.adapters.fakes import FakeImageClassifier, FakePromptClassifier
 from imagegen_safety.bootstrap import bootstrap
 from imagegen_safety.config import SafetySettings
@@ -48,6 +48,10 @@ def read_job(bootstrap_servers: str, topic: str, job_id: str, expect: int,
 async def test_requests_and_results_become_verdicts_once_per_cause(
     infra: Any, topics: str, tmp_path: Path,
 ) -> None:
+    # Topics of its own: the session's shared topics hold other tests' records (e.g. results
+    # with no images, which this service rightly refuses, slowly, with retries).
+    topics = f"{topics}safety{uuid.uuid4().hex[:6]}."
+    ensure_topics(infra.kafka_bootstrap, topics)
     settings = SafetySettings(kafka_bootstrap=infra.kafka_bootstrap, topic_prefix=topics,
                               instance_id=f"it{uuid.uuid4().hex[:6]}")
     app = bootstrap(settings, prompt_classifier=FakePromptClassifier(),
