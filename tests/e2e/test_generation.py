@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from PIL import Image
+
+from imagegen.replay import high_watermarks, read
 
 from .conftest import RunningStack
 
@@ -91,37 +91,13 @@ def test_fifty_concurrent_submissions_with_one_idempotency_key_make_one_job(
 
 
 def read_topic(stack: RunningStack, topic: str) -> list[dict]:  # type: ignore[type-arg]
-    """Every record of a topic, from the start to its current end."""
-    c = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": f"r-{uuid.uuid4()}",
-                  "enable.auto.commit": False})
-    md = c.list_topics(topic, timeout=10)
-    parts = [TopicPartition(topic, p, 0) for p in md.topics[topic].partitions]
-    ends = {p.partition: c.get_watermark_offsets(p, timeout=10)[1] for p in parts}
-    c.assign(parts)
-    out, left = [], {p for p, end in ends.items() if end > 0}
-    while left:
-        msg = c.poll(5)
-        assert msg is not None, f"timed out reading {topic}"
-        if msg.error():
-            continue
-        try:
-            out.append(json.loads(msg.value()))
-        except ValueError:
-            pass  # a poison record of the dead-letter test
-
-        if msg.offset() + 1 >= ends[msg.partition()]:
-            left.discard(msg.partition())
-    c.close()
-    return out
+    """Every well-formed envelope of a topic, from the start to its current end, as JSON."""
+    ends = high_watermarks(stack.kafka_bootstrap, (topic,))
+    return [r.envelope.model_dump(mode="json") for r in read(stack.kafka_bootstrap, ends)]
 
 
 def total_records(stack: RunningStack, topic: str) -> int:
-    c = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": "count"})
-    md = c.list_topics(topic, timeout=10)
-    n = sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in md.topics[topic].partitions)
-    c.close()
-    return n
+    return sum(high_watermarks(stack.kafka_bootstrap, (topic,)).values())
 
 
 GOOD = {"prompt": "a yellow star", "model": MODEL, "steps": 2}

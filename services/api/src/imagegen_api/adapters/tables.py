@@ -72,5 +72,3 @@ def job_tables(md: MetaData, prefix: str = "") -> tuple[Table, Table, Table]:
     )
     return jobs, events, processed
 
-
-jobs, job_events, processed_events = job_tables(metadata)
