@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from scheduler_testkit import decide_and_apply, job, large, queued, small, state_of, workers
 
@@ -167,3 +169,31 @@ def test_every_queued_job_has_an_eta_and_higher_tiers_come_sooner() -> None:
     assert etas["t"] == 0.0
     assert etas["r0"] <= etas["r1"] <= etas["r2"] <= etas["r3"]
     assert etas["r3"] > 0.0
+
+
+def test_a_large_worker_serves_a_job_only_it_can_hold_before_a_small_workers_turbo_job() -> None:
+    """Pool preference: the A100 leaves the SDXL turbo job (an A10G can run it) to the A10Gs
+    until it has waited its wait target (15 s), and meanwhile serves the flux relax job that
+    no A10G can hold."""
+    events = (
+        workers(small("s", "sdxl"), large("l", "sdxl", "flux"))
+        + busy("s")
+        + queued(job("r", Tier.RELAX, at=0.0, model="flux"), job("t", Tier.TURBO, at=10.0))
+    )
+    state = state_of(events, NO_RESERVE)
+    assert assigned(decide(state, 12.0)) == {"r": "l"}
+    target = NO_RESERVE.wait_targets_s[Tier.TURBO]
+    late = state_of(events, NO_RESERVE)
+    assert assigned(decide(late, 10.0 + target + 0.1)) == {"t": "l"}  # waited its target
+    unpreferred = dataclasses.replace(NO_RESERVE, pool_preference=False)
+    assert assigned(decide(state_of(events, unpreferred), 12.0)) == {"t": "l"}
+
+
+def test_a_large_worker_with_nothing_only_it_can_hold_serves_the_small_workers_jobs() -> None:
+    state = state_of(
+        workers(small("s", "sdxl"), large("l", "sdxl"))
+        + busy("s")
+        + queued(job("r", Tier.RELAX, at=0.0), job("f", Tier.FAST, at=1.0)),
+        NO_RESERVE,
+    )
+    assert assigned(decide(state, 2.0)) == {"f": "l"}  # never idle while work waits

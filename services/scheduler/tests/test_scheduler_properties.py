@@ -83,6 +83,7 @@ configs = st.builds(
     user_share=st.sampled_from([0.2, 0.5, 1.0]),
     lookahead=st.sampled_from([1, 4, 64]),
     promote_after_s=st.sampled_from([60.0, 300.0]),
+    pool_preference=st.booleans(),
 )
 
 
@@ -181,18 +182,25 @@ def test_under_continuous_capacity_every_queued_job_is_eventually_assigned(
 
 
 @FAST
-@given(fleet=fleets(), jobs=requests(), config=configs, busy=st.sets(st.integers(0, 4)))
+@given(
+    fleet=fleets(),
+    jobs=requests(),
+    config=configs,
+    busy=st.sets(st.integers(0, 4)),
+    now=st.sampled_from([605.0, 640.0, 700.0]),
+)
 def test_when_capacity_is_scarce_tier_order_holds_except_where_aging_promotes(
-    fleet, jobs, config, busy
+    fleet, jobs, config, busy, now
 ) -> None:
     """Every lower-tier assignment is explained: its tier was at least as urgent (it aged), or
     relax was below its reserve, or the more urgent job was briefly waiting for a warm worker
-    (within its patience), or the worker was held for it by a preemption."""
+    (within its patience), or a worker with a smaller budget can run the more urgent job and it
+    has waited less than its tier's wait target (pool preference: the larger worker leaves it to
+    the smaller ones), or the worker was held for it by a preemption."""
     state = state_of(workers(*fleet) + queued(*jobs), config)
     for i, r in enumerate(list(state.queued.values())[: len(busy)]):
         if f"w{i}" in state.idle:
             evolve(state, JobAssigned(r.job_id, f"w{i}", 10_000 + i, 600.0))
-    now = 700.0
     taken: set[str] = set()
     per_user: dict[tuple[Tier, str], int] = {}
     for key, n in state.running_by_user.items():
@@ -200,6 +208,14 @@ def test_when_capacity_is_scarce_tier_order_holds_except_where_aging_promotes(
     cap = max(1, math.floor(config.user_share * state.accepting_workers()))
     relax_running = state.running_by_tier[Tier.RELAX]
     reserve = math.ceil(config.relax_reserve_fraction * state.accepting_workers())
+
+    def left_to_smaller(q, worker: WorkerView) -> bool:
+        if not config.pool_preference or now - q.due_since >= config.wait_targets_s[q.request.tier]:
+            return False
+        return any(
+            w.accepting and w.budget_gb < worker.budget_gb and fits(q.family, q.footprint_gb, w)
+            for w in state.workers.values()
+        )
 
     def candidates(tier: Tier, worker: WorkerView) -> list:
         return [
@@ -223,12 +239,13 @@ def test_when_capacity_is_scarce_tier_order_holds_except_where_aging_promotes(
                 continue
             for other in candidates(higher, worker):
                 more_urgent = config.urgency(higher, now - other.due_since) > best
-                if not more_urgent:
+                if not more_urgent or left_to_smaller(other, worker):
                     continue
                 if d.reason is Reason.RESERVED:
                     assert tier is Tier.RELAX and relax_running < reserve
                 elif d.reason is Reason.AFFINITY:
-                    oldest = min(candidates(higher, worker), key=lambda q: (q.due_since, q.seq))
+                    kept = [q for q in candidates(higher, worker) if not left_to_smaller(q, worker)]
+                    oldest = min(kept, key=lambda q: (q.due_since, q.seq))
                     assert now - oldest.due_since < config.affinity_patience_s[higher]
                 else:
                     assert d.reason is Reason.HELD, (d, other.job_id)

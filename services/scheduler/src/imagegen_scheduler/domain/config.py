@@ -33,6 +33,10 @@ class SchedulerConfig:
     affinity_patience_s: Mapping[Tier, float] = field(default_factory=lambda: _tiers(5, 30, 120))
     # Wait targets (p95 goals). Preemption fires when a turbo job would exceed its target.
     wait_targets_s: Mapping[Tier, float] = field(default_factory=lambda: _tiers(15, 60, 300))
+    # Pool preference: a worker leaves a job that a worker with a smaller memory budget can also
+    # run to the smaller workers until the job has waited its tier's wait target (so large
+    # workers serve the jobs only they can hold), unless it has no other candidate.
+    pool_preference: bool = True
     # Whether a turbo job may pause a running relax job at a step boundary.
     preemption: bool = True
     # A tier scan stops after this many queued jobs; bounds the cost of one decision.

@@ -12,6 +12,8 @@ from .model import TIERS, Tier, WorkerView
 from .queues import QueuedJob
 from .state import SchedulerState
 
+Shape = tuple[float, frozenset[str]]  # a worker class: (memory budget GB, model families)
+
 
 class Round:
     """Jobs taken and workers used so far in one ``decide`` call, and the tokens handed out."""
@@ -28,6 +30,27 @@ class Round:
         self.reserve_slots = math.ceil(state.config.relax_reserve_fraction * accepting)
         self.user_cap = max(1, math.floor(state.config.user_share * accepting))
         self._orders: dict[Tier, tuple[list[QueuedJob], Iterator[QueuedJob]]] = {}
+        # (budget, capabilities) of the accepting workers: the classes of the fleet.
+        self._shapes = {
+            (w.budget_gb, w.capabilities) for w in state.workers.values() if w.accepting
+        }
+
+    def smaller_shapes(self, worker: WorkerView) -> list[Shape]:
+        """Worker classes with a smaller memory budget than ``worker`` (empty when it is among the
+        smallest, or when pool preference is off)."""
+        if not self.state.config.pool_preference:
+            return []
+        return [shape for shape in self._shapes if shape[0] < worker.budget_gb]
+
+    def left_to_smaller(self, job: QueuedJob, smaller: list[Shape]) -> bool:
+        """Pool preference: whether a large worker leaves ``job`` to the smaller workers for now.
+
+        True while a smaller worker class can run the job and it has waited less than its tier's
+        wait target; after that every worker it fits may take it.
+        """
+        if self.now - job.due_since >= self.state.config.wait_targets_s[job.request.tier]:
+            return False
+        return any(job.family in caps and job.footprint_gb <= budget for budget, caps in smaller)
 
     def free_workers(self) -> list[WorkerView]:
         """Idle accepting workers, smallest budget first, then by id.
@@ -65,9 +88,12 @@ class Round:
     def relax_below_reserve(self) -> bool:
         return self.relax_running() < self.reserve_slots
 
-    def fitting(self, tier: Tier, worker: WorkerView) -> Iterator[QueuedJob]:
+    def fitting(
+        self, tier: Tier, worker: WorkerView, smaller: list[Shape] | None = None
+    ) -> Iterator[QueuedJob]:
         """Candidates: untaken jobs of ``tier`` that fit ``worker`` and whose user is under the
-        cap, oldest first.
+        cap, oldest first; with ``smaller`` (``smaller_shapes``), without the jobs the worker
+        leaves to smaller workers (``left_to_smaller``).
 
         Scans at most ``config.max_scan`` queued jobs, which bounds the cost of a decision. The
         queue order is read once per round and shared by every worker that chooses in it.
@@ -89,12 +115,16 @@ class Round:
                 and job.footprint_gb <= budget
                 and job.job_id not in self.taken
                 and not self.at_cap(job)
+                and not (smaller and self.left_to_smaller(job, smaller))
             ):
                 yield job
 
-    def warm_candidates(self, tier: Tier, worker: WorkerView) -> Iterator[QueuedJob]:
+    def warm_candidates(
+        self, tier: Tier, worker: WorkerView, smaller: list[Shape] | None = None
+    ) -> Iterator[QueuedJob]:
         """Candidates of ``tier`` whose base model ``worker`` holds, oldest first, at most
-        ``config.lookahead`` of them: the look-ahead of warm-model affinity."""
+        ``config.lookahead`` of them: the look-ahead of warm-model affinity. ``smaller`` as in
+        ``fitting``."""
         queue = self.state.queues[tier]
         lines = [queue.by_model[m].values() for m in worker.resident if m in queue.by_model]
         found = 0
@@ -104,6 +134,7 @@ class Round:
                 and job.family in worker.capabilities
                 and job.job_id not in self.taken
                 and not self.at_cap(job)
+                and not (smaller and self.left_to_smaller(job, smaller))
             ):
                 yield job
                 found += 1

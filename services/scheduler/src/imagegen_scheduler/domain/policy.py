@@ -1,9 +1,17 @@
-"""Our tier policy: weighted aging, user caps, relax reserve, warm affinity, preemption.
+"""Our tier policy: pool preference, weighted aging, user caps, relax reserve, warm affinity,
+preemption.
 
 ``decide(state, now)`` offers each idle worker, smallest budget first (then by id), one job;
 a worker whose pick another idle worker holds warmer steps back once and chooses after it.
 Candidates are queued jobs that fit the worker and whose user holds fewer than ``user_share``
 of the workers in that tier (no user monopolises a tier).
+
+0. Pool preference: a worker leaves a candidate that a worker class with a smaller memory
+   budget can also run to those smaller workers until it has waited its tier's wait target
+   (``wait_targets_s``: 15 / 60 / 300 s), so that large workers (A100) serve first the jobs only
+   they can hold (Flux, SDXL with ControlNets, 1536 px batches). When that leaves the worker no
+   candidate at all, every job that fits it is a candidate again (the worker never idles while
+   work it can run waits). ADR 0106.
 
 1. Held: a worker freed by a preemption goes to the job it was freed for.
 2. Reserved: while relax runs on fewer than ``relax_reserve_fraction`` of the accepting workers
@@ -34,7 +42,7 @@ from collections.abc import Iterable
 
 from .events import Decision, Reason
 from .model import TIER_RANK, TIERS, Tier, WarmLevel, WorkerView, fits, warm_level
-from .plan import Round
+from .plan import Round, Shape
 from .preemption import preemptions
 from .queues import QueuedJob
 from .state import SchedulerState
@@ -88,11 +96,11 @@ def _held_job(plan: Round, worker: WorkerView) -> QueuedJob | None:
 
 def _choose(plan: Round, worker: WorkerView) -> tuple[QueuedJob, Reason] | None:
     state = plan.state
-    firsts: dict[Tier, QueuedJob] = {}
-    for tier in TIERS:
-        first = next(plan.fitting(tier, worker), None)
-        if first is not None:
-            firsts[tier] = first
+    smaller = plan.smaller_shapes(worker)
+    firsts = _firsts(plan, worker, smaller)
+    if not firsts and smaller:  # nothing only this class can run: serve the others' jobs
+        smaller = []
+        firsts = _firsts(plan, worker, smaller)
     if not firsts:
         return None
     if Tier.RELAX in firsts and plan.relax_below_reserve():
@@ -101,14 +109,24 @@ def _choose(plan: Round, worker: WorkerView) -> tuple[QueuedJob, Reason] | None:
         order = sorted(firsts, key=lambda t: (-urgency(state, firsts[t], plan.now), TIER_RANK[t]))
         reason = Reason.URGENCY
     for index, tier in enumerate(order):
-        job, settled = _warmest(plan, tier, firsts[tier], worker)
+        job, settled = _warmest(plan, tier, firsts[tier], worker, smaller)
         if settled:
             return job, reason if index == 0 else Reason.AFFINITY
     return None  # every candidate is briefly waiting for a worker that holds it warmer
 
 
+def _firsts(plan: Round, worker: WorkerView, smaller: list[Shape]) -> dict[Tier, QueuedJob]:
+    """Each tier's oldest candidate for ``worker`` (tiers without one left out)."""
+    firsts: dict[Tier, QueuedJob] = {}
+    for tier in TIERS:
+        first = next(plan.fitting(tier, worker, smaller), None)
+        if first is not None:
+            firsts[tier] = first
+    return firsts
+
+
 def _warmest(
-    plan: Round, tier: Tier, head: QueuedJob, worker: WorkerView
+    plan: Round, tier: Tier, head: QueuedJob, worker: WorkerView, smaller: list[Shape]
 ) -> tuple[QueuedJob, bool]:
     """Warm affinity with a bounded look-ahead that cannot starve a cold job.
 
@@ -129,7 +147,7 @@ def _warmest(
     if not patient and elsewhere <= level:
         return head, True
     best, best_level = head, level
-    for job in plan.warm_candidates(tier, worker):
+    for job in plan.warm_candidates(tier, worker, smaller):
         job_level = warm_level(job.request, worker)
         if job_level > best_level:
             best, best_level = job, job_level
