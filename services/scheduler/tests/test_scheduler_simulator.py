@@ -107,3 +107,16 @@ def test_one_peak_hour_of_a_100_gpu_fleet() -> None:
     assert 0.5 <= summary["warm_hit_rate"] <= 1.0
     series = p95_per_bin(result)
     assert set(series) == {"turbo", "fast", "relax"} and len(series["relax"][0]) == 60
+
+
+@pytest.mark.unit
+def test_the_fluid_bound_reports_both_pools_for_the_same_demand(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--gpus", "10", "--hours", "0.2", "--seed", "1", "--bound"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    fleet, large = figures["bounds"]
+    assert fleet["gpus"] == 10 and large["gpus"] == 4
+    assert 0 < large["work_due_a10g_s"] < fleet["work_due_a10g_s"]
+    assert len(fleet["slack_every_5_min_s"]) == 2  # t = 300 and 600 s of a 0.2 h window
+    assert figures["p95_allowance_jobs"]["relax"] >= 1

@@ -1,7 +1,7 @@
 """``imagegen simulate``: run the fleet simulator and print its figures.
 
     simulate --scenario seed-peak --policy ours --gpus 100 --json [--hours 1] [--seed N]
-             [--load 0.95] [--plot waits.png]
+             [--load 0.95] [--plot waits.png] [--bound]
 
 ``--plot`` also runs the other policies on the same demand and draws them side by side.
 """
@@ -33,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG of waits over time")
+    parser.add_argument(
+        "--bound",
+        action="store_true",
+        help="print the fluid bound of the demand instead of simulating (simulator/bound.py)",
+    )
     return parser
 
 
@@ -47,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenario = SCENARIOS[options.scenario](options.gpus, options.hours)
     if options.load is not None:
         scenario = dataclasses.replace(scenario, load_factor=options.load)
+    if options.bound:
+        from .bound import fluid_bound
+
+        print(json.dumps(fluid_bound(scenario, options.seed)))
+        return 0
     started = time.perf_counter()
     result = simulate(scenario, options.policy, options.seed)
     summary = result.summary()
