@@ -96,9 +96,12 @@ def test_a_cold_job_past_its_patience_is_not_passed_over_when_nobody_holds_it() 
 
 
 def test_a_turbo_job_briefly_waits_for_a_warm_worker_while_the_cold_one_serves_fast() -> None:
+    """Within its patience (5 s) the turbo job waits for the worker that holds its model; past
+    it, it still waits while that worker is expected to finish before the job's warm-wait limit
+    (10 s); after the limit the cold worker loads it."""
     state = state_of(
         workers(small("cold", "sdxl-alt"), small("warm", "sdxl"))
-        + busy("warm")
+        + busy("warm")  # its filler is expected to end at ~8.8 s
         + queued(job("t", Tier.TURBO, at=10.0), job("f", Tier.FAST, at=0.0, model="sdxl-alt")),
         NO_RESERVE,
     )
@@ -106,7 +109,45 @@ def test_a_turbo_job_briefly_waits_for_a_warm_worker_while_the_cold_one_serves_f
     assert assigned(decisions) == {"f": "cold"}
     assert decisions[0].reason is Reason.AFFINITY  # turbo is more urgent, but cold here
     patience = NO_RESERVE.affinity_patience_s[Tier.TURBO]
+    assert assigned(decide(state, 10.0 + patience + 0.1)) == {"f": "cold"}  # warm ends soon
+    limit = NO_RESERVE.warm_wait_s[Tier.TURBO]
+    assert assigned(decide(state, 10.0 + limit + 0.1)) == {"t": "cold"}
+
+
+def test_past_its_patience_a_job_is_loaded_cold_when_no_warm_worker_frees_before_its_limit() -> None:
+    """The warm worker runs a long job (expected end ~88 s): waiting for it would exceed the
+    turbo job's warm-wait limit, so the cold worker loads the job once its patience is over."""
+    long_filler = job("filler-warm", Tier.TURBO, at=0.0, user="filler", steps=300)
+    state = state_of(
+        workers(small("cold", "sdxl-alt"), small("warm", "sdxl"))
+        + queued(long_filler)
+        + [JobAssigned("filler-warm", "warm", 1000, 0.0)]
+        + queued(job("t", Tier.TURBO, at=10.0), job("f", Tier.FAST, at=0.0, model="sdxl-alt")),
+        NO_RESERVE,
+    )
+    assert assigned(decide(state, 11.0)) == {"f": "cold"}  # within its patience
+    patience = NO_RESERVE.affinity_patience_s[Tier.TURBO]
     assert assigned(decide(state, 10.0 + patience + 0.1)) == {"t": "cold"}
+
+
+def test_a_large_worker_that_leaves_a_job_to_small_workers_does_not_hold_it_warm() -> None:
+    """Pool preference: the A100 holds SDXL but leaves an SDXL fast job to the A10Gs until 60 s,
+    so a cold A10G does not wait for it: it loads the job at once."""
+    state = state_of(
+        workers(small("s", "sdxl-alt"), large("l", "sdxl"))
+        + busy("l")
+        + queued(job("f", Tier.FAST, at=0.0)),
+        NO_RESERVE,
+    )
+    assert assigned(decide(state, 10.0)) == {"f": "s"}
+    unpreferred = dataclasses.replace(NO_RESERVE, pool_preference=False)
+    waits = state_of(
+        workers(small("s", "sdxl-alt"), large("l", "sdxl"))
+        + busy("l")
+        + queued(job("f", Tier.FAST, at=0.0)),
+        unpreferred,
+    )
+    assert decide(waits, 10.0) == []  # the A100 would take it: wait for it within patience
 
 
 def test_an_idle_worker_waits_rather_than_load_a_job_another_worker_holds_warm() -> None:

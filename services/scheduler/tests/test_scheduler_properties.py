@@ -194,7 +194,7 @@ def test_when_capacity_is_scarce_tier_order_holds_except_where_aging_promotes(
 ) -> None:
     """Every lower-tier assignment is explained: its tier was at least as urgent (it aged), or
     relax was below its reserve, or the more urgent job was briefly waiting for a warm worker
-    (within its patience), or a worker with a smaller budget can run the more urgent job and it
+    (within its patience, or within its warm-wait limit), or a worker with a smaller budget can run the more urgent job and it
     has waited less than its tier's wait target (pool preference: the larger worker leaves it to
     the smaller ones), or the worker was held for it by a preemption."""
     state = state_of(workers(*fleet) + queued(*jobs), config)
@@ -246,7 +246,10 @@ def test_when_capacity_is_scarce_tier_order_holds_except_where_aging_promotes(
                 elif d.reason is Reason.AFFINITY:
                     kept = [q for q in candidates(higher, worker) if not left_to_smaller(q, worker)]
                     oldest = min(kept, key=lambda q: (q.due_since, q.seq))
-                    assert now - oldest.due_since < config.affinity_patience_s[higher]
+                    waited = now - oldest.due_since
+                    assert waited < max(
+                        config.affinity_patience_s[higher], config.warm_wait_s[higher]
+                    )
                 else:
                     assert d.reason is Reason.HELD, (d, other.job_id)
         taken.add(d.job_id)

@@ -31,6 +31,11 @@ class SchedulerConfig:
     # A tier's head job may be passed over for a warmer one only while it has waited less than
     # this; after that it takes the next worker it fits (cold jobs are not starved).
     affinity_patience_s: Mapping[Tier, float] = field(default_factory=lambda: _tiers(5, 30, 120))
+    # Past its patience a job is still passed over by a colder worker while a worker that holds
+    # it warmer is idle or expected to finish its job before the passed-over job has waited this
+    # long (at most its wait target): an 8-20 s model load is not started for a job that a warm
+    # worker will start within its target anyway. After this long, only the patience rule holds.
+    warm_wait_s: Mapping[Tier, float] = field(default_factory=lambda: _tiers(10, 45, 120))
     # Wait targets (p95 goals). Preemption fires when a turbo job would exceed its target.
     wait_targets_s: Mapping[Tier, float] = field(default_factory=lambda: _tiers(15, 60, 300))
     # Pool preference: a worker leaves a job that a worker with a smaller memory budget can also
@@ -53,6 +58,8 @@ class SchedulerConfig:
             raise ValueError("relax_reserve_fraction must be in [0, 1), e.g. 0.2")
         if not 0.0 < self.user_share <= 1.0:
             raise ValueError("user_share must be in (0, 1], e.g. 0.05")
+        if any(self.warm_wait_s[t] > self.wait_targets_s[t] for t in Tier):
+            raise ValueError("warm_wait_s must not exceed wait_targets_s (bounded wait)")
         if self.lookahead < 1 or self.max_scan < self.lookahead:
             raise ValueError("need 1 <= lookahead <= max_scan")
 

@@ -31,6 +31,7 @@ class Round:
         self.user_cap = max(1, math.floor(state.config.user_share * accepting))
         self._orders: dict[Tier, tuple[list[QueuedJob], Iterator[QueuedJob]]] = {}
         # (budget, capabilities) of the accepting workers: the classes of the fleet.
+        self._smaller: dict[float, list[Shape]] = {}
         self._shapes = {
             (w.budget_gb, w.capabilities) for w in state.workers.values() if w.accepting
         }
@@ -51,6 +52,13 @@ class Round:
         if self.now - job.due_since >= self.state.config.wait_targets_s[job.request.tier]:
             return False
         return any(job.family in caps and job.footprint_gb <= budget for budget, caps in smaller)
+
+    def leaves(self, job: QueuedJob, worker: WorkerView) -> bool:
+        """Whether ``worker`` leaves ``job`` to smaller workers for now (pool preference)."""
+        smaller = self._smaller.get(worker.budget_gb)
+        if smaller is None:
+            smaller = self._smaller[worker.budget_gb] = self.smaller_shapes(worker)
+        return bool(smaller) and self.left_to_smaller(job, smaller)
 
     def free_workers(self) -> list[WorkerView]:
         """Idle accepting workers, smallest budget first, then by id.

@@ -27,9 +27,13 @@ of the workers in that tier (no user monopolises a tier).
    tier's oldest candidate is within its ``affinity_patience_s`` and another worker holds that
    candidate warmer, the worker is offered to the next tier in urgency order instead (reason
    ``affinity``), and stays idle if no tier has a settled pick: a short wait for a warm worker
-   costs less than an 8-20 s load. Once a job is past its patience it is passed over only by
-   workers that hold it less warm than some other worker does, so cold jobs are not starved
-   (``_warmest``).
+   costs less than an 8-20 s load. Past its patience (turbo 5 s, fast 30 s) the head is still
+   passed over while a worker that holds it warmer and would take it is idle or expected to
+   finish its job before the head has waited ``warm_wait_s`` (turbo 10 s, fast 45 s; at most its
+   wait target): a load is not started for a job a warm worker will start in time anyway
+   (ADR 0107). After that it is passed over only by workers that hold it less warm than some
+   other worker does, so cold jobs are not starved (``_warmest``). A larger worker that leaves
+   the job to smaller ones (step 0) never counts as holding it warm.
 
 After assigning, turbo jobs that would still miss their wait target may pause relax jobs
 (``preemption.preemptions``).
@@ -142,8 +146,20 @@ def _warmest(
     level = warm_level(head.request, worker)
     if level == WarmLevel.FULL:
         return head, True
-    elsewhere = _warmest_elsewhere(plan.state, head, worker)
-    patient = plan.now - head.due_since < plan.state.config.affinity_patience_s[tier]
+    config = plan.state.config
+    waited = plan.now - head.due_since
+    patient = waited < config.affinity_patience_s[tier]
+    if patient:
+        elsewhere = _warmest_elsewhere(plan, head, worker)
+    elif waited < config.warm_wait_s[tier]:
+        # past its patience: wait only for a warmer worker that is free before the limit
+        by = head.due_since + config.warm_wait_s[tier]
+        elsewhere = _warmest_elsewhere(plan, head, worker, by)
+        patient = elsewhere > level
+        if not patient:
+            elsewhere = _warmest_elsewhere(plan, head, worker)
+    else:
+        elsewhere = _warmest_elsewhere(plan, head, worker)
     if not patient and elsewhere <= level:
         return head, True
     best, best_level = head, level
@@ -156,16 +172,34 @@ def _warmest(
     return best, best_level == WarmLevel.FULL or not patient or elsewhere <= best_level
 
 
-def _warmest_elsewhere(state: SchedulerState, job: QueuedJob, worker: WorkerView) -> int:
-    """The best ``WarmLevel`` of the job on another accepting worker that it fits."""
+def _warmest_elsewhere(
+    plan: Round, job: QueuedJob, worker: WorkerView, by: float | None = None
+) -> int:
+    """The best ``WarmLevel`` of the job on another accepting worker that it fits and that would
+    take it now (a larger worker that leaves it to smaller ones does not count); with ``by``, only
+    among workers that are idle or expected to finish their job by then (not held for another
+    job's preemption)."""
+    state = plan.state
     holders = state.holders.get(job.request.model_id, set()) - {worker.worker_id}
     usable = {
         w
         for w in holders
-        if state.workers[w].accepting and fits(job.family, job.footprint_gb, state.workers[w])
+        if state.workers[w].accepting
+        and fits(job.family, job.footprint_gb, state.workers[w])
+        and not plan.leaves(job, state.workers[w])
+        and (by is None or _free_by(state, w, by))
     }
     if not usable:
         return WarmLevel.COLD
     for adapter_id in job.request.adapters:
         usable &= state.holders.get(adapter_id, set())
     return WarmLevel.FULL if usable else WarmLevel.BASE
+
+
+def _free_by(state: SchedulerState, worker_id: str, by: float) -> bool:
+    """Whether a worker is idle, or expected to finish its running job by ``by``, and not held
+    for a preempting turbo job."""
+    if worker_id in state.held:
+        return False
+    job_id = state.running_on.get(worker_id)
+    return job_id is None or state.running[job_id].expected_end <= by
