@@ -114,7 +114,7 @@ def test_a_turbo_job_briefly_waits_for_a_warm_worker_while_the_cold_one_serves_f
     assert assigned(decide(state, 10.0 + limit + 0.1)) == {"t": "cold"}
 
 
-def test_past_its_patience_a_job_is_loaded_cold_when_no_warm_worker_frees_before_its_limit() -> None:
+def test_past_its_patience_a_job_is_loaded_when_no_warm_worker_frees_before_its_limit() -> None:
     """The warm worker runs a long job (expected end ~88 s): waiting for it would exceed the
     turbo job's warm-wait limit, so the cold worker loads the job once its patience is over."""
     long_filler = job("filler-warm", Tier.TURBO, at=0.0, user="filler", steps=300)

@@ -194,9 +194,10 @@ def test_when_capacity_is_scarce_tier_order_holds_except_where_aging_promotes(
 ) -> None:
     """Every lower-tier assignment is explained: its tier was at least as urgent (it aged), or
     relax was below its reserve, or the more urgent job was briefly waiting for a warm worker
-    (within its patience, or within its warm-wait limit), or a worker with a smaller budget can run the more urgent job and it
-    has waited less than its tier's wait target (pool preference: the larger worker leaves it to
-    the smaller ones), or the worker was held for it by a preemption."""
+    (within its patience, or within its warm-wait limit), or a worker with a smaller budget can
+    run the more urgent job and it has waited less than its tier's wait target (pool preference:
+    the larger worker leaves it to the smaller ones), or the worker was held for it by a
+    preemption."""
     state = state_of(workers(*fleet) + queued(*jobs), config)
     for i, r in enumerate(list(state.queued.values())[: len(busy)]):
         if f"w{i}" in state.idle:

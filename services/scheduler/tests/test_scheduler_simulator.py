@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from imagegen_scheduler.domain import Tier
 from imagegen_scheduler.simulator import POLICIES, seed_peak, simulate
+from imagegen_scheduler.simulator.bound import _forgiven
 from imagegen_scheduler.simulator.cli import main
 from imagegen_scheduler.simulator.plot import p95_per_bin
 from imagegen_scheduler.simulator.scenario import seed_catalog
@@ -120,3 +122,29 @@ def test_the_fluid_bound_reports_both_pools_for_the_same_demand(
     assert 0 < large["work_due_a10g_s"] < fleet["work_due_a10g_s"]
     assert len(fleet["slack_every_5_min_s"]) == 2  # t = 300 and 600 s of a 0.2 h window
     assert figures["p95_allowance_jobs"]["relax"] >= 1
+    for pool in (fleet, large):  # the goal condition forgives work, so it has more slack
+        assert len(pool["goal_slack_every_5_min_s"]) == 2
+        assert all(
+            goal >= strict
+            for goal, strict in zip(
+                pool["goal_slack_every_5_min_s"], pool["slack_every_5_min_s"], strict=True
+            )
+        )
+
+
+@pytest.mark.unit
+def test_the_goal_bound_forgives_the_largest_late_jobs_per_tier_and_one_running_job_per_gpu() -> (
+    None
+):
+    """Greedy over deadline prefixes: each tier's k largest jobs may start late; of the rest, the
+    largest job per GPU may still be running at the deadline."""
+    due = [
+        (1.0, 5.0, Tier.RELAX),
+        (2.0, 9.0, Tier.RELAX),
+        (3.0, 7.0, Tier.TURBO),
+        (4.0, 3.0, Tier.RELAX),
+        (5.0, 8.0, Tier.RELAX),
+    ]
+    forgiven = _forgiven(due, {Tier.TURBO: 0, Tier.FAST: 0, Tier.RELAX: 1}, gpus=1)
+    # relax top-1 then the largest of the rest: 5 | 9+5 | 9+7 | 9+7 | 9+8
+    assert forgiven == [5.0, 14.0, 16.0, 16.0, 17.0]
