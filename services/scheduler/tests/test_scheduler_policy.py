@@ -238,3 +238,64 @@ def test_a_large_worker_with_nothing_only_it_can_hold_serves_the_small_workers_j
         NO_RESERVE,
     )
     assert assigned(decide(state, 2.0)) == {"f": "l"}  # never idle while work waits
+
+
+def test_relax_pool_balance_a_large_worker_serves_both_pools_relax_work_oldest_first() -> None:
+    """ADR 0108: an A100 takes an A10G-able relax job before its wait target once it is older
+    than the oldest relax job only the A100s can hold, and leaves it to the A10Gs past the
+    target while that A100-only job is older (here it would have been the warm pick)."""
+    early = (
+        workers(small("s", "sdxl"), large("l", "sdxl", "flux"))
+        + busy("s")
+        + queued(job("sdxl-old", at=0.0), job("flux-young", at=100.0, model="flux"))
+    )
+    assert assigned(decide(state_of(early, NO_RESERVE), 200.0)) == {"sdxl-old": "l"}
+    at_target = dataclasses.replace(NO_RESERVE, relax_pool_balance=False)
+    assert assigned(decide(state_of(early, at_target), 200.0)) == {"flux-young": "l"}
+    late = (
+        workers(small("s", "sdxl"), large("l", "sdxl", "flux"), large("l2", "flux", "flux-lora"))
+        + busy("s")
+        + busy("l2")
+        + queued(
+            job("flux-old", at=0.0, model="flux", adapters=("flux-lora",)),
+            job("sdxl-young", at=10.0),
+        )
+    )
+    assert assigned(decide(state_of(late, NO_RESERVE), 320.0)) == {"flux-old": "l"}
+    assert assigned(decide(state_of(late, at_target), 320.0)) == {"sdxl-young": "l"}
+
+
+def test_relax_cold_deadline_an_old_head_is_loaded_rather_than_a_much_younger_warm_job() -> None:
+    """ADR 0108: past 270 s a relax head is no longer passed over for a warm job that arrived
+    90 s or more after it, although another (busy) worker holds the head's model."""
+    events = (
+        workers(small("w1", "sdxl-alt"), small("busy", "sdxl"))
+        + busy("busy")
+        + queued(job("head", at=0.0), job("warm", at=100.0, model="sdxl-alt"))
+    )
+    assert assigned(decide(state_of(events, NO_RESERVE), 200.0)) == {"warm": "w1"}
+    assert assigned(decide(state_of(events, NO_RESERVE), 280.0)) == {"head": "w1"}
+    off = dataclasses.replace(NO_RESERVE, relax_cold_after_s=None)
+    assert assigned(decide(state_of(events, off), 280.0)) == {"warm": "w1"}
+    close = (
+        workers(small("w1", "sdxl-alt"), small("busy", "sdxl"))
+        + busy("busy")
+        + queued(job("head", at=0.0), job("warm", at=60.0, model="sdxl-alt"))
+    )
+    assert assigned(decide(state_of(close, NO_RESERVE), 280.0)) == {"warm": "w1"}  # within 90 s
+
+
+def test_adapter_affinity_among_model_warm_jobs_the_fewest_adapter_loads_wins() -> None:
+    """ADR 0108: no job is fully warm on w1; of the two whose model it holds, the one needing one
+    adapter load goes before the older one needing two."""
+    state = state_of(
+        workers(small("w1", "sdxl", "lora-a"), small("busy", "sdxl-alt"))
+        + busy("busy")
+        + queued(
+            job("head", at=0.0, model="sdxl-alt"),
+            job("two", at=1.0, adapters=("lora-b", "cn-canny")),
+            job("one", at=2.0, adapters=("lora-a", "lora-b")),
+        ),
+        NO_RESERVE,
+    )
+    assert assigned(decide(state, 130.0)) == {"one": "w1"}

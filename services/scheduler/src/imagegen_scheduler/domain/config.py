@@ -42,6 +42,17 @@ class SchedulerConfig:
     # run to the smaller workers until the job has waited its tier's wait target (so large
     # workers serve the jobs only they can hold), unless it has no other candidate.
     pool_preference: bool = True
+    # Relax pool balance (ADR 0108): for relax, pool preference releases a job to the larger
+    # workers once it is at least as old as the oldest relax job only they can run, rather than
+    # at the wait target: the relax queues of the two pools are served oldest first together, so
+    # neither pool's relax work falls behind the other's.
+    relax_pool_balance: bool = True
+    # Relax cold deadline (ADR 0108): a relax head that has waited this long is not passed over
+    # for a warm pick that arrived ``relax_cold_gap_s`` or more after it; the worker loads the
+    # head's model instead, so the models with few holders do not fall behind the others. None
+    # switches it off.
+    relax_cold_after_s: float | None = 270.0
+    relax_cold_gap_s: float = 90.0
     # Whether a turbo job may pause a running relax job at a step boundary.
     preemption: bool = True
     # A tier scan stops after this many queued jobs; bounds the cost of one decision.
@@ -60,6 +71,10 @@ class SchedulerConfig:
             raise ValueError("user_share must be in (0, 1], e.g. 0.05")
         if any(self.warm_wait_s[t] > self.wait_targets_s[t] for t in Tier):
             raise ValueError("warm_wait_s must not exceed wait_targets_s (bounded wait)")
+        if self.relax_cold_after_s is not None and (
+            self.relax_cold_after_s < 0 or self.relax_cold_gap_s < 0
+        ):
+            raise ValueError("relax_cold_after_s and relax_cold_gap_s must be >= 0 seconds")
         if self.lookahead < 1 or self.max_scan < self.lookahead:
             raise ValueError("need 1 <= lookahead <= max_scan")
 

@@ -8,7 +8,7 @@ import math
 from collections.abc import Iterator
 
 from .events import Assign, Decision, Reason
-from .model import TIERS, Tier, WorkerView
+from .model import TIERS, Tier, WorkerView, fits
 from .queues import QueuedJob
 from .state import SchedulerState
 
@@ -32,6 +32,7 @@ class Round:
         self._orders: dict[Tier, tuple[list[QueuedJob], Iterator[QueuedJob]]] = {}
         # (budget, capabilities) of the accepting workers: the classes of the fleet.
         self._smaller: dict[float, list[Shape]] = {}
+        self._own_heads: dict[tuple[float, frozenset[str]], QueuedJob | None] = {}
         self._shapes = {
             (w.budget_gb, w.capabilities) for w in state.workers.values() if w.accepting
         }
@@ -43,22 +44,53 @@ class Round:
             return []
         return [shape for shape in self._shapes if shape[0] < worker.budget_gb]
 
-    def left_to_smaller(self, job: QueuedJob, smaller: list[Shape]) -> bool:
+    def left_to_smaller(
+        self, job: QueuedJob, smaller: list[Shape], worker: WorkerView | None = None
+    ) -> bool:
         """Pool preference: whether a large worker leaves ``job`` to the smaller workers for now.
 
         True while a smaller worker class can run the job and it has waited less than its tier's
-        wait target; after that every worker it fits may take it.
+        wait target; after that every worker it fits may take it. Relax pool balance (with
+        ``worker``): a relax job is released instead once it is at least as old as the oldest
+        relax candidate that only ``worker``'s class can run (when there is one), before or
+        after the target, so the large workers serve the relax work of both pools oldest first.
         """
-        if self.now - job.due_since >= self.state.config.wait_targets_s[job.request.tier]:
+        if not any(job.family in caps and job.footprint_gb <= budget for budget, caps in smaller):
             return False
-        return any(job.family in caps and job.footprint_gb <= budget for budget, caps in smaller)
+        config = self.state.config
+        tier = job.request.tier
+        if tier is Tier.RELAX and config.relax_pool_balance and worker is not None:
+            head = self._own_relax_head(smaller, worker)
+            if head is not None:
+                return job.due_since > head.due_since
+        return self.now - job.due_since < config.wait_targets_s[tier]
+
+    def _own_relax_head(self, smaller: list[Shape], worker: WorkerView) -> QueuedJob | None:
+        """The oldest relax candidate only ``worker``'s class (no smaller class) can run."""
+        key = (worker.budget_gb, worker.capabilities)
+        if key in self._own_heads:
+            cached = self._own_heads[key]
+            if cached is None or cached.job_id not in self.taken:
+                return cached
+        capped = functools.partial(self._user_at_cap, Tier.RELAX)
+        found: QueuedJob | None = None
+        for index, job in enumerate(self.state.queues[Tier.RELAX].in_order(capped)):
+            if index >= self.state.config.max_scan:
+                break
+            if job.job_id in self.taken or not fits(job.family, job.footprint_gb, worker):
+                continue
+            if not any(job.family in c and job.footprint_gb <= b for b, c in smaller):
+                found = job
+                break
+        self._own_heads[key] = found
+        return found
 
     def leaves(self, job: QueuedJob, worker: WorkerView) -> bool:
         """Whether ``worker`` leaves ``job`` to smaller workers for now (pool preference)."""
         smaller = self._smaller.get(worker.budget_gb)
         if smaller is None:
             smaller = self._smaller[worker.budget_gb] = self.smaller_shapes(worker)
-        return bool(smaller) and self.left_to_smaller(job, smaller)
+        return bool(smaller) and self.left_to_smaller(job, smaller, worker)
 
     def free_workers(self) -> list[WorkerView]:
         """Idle accepting workers, smallest budget first, then by id.
@@ -123,7 +155,7 @@ class Round:
                 and job.footprint_gb <= budget
                 and job.job_id not in self.taken
                 and not self.at_cap(job)
-                and not (smaller and self.left_to_smaller(job, smaller))
+                and not (smaller and self.left_to_smaller(job, smaller, worker))
             ):
                 yield job
 
@@ -142,7 +174,7 @@ class Round:
                 and job.family in worker.capabilities
                 and job.job_id not in self.taken
                 and not self.at_cap(job)
-                and not (smaller and self.left_to_smaller(job, smaller))
+                and not (smaller and self.left_to_smaller(job, smaller, worker))
             ):
                 yield job
                 found += 1

@@ -11,7 +11,10 @@ of the workers in that tier (no user monopolises a tier).
    (``wait_targets_s``: 15 / 60 / 300 s), so that large workers (A100) serve first the jobs only
    they can hold (Flux, SDXL with ControlNets, 1536 px batches). When that leaves the worker no
    candidate at all, every job that fits it is a candidate again (the worker never idles while
-   work it can run waits). ADR 0106.
+   work it can run waits). ADR 0106. Relax pool balance: a relax job is released to the larger
+   worker instead once it is at least as old as the oldest relax candidate only that worker's
+   class can run (earlier or later than 300 s), so both pools' relax work is served oldest
+   first together on the large workers. ADR 0108.
 
 1. Held: a worker freed by a preemption goes to the job it was freed for.
 2. Reserved: while relax runs on fewer than ``relax_reserve_fraction`` of the accepting workers
@@ -33,7 +36,11 @@ of the workers in that tier (no user monopolises a tier).
    wait target): a load is not started for a job a warm worker will start in time anyway
    (ADR 0107). After that it is passed over only by workers that hold it less warm than some
    other worker does, so cold jobs are not starved (``_warmest``). A larger worker that leaves
-   the job to smaller ones (step 0) never counts as holding it warm.
+   the job to smaller ones (step 0) never counts as holding it warm. Among picks equally warm,
+   the one with fewer adapters to load wins (adapter affinity), and a relax head that has
+   waited ``relax_cold_after_s`` (270 s) is not passed over for a pick that arrived
+   ``relax_cold_gap_s`` (90 s) or more after it: the worker loads the head's model (cold
+   deadline; models with few holders do not fall behind the others). ADR 0108.
 
 After assigning, turbo jobs that would still miss their wait target may pause relax jobs
 (``preemption.preemptions``).
@@ -162,13 +169,21 @@ def _warmest(
         elsewhere = _warmest_elsewhere(plan, head, worker)
     if not patient and elsewhere <= level:
         return head, True
-    best, best_level = head, level
+    best, best_level, best_missing = head, level, _missing(head, worker)
     for job in plan.warm_candidates(tier, worker, smaller):
-        job_level = warm_level(job.request, worker)
-        if job_level > best_level:
-            best, best_level = job, job_level
+        job_level, missing = warm_level(job.request, worker), _missing(job, worker)
+        if (job_level, -missing) > (best_level, -best_missing):  # fewer adapter loads on ties
+            best, best_level, best_missing = job, job_level, missing
             if best_level == WarmLevel.FULL:
                 break
+    after = config.relax_cold_after_s
+    if (
+        tier is Tier.RELAX
+        and after is not None
+        and waited >= after
+        and best.due_since - head.due_since >= config.relax_cold_gap_s
+    ):
+        return head, True  # relax cold deadline: load the head rather than take a much younger job
     return best, best_level == WarmLevel.FULL or not patient or elsewhere <= best_level
 
 
@@ -203,3 +218,8 @@ def _free_by(state: SchedulerState, worker_id: str, by: float) -> bool:
         return False
     job_id = state.running_on.get(worker_id)
     return job_id is None or state.running[job_id].expected_end <= by
+
+
+def _missing(job: QueuedJob, worker: WorkerView) -> int:
+    """How many of the job's adapters (LoRAs, ControlNets) ``worker`` would have to load."""
+    return sum(1 for a in job.request.adapters if a not in worker.resident)
