@@ -82,6 +82,8 @@ class DiffusersRunner:
             family = json.loads((folder / "model.json").read_text())["family"]
             cls = getattr(diffusers, FAMILIES[family])
             kwargs: dict[str, Any] = {"local_files_only": True}
+            if not str(self.device).startswith("cuda"):
+                kwargs["dtype"] = torch.float32  # weights may be stored as float16 (demo model)
             if family == "sd15":
                 kwargs.update(safety_checker=None, requires_safety_checker=False)
             pipe = cls.from_pretrained(folder, **kwargs).to(self.device)
@@ -154,9 +156,13 @@ def preview_png_b64(latents: Any, max_side: int = 32) -> str | None:
     import torch
     from PIL import Image
 
+    from ..demo import layout
+
     lat = latents[0].float()
     if lat.shape[0] == 4:
         rgb = torch.einsum("chw,cr->rhw", lat, torch.tensor(LATENT_RGB))
+    elif lat.shape[0] == layout.CHANNELS:  # the shapes demo's layout map: paint it directly
+        rgb = torch.from_numpy(layout.preview_rgb(lat.numpy()))
     else:
         rgb = lat[:3]
     lo, hi = rgb.amin(), rgb.amax()

@@ -3,12 +3,13 @@
 - tokenizer: a CLIP byte-level BPE whose merges are learned here from the caption vocabulary, so
   every caption word is one token (unknown words still split into byte tokens, never fail);
 - text encoder: a small ``CLIPTextModel`` trained from scratch with the UNet;
-- VAE: a small ``AutoencoderKL`` (64 px image <-> 4 x 16 x 16 latent), trained first;
-- UNet: a small ``UNet2DConditionModel`` with cross-attention at 16 and 8 latent pixels;
+- VAE: a small ``AutoencoderKL`` between the 64 px image and the fixed 18 x 8 x 8 layout map of
+  ``layout.py`` (the latent space is designed, not learned; the decoder renders it), trained first;
+- UNet: a small ``UNet2DConditionModel`` on the 8 x 8 map, cross-attention at 8 and 4 cells;
 - scheduler: DDIM with a zero-terminal-SNR cosine schedule, v-prediction and "trailing"
   timesteps, so flat black or white backgrounds are reachable from pure noise.
 
-Sizes were chosen to train in about 22 minutes on two idle CPU cores (see docs/adr/0201).
+Sizes were chosen to train in under 30 minutes on two CPU cores (see docs/adr/0201, 0206).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from imagegen_gpu_worker.demo.layout import CHANNELS, FACTOR, SCALE
 from imagegen_gpu_worker.demo.scenes import CAPTION_WORDS, IMAGE_SIZE
 
 BOS = "<|startoftext|>"
@@ -37,24 +39,26 @@ TEXT_CONFIG: dict[str, Any] = {
 VAE_CONFIG: dict[str, Any] = {
     "in_channels": 3,
     "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 3,
-    "up_block_types": ["UpDecoderBlock2D"] * 3,
-    "block_out_channels": [16, 32, 32],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [16, 32, 64, 128],  # narrow at 64 and 32 px, wide at 16 and 8
     "layers_per_block": 1,
-    "latent_channels": 4,
+    "latent_channels": CHANNELS,
     "norm_num_groups": 8,
     "sample_size": IMAGE_SIZE,
     "mid_block_add_attention": False,
+    "scaling_factor": 1.0 / SCALE,
 }
+assert 2 ** (len(VAE_CONFIG["block_out_channels"]) - 1) == FACTOR
 UNET_CONFIG: dict[str, Any] = {
-    "sample_size": IMAGE_SIZE // 4,
-    "in_channels": 4,
-    "out_channels": 4,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    "block_out_channels": [32, 64, 64],
+    "sample_size": IMAGE_SIZE // FACTOR,
+    "in_channels": CHANNELS,
+    "out_channels": CHANNELS,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [64, 128],
     "layers_per_block": 1,
-    "attention_head_dim": 2,  # diffusers' legacy name: this is the number of heads
+    "attention_head_dim": 4,  # diffusers' legacy name: this is the number of heads
     "cross_attention_dim": TEXT_CONFIG["hidden_size"],
     "norm_num_groups": 16,
 }

@@ -108,10 +108,15 @@ def load_pipeline(model_dir: Path | str = DEFAULT_MODEL_DIR, device: str = "cpu"
     model_dir = Path(model_dir)
     verify(model_dir)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(
-        model_dir, safety_checker=None, requires_safety_checker=False, local_files_only=True
+        model_dir,
+        safety_checker=None,
+        requires_safety_checker=False,
+        local_files_only=True,
+        dtype=torch.float32,  # weights are stored as float16; compute in float32 on CPU
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

@@ -321,3 +321,16 @@ def dataset(seed: int, n: int, split: str = "train") -> list[tuple[Scene, str]]:
         scene = sample_scene(rng, split)
         out.append((scene, describe(scene, rng)))
     return out
+
+
+def keywords(scene: Scene, rng: random.Random) -> str:
+    """A bare keyword caption that is true of ``scene``: an object's color ("red"), its color
+    and shape ("red star"), or the background ("blue background"). Training on a few of these
+    gives a negative prompt like "red" something to push away from."""
+    obj = rng.choice(scene.objects)
+    roll = rng.random()
+    if roll < 0.5:
+        return obj.color
+    if roll < 0.75:
+        return f"{obj.color} {obj.shape}"
+    return f"{scene.background} background"

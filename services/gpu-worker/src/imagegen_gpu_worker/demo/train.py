@@ -4,18 +4,18 @@
 
 Steps:
 
-1. Render the training scenes (held-out triples never appear, see ``scenes.is_held_out``).
-2. Train the VAE (64 px image <-> 4 x 16 x 16 latent). Besides reconstruction, the first three
-   latent channels are pulled towards the 4x-downsampled image, which keeps the latent space
-   smooth and image-like, so the diffusion model has an easy target.
-3. Encode every scene once; set the VAE's ``scaling_factor`` so latents have unit variance.
-4. Train the UNet and the text encoder together on v-prediction, with a fresh caption variant of
-   each scene every time it is drawn and 10 % empty captions (classifier-free guidance).
-   An exponential moving average of the weights is what gets saved.
-5. Save a StableDiffusionPipeline folder and its ``model.json`` (sha256 of every file).
-
-The default step counts take about 22 minutes on two idle CPU cores (61 minutes when the
-cores were shared with other work).
+1. Render the training scenes (held-out triples never appear, see ``scenes.is_held_out``) and
+   write each into its layout map (``layout.encode``, 18 x 8 x 8): the latent space is fixed.
+2. Train the VAE: the decoder renders layout maps (with a little noise added, as the denoiser's
+   output will have) into pixels, scored by squared and absolute error plus a palette term
+   that makes every pixel commit to one named color; the encoder learns pixels -> layout.
+3. Train the UNet and the text encoder together on v-prediction, with a fresh caption variant of
+   each scene every time it is drawn, 10 % empty captions (classifier-free guidance) and 5 %
+   keyword captions ("red", "a red star", "blue background", so negative prompts mean
+   something). A small auxiliary head reads the caption's attributes back from the text
+   encoder's pooled output, which teaches the text encoder the caption grammar early; the head
+   is thrown away. An exponential moving average of the weights is what gets saved.
+4. Save a StableDiffusionPipeline folder and its ``model.json`` (sha256 of every file).
 """
 
 from __future__ import annotations
@@ -42,9 +42,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from imagegen_gpu_worker.demo import build, registry, scenes
+from imagegen_gpu_worker.demo import build, layout, registry, scenes
 
 CFG_DROPOUT = 0.1  # share of captions replaced by "" so the model also learns p(image)
+KEYWORDS = 0.05  # share of captions that are bare keywords ("red"), for negative prompts
+AUX_WEIGHT = 0.5  # weight of the caption-attribute head's loss (see CaptionHead)
 SAVE_EVERY = 100  # steps between resumable snapshots (the machine is shared; runs get killed)
 
 
@@ -99,8 +101,22 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+PALETTE_SHARPNESS = 20.0  # logits = -sharpness x squared distance to each named color
+PALETTE_WEIGHT = 0.1  # weight of the palette term in the decoder's loss
+
+
+def palette_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of "which named color is this pixel": 0 only when each output pixel is
+    nearer its true color than any other, which is what keeps edges crisp."""
+    palette = to_unit(torch.tensor(list(scenes.COLORS.values()))).view(1, -1, 3, 1, 1)
+    logits = -PALETTE_SHARPNESS * ((recon.unsqueeze(1) - palette) ** 2).sum(2)
+    labels = ((target.unsqueeze(1) - palette) ** 2).sum(2).argmin(1)
+    return F.cross_entropy(logits, labels)
+
+
 def train_vae(
     pixels: torch.Tensor,
+    layouts: torch.Tensor,
     steps: int,
     batch: int,
     gen: torch.Generator,
@@ -108,8 +124,11 @@ def train_vae(
     resume: dict[str, Any] | None,
     save: Any,
 ) -> Any:
+    """Decoder: layout map (+ noise up to 0.1) -> pixels; encoder: pixels -> layout map."""
     vae = build.build_vae()
-    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    decoder_params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    encoder_params = [*vae.encoder.parameters(), *vae.quant_conv.parameters()]
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0, foreach=True)
     start = 0
     if resume is not None:
         vae.load_state_dict(resume["vae"])
@@ -121,21 +140,29 @@ def train_vae(
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, steps, 2e-3, 50)
         idx = torch.randint(0, len(pixels), (batch,), generator=gen)
-        x = to_unit(pixels[idx])
-        posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
-        recon = vae.decode(z).sample
-        anchor = F.avg_pool2d(x, 4)
+        x, z = to_unit(pixels[idx]), layouts[idx]
+        noisy = z + 0.1 * torch.rand(batch, 1, 1, 1, generator=gen) * torch.randn(
+            z.shape, generator=gen
+        )
+        recon = vae.decode(noisy).sample
         loss_rec = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x)
-        loss_anchor = F.mse_loss(posterior.mean[:, :3], anchor)
-        loss = loss_rec + 0.1 * loss_anchor + 1e-6 * posterior.kl().mean()
+        loss_pal = palette_loss(recon, x)
+        posterior = vae.encode(x[: max(1, batch // 4)]).latent_dist  # regression: a few do
+        loss_enc = F.mse_loss(posterior.mean, z[: max(1, batch // 4)]) + 0.01 * F.mse_loss(
+            posterior.logvar, torch.full_like(posterior.logvar, -6.0)
+        )
+        loss = loss_rec + PALETTE_WEIGHT * loss_pal + loss_enc
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        for part in decoder_params, encoder_params:  # clipped apart: neither slows the other
+            torch.nn.utils.clip_grad_norm_(part, 1.0)
         opt.step()
         if step % 100 == 0 or step == steps - 1:
-            rec, anchored = loss_rec.item(), loss_anchor.item()
-            log(f"vae step {step}/{steps} rec {rec:.4f} anchor {anchored:.4f}", t0)
+            log(
+                f"vae step {step}/{steps} rec {loss_rec.item():.4f} palette {loss_pal.item():.3f}"
+                f" enc {loss_enc.item():.4f}",
+                t0,
+            )
         if (step + 1) % SAVE_EVERY == 0 and step + 1 < steps:
             save(
                 {
@@ -149,15 +176,70 @@ def train_vae(
     return vae.eval()
 
 
-@torch.no_grad()
-def encode_all(vae: Any, pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    out = []
-    for start in range(0, len(pixels), 256):
-        posterior = vae.encode(to_unit(pixels[start : start + 256])).latent_dist
-        out.append(
-            posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
-        )
-    return torch.cat(out)
+class CaptionHead(torch.nn.Module):
+    """Auxiliary training head: from the text encoder's pooled output, predict what the caption
+    says about each of the five positions (color or none, shape or none, size) and the
+    background. It gives the text encoder a direct, dense signal about the caption grammar;
+    only the text encoder is kept."""
+
+    SLOTS = list(scenes.POSITIONS)
+    COLORS = list(scenes.COLORS)
+    SIZES = list(scenes.SIZES)
+    FIELDS = (len(COLORS) + 1, len(scenes.SHAPES) + 1, len(SIZES))  # "+1": nothing there
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(width, len(self.SLOTS) * sum(self.FIELDS) + len(self.COLORS))
+
+    @classmethod
+    def targets(cls, captions: list[str]) -> torch.Tensor:
+        """(batch, slots x 3 + 1) class indices, -100 where the caption does not say."""
+        out = torch.full((len(captions), len(cls.SLOTS) * 3 + 1), -100, dtype=torch.long)
+        for row, caption in enumerate(captions):
+            try:
+                spec = scenes.parse_caption(caption)
+            except ValueError:  # "" or a bare keyword: no object named
+                continue
+            if spec.background:
+                out[row, -1] = cls.COLORS.index(spec.background)
+            if not all(o.position for o in spec.objects):
+                continue  # where the objects are is open: say nothing about slots
+            for k in range(len(cls.SLOTS)):  # every slot empty unless an object is there
+                out[row, 3 * k] = len(cls.COLORS)
+                out[row, 3 * k + 1] = len(scenes.SHAPES)
+            for o in spec.objects:
+                assert o.position is not None
+                k = cls.SLOTS.index(o.position)
+                out[row, 3 * k] = cls.COLORS.index(o.color) if o.color else -100
+                out[row, 3 * k + 1] = scenes.SHAPES.index(o.shape) if o.shape else -100
+                out[row, 3 * k + 2] = cls.SIZES.index(o.size) if o.size else -100
+        return out
+
+    def loss(self, pooled: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = self.linear(pooled)
+        total, start, column = logits.new_zeros(()), 0, 0
+        for _ in self.SLOTS:
+            for n in self.FIELDS:
+                total = total + _masked_ce(logits[:, start : start + n], targets[:, column])
+                start, column = start + n, column + 1
+        return total + _masked_ce(logits[:, start:], targets[:, -1])
+
+
+def _masked_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if bool((target == -100).all()):
+        return logits.new_zeros(())
+    return F.cross_entropy(logits, target, ignore_index=-100)
+
+
+def training_caption(scene: scenes.Scene, rng: random.Random) -> str:
+    """What the denoiser is told about ``scene``: usually a caption that leaves some attributes
+    out, sometimes nothing (for guidance), sometimes bare keywords (for negative prompts)."""
+    roll = rng.random()
+    if roll < CFG_DROPOUT:
+        return ""
+    if roll < CFG_DROPOUT + KEYWORDS:
+        return scenes.keywords(scene, rng)
+    return scenes.describe(scene, rng)
 
 
 def train_denoiser(
@@ -179,9 +261,26 @@ def train_denoiser(
     scheduler = build.build_scheduler()
     alphas = scheduler.alphas_cumprod.float()
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)
+    head = CaptionHead(text_encoder.config.hidden_size)
+    params = [*unet.parameters(), *text_encoder.parameters(), *head.parameters()]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2, foreach=True)
     caption_rng = random.Random(seed + 1)
+    live_params = [*unet.parameters(), *text_encoder.parameters()]
+    ema_params = [*ema_unet.parameters(), *ema_text.parameters()]
+    token_cache: dict[str, torch.Tensor] = {}
+
+    def token_ids(caption: str) -> torch.Tensor:
+        """The tokenizer is slow Python and captions repeat: cache each caption's ids."""
+        if caption not in token_cache:
+            token_cache[caption] = tokenizer(
+                caption,
+                padding="max_length",
+                max_length=build.MAX_LENGTH,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids[0]
+        return token_cache[caption]
+
     start = 0
     if resume is not None and resume["stage"] == "unet":
         for name, module in (
@@ -189,6 +288,7 @@ def train_denoiser(
             ("text", text_encoder),
             ("ema_unet", ema_unet),
             ("ema_text", ema_text),
+            ("head", head),
         ):
             module.load_state_dict(resume[name])
         opt.load_state_dict(resume["opt"])
@@ -200,17 +300,8 @@ def train_denoiser(
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, steps, 1e-3, 100)
         idx = torch.randint(0, len(latents), (batch,), generator=gen)
-        captions = [
-            "" if caption_rng.random() < CFG_DROPOUT else scenes.describe(items[i], caption_rng)
-            for i in idx.tolist()
-        ]
-        ids = tokenizer(
-            captions,
-            padding="max_length",
-            max_length=build.MAX_LENGTH,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
+        captions = [training_caption(items[i], caption_rng) for i in idx.tolist()]
+        ids = torch.stack([token_ids(c) for c in captions])
         x0 = latents[idx]
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
@@ -218,20 +309,20 @@ def train_denoiser(
         s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
         noisy = a * x0 + s * noise
         target = a * noise - s * x0  # v-prediction
-        hidden = text_encoder(ids)[0]
-        pred = unet(noisy, t, hidden).sample
-        loss = F.mse_loss(pred, target)
+        encoded = text_encoder(ids)
+        pred = unet(noisy, t, encoded[0]).sample
+        loss_v = F.mse_loss(pred, target)
+        loss_aux = head.loss(encoded[1], CaptionHead.targets(captions))
+        loss = loss_v + AUX_WEIGHT * loss_aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         decay = min(0.998, (1 + step) / (10 + step))
         with torch.no_grad():
-            for model, ema in ((unet, ema_unet), (text_encoder, ema_text)):
-                for p, e in zip(model.parameters(), ema.parameters(), strict=True):
-                    e.lerp_(p, 1 - decay)
+            torch._foreach_lerp_(ema_params, live_params, 1 - decay)
         if step % 100 == 0 or step == steps - 1:
-            log(f"unet step {step}/{steps} loss {loss.item():.4f}", t0)
+            log(f"unet step {step}/{steps} loss {loss_v.item():.4f} aux {loss_aux.item():.3f}", t0)
         if (step + 1) % 1000 == 0 and step + 1 < steps:
             checkpoint(step + 1, ema_unet, ema_text)
         if (step + 1) % SAVE_EVERY == 0 and step + 1 < steps:
@@ -243,6 +334,7 @@ def train_denoiser(
                     "text": text_encoder.state_dict(),
                     "ema_unet": ema_unet.state_dict(),
                     "ema_text": ema_text.state_dict(),
+                    "head": head.state_dict(),
                     "opt": opt.state_dict(),
                     "gen": gen.get_state(),
                     "caption_rng": caption_rng.getstate(),
@@ -256,11 +348,13 @@ def save_pipeline(out: Path, vae: Any, text_encoder: Any, tokenizer: Any, unet: 
 
     if out.exists():
         shutil.rmtree(out)
+    # Weights are stored as float16 (half the bytes, the 20 MB budget); loaders read them back
+    # as float32 (registry.load_pipeline), and what is evaluated is what is stored.
     pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
+        vae=copy.deepcopy(vae).half(),
+        text_encoder=copy.deepcopy(text_encoder).half(),
         tokenizer=tokenizer,
-        unet=unet,
+        unet=copy.deepcopy(unet).half(),
         scheduler=build.build_scheduler(),
         safety_checker=None,
         feature_extractor=None,
@@ -275,8 +369,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("models/shapes-demo"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scenes", type=int, default=30000, help="distinct training scenes")
-    parser.add_argument("--vae-steps", type=int, default=600)
-    parser.add_argument("--unet-steps", type=int, default=3600)
+    parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--unet-steps", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument(
@@ -315,14 +409,16 @@ def main(argv: list[str] | None = None) -> None:
         if k in ("seed", "scenes", "vae_steps", "unet_steps", "batch", "threads")
     }
     snaps = Snapshots(args.state, key)
-    state, encoded = snaps.load("state.pt"), snaps.load("latents.pt")
-    resumed = state is not None or encoded is not None
+    state, trained = snaps.load("state.pt"), snaps.load("vae.pt")
+    resumed = state is not None or trained is not None
     t0 = snaps.t0
     items, pixels = render_dataset(args.seed, args.scenes)
-    log(f"rendered {len(items)} training scenes", t0)
-    if encoded is None:
+    layouts = torch.from_numpy(layout.encode_batch(items))
+    log(f"rendered {len(items)} training scenes and their layout maps", t0)
+    if trained is None:
         vae = train_vae(
             pixels,
+            layouts,
             args.vae_steps,
             args.batch,
             gen,
@@ -330,21 +426,16 @@ def main(argv: list[str] | None = None) -> None:
             state,
             lambda value: snaps.save("state.pt", value),
         )
-        latents = encode_all(vae, pixels, gen)
-        std = latents.std().item()
-        encoded = {"vae": vae.state_dict(), "latents": latents, "std": std, "gen": gen.get_state()}
-        snaps.save("latents.pt", encoded)
+        trained = {"vae": vae.state_dict(), "gen": gen.get_state()}
+        snaps.save("vae.pt", trained)
     else:
-        log("resumed from encoded latents", t0)
+        log("resumed with the trained VAE", t0)
     t_vae = time.monotonic() - t0
     vae = build.build_vae()
-    vae.load_state_dict(encoded["vae"])
+    vae.load_state_dict(trained["vae"])
     vae.eval()
-    gen.set_state(encoded["gen"])
-    std = encoded["std"]
-    vae.register_to_config(scaling_factor=1.0 / std)
-    latents = encoded["latents"] / std
-    log(f"encoded latents, std {std:.4f}", t0)
+    gen.set_state(trained["gen"])
+    latents = layouts / layout.SCALE  # what the pipeline's latents are: layout x scaling_factor
 
     tokenizer_dir = Path(tempfile.mkdtemp(prefix="shapes-demo-tokenizer-"))
     tokenizer = build.build_tokenizer(tokenizer_dir)
@@ -384,7 +475,6 @@ def main(argv: list[str] | None = None) -> None:
         "vae_seconds": round(t_vae, 1),
         "total_seconds": round(total, 1),
         "resumed": resumed,
-        "latent_std": std,
     }
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(report, indent=2) + "\n")

@@ -1,0 +1,157 @@
+"""The demo model's fixed latent space (the layout map) and the training captions."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from imagegen_gpu_worker.demo import layout, scenes
+
+pytestmark = pytest.mark.unit
+
+
+def scene_with(*objects: scenes.SceneObject, background: str = "white") -> scenes.Scene:
+    n = len(objects)
+    return scenes.Scene(background, tuple(objects), ((0, 0),) * n, (0.0,) * n)
+
+
+def test_one_object_is_written_where_the_caption_puts_it():
+    scene = scene_with(scenes.SceneObject("red", "star", "large", "left"), background="blue")
+    z = layout.encode(scene)
+    assert z.shape == (layout.CHANNELS, 8, 8)
+    assert z.dtype == np.float32
+    # background everywhere, exactly the named color
+    blue = np.asarray(scenes.COLORS["blue"]) / 127.5 - 1
+    assert np.allclose(z[0:3], blue[:, None, None], atol=1e-6)
+    presence = z[3]
+    assert presence[:, :4].sum() > 10 * presence[:, 4:].sum()  # the left half, nearly all
+    ys, xs = np.nonzero(presence > 0.99)
+    assert xs.mean() < 3 and 2.5 < ys.mean() < 4.5
+    # the star channel carries all of the shape, the color channels carry red x presence
+    shape_sums = z[7:12].sum(axis=(1, 2))
+    assert shape_sums.argmax() == scenes.SHAPES.index("star")
+    assert np.isclose(shape_sums.sum(), presence.sum())
+    red = np.asarray(scenes.COLORS["red"]) / 127.5 - 1
+    assert np.allclose(z[4:7], red[:, None, None] * presence, atol=1e-6)
+    assert (z[14][presence > 0] > 0).all()  # large
+
+
+def test_offsets_point_at_the_object_centre_from_every_cell_it_reaches():
+    scene = scenes.Scene(
+        "black", (scenes.SceneObject("cyan", "ring", "small", "bottom"),), ((2, -1),), (5.0,)
+    )
+    z = layout.encode(scene)
+    cx, cy = layout.object_centre(scene, 0)
+    assert (cx, cy) == (34.0, 47.0)
+    ys, xs = np.nonzero(z[3] > 0)
+    p = z[3, ys, xs]
+    est_x = (xs + 0.5) * 8 + z[12, ys, xs] / p * 16
+    est_y = (ys + 0.5) * 8 + z[13, ys, xs] / p * 16
+    assert np.allclose(est_x, cx, atol=1e-4) and np.allclose(est_y, cy, atol=1e-4)
+    assert np.allclose(z[15, ys, xs] / p, 5.0 / 8.0)
+
+
+def test_two_objects_add_up_and_meet_only_between_them():
+    rng = random.Random(3)
+    for _ in range(300):
+        scene = scenes.sample_scene(rng, "any", 2)
+        z = layout.encode(scene)
+        assert np.allclose(z[7:12].sum(0), z[3], atol=1e-6)  # shape one-hots add to presence
+        shared = np.argwhere(z[3] > 1.0 + 1e-6)  # both reaches: only in the middle band
+        if scene.objects[0].position in ("left", "right"):
+            assert all(3 <= x <= 4 for _, x in shared)
+        else:
+            assert all(3 <= y <= 4 for y, _ in shared)
+
+
+def test_where_channels_are_the_same_in_every_scene():
+    rng = random.Random(4)
+    a, b = (layout.encode(scenes.sample_scene(rng)) for _ in range(2))
+    assert np.array_equal(a[16:18], b[16:18])
+    assert a[16, 0, 0] == -1 and a[16, 0, 7] == 1 and a[17, 7, 0] == 1
+
+
+def test_preview_paints_the_object_over_the_background():
+    scene = scene_with(scenes.SceneObject("yellow", "circle", "large", "center"))
+    rgb = layout.preview_rgb(layout.encode(scene))
+    yellow = np.asarray(scenes.COLORS["yellow"]) / 127.5 - 1
+    white = np.asarray(scenes.COLORS["white"]) / 127.5 - 1
+    assert np.allclose(rgb[:, 4, 4], yellow, atol=1e-6)
+    assert np.allclose(rgb[:, 0, 0], white, atol=1e-6)
+
+
+def test_keyword_captions_are_true_of_their_scene():
+    rng = random.Random(5)
+    seen = set()
+    for _ in range(400):
+        scene = scenes.sample_scene(rng)
+        words = scenes.keywords(scene, rng).split()
+        colors = {o.color for o in scene.objects}
+        if words[-1] == "background":
+            assert words == [scene.background, "background"]
+            seen.add("background")
+        elif len(words) == 2:
+            assert (words[0], words[1]) in {(o.color, o.shape) for o in scene.objects}
+            seen.add("color shape")
+        else:
+            assert words[0] in colors
+            seen.add("color")
+    assert seen == {"background", "color shape", "color"}
+
+
+def test_caption_head_targets_say_only_what_the_caption_says():
+    train = pytest.importorskip("imagegen_gpu_worker.demo.train")
+    head = train.CaptionHead
+    t = head.targets(
+        [
+            "a small red star on the left and a blue ring on the right, white background",
+            "a green circle",  # no position: slots unknown
+            "",
+            "red",
+        ]
+    )
+    slots, colors = head.SLOTS, head.COLORS
+    left, right, top = (3 * slots.index(p) for p in ("left", "right", "top"))
+    row = t[0].tolist()
+    assert row[left : left + 3] == [colors.index("red"), scenes.SHAPES.index("star"), 0]
+    assert row[right : right + 3] == [colors.index("blue"), scenes.SHAPES.index("ring"), -100]
+    assert row[top : top + 2] == [len(colors), len(scenes.SHAPES)]  # nothing at the top
+    assert row[-1] == colors.index("white")
+    assert set(t[1].tolist()) == {-100} and set(t[2].tolist()) == {-100}
+    assert set(t[3].tolist()) == {-100}
+
+
+def test_caption_head_loss_falls_when_it_learns():
+    torch = pytest.importorskip("torch")
+    train = pytest.importorskip("imagegen_gpu_worker.demo.train")
+    torch.manual_seed(0)
+    head = train.CaptionHead(8)
+    captions = ["a red star on the left, white background", "a blue ring at the top"]
+    targets = train.CaptionHead.targets(captions)
+    features = torch.randn(2, 8)
+    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    first = head.loss(features, targets).item()
+    for _ in range(50):
+        opt.zero_grad()
+        loss = head.loss(features, targets)
+        loss.backward()
+        opt.step()
+    assert loss.item() < first / 10
+
+
+def test_training_captions_mix_empty_keywords_and_descriptions():
+    train = pytest.importorskip("imagegen_gpu_worker.demo.train")
+    rng = random.Random(6)
+    scene = scenes.sample_scene(random.Random(1))
+    kinds = {"empty": 0, "keywords": 0, "caption": 0}
+    for _ in range(2000):
+        caption = train.training_caption(scene, rng)
+        if not caption:
+            kinds["empty"] += 1
+        elif any(s in caption for s in scenes.SHAPES) and caption.startswith(("a ", "an ")):
+            kinds["caption"] += 1
+        else:
+            kinds["keywords"] += 1
+    assert 150 < kinds["empty"] < 250 and 50 < kinds["keywords"] < 150
