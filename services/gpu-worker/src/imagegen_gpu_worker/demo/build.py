@@ -9,7 +9,8 @@
 - scheduler: DDIM with a zero-terminal-SNR cosine schedule, v-prediction and "trailing"
   timesteps, so flat black or white backgrounds are reachable from pure noise.
 
-Sizes were chosen to train in under 30 minutes on two CPU cores (see docs/adr/0201, 0206).
+Sizes were chosen for a 30-minute budget on two CPU cores; the committed run took 32 minutes
+(docs/adr/0201).
 """
 
 from __future__ import annotations
