@@ -299,3 +299,25 @@ def test_adapter_affinity_among_model_warm_jobs_the_fewest_adapter_loads_wins() 
         NO_RESERVE,
     )
     assert assigned(decide(state, 130.0)) == {"one": "w1"}
+
+
+def test_relax_adapter_wait_a_model_warm_worker_loads_the_adapters_of_an_old_head() -> None:
+    """ADR 0109: past its warm wait (120 s) a relax head is passed over by a worker holding its
+    model (not its LoRA) for the worker holding both only while that one is expected to finish
+    within 10 s; when it runs a long job, the model-warm worker takes the head and loads the LoRA
+    rather than a younger fully warm job."""
+
+    def events(steps: int) -> list:
+        filler = job("filler-full", Tier.TURBO, at=125.0, user="filler", steps=steps)
+        return (
+            workers(small("w1", "sdxl"), small("full", "sdxl", "lora-a"))
+            + queued(filler)
+            + [JobAssigned(filler.job_id, "full", 1000, 125.0)]
+            + queued(job("head", at=0.0, adapters=("lora-a",)), job("warm", at=60.0))
+        )
+
+    assert assigned(decide(state_of(events(300), NO_RESERVE), 100.0)) == {"warm": "w1"}  # patient
+    assert assigned(decide(state_of(events(300), NO_RESERVE), 130.0)) == {"head": "w1"}
+    assert assigned(decide(state_of(events(30), NO_RESERVE), 130.0)) == {"warm": "w1"}  # ends soon
+    off = dataclasses.replace(NO_RESERVE, relax_adapter_wait_s=None)
+    assert assigned(decide(state_of(events(300), off), 130.0)) == {"warm": "w1"}

@@ -53,6 +53,12 @@ class SchedulerConfig:
     # switches it off.
     relax_cold_after_s: float | None = 270.0
     relax_cold_gap_s: float = 90.0
+    # Relax adapter wait (ADR 0109): past its warm wait, a relax job on a worker that holds its
+    # base model but not all its adapters is passed over for a worker that holds them too only
+    # while such a worker is idle or expected to finish within this many seconds; otherwise this
+    # worker takes it and loads the adapters (0.5-4 s) rather than leaving it to wait for the
+    # few workers that hold them. None switches it off (wait for any fully warm worker).
+    relax_adapter_wait_s: float | None = 10.0
     # Whether a turbo job may pause a running relax job at a step boundary.
     preemption: bool = True
     # A tier scan stops after this many queued jobs; bounds the cost of one decision.
@@ -75,6 +81,8 @@ class SchedulerConfig:
             self.relax_cold_after_s < 0 or self.relax_cold_gap_s < 0
         ):
             raise ValueError("relax_cold_after_s and relax_cold_gap_s must be >= 0 seconds")
+        if self.relax_adapter_wait_s is not None and self.relax_adapter_wait_s < 0:
+            raise ValueError("relax_adapter_wait_s must be >= 0 seconds (default 10)")
         if self.lookahead < 1 or self.max_scan < self.lookahead:
             raise ValueError("need 1 <= lookahead <= max_scan")
 

@@ -40,7 +40,11 @@ of the workers in that tier (no user monopolises a tier).
    the one with fewer adapters to load wins (adapter affinity), and a relax head that has
    waited ``relax_cold_after_s`` (270 s) is not passed over for a pick that arrived
    ``relax_cold_gap_s`` (90 s) or more after it: the worker loads the head's model (cold
-   deadline; models with few holders do not fall behind the others). ADR 0108.
+   deadline; models with few holders do not fall behind the others). ADR 0108. *Relax adapter
+   wait*: past its warm wait (120 s), a relax head on a worker that holds its model but not all its
+   adapters is passed over for a worker holding those too only while such a worker is idle or
+   expected to finish within ``relax_adapter_wait_s`` (10 s); otherwise it is taken here and
+   its adapters loaded. ADR 0109.
 
 After assigning, turbo jobs that would still miss their wait target may pause relax jobs
 (``preemption.preemptions``).
@@ -148,7 +152,10 @@ def _warmest(
     unless another worker it fits holds it warmer (that worker will take it, so passing it over
     here cannot starve it). A pick short of fully warm is unsettled while the head is within its
     patience and another worker holds the head warmer than this pick: the caller then offers the
-    worker to the next tier, and leaves it idle if no tier has a settled pick.
+    worker to the next tier, and leaves it idle if no tier has a settled pick. Relax adapter
+    wait: past its warm wait, a relax head this worker holds model-warm is passed over for a
+    fully warm worker only while one is idle or expected to finish within
+    ``relax_adapter_wait_s``.
     """
     level = warm_level(head.request, worker)
     if level == WarmLevel.FULL:
@@ -167,6 +174,16 @@ def _warmest(
             elsewhere = _warmest_elsewhere(plan, head, worker)
     else:
         elsewhere = _warmest_elsewhere(plan, head, worker)
+        adapter_wait = config.relax_adapter_wait_s
+        if (
+            tier is Tier.RELAX
+            and adapter_wait is not None
+            and level == WarmLevel.BASE
+            and elsewhere == WarmLevel.FULL
+            and _warmest_elsewhere(plan, head, worker, plan.now + adapter_wait) < WarmLevel.FULL
+        ):
+            # relax adapter wait: no fully warm worker is free soon; load the adapters here
+            elsewhere = WarmLevel.BASE
     if not patient and elsewhere <= level:
         return head, True
     best, best_level, best_missing = head, level, _missing(head, worker)
