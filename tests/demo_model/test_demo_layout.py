@@ -155,3 +155,27 @@ def test_training_captions_mix_empty_keywords_and_descriptions():
         else:
             kinds["keywords"] += 1
     assert 150 < kinds["empty"] < 250 and 50 < kinds["keywords"] < 150
+
+
+def test_imperfect_maps_keep_what_the_map_says_and_only_perturb_it():
+    """The decoder's training input: overshoot and drift, but the true shape stays the largest
+    shape channel inside the object (bar rare noisy cells), the where-am-I channels are
+    untouched, the input map is not modified, and the same generator gives the same maps."""
+    torch = pytest.importorskip("torch")
+    train = pytest.importorskip("imagegen_gpu_worker.demo.train")
+    rng = random.Random(3)
+    items = [scenes.sample_scene(rng, "train", 1) for _ in range(64)]
+    exact = torch.from_numpy(layout.encode_batch(items))
+    before = exact.clone()
+    first = train.imperfect_maps(exact, torch.Generator().manual_seed(0))
+    again = train.imperfect_maps(exact, torch.Generator().manual_seed(0))
+    assert torch.equal(exact, before) and torch.equal(first, again)
+    assert torch.equal(first[:, 16:], exact[:, 16:])
+    assert (first[:, :16] - exact[:, :16]).abs().amax() > 0.3  # really perturbed
+    kept = cells = 0
+    for i, scene in enumerate(items):
+        true = layout.SHAPE_CHANNELS[scene.objects[0].shape]
+        strong = exact[i, 3] > 0.5  # cells well inside the object's reach
+        kept += int((first[i, 7:12].argmax(0)[strong] == true - 7).sum())
+        cells += int(strong.sum())
+    assert cells > 500 and kept >= 0.98 * cells  # per-cell noise may flip a rare cell

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 torch = pytest.importorskip("torch")
 train = pytest.importorskip("imagegen_gpu_worker.demo.train")
 
-TOY = ["--scenes", "64", "--vae-steps", "6", "--unet-steps", "6", "--batch", "2", "--threads", "1"]
+TOY = ["--scenes", "64", "--vae-steps", "6", "--unet-steps", "6", "--batch", "2"]
 WEIGHTS = (
     "unet/diffusion_pytorch_model.safetensors",
     "vae/diffusion_pytorch_model.safetensors",
@@ -20,11 +20,13 @@ WEIGHTS = (
 )
 
 
-def run(tmp_path, name, seed=0):
+def run(tmp_path, name, seed=0, processes=1):
     out = tmp_path / name
     train.main(
         [
             *TOY,
+            "--processes",
+            str(processes),
             "--seed",
             str(seed),
             "--out",
@@ -48,6 +50,12 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
     assert a.files == b.files
     assert all(a.files[w] != c.files[w] for w in WEIGHTS)
     assert a.id == "shapes-demo" and a.family == "sd15"
+
+
+def test_the_vae_in_its_own_process_gives_the_same_weights(tmp_path):
+    """``--processes 2`` (the default) trains the VAE in a child process at the same time as
+    the UNet; every stage uses one thread, so the weights are those of a run in one process."""
+    assert run(tmp_path, "two", processes=2).files == run(tmp_path, "one").files
 
 
 @pytest.mark.parametrize("kill_after_saves", [1, 4])  # in the VAE stage, in the UNet stage

@@ -4,13 +4,14 @@
   every caption word is one token (unknown words still split into byte tokens, never fail);
 - text encoder: a small ``CLIPTextModel`` trained from scratch with the UNet;
 - VAE: a small ``AutoencoderKL`` between the 64 px image and the fixed 18 x 8 x 8 layout map of
-  ``layout.py`` (the latent space is designed, not learned; the decoder renders it), trained first;
+  ``layout.py`` (the latent space is designed, not learned; the decoder renders it), trained
+  beside the UNet in its own process;
 - UNet: a small ``UNet2DConditionModel`` on the 8 x 8 map, cross-attention at 8 and 4 cells;
 - scheduler: DDIM with a zero-terminal-SNR cosine schedule, v-prediction and "trailing"
   timesteps, so flat black or white backgrounds are reachable from pure noise.
 
-Sizes were chosen for a 30-minute budget on two CPU cores; the committed run took 32 minutes
-(docs/adr/0201).
+Sizes were chosen for a 30-minute budget on two CPU cores; the committed run took 27 minutes
+(docs/adr/0201, 0207).
 """
 
 from __future__ import annotations
