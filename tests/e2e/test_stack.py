@@ -38,8 +38,11 @@ def live_pids_mentioning(mark: str) -> list[int]:
 
 def test_up_is_ready_idempotent_and_down_leaves_no_process(tmp_path: Path) -> None:
     var = tmp_path / "var"
-    env = {**os.environ, "IMAGEGEN_STACK_VAR": str(var), "IMAGEGEN_STACK_KAFKA_PORT": "39192",
-           "IMAGEGEN_STACK_CONTROLLER_PORT": "39193", "IMAGEGEN_STACK_PG_PORT": "35532",
+    # Below Linux's ephemeral range (32768-60999): this stack starts late in the suite, after
+    # thousands of client connections, and a port in that range was once taken by one of them
+    # (Kafka: "failed to bind to 127.0.0.1:39192: Address already in use").
+    env = {**os.environ, "IMAGEGEN_STACK_VAR": str(var), "IMAGEGEN_STACK_KAFKA_PORT": "29192",
+           "IMAGEGEN_STACK_CONTROLLER_PORT": "29193", "IMAGEGEN_STACK_PG_PORT": "25532",
            "IMAGEGEN_STACK_PORT_OFFSET": str(OFFSET)}
     stack = [sys.executable, str(ROOT / "deploy/stack.py")]
     try:
