@@ -58,6 +58,23 @@ def test_the_vae_in_its_own_process_gives_the_same_weights(tmp_path):
     assert run(tmp_path, "two", processes=2).files == run(tmp_path, "one").files
 
 
+def test_a_failed_vae_process_stops_the_run_at_the_next_unet_snapshot(tmp_path, monkeypatch):
+    real_start = train.start_vae_process
+
+    def failing_child(argv):
+        child = real_start(["--no-such-option"])  # argparse exits 2 at once
+        child.wait()
+        return child
+
+    monkeypatch.setattr(train, "start_vae_process", failing_child)
+    args = [*TOY, "--unet-steps", "40", "--out", str(tmp_path / "m"), "--state"]
+    with pytest.raises(SystemExit, match="the VAE stage failed"):
+        train.main([*args, str(tmp_path / "state"), "--report", str(tmp_path / "r.json")])
+    snapshot = torch.load(tmp_path / "state" / "unet-state.pt", weights_only=False)
+    assert snapshot["value"]["step"] == 2  # the first snapshot, not the end of the stage
+    assert not (tmp_path / "m").exists()
+
+
 @pytest.mark.parametrize("kill_after_saves", [1, 4])  # in the VAE stage, in the UNet stage
 def test_a_killed_run_resumes_to_identical_weights(tmp_path, monkeypatch, kill_after_saves):
     whole = run(tmp_path, "whole")

@@ -496,6 +496,14 @@ def main(argv: list[str] | None = None) -> None:
         if args.state is None:
             sys.exit("--processes 2 needs --state (the VAE stage hands its weights over there)")
         child = start_vae_process(argv)
+
+    def save_unet(value: Any) -> None:
+        """Snapshot the UNet stage; and stop here as soon as the VAE process has failed, rather
+        than after the whole UNet stage."""
+        snaps.save("unet-state.pt", value)
+        if child is not None and child.poll() not in (None, 0):
+            sys.exit(f"the VAE stage failed (exit {child.returncode}); rerun to resume")
+
     try:
         trained = vae_stage(args, snaps, t0) if child is None else None
         items, _ = render_dataset(args.seed, args.scenes)
@@ -521,7 +529,7 @@ def main(argv: list[str] | None = None) -> None:
             t0,
             checkpoint,
             snaps.load("unet-state.pt"),
-            lambda value: snaps.save("unet-state.pt", value),
+            save_unet,
         )
         t_unet = time.monotonic() - t0
         if child is not None:
