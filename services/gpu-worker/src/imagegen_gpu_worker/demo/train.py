@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 # Before torch starts OpenMP: idle threads sleep instead of spinning. On a shared 2-core
 # machine spinning threads made each step 8x slower whenever another process was busy.
@@ -85,9 +85,13 @@ def log(message: str, started: float) -> None:
     print(f"[{time.monotonic() - started:7.1f}s] {message}", flush=True)
 
 
-def render_dataset(seed: int, n: int) -> tuple[list[scenes.Scene], torch.Tensor]:
+def training_scenes(seed: int, n: int) -> list[scenes.Scene]:
     rng = random.Random(seed)
-    items = [scenes.sample_scene(rng, "train") for _ in range(n)]
+    return [scenes.sample_scene(rng, "train") for _ in range(n)]
+
+
+def render_dataset(seed: int, n: int) -> tuple[list[scenes.Scene], torch.Tensor]:
+    items = training_scenes(seed, n)
     pixels = np.stack([scenes.render_array(s) for s in items])  # n, 64, 64, 3 uint8
     return items, torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
 
@@ -397,11 +401,8 @@ def save_pipeline(out: Path, vae: Any, text_encoder: Any, tokenizer: Any, unet: 
 
 
 def vae_stage(args: argparse.Namespace, snaps: Snapshots, t0: float) -> dict[str, Any]:
-    """Train the VAE (or load it from a finished earlier run) and return its state dict."""
-    done = snaps.load("vae.pt")
-    if done is not None:
-        log("the VAE was already trained (snapshot)", t0)
-        return dict(done)
+    """Train the VAE (resuming from its snapshot, if any), save it as ``vae.pt`` and return
+    its state dict."""
     items, pixels = render_dataset(args.seed, args.scenes)
     layouts = torch.from_numpy(layout.encode_batch(items))
     log(f"vae: rendered {len(items)} training scenes and their layout maps", t0)
@@ -419,6 +420,10 @@ def vae_stage(args: argparse.Namespace, snaps: Snapshots, t0: float) -> dict[str
     trained = {"vae": vae.state_dict(), "seconds": round(time.monotonic() - t0, 1)}
     snaps.save("vae.pt", trained)
     return trained
+
+
+def vae_failed(child: subprocess.Popen[bytes]) -> NoReturn:
+    sys.exit(f"the VAE stage failed (exit {child.returncode}); rerun to resume")
 
 
 def start_vae_process(argv: list[str]) -> subprocess.Popen[bytes]:
@@ -491,8 +496,9 @@ def main(argv: list[str] | None = None) -> None:
     stage_files = ("vae.pt", "vae-state.pt", "unet-state.pt")
     resumed = args.state is not None and any((args.state / n).exists() for n in stage_files)
     t0 = snaps.t0
+    trained = snaps.load("vae.pt")  # the VAE of an earlier, interrupted run, if it finished
     child = None
-    if args.processes == 2 and (args.state is None or snaps.load("vae.pt") is None):
+    if trained is None and args.processes == 2:
         if args.state is None:
             sys.exit("--processes 2 needs --state (the VAE stage hands its weights over there)")
         child = start_vae_process(argv)
@@ -502,11 +508,12 @@ def main(argv: list[str] | None = None) -> None:
         than after the whole UNet stage."""
         snaps.save("unet-state.pt", value)
         if child is not None and child.poll() not in (None, 0):
-            sys.exit(f"the VAE stage failed (exit {child.returncode}); rerun to resume")
+            vae_failed(child)
 
     try:
-        trained = vae_stage(args, snaps, t0) if child is None else None
-        items, _ = render_dataset(args.seed, args.scenes)
+        if trained is None and child is None:
+            trained = vae_stage(args, snaps, t0)
+        items = training_scenes(args.seed, args.scenes)  # the UNet needs their maps only
         latents = torch.from_numpy(layout.encode_batch(items)) / layout.SCALE
         log(f"unet: rendered {len(items)} training scenes' layout maps", t0)
 
@@ -535,7 +542,7 @@ def main(argv: list[str] | None = None) -> None:
         if child is not None:
             log("waiting for the VAE process", t0)
             if child.wait() != 0:
-                sys.exit(f"the VAE stage failed (exit {child.returncode}); rerun to resume")
+                vae_failed(child)
             child = None
             trained = snaps.load("vae.pt")
         assert trained is not None, "the VAE stage left no weights"
