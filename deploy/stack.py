@@ -47,7 +47,8 @@ def _env_int(name: str, default: int) -> int:
 
 @dataclass
 class Stack:
-    var: Path = field(default_factory=lambda: Path(os.environ.get("IMAGEGEN_STACK_VAR", ROOT / "var")))
+    var: Path = field(
+        default_factory=lambda: Path(os.environ.get("IMAGEGEN_STACK_VAR", ROOT / "var")))
     kafka_port: int = field(default_factory=lambda: _env_int("IMAGEGEN_STACK_KAFKA_PORT", 39092))
     controller_port: int = field(
         default_factory=lambda: _env_int("IMAGEGEN_STACK_CONTROLLER_PORT", 39093))
@@ -292,18 +293,21 @@ def write_supervisor_config(st: Stack) -> Path:
     )
     pg_cmd = (f"{pg_bin()}/postgres -D {root / 'data'} -p {st.pg_port} -h 127.0.0.1 "
               f"-k {root / 'sock'}")
-    base_env = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    # IMAGEGEN_STACK_VAR marks every program of this stack, so `down` finds its stragglers.
+    mark = {"IMAGEGEN_STACK_VAR": str(st.var.resolve())}
+    base_env = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **mark}
     parts = [
         f"[unix_http_server]\nfile={st.run / 'supervisor.sock'}\nchmod=0700\n",
-        f"[supervisord]\nlogfile={st.logs / 'supervisord.log'}\npidfile={st.run / 'supervisord.pid'}\n"
+        f"[supervisord]\nlogfile={st.logs / 'supervisord.log'}\n"
+        f"pidfile={st.run / 'supervisord.pid'}\n"
         f"childlogdir={st.logs}\nnodaemon=false\nminfds=4096\n"
         + ("user=root\n" if _as_root() else ""),
         "[rpcinterface:supervisor]\n"
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n",
         f"[supervisorctl]\nserverurl=unix://{st.run / 'supervisor.sock'}\n",
-        _program("kafka", kafka_cmd, st, stopwait=30),
+        _program("kafka", kafka_cmd, st, stopwait=30, env=mark),
         _program("postgres", pg_cmd, st, user="postgres" if _as_root() else None,
-                 stopsignal="INT", stopwait=30, directory=root),
+                 stopsignal="INT", stopwait=30, directory=root, env=mark),
     ]
     for name, (module, _port) in SERVICES.items():
         parts.append(_program(name, f"{PY} -m {module}", st,
@@ -330,10 +334,9 @@ def supervisord_pid(st: Stack) -> int | None:
     pidfile = st.run / "supervisord.pid"
     try:
         pid = int(pidfile.read_text().strip())
-        os.kill(pid, 0)
-        return pid
-    except (FileNotFoundError, ValueError, ProcessLookupError):
+    except (FileNotFoundError, ValueError):
         return None
+    return pid if _alive(pid) else None  # a zombie supervisord is gone, only not yet reaped
 
 
 def ctl(st: Stack, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -466,23 +469,32 @@ def ensure_dev_key(st: Stack) -> Path:
     return path
 
 
+def _alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _our_processes(st: Stack) -> list[int]:
-    """PIDs whose command line points into this stack's var/ or jars (stragglers)."""
-    marks = [str(st.var.resolve()), str(st.jars), str(st.pg_root.resolve())]
+    """Live PIDs of this stack (stragglers): a command line that points into this stack's var/
+    (Kafka's server.properties, PostgreSQL's data dir, supervisord's config) or the
+    IMAGEGEN_STACK_VAR marker that every supervised program gets in its environment. Nothing
+    shared between stacks counts (the Kafka jars, a service's module name): `down` of one stack
+    must never touch another stack running beside it."""
+    var = str(st.var.resolve())
+    marker = f"IMAGEGEN_STACK_VAR={var}".encode()
     pids = []
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid() or not _alive(int(proc.name)):
             continue
         try:
-            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            if (proc / "stat").read_text().split(") ", 1)[1][0] == "Z":
-                continue  # already dead, waiting to be reaped
-        except (OSError, IndexError):
-            continue
-        cmd = " ".join(argv)
-        is_service = any(argv[i:i + 3] == [PY, "-m", m] for i in range(len(argv))
-                         for m, _ in SERVICES.values())
-        if any(m in cmd for m in marks) or is_service:
+            ours = var in (proc / "cmdline").read_bytes().decode(errors="replace")
+            ours = ours or marker in (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone, or another user's process whose environment we may not read
+        if ours:
             pids.append(int(proc.name))
     return pids
 
@@ -495,13 +507,19 @@ def down(st: Stack) -> None:
         deadline = time.monotonic() + 60
         while supervisord_pid(st) is not None and time.monotonic() < deadline:
             time.sleep(0.1)  # supervisord exits once its children are gone
-    left = _our_processes(st)
-    for p in left:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    say("stack down" + (f" (killed {len(left)} stragglers)" if left else ""))
+    killed: set[int] = set()
+    deadline = time.monotonic() + 30
+    while (left := _our_processes(st)) and time.monotonic() < deadline:
+        for p in left:
+            try:
+                os.kill(p, signal.SIGKILL)
+                killed.add(p)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)  # SIGKILL is asynchronous: scan again until every one has exited
+    if left:
+        raise SystemExit(f"stack down: processes still alive after SIGKILL: {left}")
+    say("stack down" + (f" (killed {len(killed)} stragglers)" if killed else ""))
 
 
 def status(st: Stack) -> None:
