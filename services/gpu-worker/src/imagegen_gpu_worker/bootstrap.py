@@ -8,13 +8,12 @@ from imagegen_runtime.kafka import KafkaConsumerLoop, KafkaPublisher
 from imagegen_runtime.service import ServiceApp
 from imagegen_runtime.standard import consumer_assigned_check, consumer_service, dispatcher
 from imagegen_schemas import jobs as ev
-from imagegen_schemas.workers import LoadedModel
 
 from .adapters.blobs import BlobStore, LocalBlobStore
 from .adapters.diffusers_runner import DiffusersRunner
 from .adapters.memory import read_memory
 from .config import SERVICE, GpuWorkerSettings
-from .service_layer.heartbeat import heartbeat, heartbeat_loop
+from .service_layer.heartbeat import heartbeat, heartbeat_loop, loaded_models
 from .service_layer.worker import Runner, Worker, WorkerState
 
 
@@ -23,7 +22,10 @@ def bootstrap(settings: GpuWorkerSettings, *, publisher: KafkaPublisher | None =
     publisher = publisher or KafkaPublisher(
         settings.kafka_bootstrap, f"{SERVICE}-{settings.worker_id}", settings.topic_prefix
     )
-    diffusers_runner = DiffusersRunner(settings.models_dir, settings.device)
+    budget_mb = settings.model_memory_budget_mb
+    diffusers_runner = DiffusersRunner(
+        settings.models_dir, settings.device, None if budget_mb is None else budget_mb * 2**20
+    )
     worker = Worker(WorkerState(settings.worker_id), runner or diffusers_runner,
                     blobs or LocalBlobStore(settings.blob_dir), publisher)
     prefix = settings.topic_prefix
@@ -41,10 +43,9 @@ def bootstrap(settings: GpuWorkerSettings, *, publisher: KafkaPublisher | None =
     app.readiness.add("control", consumer_assigned_check(control))  # type: ignore[arg-type]
 
     def beat():  # type: ignore[no-untyped-def]
-        loaded = tuple(LoadedModel(model_id=k, bytes=v.bytes)
-                       for k, v in diffusers_runner.loaded.items())
         return heartbeat(settings.worker_id, read_memory(settings.device),
-                         settings.heartbeat_interval_s, worker.state.running_job, loaded)
+                         settings.heartbeat_interval_s, worker.state.running_job,
+                         loaded_models(diffusers_runner.resident()))
 
     async def beats(stop: asyncio.Event) -> None:
         await heartbeat_loop(publisher, beat, settings.heartbeat_interval_s, stop)

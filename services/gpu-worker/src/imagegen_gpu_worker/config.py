@@ -35,3 +35,13 @@ class GpuWorkerSettings(ServiceSettings):
     heartbeat_interval_s: float = Field(
         default=2.0, gt=0, le=60, description="Seconds between heartbeats; loss is judged on it."
     )
+    model_memory_budget_mb: int | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Memory the worker's loaded pipelines may use together, in MiB. Before a model is"
+            " loaded, the least recently used ones are unloaded until its estimated size fits;"
+            " a model larger than the budget fails its job. Unset: on CUDA 90% of the device's"
+            " total memory, on CPU no limit (nothing is ever unloaded)."
+        ),
+    )

@@ -3,22 +3,36 @@
 Readable over clever: ``run`` is a numbered script. Progress and cancellation go through
 diffusers' ``callback_on_step_end``; the callback never changes the latents, so results are
 bit-identical to a plain pipeline call with the same model, sampler, seed and parameters.
+
+Loaded pipelines live under a memory budget: before a model is loaded, the least recently used
+ones are unloaded with the rule the fleet simulator's workers use
+(:func:`imagegen_runtime.residency.evictions`), and a model that cannot fit even alone fails
+its job with :class:`ModelDoesNotFit` instead of running the device out of memory.
 """
 
 from __future__ import annotations
 
 import base64
+import gc
 import io
 import json
+import logging
 import os
+import struct
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imagegen_runtime.residency import evictions
+
 from ..domain.plan import RunPlan
+from ..metrics import MODEL_EVICTIONS
+
+log = logging.getLogger(__name__)
 
 # Sampler name -> (diffusers class name, extra config).
 SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -44,6 +58,20 @@ class Cancelled(Exception):
     """The job was cancelled; raised from the step callback to stop at a step boundary."""
 
 
+class ModelDoesNotFit(RuntimeError):
+    """A model's estimated size exceeds the worker's memory budget, even with nothing else
+    loaded; raised before anything is unloaded or loaded."""
+
+    def __init__(self, model_id: str, need_bytes: int, budget_bytes: int) -> None:
+        self.model_id, self.need_bytes, self.budget_bytes = model_id, need_bytes, budget_bytes
+        super().__init__(
+            f"model {model_id!r} needs about {need_bytes / 2**20:.1f} MiB (estimated from its"
+            f" weight files), more than this worker's model memory budget of"
+            f" {budget_bytes / 2**20:.1f} MiB (IMAGEGEN_GPU_WORKER_MODEL_MEMORY_BUDGET_MB):"
+            " it cannot be loaded here even with every other model unloaded"
+        )
+
+
 @dataclass
 class RunResult:
     images_png: list[bytes]  # one PNG per image, in batch order
@@ -62,14 +90,44 @@ class LoadedModel:
 class DiffusersRunner:
     models_dir: Path
     device: str = "cpu"
-    loaded: dict[str, LoadedModel] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Bytes the loaded pipelines may use together; None: 90% of the device's memory on CUDA,
+    # no limit on CPU.
+    memory_budget_bytes: int | None = None
+    # Least recently used first: a load hit and every run move the model to the end.
+    loaded: OrderedDict[str, LoadedModel] = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # one load at a time
+    # Guards ``loaded`` itself, held only for a mutation or a copy: the heartbeat reads it from
+    # the event loop while a load holds ``_lock`` for seconds.
+    _index_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def on_cuda(self) -> bool:
+        return str(self.device).startswith("cuda")
+
+    def resident(self) -> list[tuple[str, int]]:
+        """(model id, bytes) of the loaded models, least recently used first (a copy)."""
+        with self._index_lock:
+            return [(model_id, m.bytes) for model_id, m in self.loaded.items()]
+
+    def budget_bytes(self) -> int | None:
+        """The memory budget in bytes, or None for no limit (CPU without a setting)."""
+        if self.memory_budget_bytes is not None:
+            return self.memory_budget_bytes
+        if not self.on_cuda:
+            return None
+        import torch
+
+        return int(0.9 * torch.cuda.get_device_properties(torch.device(self.device)).total_memory)
 
     def load(self, model_id: str) -> LoadedModel:
-        """Load (once) a registered model after checking every file's sha256."""
+        """Load (once) a registered model after checking every file's sha256, unloading the
+        least recently used models first when it would not fit the budget beside them."""
         with self._lock:
-            if model_id in self.loaded:
-                return self.loaded[model_id]
+            with self._index_lock:
+                hit = self.loaded.get(model_id)
+                if hit is not None:
+                    self.loaded.move_to_end(model_id)
+                    return hit
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             import diffusers
             import torch
@@ -79,6 +137,7 @@ class DiffusersRunner:
             folder = self.models_dir / model_id
             t0 = time.perf_counter()
             verify(folder)
+            self._make_room(model_id, folder)
             family = json.loads((folder / "model.json").read_text())["family"]
             cls = getattr(diffusers, FAMILIES[family])
             kwargs: dict[str, Any] = {"local_files_only": True}
@@ -90,8 +149,47 @@ class DiffusersRunner:
             pipe.set_progress_bar_config(disable=True)
             size = sum(p.numel() * p.element_size() for c in pipe.components.values()
                        if isinstance(c, torch.nn.Module) for p in c.parameters())
-            self.loaded[model_id] = LoadedModel(pipe, size, (time.perf_counter() - t0) * 1000)
-            return self.loaded[model_id]
+            model = LoadedModel(pipe, size, (time.perf_counter() - t0) * 1000)
+            with self._index_lock:
+                self.loaded[model_id] = model
+            return model
+
+    def _make_room(self, model_id: str, folder: Path) -> None:
+        """Unload what must go for ``model_id`` to fit the budget (least recently used first,
+        only what must go); raise ModelDoesNotFit, unloading nothing, when it cannot fit."""
+        budget = self.budget_bytes()
+        if budget is None:
+            return
+        # On CPU the pipeline is loaded with dtype=float32, so float16 weights (the demo model's)
+        # take twice their file size; on CUDA no dtype is passed and diffusers still builds its
+        # own components (UNet, VAE) in float32 while transformers components (text encoder) keep
+        # their stored dtype (measured loading the demo without dtype, diffusers 0.42.1 /
+        # transformers 5.23.0: 27.8 MB against 14.1 MB of files). The estimate reads each
+        # safetensors header's dtypes rather than assuming a factor.
+        need = estimate_bytes(
+            folder, upcast=lambda component: not self.on_cuda or is_diffusers_component(component)
+        )
+        victims = evictions(self.resident(), {model_id}, need, budget)
+        if victims is None:
+            raise ModelDoesNotFit(model_id, need, budget)
+        for victim in victims:
+            self._unload(victim, for_model=model_id)
+
+    def _unload(self, model_id: str, *, for_model: str) -> None:
+        with self._index_lock:
+            gone = self.loaded.pop(model_id)
+        freed = gone.bytes
+        del gone  # a run still holding the pipeline keeps it alive until it returns
+        gc.collect()
+        if self.on_cuda:
+            import torch
+
+            torch.cuda.empty_cache()
+        MODEL_EVICTIONS.inc()
+        log.info(
+            "model evicted",
+            extra={"model_id": model_id, "bytes_freed": freed, "for_model": for_model},
+        )
 
     def warm_up(self, model_id: str | None) -> None:
         """Import the ML stack now (not on the first job) and load ``model_id`` if registered."""
@@ -106,7 +204,7 @@ class DiffusersRunner:
         import diffusers
         import torch
 
-        # 1. The model, warm or loaded now.
+        # 1. The model, warm or loaded now (either way now the most recently used).
         t0 = time.perf_counter()
         warm = plan.model_id in self.loaded
         model = self.load(plan.model_id)
@@ -143,6 +241,48 @@ class DiffusersRunner:
         return RunResult(pngs, {"load": load_ms, "denoise": (t2 - t1) * 1000,
                                 "encode_png": (t3 - t2) * 1000,
                                 "total": (t3 - t0) * 1000}, plan.steps)
+
+
+HALF_DTYPES = {"F16", "BF16"}  # safetensors dtype names that an upcast to float32 doubles
+
+
+def estimate_bytes(folder: Path, upcast: Callable[[Path], bool]) -> int:
+    """Memory a model's weights take once loaded, from its weight files alone (no torch).
+
+    ``*.safetensors``: the tensors listed in each file's header, float16/bfloat16 ones counted
+    twice when ``upcast(component folder)`` (they are loaded as float32). ``*.bin`` (pickles,
+    dtypes unknown without unpickling): the file size, doubled when ``upcast`` (an upper bound).
+    """
+    total = 0
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.suffix not in (".safetensors", ".bin"):
+            continue
+        factor = 2 if upcast(path.parent) else 1
+        if path.suffix == ".safetensors":
+            for dtype, nbytes in safetensors_tensors(path):
+                total += nbytes * (factor if dtype in HALF_DTYPES else 1)
+        else:
+            total += path.stat().st_size * factor
+    return total
+
+
+def safetensors_tensors(path: Path) -> list[tuple[str, int]]:
+    """(dtype, bytes) of every tensor of a safetensors file, read from its header only."""
+    with path.open("rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+    return [
+        (t["dtype"], t["data_offsets"][1] - t["data_offsets"][0])
+        for name, t in header.items()
+        if name != "__metadata__"
+    ]
+
+
+def is_diffusers_component(component: Path) -> bool:
+    """Whether a component folder holds a diffusers model (its config names a diffusers
+    version) rather than a transformers one."""
+    config = component / "config.json"
+    return config.is_file() and "_diffusers_version" in json.loads(config.read_text())
 
 
 def encode_png(image: Any) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from imagegen_runtime.publishing import Publisher
 from imagegen_schemas.workers import LoadedModel, WorkerHeartbeat, WorkerStatus
@@ -24,6 +24,11 @@ def heartbeat(worker_id: str, mem: MemoryInfo, interval_s: float,
         memory_free_bytes=mem.free_bytes, capabilities=("sd15",), interval_s=interval_s,
         running_job_id=running_job, loaded=loaded,
     )
+
+
+def loaded_models(resident: Iterable[tuple[str, int]]) -> tuple[LoadedModel, ...]:
+    """The heartbeat's ``loaded`` from the runner's (model id, bytes), evictions reflected."""
+    return tuple(LoadedModel(model_id=model_id, bytes=size) for model_id, size in resident)
 
 
 async def heartbeat_loop(

@@ -18,7 +18,7 @@ from imagegen_schemas import Envelope, ImageRef
 from imagegen_schemas import jobs as ev
 
 from ..adapters.blobs import BlobStore
-from ..adapters.diffusers_runner import Cancelled, RunResult
+from ..adapters.diffusers_runner import Cancelled, ModelDoesNotFit, RunResult
 from ..domain.plan import RunPlan, plan_run
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,10 @@ class Worker:
             await emit(ev.GenerationCancelled(job_id=key, at_step=None))
             return
         except Exception as exc:  # one attempt failed; the scheduler decides on a retry
-            reason = (ev.FailureReason.OUT_OF_MEMORY if "out of memory" in str(exc).lower()
-                      else ev.FailureReason.INTERNAL_ERROR)
+            # ModelDoesNotFit: refused before loading, so nothing ran out of memory, but it is
+            # the same verdict (this worker's memory cannot hold the job) with the sizes named.
+            oom = isinstance(exc, ModelDoesNotFit) or "out of memory" in str(exc).lower()
+            reason = ev.FailureReason.OUT_OF_MEMORY if oom else ev.FailureReason.INTERNAL_ERROR
             log.exception("generation failed")
             await emit(ev.GenerationFailed(job_id=key, reason=reason, message=repr(exc)[:4000],
                                            attempt=plan.attempt, terminal=False,
