@@ -1,4 +1,7 @@
-"""Simulated GPU workers: VRAM with an LRU of resident weights, loads, denoising, pausing."""
+"""Simulated GPU workers: VRAM with an LRU of resident weights, loads, denoising, pausing.
+
+Eviction is the gpu-worker's own (``imagegen_runtime.residency.evictions``): least recently
+used first, only what must go."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import random
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from imagegen_runtime.residency import evictions
 from imagegen_scheduler.domain import JobRequest, ModelCatalog, WorkerView, denoise_s
 
 from .scenario import GpuType
@@ -74,14 +78,11 @@ class SimWorker:
         model = self.catalog.models[request.model_id]
         activations = model.activation_gb_per_mpix * request.megapixels * request.batch
         need = sum(sizes.values()) + activations
-        held = sum(gb for k, gb in self.resident.items() if k not in sizes)
-        for key in list(self.resident):  # least recently used first
-            if need + held <= self.gpu.budget_gb:
-                break
-            if key not in sizes:
-                held -= self.resident.pop(key)
-        if need > self.gpu.budget_gb:
+        victims = evictions(self.resident.items(), sizes, need, self.gpu.budget_gb)
+        if victims is None:
             raise AssertionError(f"{request.job_id} cannot fit {self.worker_id}: policy bug")
+        for key in victims:
+            del self.resident[key]
 
     def start(
         self, request: JobRequest, steps: int, token: int, now: float, rng: random.Random
