@@ -148,3 +148,31 @@ def test_the_goal_bound_forgives_the_largest_late_jobs_per_tier_and_one_running_
     forgiven = _forgiven(due, {Tier.TURBO: 0, Tier.FAST: 0, Tier.RELAX: 1}, gpus=1)
     # relax top-1 then the largest of the rest: 5 | 9+5 | 9+7 | 9+7 | 9+8
     assert forgiven == [5.0, 14.0, 16.0, 16.0, 17.0]
+
+
+@pytest.mark.unit
+def test_a_simulated_worker_evicts_only_what_must_go() -> None:
+    """An A10G holding SDXL, two LoRAs (least recent) and a canny ControlNet gets a job with a
+    depth ControlNet: only canny goes (plain LRU would unload both LoRAs first, for nothing)."""
+    import random
+
+    from imagegen_scheduler.domain import JobRequest
+    from imagegen_scheduler.simulator.fleet import SimWorker
+    from imagegen_scheduler.simulator.scenario import A10G
+
+    def job(job_id: str, *adapters: str) -> JobRequest:
+        return JobRequest(
+            job_id, "u", Tier.RELAX, "sdxl-base-1.0", adapters, 1024, 1024, 1, 30, 0.0
+        )
+
+    worker = SimWorker("w", A10G, seed_catalog())
+    worker.preload(job("a", "lora/sdxl-00", "lora/sdxl-01"))
+    worker.preload(job("b", "cn/sdxl-canny"))
+    info = worker.start(job("c", "cn/sdxl-depth"), 30, 1, 0.0, random.Random(0))
+    assert set(worker.resident) == {
+        "sdxl-base-1.0",
+        "lora/sdxl-00",
+        "lora/sdxl-01",
+        "cn/sdxl-depth",
+    }
+    assert (info.base_loads, info.adapter_loads) == (0, 1)
