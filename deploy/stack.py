@@ -49,10 +49,10 @@ def _env_int(name: str, default: int) -> int:
 class Stack:
     var: Path = field(
         default_factory=lambda: Path(os.environ.get("IMAGEGEN_STACK_VAR", ROOT / "var")))
-    kafka_port: int = field(default_factory=lambda: _env_int("IMAGEGEN_STACK_KAFKA_PORT", 39092))
+    kafka_port: int = field(default_factory=lambda: _env_int("IMAGEGEN_STACK_KAFKA_PORT", 29092))
     controller_port: int = field(
-        default_factory=lambda: _env_int("IMAGEGEN_STACK_CONTROLLER_PORT", 39093))
-    pg_port: int = field(default_factory=lambda: _env_int("IMAGEGEN_STACK_PG_PORT", 35432))
+        default_factory=lambda: _env_int("IMAGEGEN_STACK_CONTROLLER_PORT", 29093))
+    pg_port: int = field(default_factory=lambda: _env_int("IMAGEGEN_STACK_PG_PORT", 25432))
     jars: Path = ROOT / "deploy" / ".cache" / "kafka" / "libs"
     # Added to every service's HTTP port (8000, 8101..8105) so two stacks can run side by side.
     port_offset: int = field(default_factory=lambda: _env_int("IMAGEGEN_STACK_PORT_OFFSET", 0))

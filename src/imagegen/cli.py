@@ -37,7 +37,7 @@ def stack_setting(name: str, default: str | None = None) -> str | None:
 
 
 def _bootstrap(args: argparse.Namespace) -> str:
-    return args.bootstrap or stack_setting("KAFKA_BOOTSTRAP", "127.0.0.1:39092") or ""
+    return args.bootstrap or stack_setting("KAFKA_BOOTSTRAP", "127.0.0.1:29092") or ""
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
