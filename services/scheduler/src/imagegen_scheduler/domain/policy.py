@@ -53,7 +53,6 @@ After assigning, turbo jobs that would still miss their wait target may pause re
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
 
 from .events import Decision, Reason
 from .model import TIER_RANK, TIERS, Tier, WarmLevel, WorkerView, fits, warm_level
@@ -67,9 +66,11 @@ def decide(state: SchedulerState, now: float) -> list[Decision]:
     """Assignments for idle workers, then preemptions; apply them with ``as_event``/``evolve``."""
     plan = Round(state, now)
     waiting = deque(plan.free_workers())
+    waiting_ids = {w.worker_id for w in waiting}
     yielded: set[str] = set()
     while waiting:
         worker = waiting.popleft()
+        waiting_ids.discard(worker.worker_id)
         held = _held_job(plan, worker)
         if held is not None:
             plan.assign(held, worker, Reason.HELD)
@@ -78,21 +79,30 @@ def decide(state: SchedulerState, now: float) -> list[Decision]:
         if choice is None:
             continue
         job, reason = choice
-        if worker.worker_id not in yielded and _idle_warmer(job, worker, waiting):
+        if worker.worker_id not in yielded and _idle_warmer(state, job, worker, waiting_ids):
             yielded.add(worker.worker_id)  # once: let the warmer idle worker choose first
             waiting.append(worker)
+            waiting_ids.add(worker.worker_id)
             continue
         plan.assign(job, worker, reason)
     plan.decisions.extend(preemptions(plan))
     return plan.decisions
 
 
-def _idle_warmer(job: QueuedJob, worker: WorkerView, idle: Iterable[WorkerView]) -> bool:
-    """Whether another idle worker still to choose holds ``job`` warmer than ``worker``."""
+def _idle_warmer(
+    state: SchedulerState, job: QueuedJob, worker: WorkerView, idle_ids: set[str]
+) -> bool:
+    """Whether another idle worker still to choose holds ``job`` warmer than ``worker``.
+
+    Only workers that hold the job's base model can be warmer, so only those among the idle
+    ones are looked at (not every idle worker: a large idle fleet costs nothing here)."""
     level = warm_level(job.request, worker)
-    return level < WarmLevel.FULL and any(
+    if level == WarmLevel.FULL:
+        return False
+    holders = state.holders.get(job.request.model_id, set()) & idle_ids
+    return any(
         warm_level(job.request, other) > level and fits(job.family, job.footprint_gb, other)
-        for other in idle
+        for other in (state.workers[w] for w in holders if w in state.workers)
     )
 
 
