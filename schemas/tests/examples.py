@@ -37,7 +37,7 @@ EXAMPLES: list[Payload] = [
     jobs.JobScheduled(job_id=JOB, worker_id=WORKER, fencing_token=7, attempt=1, tier=Tier.FAST,
                       queued_for_ms=120),
     jobs.PreemptionRequested(job_id=JOB, worker_id=WORKER, fencing_token=7,
-                             reason="turbo job t-1 would wait past 15s"),
+                             reason="turbo job t-1 would wait past 15s", for_job_id="t-1"),
     jobs.GenerationPaused(job_id=JOB, worker_id=WORKER, fencing_token=7, steps_done=10,
                           total_steps=25, state_uri=f"file:///var/blobs/{JOB}/7-paused-10.pt",
                           state_sha256=SHA),

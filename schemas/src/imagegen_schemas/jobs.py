@@ -79,6 +79,9 @@ class PreemptionRequested(Payload):
     worker_id: str
     fencing_token: int = Field(ge=1, description="Token of the running assignment to pause.")
     reason: str = Field(default="", max_length=500)
+    for_job_id: str | None = Field(
+        default=None, description="The waiting job the worker is then held for (scheduler replay)."
+    )
 
 
 class GenerationStarted(Payload):
