@@ -22,35 +22,46 @@ from imagegen_schemas import jobs as ev
 from imagegen_schemas.workers import WorkerHeartbeat, WorkerStatus
 
 pytestmark = pytest.mark.unit
-CATALOG = ModelCatalog(models={"m": ModelSpec("m", "sd15", 0.01, (30.0, 40.0), 0.2, 0.05)},
-                       adapters={})
+CATALOG = ModelCatalog(
+    models={"m": ModelSpec("m", "sd15", 0.01, (30.0, 40.0), 0.2, 0.05)}, adapters={}
+)
 CONFIG = SchedulerConfig(relax_reserve_fraction=0.0)
 NOW = 1_800_000_000.0
 SHA = "ab" * 32
 
 
 def params(steps: int) -> GenerationParams:
-    return GenerationParams(prompt="p", model="m", width=512, height=512, steps=steps,
-                            guidance_scale=5, seed=3)
+    return GenerationParams(
+        prompt="p", model="m", width=512, height=512, steps=steps, guidance_scale=5, seed=3
+    )
 
 
 def env(payload: ev.Payload, at: float) -> Envelope:
     key = getattr(payload, "job_id", None) or getattr(payload, "worker_id", "x")
-    return Envelope.wrap(payload, correlation_id=key, producer="t",
-                         occurred_at=datetime.fromtimestamp(at, UTC))
+    return Envelope.wrap(
+        payload, correlation_id=key, producer="t", occurred_at=datetime.fromtimestamp(at, UTC)
+    )
 
 
 def beat(wid: str = "w1") -> WorkerHeartbeat:
-    return WorkerHeartbeat(worker_id=wid, status=WorkerStatus.IDLE, gpu_type="cpu",
-                           memory_total_bytes=16 * 10**9, memory_free_bytes=10**9,
-                           capabilities=("sd15",))
+    return WorkerHeartbeat(
+        worker_id=wid,
+        status=WorkerStatus.IDLE,
+        gpu_type="cpu",
+        memory_total_bytes=16 * 10**9,
+        memory_free_bytes=10**9,
+        capabilities=("sd15",),
+    )
 
 
 def request(job: str, tier: Tier, steps: int = 30) -> list[ev.Payload]:
     plan = Plan.TURBO if tier is Tier.TURBO else Plan.FREE
-    return [ev.GenerationRequested(job_id=job, user_id=f"u-{job}", plan=plan, tier=tier,
-                                   params=params(steps)),
-            ev.PromptModerated(job_id=job, verdict=ev.Verdict.ALLOWED)]
+    return [
+        ev.GenerationRequested(
+            job_id=job, user_id=f"u-{job}", plan=plan, tier=tier, params=params(steps)
+        ),
+        ev.PromptModerated(job_id=job, verdict=ev.Verdict.ALLOWED),
+    ]
 
 
 class Clocked:
@@ -77,8 +88,11 @@ class Clocked:
         while self.seen < len(self.pub.records):
             record = self.pub.records[self.seen]
             self.seen += 1
-            payload = (ev.JobScheduled if record.envelope.type == ev.JobScheduled.event_type
-                       else ev.PreemptionRequested).model_validate(record.envelope.data)
+            payload = (
+                ev.JobScheduled
+                if record.envelope.type == ev.JobScheduled.event_type
+                else ev.PreemptionRequested
+            ).model_validate(record.envelope.data)
             self.log.append((payload, self.now))
             await self.s.on_event(record.envelope, payload, None, True)
 
@@ -88,8 +102,11 @@ class Clocked:
         await self.read_back()
 
     def published(self, kind: type[ev.Payload]) -> list[tuple[str, ev.Payload]]:
-        return [(r.envelope.event_id, kind.model_validate(r.envelope.data))
-                for r in self.pub.records if r.envelope.type == kind.event_type]
+        return [
+            (r.envelope.event_id, kind.model_validate(r.envelope.data))
+            for r in self.pub.records
+            if r.envelope.type == kind.event_type
+        ]
 
 
 async def relax_running_turbo_waiting(steps: int = 30) -> Clocked:
@@ -101,16 +118,22 @@ async def relax_running_turbo_waiting(steps: int = 30) -> Clocked:
     return c
 
 
-def paused(job: str = "r", token: int = 1, done: int = 12,
-           total: int = 30) -> ev.GenerationPaused:
-    return ev.GenerationPaused(job_id=job, worker_id="w1", fencing_token=token, steps_done=done,
-                               total_steps=total, state_uri=f"file:///b/{job}/{token}.pt",
-                               state_sha256=SHA)
+def paused(job: str = "r", token: int = 1, done: int = 12, total: int = 30) -> ev.GenerationPaused:
+    return ev.GenerationPaused(
+        job_id=job,
+        worker_id="w1",
+        fencing_token=token,
+        steps_done=done,
+        total_steps=total,
+        state_uri=f"file:///b/{job}/{token}.pt",
+        state_sha256=SHA,
+    )
 
 
 def scheduled(c: Clocked) -> list[tuple[str, int, ev.ResumeFrom | None, int]]:
-    return [(s.job_id, s.fencing_token, s.resume, s.attempt)
-            for _, s in c.published(ev.JobScheduled)]  # type: ignore[attr-defined]
+    return [
+        (s.job_id, s.fencing_token, s.resume, s.attempt) for _, s in c.published(ev.JobScheduled)
+    ]  # type: ignore[attr-defined]
 
 
 async def test_a_preempt_decision_is_published_once_with_a_derived_id() -> None:
@@ -137,9 +160,17 @@ async def test_a_pause_requeues_the_job_with_its_steps_left_and_resumes_it_later
 
 async def test_a_late_pause_of_a_superseded_assignment_is_ignored() -> None:
     c = await relax_running_turbo_waiting()
-    await c.feed(ev.GenerationFailed(job_id="r", reason=ev.FailureReason.WORKER_LOST,
-                                     terminal=False, attempt=1, worker_id="w1"),
-                 beat("w2"), beat("w3"))
+    await c.feed(
+        ev.GenerationFailed(
+            job_id="r",
+            reason=ev.FailureReason.WORKER_LOST,
+            terminal=False,
+            attempt=1,
+            worker_id="w1",
+        ),
+        beat("w2"),
+        beat("w3"),
+    )
     running = c.s.state.running["r"]
     assert running.fencing_token > 1
     await c.feed(paused(token=1))
@@ -186,8 +217,9 @@ async def test_a_restart_rebuilds_pause_hold_and_resume_from_the_log_in_any_orde
                 assert scheduled(again)[-1][:2] == ("t", 2)
             else:
                 assert again.s.state.running_on["w1"] == "t"
-            await again.feed(ev.ImageGenerated(job_id="t", worker_id="w1", fencing_token=2,
-                                               images=()))
+            await again.feed(
+                ev.ImageGenerated(job_id="t", worker_id="w1", fencing_token=2, images=())
+            )
             [last] = scheduled(again)[-1:]
             assert last[0] == "r" and last[2] is not None and last[2].steps_done == 12
 

@@ -141,8 +141,8 @@ def _fact(job: JobView, at: datetime, payload: Payload) -> JobView:  # noqa: C90
                            stamps=_stamp(job, "generated", at))
         case ev.GenerationPaused():
             t = payload.fencing_token
-            return replace(job, attempts=_attempt(job, t, paused=True,
-                                                  step=max(a(t).step, payload.steps_done)))
+            done = max(job.attempts.get(str(t), Attempt()).step, payload.steps_done)
+            return replace(job, attempts=_attempt(job, t, paused=True, step=done))
         case ev.ImageModerated():
             t = payload.fencing_token if payload.fencing_token is not None else job.fencing_token
             return replace(job, attempts=_attempt(job, t, image_verdict=payload.verdict.value,
