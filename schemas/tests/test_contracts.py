@@ -8,7 +8,16 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from imagegen_schemas import MODELS, TOPICS, Envelope, ce_headers, header_map, parse
+from imagegen_schemas import (
+    MODELS,
+    TOPIC_BY_NAME,
+    TOPICS,
+    Envelope,
+    ce_headers,
+    header_map,
+    parse,
+    topic_for,
+)
 from imagegen_schemas.export import render, schemas
 from imagegen_schemas.registry import UnknownEventType
 
@@ -86,3 +95,29 @@ def test_catalog_is_consistent() -> None:
     for t in TOPICS:
         assert t.partitions >= 1
         assert t.kafka_configs()["cleanup.policy"] in {"compact", "delete"}
+
+
+def test_preemption_contracts_travel_beside_the_assignment_and_the_result() -> None:
+    """The worker hears pauses where it hears assignments; the scheduler folds the pause where
+    it folds results (same key, same partition as the assignment's other outcomes)."""
+    from imagegen_schemas import jobs
+
+    assert topic_for(jobs.PreemptionRequested) == topic_for(jobs.JobScheduled)
+    assert topic_for(jobs.GenerationPaused) == topic_for(jobs.ImageGenerated)
+    assert TOPIC_BY_NAME[topic_for(jobs.GenerationPaused)].retention_ms == -1  # replayed forever
+
+
+def test_an_assignment_without_resume_still_parses_and_one_with_it_round_trips() -> None:
+    from imagegen_schemas import jobs
+
+    old = parse(Envelope.from_json((ROOT / "examples" / "imagegen.job.scheduled.v1.json")
+                                   .read_text()))
+    assert isinstance(old, jobs.JobScheduled) and old.resume is None
+    resumed = old.model_copy(update={"resume": jobs.ResumeFrom(
+        steps_done=4, state_uri="file:///b/j/7-paused-4.pt", state_sha256="a" * 64)})
+    env = Envelope.wrap(resumed, correlation_id=resumed.job_id, producer="t")
+    again = parse(Envelope.from_json(env.to_json()))
+    assert isinstance(again, jobs.JobScheduled) and again.resume == resumed.resume
+    with pytest.raises(ValueError):  # a resume without a digest is refused
+        parse(env.model_copy(update={"data": {**env.data, "resume": {
+            "steps_done": 4, "state_uri": "file:///b", "state_sha256": "nope"}}}))

@@ -50,8 +50,8 @@ TOPICS: tuple[TopicSpec, ...] = (
     ),
     TopicSpec(
         "imagegen.jobs.scheduled", "job_id", JOB_PARTITIONS, -1, False,
-        (jobs.JobScheduled,),
-        "Assignments of jobs to workers, with fencing tokens.",
+        (jobs.JobScheduled, jobs.PreemptionRequested),
+        "Assignments of jobs to workers, with fencing tokens, and requests to pause them.",
     ),
     TopicSpec(
         "imagegen.jobs.progress", "job_id", JOB_PARTITIONS, 3 * DAY_MS, False,
@@ -60,8 +60,9 @@ TOPICS: tuple[TopicSpec, ...] = (
     ),
     TopicSpec(
         "imagegen.jobs.generated", "job_id", JOB_PARTITIONS, -1, False,
-        (jobs.ImageGenerated, jobs.AssignmentRevoked),
-        "Finished generations (storage URIs, digests, timings) and revoked assignments.",
+        (jobs.ImageGenerated, jobs.GenerationPaused, jobs.AssignmentRevoked),
+        "Finished generations (storage URIs, digests, timings), paused generations (saved"
+        " state) and revoked assignments.",
     ),
     TopicSpec(
         "imagegen.jobs.delivered", "job_id", JOB_PARTITIONS, -1, False,

@@ -41,6 +41,16 @@ class PromptModerated(Payload):
     checker: str = Field(default="", description="Model/version that decided.")
 
 
+class ResumeFrom(BaseModel):
+    """Where a paused job continues (not an event: part of JobScheduled)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    steps_done: int = Field(ge=1, description="Sampler steps already done; only the rest run.")
+    state_uri: str = Field(min_length=1, description="Blob with the saved denoising state.")
+    state_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Digest of that blob.")
+
+
 class JobScheduled(Payload):
     """The scheduler assigned a job to a worker. ``fencing_token`` increases per assignment."""
 
@@ -54,6 +64,24 @@ class JobScheduled(Payload):
     # Event-carried state: the worker needs nothing but this event to run the job.
     params: GenerationParams | None = Field(default=None, description="What to generate.")
     webhook_url: str | None = Field(default=None, description="Carried on to delivery.")
+    resume: ResumeFrom | None = Field(
+        default=None, description="Continue a paused job from its saved state; None: fresh start."
+    )
+
+
+class PreemptionRequested(Payload):
+    """The scheduler asks a worker to pause a running job at its next step boundary. Published
+    on the assignments topic, keyed by job, after the assignment it names; the worker pauses
+    only the run of that job with that very fencing token and ignores it otherwise."""
+
+    event_type: ClassVar[str] = "imagegen.generation.preemption_requested"
+    job_id: str
+    worker_id: str
+    fencing_token: int = Field(ge=1, description="Token of the running assignment to pause.")
+    reason: str = Field(default="", max_length=500)
+    for_job_id: str | None = Field(
+        default=None, description="The waiting job the worker is then held for (scheduler replay)."
+    )
 
 
 class GenerationStarted(Payload):
@@ -90,6 +118,21 @@ class ImageGenerated(Payload):
         default_factory=dict, description="Stage timings: load, encode, denoise, decode, upload."
     )
     webhook_url: str | None = Field(default=None, description="Carried on to delivery.")
+
+
+class GenerationPaused(Payload):
+    """A worker paused a job at a step boundary and saved what it needs to continue; the job
+    waits for a new assignment (``JobScheduled.resume``). Published on the results topic, so it
+    is ordered with the assignment's other outcomes and kept as long as they are."""
+
+    event_type: ClassVar[str] = "imagegen.generation.paused"
+    job_id: str
+    worker_id: str
+    fencing_token: int = Field(ge=1, description="Token of the paused assignment.")
+    steps_done: int = Field(ge=1, description="Sampler steps done, counted from the start.")
+    total_steps: int = Field(ge=2, description="Sampler steps of the whole job.")
+    state_uri: str = Field(min_length=1, description="Blob with the saved denoising state.")
+    state_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
 class AssignmentRevoked(Payload):

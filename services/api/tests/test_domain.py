@@ -145,3 +145,16 @@ def test_interleaving_of_topics_does_not_change_the_projection() -> None:
                     tuple(sorted(job.stamps.items()))))
     assert len(finals) == 1, finals
     assert next(iter(finals))[0] == "delivered"
+
+
+def test_a_paused_job_reads_as_queued_with_its_progress_and_then_runs_again() -> None:
+    pause = ev.GenerationPaused(job_id="j", worker_id="w1", fencing_token=1, steps_done=3,
+                                total_steps=4, state_uri="file:///s", state_sha256="0" * 64)
+    job = fold(REQ, OK, SCHED1, ev.GenerationStarted(job_id="j", worker_id="w1", fencing_token=1),
+               pause)
+    assert (job.status, job.step, job.failure_reason) == ("queued", 3, None)
+    resumed = ev.JobScheduled(job_id="j", worker_id="w2", fencing_token=2, tier=Tier.FAST,
+                              resume=ev.ResumeFrom(steps_done=3, state_uri="file:///s",
+                                                   state_sha256="0" * 64))
+    assert fold(REQ, OK, SCHED1, pause, resumed).status == "scheduled"
+    assert fold(REQ, OK, SCHED1, resumed, pause).status == "scheduled"  # a late pause: ignored

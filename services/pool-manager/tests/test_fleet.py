@@ -82,3 +82,21 @@ async def test_finished_jobs_are_not_requeued_and_ids_are_stable() -> None:
         assert [e.data["job_id"] for e in sent] == ["busy"]
         ids.append(sent[0].event_id)
     assert ids[0] == ids[1]
+
+
+async def test_a_paused_job_is_not_orphaned_when_its_former_worker_goes_silent() -> None:
+    pub, clock = InMemoryPublisher(), Clock()
+    pool = PoolManager(pub, timeout_s=10, clock=clock)
+    await feed(pool, beat("w1"), 1000)
+    for token in (1, 2):  # the pause of token 1 is stale once token 2 is assigned
+        await feed(pool, ev.JobScheduled(job_id=f"j{token}", worker_id="w1", fencing_token=token,
+                                         tier=Tier.RELAX, params=PARAMS), 1001)
+    await feed(pool, ev.GenerationPaused(job_id="j1", worker_id="w1", fencing_token=1,
+                                         steps_done=1, total_steps=2, state_uri="file:///s",
+                                         state_sha256="0" * 64), 1002)
+    await feed(pool, ev.GenerationPaused(job_id="j2", worker_id="w1", fencing_token=1,
+                                         steps_done=1, total_steps=2, state_uri="file:///s",
+                                         state_sha256="0" * 64), 1002)
+    clock.now = 1020
+    assert await pool.sweep() == 1
+    assert [e.data["job_id"] for e in pub.on("imagegen.jobs.ended")] == ["j2"]

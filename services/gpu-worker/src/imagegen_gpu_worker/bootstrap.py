@@ -30,14 +30,16 @@ def bootstrap(settings: GpuWorkerSettings, *, publisher: KafkaPublisher | None =
                     blobs or LocalBlobStore(settings.blob_dir), publisher)
     prefix = settings.topic_prefix
     # Assignments are consumed by this worker's own group: every worker sees every assignment
-    # and runs only its own. Cancellations come on a second loop so they are seen mid-run.
+    # and runs only its own. Cancellations and preemption requests come on a second loop so they
+    # are seen mid-run (the first loop is busy with the run).
     app = consumer_service(settings, SERVICE, ("imagegen.jobs.scheduled",),
                            dispatcher({ev.JobScheduled: worker.on_assignment}),  # type: ignore[dict-item]
                            publisher, group=f"{prefix}imagegen-worker-{settings.worker_id}")
     control = KafkaConsumerLoop(
         settings.kafka_bootstrap, f"{prefix}imagegen-worker-{settings.worker_id}-control",
-        [prefix + "imagegen.jobs.requested"],
-        dispatcher({ev.CancellationRequested: worker.on_cancel}),  # type: ignore[dict-item]
+        [prefix + "imagegen.jobs.requested", prefix + "imagegen.jobs.scheduled"],
+        dispatcher({ev.CancellationRequested: worker.on_cancel,  # type: ignore[dict-item]
+                    ev.PreemptionRequested: worker.on_preempt}),  # type: ignore[dict-item]
         publisher)
     app.tasks.append(control.run)
     app.readiness.add("control", consumer_assigned_check(control))  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from imagegen_runtime.standard import kafka_metadata_check
 
 from .adapters.catalog import load_catalog
 from .config import SERVICE, SUBSCRIBES, SchedulerSettings
+from .domain import SchedulerConfig
 from .service_layer.scheduling import Scheduler
 
 
@@ -20,7 +21,8 @@ def bootstrap(settings: SchedulerSettings, *, publisher: Publisher | None = None
         settings.kafka_bootstrap, f"{SERVICE}-{settings.instance_id}", settings.topic_prefix
     )
     scheduler = Scheduler(
-        publisher or kafka, load_catalog(settings.models_dir), max_attempts=settings.max_attempts
+        publisher or kafka, load_catalog(settings.models_dir), max_attempts=settings.max_attempts,
+        config=SchedulerConfig(preemption=settings.preemption),
     )
     consumer = ReplayingConsumer(
         settings.kafka_bootstrap,

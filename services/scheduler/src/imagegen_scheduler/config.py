@@ -29,3 +29,11 @@ class SchedulerSettings(ServiceSettings):
     models_dir: Path = Field(default=Path("models"), description="Registered models (model.json).")
     max_attempts: int = Field(default=3, ge=1, le=10, description="Attempts before a job fails.")
     http_port: int = Field(default=8101, ge=1, le=65535, description="Port of the HTTP server.")
+    preemption: bool = Field(
+        default=True,
+        description=(
+            "Whether a turbo job that would miss its wait target may pause a running relax job"
+            " at a step boundary (PreemptionRequested; the job resumes later from its saved"
+            " state, ADR 0111). false: running jobs are never paused."
+        ),
+    )

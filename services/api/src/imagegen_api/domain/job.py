@@ -9,7 +9,7 @@ token), and derives the status from all facts seen (``derive``):
 2. Otherwise the current assignment is the one with the highest fencing token; results of any
    other assignment are kept but never decide the status (a revoked worker's result is ignored).
 3. Within the current assignment: moderated > generated > running > scheduled; a failed attempt
-   of it puts the job back to queued.
+   of it, or a pause (preemption: ``GenerationPaused``), puts the job back to queued.
 4. Without an assignment: queued once the prompt is allowed, else moderating.
 
 Because every fact is merged by max, first-in-its-own-topic or set union, the result does not
@@ -40,6 +40,7 @@ class Attempt:
     started: bool = False
     generated: bool = False
     failed: bool = False  # this attempt failed; the job goes back to the queue
+    paused: bool = False  # this assignment was paused (preempted); the job waits to resume
     image_verdict: str | None = None  # allowed / rejected
     categories: tuple[str, ...] = ()
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -138,6 +139,10 @@ def _fact(job: JobView, at: datetime, payload: Payload) -> JobView:  # noqa: C90
             return replace(job, attempts=_attempt(job, t, generated=True,
                                                   timings_ms=dict(payload.timings_ms)),
                            stamps=_stamp(job, "generated", at))
+        case ev.GenerationPaused():
+            t = payload.fencing_token
+            done = max(job.attempts.get(str(t), Attempt()).step, payload.steps_done)
+            return replace(job, attempts=_attempt(job, t, paused=True, step=done))
         case ev.ImageModerated():
             t = payload.fencing_token if payload.fencing_token is not None else job.fencing_token
             return replace(job, attempts=_attempt(job, t, image_verdict=payload.verdict.value,
@@ -167,7 +172,7 @@ def derive(job: JobView) -> str:
         return "failed"
     if job.cancelled:
         return "cancelled"
-    if cur is not None and cur.attempt not in job.failed_attempts:
+    if cur is not None and cur.attempt not in job.failed_attempts and not cur.paused:
         if cur.image_verdict == "allowed":
             return "moderated"
         if cur.generated:

@@ -313,6 +313,8 @@ def sse_event(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "imagegen.image.moderated": "moderated", "imagegen.image.delivered": "delivered",
         "imagegen.generation.cancelled": "cancelled",
         "imagegen.generation.cancellation_requested": "cancelling",
+        "imagegen.generation.preemption_requested": "pausing",
+        "imagegen.generation.paused": "paused",
     }
     if kind == "imagegen.image.delivered":
         return "delivered", {"images": data["images"]}

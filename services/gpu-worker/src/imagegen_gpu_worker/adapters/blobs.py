@@ -1,4 +1,5 @@
-"""Blob storage for generated images: the worker writes bytes, events carry URI and sha256."""
+"""Blob storage for generated images and paused jobs' saved state: the worker writes bytes,
+events carry URI and sha256."""
 
 from __future__ import annotations
 
@@ -15,6 +16,19 @@ class BlobStore(Protocol):
         ...
 
     def get(self, uri: str) -> bytes: ...
+
+
+class BlobDigestMismatch(ValueError):
+    """A blob's bytes do not have the sha256 its event names."""
+
+
+def read_verified(store: BlobStore, uri: str, sha256: str) -> bytes:
+    """The bytes of ``uri``, only if their sha256 is ``sha256``."""
+    data = store.get(uri)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise BlobDigestMismatch(f"{uri}: sha256 {actual}, expected {sha256}")
+    return data
 
 
 class LocalBlobStore:

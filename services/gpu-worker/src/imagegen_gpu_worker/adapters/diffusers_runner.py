@@ -1,8 +1,16 @@
 """The diffusers adapter: loads registered models once and runs one plan, step by step.
 
-Readable over clever: ``run`` is a numbered script. Progress and cancellation go through
-diffusers' ``callback_on_step_end``; the callback never changes the latents, so results are
-bit-identical to a plain pipeline call with the same model, sampler, seed and parameters.
+Readable over clever: ``run`` is a numbered script. Progress, cancellation and pausing go
+through diffusers' ``callback_on_step_end``; the callback never changes the latents, so results
+are bit-identical to a plain pipeline call with the same model, sampler, seed and parameters.
+
+Pause and resume (ADR 0111): at a step boundary the callback saves the latents, the sampler's
+state (step index, multistep history: every attribute of the diffusers scheduler object) and the
+CPU generator's state, and stops the run with :class:`Paused`. A resumed run calls the same
+pipeline with those latents and a thin view of the sampler (:class:`_ResumedSampler`) that
+restores the saved state after ``set_timesteps`` and shows the pipeline only the remaining
+timesteps, so the remaining steps execute exactly the operations of an uninterrupted run: the
+images are byte-identical (tested for every sampler in :data:`RESUMABLE`).
 
 Loaded pipelines live under a memory budget: before a model is loaded, the least recently used
 ones are unloaded with the rule the fleet simulator's workers use
@@ -46,6 +54,14 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "lcm": ("LCMScheduler", {}),
 }
 
+# Samplers whose pause + resume (even in a fresh runner) gives byte-identical images, checked by
+# services/gpu-worker/tests/test_gpu_worker_pause_resume.py. A pause request for any other
+# sampler is refused (the run goes on). dpmpp_2m_karras is left out: on the demo model's
+# zero-terminal-SNR schedule it fails even without a pause (IndexError in diffusers).
+RESUMABLE: frozenset[str] = frozenset({"ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "unipc",
+                                       "lcm"})
+STATE_FORMAT = 1  # version of the saved pause state
+
 # Pipeline class per model family (the ``family`` of model.json).
 FAMILIES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
 
@@ -56,6 +72,19 @@ LATENT_RGB = [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.26
 
 class Cancelled(Exception):
     """The job was cancelled; raised from the step callback to stop at a step boundary."""
+
+
+class Paused(Exception):
+    """The job was paused at a step boundary; ``state`` (bytes) is what a resumed run needs."""
+
+    def __init__(self, job_id: str, steps_done: int, total_steps: int, state: bytes) -> None:
+        self.job_id, self.steps_done, self.total_steps, self.state = (
+            job_id, steps_done, total_steps, state)
+        super().__init__(f"{job_id} paused after {steps_done}/{total_steps} steps")
+
+
+class BadResumeState(ValueError):
+    """Saved pause state that does not belong to this plan, or that this code cannot restore."""
 
 
 class ModelDoesNotFit(RuntimeError):
@@ -84,6 +113,9 @@ class LoadedModel:
     pipe: Any
     bytes: int
     load_ms: float
+    # The model's own sampler config: every run builds its sampler from this one, never from the
+    # previous run's (whose extra settings, e.g. use_karras_sigmas, would otherwise carry over).
+    scheduler_config: Any = None
 
 
 @dataclass
@@ -149,7 +181,8 @@ class DiffusersRunner:
             pipe.set_progress_bar_config(disable=True)
             size = sum(p.numel() * p.element_size() for c in pipe.components.values()
                        if isinstance(c, torch.nn.Module) for p in c.parameters())
-            model = LoadedModel(pipe, size, (time.perf_counter() - t0) * 1000)
+            model = LoadedModel(pipe, size, (time.perf_counter() - t0) * 1000,
+                                pipe.scheduler.config)
             with self._index_lock:
                 self.loaded[model_id] = model
             return model
@@ -200,9 +233,16 @@ class DiffusersRunner:
             self.load(model_id)
 
     def run(self, plan: RunPlan, on_step: Callable[[int, int, str | None], None],
-            cancelled: Callable[[], bool]) -> RunResult:
+            cancelled: Callable[[], bool], pause: Callable[[], bool] | None = None,
+            resume_state: bytes | None = None) -> RunResult:
+        """Run ``plan``; with ``pause``, stop at the first step boundary where it returns True
+        (raising :class:`Paused`, never after the last step; only for :data:`RESUMABLE`
+        samplers); with ``resume_state`` (from a :class:`Paused`), run only the steps left."""
         import diffusers
         import torch
+
+        saved = load_state(resume_state, plan) if resume_state is not None else None
+        pausing = pause if plan.scheduler in RESUMABLE else None
 
         # 1. The model, warm or loaded now (either way now the most recently used).
         t0 = time.perf_counter()
@@ -213,26 +253,47 @@ class DiffusersRunner:
 
         # 2. The sampler, from the model's own scheduler config.
         cls_name, extra = SAMPLERS[plan.scheduler]
-        pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **extra)
+        base = pipe.scheduler.config if model.scheduler_config is None else model.scheduler_config
+        sampler = getattr(diffusers, cls_name).from_config(base, **extra)
+        pipe.scheduler = sampler
+        skip = 0 if saved is None else int(saved["steps_done"])
 
-        # 3. Progress and cancellation at step boundaries.
+        # 4. Denoise with a CPU generator: the same seed gives the same pixels everywhere.
+        generator = torch.Generator("cpu").manual_seed(plan.seed)
+        latents = None
+        if saved is not None:  # continue where the paused run stopped
+            generator.set_state(saved["generator"])
+            latents = saved["latents"].to(self.device)
+
+        # 3. Progress, cancellation and pausing at step boundaries (``step`` counts the steps
+        # of this call; a resumed call starts after ``skip``).
         def callback(p: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             if cancelled():
                 raise Cancelled(plan.job_id)
-            done = step + 1
+            done = skip + step + 1
             if done % plan.progress_every == 0 or done == plan.steps:
                 on_step(done, plan.steps, preview_png_b64(kwargs["latents"]))
+            total = len(sampler.timesteps)
+            if pausing is not None and done < total and pausing():
+                raise Paused(plan.job_id, done, total,
+                             save_state(plan, done, total, kwargs["latents"], sampler, generator))
             return {}
 
-        # 4. Denoise with a CPU generator: the same seed gives the same pixels everywhere.
         t1 = time.perf_counter()
-        generator = torch.Generator("cpu").manual_seed(plan.seed)
-        with torch.inference_mode():
-            out = pipe(prompt=plan.prompt, negative_prompt=plan.negative_prompt or None,
-                       width=plan.width, height=plan.height, num_inference_steps=plan.steps,
-                       guidance_scale=plan.guidance_scale, num_images_per_prompt=plan.num_images,
-                       generator=generator, callback_on_step_end=callback,
-                       callback_on_step_end_tensor_inputs=["latents"])
+        if saved is not None:
+            # The pipeline sees the saved sampler state and only the remaining timesteps.
+            object.__setattr__(pipe, "scheduler", _ResumedSampler(
+                sampler, skip, saved["scheduler"], self.device))
+        try:
+            with torch.inference_mode():
+                out = pipe(prompt=plan.prompt, negative_prompt=plan.negative_prompt or None,
+                           width=plan.width, height=plan.height, num_inference_steps=plan.steps,
+                           guidance_scale=plan.guidance_scale,
+                           num_images_per_prompt=plan.num_images, generator=generator,
+                           latents=latents, callback_on_step_end=callback,
+                           callback_on_step_end_tensor_inputs=["latents"])
+        finally:
+            object.__setattr__(pipe, "scheduler", sampler)
         t2 = time.perf_counter()
 
         # 5. PNG bytes (deterministic encoder settings: same pixels, same bytes).
@@ -241,6 +302,114 @@ class DiffusersRunner:
         return RunResult(pngs, {"load": load_ms, "denoise": (t2 - t1) * 1000,
                                 "encode_png": (t3 - t2) * 1000,
                                 "total": (t3 - t0) * 1000}, plan.steps)
+
+
+class _ResumedSampler:
+    """The pipeline's view of a sampler resumed after ``skip`` steps.
+
+    ``set_timesteps`` runs the sampler's own, then puts back the saved state (step index,
+    multistep history, ...); ``timesteps`` are only the remaining ones, so the pipeline's loop
+    starts at step ``skip``; ``init_noise_sigma`` is 1 because the saved latents are already
+    scaled (the pipeline multiplies passed latents by it; x * 1.0 == x exactly). Everything else
+    (``step``, ``scale_model_input``, ``order``, ``config``) is the sampler's own.
+    """
+
+    def __init__(self, inner: Any, skip: int, state: dict[str, Any], device: str) -> None:
+        self._inner, self._skip, self._state, self._device = inner, skip, state, device
+
+    def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
+        self._inner.set_timesteps(*args, **kwargs)
+        for name, value in self._state.items():
+            setattr(self._inner, name, _to_device(value, getattr(self._inner, name, None),
+                                                  self._device))
+
+    @property
+    def timesteps(self) -> Any:
+        return self._inner.timesteps[self._skip:]
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return 1.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _plain(value: Any) -> bool:
+    """Whether a sampler attribute can be saved and loaded with ``torch.load(weights_only)``."""
+    import torch
+
+    if value is None or isinstance(value, bool | int | float | str | torch.Tensor):
+        return True
+    return isinstance(value, list | tuple) and all(_plain(v) for v in value)
+
+
+def _detach(value: Any) -> Any:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, list | tuple):
+        return type(value)(_detach(v) for v in value)
+    return value
+
+
+def _to_device(value: Any, current: Any, device: str) -> Any:
+    """A loaded value on the device of the attribute it replaces (the run's device if none)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        where = current.device if isinstance(current, torch.Tensor) else device
+        return value.to(where)
+    if isinstance(value, list | tuple):
+        return type(value)(_to_device(v, None, device) for v in value)
+    return value
+
+
+def save_state(plan: RunPlan, done: int, total: int, latents: Any, sampler: Any,
+               generator: Any) -> bytes:
+    """The bytes a resumed run needs: latents, sampler state and generator state after
+    ``done`` steps, with the plan's identity to check against on resume."""
+    import numpy as np
+    import torch
+
+    sampler_state: dict[str, Any] = {}
+    for name, value in vars(sampler).items():
+        if name == "_internal_dict" or isinstance(value, np.ndarray):
+            continue  # the config, and arrays that set_timesteps recomputes (never stepped)
+        if not _plain(value):
+            raise BadResumeState(f"sampler attribute {name} ({type(value).__name__}) "
+                                 "cannot be saved")
+        sampler_state[name] = _detach(value)
+    doc = {"format": STATE_FORMAT, "job_id": plan.job_id, "sampler": plan.scheduler,
+           "identity": _identity(plan), "steps_done": done, "total_steps": total,
+           "latents": _detach(latents), "generator": generator.get_state(),
+           "scheduler": sampler_state}
+    buf = io.BytesIO()
+    torch.save(doc, buf)
+    return buf.getvalue()
+
+
+def load_state(data: bytes, plan: RunPlan) -> dict[str, Any]:
+    """The saved state (tensors and plain values only: ``weights_only``), checked against the
+    plan it is resumed for."""
+    import torch
+
+    try:
+        doc: dict[str, Any] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BadResumeState(f"unreadable pause state: {exc!r}") from exc
+    if doc.get("format") != STATE_FORMAT:
+        raise BadResumeState(f"pause state format {doc.get('format')!r}, not {STATE_FORMAT}")
+    if doc.get("job_id") != plan.job_id or doc.get("identity") != _identity(plan):
+        raise BadResumeState(f"pause state of {doc.get('job_id')!r} does not match this plan")
+    return doc
+
+
+def _identity(plan: RunPlan) -> list[Any]:
+    """What must be equal between the paused and the resumed run for the images to be equal."""
+    return [plan.model_id, plan.prompt, plan.negative_prompt, plan.width, plan.height, plan.steps,
+            float(plan.guidance_scale), plan.scheduler, plan.seed, plan.num_images]
 
 
 HALF_DTYPES = {"F16", "BF16"}  # safetensors dtype names that an upcast to float32 doubles

@@ -3,6 +3,14 @@
 Idempotent: every event of a run has an id derived from the assignment's event id, so a
 redelivered assignment republishes the same ids; a finished run's images are found in blob
 storage and republished without running again.
+
+Preemption (ADR 0111): a ``PreemptionRequested`` naming this worker, a job and the token of its
+assignment makes that run stop at its next step boundary, save its state to the blob store and
+publish ``GenerationPaused``; a request for another job or another token is ignored, and so is
+one for a sampler that cannot resume exactly (logged: the job then runs to its end). An
+assignment with ``resume`` loads the saved state (its sha256 checked) and runs only the steps
+left; a missing or corrupted state falls back to a run from the start, which gives the same
+image (same seed), only later.
 """
 
 from __future__ import annotations
@@ -17,8 +25,8 @@ from imagegen_runtime.publishing import Publisher, derived_event_id
 from imagegen_schemas import Envelope, ImageRef
 from imagegen_schemas import jobs as ev
 
-from ..adapters.blobs import BlobStore
-from ..adapters.diffusers_runner import Cancelled, ModelDoesNotFit, RunResult
+from ..adapters.blobs import BlobStore, read_verified
+from ..adapters.diffusers_runner import RESUMABLE, Cancelled, ModelDoesNotFit, Paused, RunResult
 from ..domain.plan import RunPlan, plan_run
 
 log = logging.getLogger(__name__)
@@ -26,14 +34,17 @@ log = logging.getLogger(__name__)
 
 class Runner(Protocol):
     def run(self, plan: RunPlan, on_step: Callable[[int, int, str | None], None],
-            cancelled: Callable[[], bool]) -> RunResult: ...
+            cancelled: Callable[[], bool], pause: Callable[[], bool] | None = None,
+            resume_state: bytes | None = None) -> RunResult: ...
 
 
 @dataclass
 class WorkerState:
     worker_id: str
     running_job: str | None = None
+    running_plan: RunPlan | None = None  # the run in progress (its token and sampler)
     cancelled: set[str] = field(default_factory=set)  # job ids asked to stop
+    pausing: dict[str, int] = field(default_factory=dict)  # job id -> token asked to pause
     done: dict[str, int] = field(default_factory=dict)  # job id -> token finished here
 
 
@@ -46,6 +57,47 @@ class Worker:
 
     async def on_cancel(self, env: Envelope, msg: ev.CancellationRequested) -> None:
         self.state.cancelled.add(msg.job_id)
+
+    async def on_preempt(self, env: Envelope, msg: ev.PreemptionRequested) -> None:
+        """Ask the run of (job, token) to pause at its next step boundary. Remembered when the
+        run has not started yet (the control loop may see the request first)."""
+        if msg.worker_id != self.state.worker_id:
+            return
+        if self.state.done.get(msg.job_id, 0) >= msg.fencing_token:
+            log.info("preemption request ignored: that assignment already ended here",
+                     extra={"job_id": msg.job_id, "fencing_token": msg.fencing_token})
+            return
+        running = self.state.running_plan
+        if running is not None and running.job_id == msg.job_id:
+            if running.fencing_token != msg.fencing_token:
+                log.info("preemption request ignored: it names another assignment",
+                         extra={"job_id": msg.job_id, "fencing_token": msg.fencing_token,
+                                "running_token": running.fencing_token})
+                return
+            if not self._can_pause(running):
+                return
+        self.state.pausing[msg.job_id] = msg.fencing_token
+
+    def _can_pause(self, plan: RunPlan) -> bool:
+        if plan.scheduler in RESUMABLE:
+            return True
+        log.warning("pause refused: sampler %s cannot resume byte-identically; the job runs to "
+                    "its end", plan.scheduler,
+                    extra={"job_id": plan.job_id, "fencing_token": plan.fencing_token})
+        return False
+
+    async def _resume_state(self, msg: ev.JobScheduled) -> bytes | None:
+        """The saved state of a resumed assignment, or None (fresh start, also when the state
+        is missing or corrupted: a full run gives the same image)."""
+        if msg.resume is None:
+            return None
+        try:
+            return await asyncio.to_thread(read_verified, self.blobs, msg.resume.state_uri,
+                                           msg.resume.state_sha256)
+        except Exception as exc:
+            log.warning("pause state unusable; running from the start",
+                        extra={"job_id": msg.job_id, "error": repr(exc)})
+            return None
 
     async def on_assignment(self, env: Envelope, msg: ev.JobScheduled) -> None:
         if msg.worker_id != self.state.worker_id:
@@ -73,10 +125,31 @@ class Worker:
                                          total_steps=total, preview_png_b64=preview)
             asyncio.run_coroutine_threadsafe(emit(progress, step), loop).result()
 
-        self.state.running_job = key
+        resume_state = await self._resume_state(msg)
+        if self.state.pausing.get(key) == plan.fencing_token and not self._can_pause(plan):
+            del self.state.pausing[key]
+
+        def pause() -> bool:
+            return self.state.pausing.get(key) == plan.fencing_token
+
+        self.state.running_job, self.state.running_plan = key, plan
         try:
             result = await asyncio.to_thread(self.runner.run, plan, on_step,
-                                             lambda: key in self.state.cancelled)
+                                             lambda: key in self.state.cancelled, pause,
+                                             resume_state)
+        except Paused as paused:
+            uri, sha = await asyncio.to_thread(
+                self.blobs.put, f"{key}/{plan.fencing_token}-paused-{paused.steps_done}.pt",
+                paused.state)
+            await emit(ev.GenerationPaused(job_id=key, worker_id=self.state.worker_id,
+                                           fencing_token=plan.fencing_token,
+                                           steps_done=paused.steps_done,
+                                           total_steps=paused.total_steps, state_uri=uri,
+                                           state_sha256=sha))
+            self.state.done[key] = plan.fencing_token
+            log.info("job paused", extra={"job_id": key, "fencing_token": plan.fencing_token,
+                                          "steps_done": paused.steps_done})
+            return
         except Cancelled:
             await emit(ev.GenerationCancelled(job_id=key, at_step=None))
             return
@@ -91,7 +164,8 @@ class Worker:
                                            worker_id=self.state.worker_id))
             return
         finally:
-            self.state.running_job = None
+            self.state.running_job = self.state.running_plan = None
+            self.state.pausing.pop(key, None)
         images = []
         for i, png in enumerate(result.images_png):
             uri, sha = await asyncio.to_thread(

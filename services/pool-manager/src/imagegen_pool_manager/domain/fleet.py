@@ -48,6 +48,10 @@ def evolve(fleet: Fleet, payload: object, at: float, event_id: str) -> Fleet:
                                                            payload.fencing_token, payload.attempt)
         case ev.ImageGenerated() | ev.GenerationCancelled() | ev.GenerationFailed():
             fleet.in_flight.pop(payload.job_id, None)
+        case ev.GenerationPaused():  # the worker no longer runs it: its loss orphans nothing
+            held = fleet.in_flight.get(payload.job_id)
+            if held is not None and held.fencing_token == payload.fencing_token:
+                del fleet.in_flight[payload.job_id]
     return fleet
 
 

@@ -12,6 +12,15 @@ Translation (Kafka event -> policy event):
 - ``GenerationFailed`` (attempt failed) -> ``JobFinished`` then ``JobQueued`` again, or a terminal
   ``GenerationFailed`` after ``max_attempts``; ``worker_lost`` -> ``WorkerLost`` (re-queues)
 - ``CancellationRequested`` of a queued job -> ``JobCancelled`` + ``GenerationCancelled``
+- ``PreemptionRequested`` (its own, read back) -> ``PreemptionRequested``; ``GenerationPaused``
+  of the running assignment (same fencing token) -> ``JobPreempted`` (re-queued with the steps
+  left, its worker free); the saved state goes into the job's next ``JobScheduled.resume``.
+  A pause or result of a superseded assignment (older token) is ignored.
+
+Preemption (ADR 0111) is on unless ``IMAGEGEN_SCHEDULER_PREEMPTION=false``: each ``Preempt``
+decision is published as ``PreemptionRequested`` with an id derived from (job, token, type), so a
+restart that decides it again publishes the same event. A worker that never pauses (it finished
+first, or refused) wedges nothing: the job ends as usual and the held job takes the worker.
 """
 
 from __future__ import annotations
@@ -28,13 +37,15 @@ from imagegen_schemas import jobs as ev
 from imagegen_schemas.workers import WorkerHeartbeat, WorkerStatus
 
 from ..domain import (
-    Assign,
     JobAssigned,
     JobCancelled,
     JobFinished,
+    JobPreempted,
     JobQueued,
     JobRequest,
     ModelCatalog,
+    Preempt,
+    PreemptionRequested,
     SchedulerConfig,
     SchedulerState,
     Tier,
@@ -74,9 +85,7 @@ class Scheduler:
         config: SchedulerConfig | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        # Preemption needs workers that pause at a step boundary and save latents; ours do not
-        # yet, so the service runs the policy with preemption off.
-        self.state = SchedulerState(config or SchedulerConfig(preemption=False), catalog)
+        self.state = SchedulerState(config or SchedulerConfig(), catalog)
         self.publisher = publisher
         self.max_attempts = max_attempts
         self.budget_fraction = budget_fraction
@@ -89,6 +98,10 @@ class Scheduler:
         self.assignments: dict[str, ev.JobScheduled] = {}  # latest assignment per job
         self.failed_attempt: dict[str, int] = {}  # highest attempt that failed, per job
         self.heartbeats: dict[str, tuple[WorkerHeartbeat, float]] = {}
+        self.pauses: dict[str, ev.GenerationPaused] = {}  # latest pause per job (replay)
+        self.preempts: dict[str, tuple[ev.PreemptionRequested, float]] = {}  # latest per job
+        self.resume: dict[str, ev.ResumeFrom] = {}  # job id -> where its next run continues
+        self.paused: set[str] = set()  # jobs whose last assignment paused (its attempt goes on)
         self.live = False
         self._lock = asyncio.Lock()
 
@@ -153,6 +166,14 @@ class Scheduler:
                 held = self.assignments.get(payload.job_id)
                 if held is None or payload.fencing_token > held.fencing_token:
                     self.assignments[payload.job_id] = payload
+            case ev.GenerationPaused():
+                seen = self.pauses.get(payload.job_id)
+                if seen is None or payload.fencing_token > seen.fencing_token:
+                    self.pauses[payload.job_id] = payload
+            case ev.PreemptionRequested():
+                held_pr = self.preempts.get(payload.job_id)
+                if held_pr is None or payload.fencing_token > held_pr[0].fencing_token:
+                    self.preempts[payload.job_id] = (payload, at)
             case WorkerHeartbeat():
                 held_hb = self.heartbeats.get(payload.worker_id)
                 if held_hb is None or at >= held_hb[1]:
@@ -172,8 +193,15 @@ class Scheduler:
             if a is None:
                 continue
             self.attempts[job_id] = a.attempt
+            paused = self.pauses.get(job_id)
+            if paused is not None and paused.fencing_token <= a.fencing_token:
+                self.resume[job_id] = _resume_from(paused)
             if a.attempt > self.failed_attempt.get(job_id, 0):
                 evolve(self.state, JobAssigned(job_id, a.worker_id, a.fencing_token, self.clock()))
+                if paused is not None and paused.fencing_token == a.fencing_token:
+                    self._paused(paused, self.clock())
+        for request, at in self.preempts.values():  # pending pauses hold their workers again
+            self._preempting(request, at)
 
     async def _apply(self, env: Envelope, payload: Payload, live: bool) -> None:  # noqa: C901
         at = env.occurred_at.timestamp()
@@ -196,12 +224,17 @@ class Scheduler:
                 evolve(
                     state, JobAssigned(payload.job_id, payload.worker_id, payload.fencing_token, at)
                 )
+            case ev.PreemptionRequested():
+                self._preempting(payload, at)  # our own decision, read back
+            case ev.GenerationPaused():
+                self._paused(payload, at)
             case ev.ImageGenerated() | ev.GenerationCancelled():
                 running = state.running.get(payload.job_id)
                 token = getattr(payload, "fencing_token", None)
                 if running is not None and token is not None and token != running.fencing_token:
                     return  # a revoked assignment's late result
                 self.ended.add(payload.job_id)
+                self.resume.pop(payload.job_id, None)
                 if running is not None:
                     evolve(
                         state,
@@ -210,6 +243,7 @@ class Scheduler:
                 evolve(state, JobCancelled(payload.job_id, at))
             case ev.GenerationFailed(terminal=True):
                 self.ended.add(payload.job_id)
+                self.resume.pop(payload.job_id, None)
                 running = state.running.get(payload.job_id)
                 if running is not None:
                     evolve(
@@ -227,6 +261,26 @@ class Scheduler:
                         await self._publish(
                             ev.GenerationCancelled(job_id=payload.job_id), env, payload.job_id
                         )
+
+    def _preempting(self, request: ev.PreemptionRequested, at: float) -> None:
+        if request.for_job_id is not None:
+            evolve(self.state, PreemptionRequested(request.job_id, request.worker_id,
+                                                   request.fencing_token, request.for_job_id, at))
+
+    def _paused(self, paused: ev.GenerationPaused, at: float) -> None:
+        """The running assignment paused: re-queue the job with the steps left, free its
+        worker, keep the saved state for the next assignment. A stale token changes nothing."""
+        running = self.state.running.get(paused.job_id)
+        if running is None or running.fencing_token != paused.fencing_token:
+            return  # a superseded assignment's late pause
+        steps = running.job.request.steps
+        # steps_done counts sampler steps; most samplers take one per denoising step, PNDM more
+        left = max(1, -(-steps * (paused.total_steps - paused.steps_done) // paused.total_steps))
+        completed = max(0, running.job.remaining_steps - left)
+        evolve(self.state, JobPreempted(paused.job_id, running.worker_id, paused.fencing_token,
+                                        completed, at))
+        self.resume[paused.job_id] = _resume_from(paused)
+        self.paused.add(paused.job_id)
 
     async def _attempt_failed(
         self, env: Envelope, failed: ev.GenerationFailed, at: float, live: bool
@@ -272,13 +326,23 @@ class Scheduler:
 
     async def _decide(self) -> int:
         now = self.clock()
-        out: list[tuple[ev.JobScheduled, str]] = []
+        out: list[tuple[ev.JobScheduled | ev.PreemptionRequested, str]] = []
         for decision in decide(self.state, now):
-            if not isinstance(decision, Assign):
-                continue  # preemption is off in the service (see __init__)
+            if isinstance(decision, Preempt):
+                request = ev.PreemptionRequested(
+                    job_id=decision.job_id, worker_id=decision.worker_id,
+                    fencing_token=decision.fencing_token, for_job_id=decision.for_job_id,
+                    reason=f"turbo job {decision.for_job_id} would miss its wait target")
+                evolve(self.state, as_event(decision, now))
+                out.append((request, derived_event_id(decision.job_id, request.event_type,
+                                                      decision.fencing_token)))
+                continue
             queued = self.state.queued[decision.job_id]
             req = self.requests[decision.job_id]
-            attempt = self.attempts.get(decision.job_id, 0) + 1
+            resume = self.resume.get(decision.job_id)
+            # A resumed run continues the paused attempt: a pause is not a failed attempt.
+            attempt = self.attempts.get(decision.job_id, 0) + (
+                0 if decision.job_id in self.paused else 1)
             scheduled = ev.JobScheduled(
                 job_id=decision.job_id,
                 worker_id=decision.worker_id,
@@ -288,9 +352,11 @@ class Scheduler:
                 queued_for_ms=int(max(0.0, now - queued.enqueued_at) * 1000),
                 params=req.params,
                 webhook_url=req.webhook_url,
+                resume=resume,
             )
             evolve(self.state, as_event(decision, now))
             self.attempts[decision.job_id] = attempt
+            self.paused.discard(decision.job_id)
             out.append((scheduled, derived_event_id(decision.job_id, scheduled.event_type,
                                                     decision.fencing_token)))
         # Published together: one broker round trip for the batch. A failure raises, the
@@ -314,3 +380,8 @@ class Scheduler:
                 await asyncio.wait_for(stop.wait(), every_s)
             except TimeoutError:
                 pass
+
+
+def _resume_from(paused: ev.GenerationPaused) -> ev.ResumeFrom:
+    return ev.ResumeFrom(steps_done=paused.steps_done, state_uri=paused.state_uri,
+                         state_sha256=paused.state_sha256)
