@@ -499,7 +499,7 @@ def _our_processes(st: Stack) -> list[int]:
     return pids
 
 
-def down(st: Stack) -> None:
+def down(st: Stack, grace_s: float = 10.0) -> None:
     pid = supervisord_pid(st)
     if pid is not None:
         ctl(st, "stop", "all")
@@ -507,6 +507,9 @@ def down(st: Stack) -> None:
         deadline = time.monotonic() + 60
         while supervisord_pid(st) is not None and time.monotonic() < deadline:
             time.sleep(0.1)  # supervisord exits once its children are gone
+    grace = time.monotonic() + grace_s
+    while _our_processes(st) and time.monotonic() < grace:
+        time.sleep(0.1)  # a process still shutting down on its own (a checkpoint) may finish
     killed: set[int] = set()
     deadline = time.monotonic() + 30
     while (left := _our_processes(st)) and time.monotonic() < deadline:
@@ -519,7 +522,8 @@ def down(st: Stack) -> None:
         time.sleep(0.1)  # SIGKILL is asynchronous: scan again until every one has exited
     if left:
         raise SystemExit(f"stack down: processes still alive after SIGKILL: {left}")
-    say("stack down" + (f" (killed {len(killed)} stragglers)" if killed else ""))
+    n = len(killed)
+    say("stack down" + (f" (killed {n} straggler{'' if n == 1 else 's'})" if n else ""))
 
 
 def status(st: Stack) -> None:

@@ -59,6 +59,6 @@ def test_down_kills_stragglers_and_waits_until_they_are_gone(tmp_path: Path, spa
     (st.var / "run").mkdir(parents=True)  # no supervisord.pid: supervisord already gone
     straggler = spawn(env={"IMAGEGEN_STACK_VAR": str(st.var.resolve())})
     bystander = spawn(env={"IMAGEGEN_STACK_VAR": str((tmp_path / "other").resolve())})
-    stack.down(st)
+    stack.down(st, grace_s=0.2)
     assert not stack._alive(straggler)
     assert stack._alive(bystander)
