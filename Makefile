@@ -59,7 +59,7 @@ test-all: venv infra-up ## everything
 demo: venv ## set up everything and run the main job: a prompt in, out/demo.png out
 	$(PY) deploy/demo.py
 
-train-demo-model: venv ## retrain models/shapes-demo from seed 0 (CPU; 27 min measured on 2 cores, resumable)
+train-demo-model: venv ## retrain models/shapes-demo from seed 0 (CPU; 26 min measured on 2 cores, resumable)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m imagegen_gpu_worker.demo.train --out models/shapes-demo --seed 0
 
 eval-demo-model: venv ## score the demo model on 40 held-out captions (guidance 5 and 1)

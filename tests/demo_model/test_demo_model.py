@@ -101,7 +101,7 @@ def colors_drawn(images):
 
 def test_a_negative_prompt_naming_a_color_removes_it(pipe):
     # The prompt leaves the circle's color open; over 24 seeds most come out yellow and many
-    # orange (19 and 14 here). Either as the negative prompt removes that color (0 here) while
+    # orange (18 and 16 here). Either as the negative prompt removes that color (0 here) while
     # every image still has its circle, in another color.
     prompt = "a circle on the left, white background"
     plain = colors_drawn(evaluate.generate(pipe, [prompt] * 24, 5.0, 25, 0))
