@@ -41,11 +41,14 @@ class Runner(Protocol):
 @dataclass
 class WorkerState:
     worker_id: str
-    running_job: str | None = None
-    running_plan: RunPlan | None = None  # the run in progress (its token and sampler)
+    running_plan: RunPlan | None = None  # the run in progress (its job, token and sampler)
     cancelled: set[str] = field(default_factory=set)  # job ids asked to stop
     pausing: dict[str, int] = field(default_factory=dict)  # job id -> token asked to pause
     done: dict[str, int] = field(default_factory=dict)  # job id -> token finished here
+
+    @property
+    def running_job(self) -> str | None:
+        return None if self.running_plan is None else self.running_plan.job_id
 
 
 @dataclass
@@ -132,7 +135,7 @@ class Worker:
         def pause() -> bool:
             return self.state.pausing.get(key) == plan.fencing_token
 
-        self.state.running_job, self.state.running_plan = key, plan
+        self.state.running_plan = plan
         try:
             result = await asyncio.to_thread(self.runner.run, plan, on_step,
                                              lambda: key in self.state.cancelled, pause,
@@ -164,7 +167,7 @@ class Worker:
                                            worker_id=self.state.worker_id))
             return
         finally:
-            self.state.running_job = self.state.running_plan = None
+            self.state.running_plan = None
             self.state.pausing.pop(key, None)
         images = []
         for i, png in enumerate(result.images_png):
