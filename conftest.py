@@ -30,10 +30,16 @@ class Infra:
 
 
 def _local_infra() -> Infra:
-    subprocess.run([sys.executable, str(ROOT / "deploy" / "stack.py"), "infra-up"], check=True,
-                   stdout=subprocess.DEVNULL)
-    env = dict(line.split("=", 1) for line in
-               (ROOT / "var" / "stack.env").read_text().splitlines() if "=" in line)
+    subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "stack.py"), "infra-up"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    env = dict(
+        line.split("=", 1)
+        for line in (ROOT / "var" / "stack.env").read_text().splitlines()
+        if "=" in line
+    )
     url = env["IMAGEGEN_DATABASE_URL"].rsplit("/", 1)[0] + "/imagegen_test"
     return Infra(env["IMAGEGEN_KAFKA_BOOTSTRAP"], url, f"t{uuid.uuid4().hex[:8]}.", True)
 
@@ -44,10 +50,16 @@ def infra() -> Iterator[Infra]:
         from testcontainers.kafka import KafkaContainer
         from testcontainers.postgres import PostgresContainer
 
-        with KafkaContainer("apache/kafka:4.1.1").with_kraft() as kafka, \
-                PostgresContainer("postgres:16", driver="asyncpg") as pg:
-            yield Infra(kafka.get_bootstrap_server(), pg.get_connection_url(),
-                        f"t{uuid.uuid4().hex[:8]}.", False)
+        with (
+            KafkaContainer("apache/kafka:4.1.1").with_kraft() as kafka,
+            PostgresContainer("postgres:16", driver="asyncpg") as pg,
+        ):
+            yield Infra(
+                kafka.get_bootstrap_server(),
+                pg.get_connection_url(),
+                f"t{uuid.uuid4().hex[:8]}.",
+                False,
+            )
         return
     yield _local_infra()
 

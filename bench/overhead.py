@@ -39,16 +39,22 @@ def direct_baseline(models: Path, runs: int = 20) -> float:
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(models / MODEL, safety_checker=None,
-                                                   requires_safety_checker=False,
-                                                   local_files_only=True)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        models / MODEL, safety_checker=None, requires_safety_checker=False, local_files_only=True
+    )
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     times = []
     for i in range(runs + 2):
         t0 = time.perf_counter()
-        pipe(prompt="a red circle", width=64, height=64, num_inference_steps=1,
-             guidance_scale=5.0, generator=torch.Generator("cpu").manual_seed(i))
+        pipe(
+            prompt="a red circle",
+            width=64,
+            height=64,
+            num_inference_steps=1,
+            guidance_scale=5.0,
+            generator=torch.Generator("cpu").manual_seed(i),
+        )
         if i >= 2:
             times.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times)
@@ -60,25 +66,39 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     models = ROOT / "var" / "e2e-models"
-    subprocess.run([sys.executable, str(ROOT / "tests/fixtures/tiny_model.py"), str(models)],
-                   check=True, capture_output=True)
-    env = {**os.environ, "IMAGEGEN_STACK_MODELS": str(models),
-           "IMAGEGEN_STACK_PRELOAD_MODEL": MODEL}
-    subprocess.run([sys.executable, str(ROOT / "deploy/stack.py"), "up"], env=env, check=True,
-                   stdout=subprocess.DEVNULL)
-    stack_env = dict(line.split("=", 1) for line in
-                     (ROOT / "var/stack.env").read_text().splitlines() if "=" in line)
+    subprocess.run(
+        [sys.executable, str(ROOT / "tests/fixtures/tiny_model.py"), str(models)],
+        check=True,
+        capture_output=True,
+    )
+    env = {
+        **os.environ,
+        "IMAGEGEN_STACK_MODELS": str(models),
+        "IMAGEGEN_STACK_PRELOAD_MODEL": MODEL,
+    }
+    subprocess.run(
+        [sys.executable, str(ROOT / "deploy/stack.py"), "up"],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    stack_env = dict(
+        line.split("=", 1)
+        for line in (ROOT / "var/stack.env").read_text().splitlines()
+        if "=" in line
+    )
     api, key = stack_env["IMAGEGEN_API_URL"], stack_env["IMAGEGEN_API_KEY"]
 
     baseline_ms = direct_baseline(models)
     overhead, e2e, gen, client = [], [], [], []
     hops: dict[str, list[float]] = {}
-    with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {key}"},
-                      timeout=60) as c:
+    with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
         for i in range(args.jobs + 5):
             t0 = time.perf_counter()
-            job = c.post("/v1/generations", json={"prompt": "a red circle", "model": MODEL,
-                                                  "steps": 1, "seed": i}).json()["id"]
+            job = c.post(
+                "/v1/generations",
+                json={"prompt": "a red circle", "model": MODEL, "steps": 1, "seed": i},
+            ).json()["id"]
             with c.stream("GET", f"/v1/generations/{job}/events") as stream:
                 for line in stream.iter_lines():
                     if line in ("event: delivered", "event: failed", "event: rejected"):

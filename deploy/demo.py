@@ -26,9 +26,24 @@ def main() -> int:
     step(2, "starting the stack: Kafka, PostgreSQL and the six services")
     subprocess.run([sys.executable, str(ROOT / "deploy/stack.py"), "up"], check=True)
     step(3, f"imagegen generate {PROMPT!r} --out out/demo.png")
-    done = subprocess.run([sys.executable, "-m", "imagegen.cli", "generate", PROMPT, "--out",
-                           str(ROOT / "out/demo.png"), "--seed", "0", "--steps", "25",
-                           "--guidance", "5"], cwd=ROOT)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imagegen.cli",
+            "generate",
+            PROMPT,
+            "--out",
+            str(ROOT / "out/demo.png"),
+            "--seed",
+            "0",
+            "--steps",
+            "25",
+            "--guidance",
+            "5",
+        ],
+        cwd=ROOT,
+    )
     if done.returncode == 0:
         print(f"[demo] done: {ROOT / 'out/demo.png'}; the stack is still up (`make down`)")
     return done.returncode

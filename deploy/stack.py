@@ -48,16 +48,19 @@ def _env_int(name: str, default: int) -> int:
 @dataclass
 class Stack:
     var: Path = field(
-        default_factory=lambda: Path(os.environ.get("IMAGEGEN_STACK_VAR", ROOT / "var")))
+        default_factory=lambda: Path(os.environ.get("IMAGEGEN_STACK_VAR", ROOT / "var"))
+    )
     kafka_port: int = field(default_factory=lambda: _env_int("IMAGEGEN_STACK_KAFKA_PORT", 29092))
     controller_port: int = field(
-        default_factory=lambda: _env_int("IMAGEGEN_STACK_CONTROLLER_PORT", 29093))
+        default_factory=lambda: _env_int("IMAGEGEN_STACK_CONTROLLER_PORT", 29093)
+    )
     pg_port: int = field(default_factory=lambda: _env_int("IMAGEGEN_STACK_PG_PORT", 25432))
     jars: Path = ROOT / "deploy" / ".cache" / "kafka" / "libs"
     # Added to every service's HTTP port (8000, 8101..8105) so two stacks can run side by side.
     port_offset: int = field(default_factory=lambda: _env_int("IMAGEGEN_STACK_PORT_OFFSET", 0))
     models: Path = field(
-        default_factory=lambda: Path(os.environ.get("IMAGEGEN_STACK_MODELS", ROOT / "models")))
+        default_factory=lambda: Path(os.environ.get("IMAGEGEN_STACK_MODELS", ROOT / "models"))
+    )
 
     # ---- paths -------------------------------------------------------------------------------
     @property
@@ -113,8 +116,16 @@ def ensure_kafka_jars(st: Stack) -> None:
     say("setup: resolving Kafka jars from Maven Central (deploy/kafka/pom.xml)")
     tmp = st.jars.with_name("libs.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    sh("mvn", "-q", "-B", "-f", ROOT / "deploy" / "kafka" / "pom.xml",
-       "dependency:copy-dependencies", f"-DoutputDirectory={tmp}", "-DincludeScope=runtime")
+    sh(
+        "mvn",
+        "-q",
+        "-B",
+        "-f",
+        ROOT / "deploy" / "kafka" / "pom.xml",
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={tmp}",
+        "-DincludeScope=runtime",
+    )
     tmp.rename(st.jars)
 
 
@@ -177,44 +188,75 @@ def ensure_pg_cluster(st: Stack) -> None:
     if (data / "PG_VERSION").exists():
         return
     say(f"setup: initdb {data}")
-    sh(*_pg_user_prefix(), bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth-local=trust",
-       "--auth-host=scram-sha-256", "-E", "UTF8", "--no-instructions", stdout=subprocess.DEVNULL,
-       cwd=root)
+    sh(
+        *_pg_user_prefix(),
+        bin_dir / "initdb",
+        "-D",
+        data,
+        "-U",
+        "postgres",
+        "--auth-local=trust",
+        "--auth-host=scram-sha-256",
+        "-E",
+        "UTF8",
+        "--no-instructions",
+        stdout=subprocess.DEVNULL,
+        cwd=root,
+    )
 
 
 def write_kafka_config(st: Stack) -> Path:
     data = st.kafka_dir / "data"
     data.mkdir(parents=True, exist_ok=True)
     props = st.kafka_dir / "server.properties"
-    props.write_text("\n".join([
-        "process.roles=broker,controller",
-        "node.id=1",
-        f"controller.quorum.voters=1@127.0.0.1:{st.controller_port}",
-        f"listeners=PLAINTEXT://127.0.0.1:{st.kafka_port},CONTROLLER://127.0.0.1:{st.controller_port}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{st.kafka_port}",
-        "controller.listener.names=CONTROLLER",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "inter.broker.listener.name=PLAINTEXT",
-        f"log.dirs={data}",
-        "num.partitions=3",
-        "auto.create.topics.enable=false",
-        "offsets.topic.replication.factor=1",
-        "offsets.topic.num.partitions=6",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
-        "group.initial.rebalance.delay.ms=0",
-        "log.retention.check.interval.ms=60000",
-        "",
-    ]))
+    props.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{st.controller_port}",
+                f"listeners=PLAINTEXT://127.0.0.1:{st.kafka_port},CONTROLLER://127.0.0.1:{st.controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{st.kafka_port}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+                f"log.dirs={data}",
+                "num.partitions=3",
+                "auto.create.topics.enable=false",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=6",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "log.retention.check.interval.ms=60000",
+                "",
+            ]
+        )
+    )
     if not (data / "meta.properties").exists():
         cp = f"{st.jars}/*"
-        cluster_id = sh("java", "-cp", cp, "kafka.tools.StorageTool", "random-uuid",
-                        capture_output=True).stdout.strip().splitlines()[-1]
+        cluster_id = (
+            sh("java", "-cp", cp, "kafka.tools.StorageTool", "random-uuid", capture_output=True)
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         say(f"setup: formatting Kafka storage {data} (cluster {cluster_id})")
-        sh("java", "-cp", cp, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", props,
-           "--ignore-formatted", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sh(
+            "java",
+            "-cp",
+            cp,
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            props,
+            "--ignore-formatted",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     return props
 
 
@@ -255,9 +297,17 @@ def service_env(st: Stack, name: str) -> dict[str, str]:
     return env
 
 
-def _program(name: str, command: str, st: Stack, *, env: dict[str, str] | None = None,
-             user: str | None = None, stopsignal: str = "TERM", stopwait: int = 20,
-             directory: Path = ROOT) -> str:
+def _program(
+    name: str,
+    command: str,
+    st: Stack,
+    *,
+    env: dict[str, str] | None = None,
+    user: str | None = None,
+    stopsignal: str = "TERM",
+    stopwait: int = 20,
+    directory: Path = ROOT,
+) -> str:
     lines = [
         f"[program:{name}]",
         f"command={command}",
@@ -291,8 +341,9 @@ def write_supervisor_config(st: Stack) -> Path:
         f"-Dlog4j2.configurationFile={ROOT / 'deploy' / 'kafka' / 'log4j2.properties'} "
         f"-cp '{st.jars}/*' kafka.Kafka {st.kafka_dir / 'server.properties'}"
     )
-    pg_cmd = (f"{pg_bin()}/postgres -D {root / 'data'} -p {st.pg_port} -h 127.0.0.1 "
-              f"-k {root / 'sock'}")
+    pg_cmd = (
+        f"{pg_bin()}/postgres -D {root / 'data'} -p {st.pg_port} -h 127.0.0.1 -k {root / 'sock'}"
+    )
     # IMAGEGEN_STACK_VAR marks every program of this stack, so `down` finds its stragglers.
     mark = {"IMAGEGEN_STACK_VAR": str(st.var.resolve())}
     base_env = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **mark}
@@ -306,12 +357,21 @@ def write_supervisor_config(st: Stack) -> Path:
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n",
         f"[supervisorctl]\nserverurl=unix://{st.run / 'supervisor.sock'}\n",
         _program("kafka", kafka_cmd, st, stopwait=30, env=mark),
-        _program("postgres", pg_cmd, st, user="postgres" if _as_root() else None,
-                 stopsignal="INT", stopwait=30, directory=root, env=mark),
+        _program(
+            "postgres",
+            pg_cmd,
+            st,
+            user="postgres" if _as_root() else None,
+            stopsignal="INT",
+            stopwait=30,
+            directory=root,
+            env=mark,
+        ),
     ]
     for name, (module, _port) in SERVICES.items():
-        parts.append(_program(name, f"{PY} -m {module}", st,
-                              env={**base_env, **service_env(st, name)}))
+        parts.append(
+            _program(name, f"{PY} -m {module}", st, env={**base_env, **service_env(st, name)})
+        )
     conf = st.run / "supervisord.conf"
     conf.write_text("\n".join(parts))
     return conf
@@ -340,8 +400,14 @@ def supervisord_pid(st: Stack) -> int | None:
 
 
 def ctl(st: Stack, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-    return sh(Path(PY).parent / "supervisorctl", "-c", st.run / "supervisord.conf", *args,
-              check=check, capture_output=True)
+    return sh(
+        Path(PY).parent / "supervisorctl",
+        "-c",
+        st.run / "supervisord.conf",
+        *args,
+        check=check,
+        capture_output=True,
+    )
 
 
 def ensure_supervisord(st: Stack) -> None:
@@ -366,8 +432,13 @@ def start(st: Stack, *names: str) -> None:
 def wait_kafka(st: Stack, timeout_s: float = 90) -> None:
     from confluent_kafka.admin import AdminClient  # the venv's; a metadata request decides
 
-    admin = AdminClient({"bootstrap.servers": st.kafka_bootstrap,
-                         "socket.connection.setup.timeout.ms": 1000, "log_level": 0})
+    admin = AdminClient(
+        {
+            "bootstrap.servers": st.kafka_bootstrap,
+            "socket.connection.setup.timeout.ms": 1000,
+            "log_level": 0,
+        }
+    )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -381,8 +452,17 @@ def wait_kafka(st: Stack, timeout_s: float = 90) -> None:
 def wait_pg(st: Stack, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        r = sh(pg_bin() / "pg_isready", "-h", "127.0.0.1", "-p", str(st.pg_port), "-t", "1",
-               check=False, capture_output=True)
+        r = sh(
+            pg_bin() / "pg_isready",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(st.pg_port),
+            "-t",
+            "1",
+            check=False,
+            capture_output=True,
+        )
         if r.returncode == 0:
             return
         time.sleep(0.1)  # pg_isready returns at once while the port is closed; poll again
@@ -390,9 +470,24 @@ def wait_pg(st: Stack, timeout_s: float = 60) -> None:
 
 
 def psql(st: Stack, sql: str, db: str = "postgres") -> str:
-    r = sh(*_pg_user_prefix(), pg_bin() / "psql", "-h", st.pg_root.resolve() / "sock", "-p",
-           str(st.pg_port), "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-tAc", sql,
-           capture_output=True, cwd=st.pg_root.resolve())
+    r = sh(
+        *_pg_user_prefix(),
+        pg_bin() / "psql",
+        "-h",
+        st.pg_root.resolve() / "sock",
+        "-p",
+        str(st.pg_port),
+        "-U",
+        "postgres",
+        "-d",
+        db,
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-tAc",
+        sql,
+        capture_output=True,
+        cwd=st.pg_root.resolve(),
+    )
     return r.stdout.strip()
 
 
@@ -460,8 +555,19 @@ def ensure_dev_key(st: Stack) -> Path:
     path = st.var / "secrets" / "dev_api_key"
     if not path.exists():
         env = {**os.environ, "IMAGEGEN_DATABASE_URL": st.database_url}
-        out = sh(PY, "-m", "imagegen.cli", "keys", "create", "--user", "dev", "--plan", "pro",
-                 env=env, capture_output=True)
+        out = sh(
+            PY,
+            "-m",
+            "imagegen.cli",
+            "keys",
+            "create",
+            "--user",
+            "dev",
+            "--plan",
+            "pro",
+            env=env,
+            capture_output=True,
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(out.stdout.strip())
         path.chmod(0o600)

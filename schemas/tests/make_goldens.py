@@ -1,6 +1,6 @@
 """Write golden envelopes that do not exist yet (never overwrites a published golden).
 
-    python schemas/tests/make_goldens.py
+python schemas/tests/make_goldens.py
 """
 
 from __future__ import annotations

@@ -54,9 +54,14 @@ def test_golden_parses_and_validates_against_its_schema(path: Path) -> None:
     doc = json.loads((ROOT / "jsonschema" / f"{env.type}.v{env.schema_version}.json").read_text())
     jsonschema.validate(env.data, doc)
     # Round trip is lossless (fields added since the golden was written take their defaults).
-    again = Envelope.wrap(payload, correlation_id=env.correlation_id, producer=env.producer,
-                          causation_id=env.causation_id, occurred_at=env.occurred_at,
-                          event_id=env.event_id)
+    again = Envelope.wrap(
+        payload,
+        correlation_id=env.correlation_id,
+        producer=env.producer,
+        causation_id=env.causation_id,
+        occurred_at=env.occurred_at,
+        event_id=env.event_id,
+    )
     assert again.model_copy(update={"data": env.data}) == env
     assert parse(Envelope.from_json(again.to_json())) == payload
 
@@ -110,14 +115,32 @@ def test_preemption_contracts_travel_beside_the_assignment_and_the_result() -> N
 def test_an_assignment_without_resume_still_parses_and_one_with_it_round_trips() -> None:
     from imagegen_schemas import jobs
 
-    old = parse(Envelope.from_json((ROOT / "examples" / "imagegen.job.scheduled.v1.json")
-                                   .read_text()))
+    old = parse(
+        Envelope.from_json((ROOT / "examples" / "imagegen.job.scheduled.v1.json").read_text())
+    )
     assert isinstance(old, jobs.JobScheduled) and old.resume is None
-    resumed = old.model_copy(update={"resume": jobs.ResumeFrom(
-        steps_done=4, state_uri="file:///b/j/7-paused-4.pt", state_sha256="a" * 64)})
+    resumed = old.model_copy(
+        update={
+            "resume": jobs.ResumeFrom(
+                steps_done=4, state_uri="file:///b/j/7-paused-4.pt", state_sha256="a" * 64
+            )
+        }
+    )
     env = Envelope.wrap(resumed, correlation_id=resumed.job_id, producer="t")
     again = parse(Envelope.from_json(env.to_json()))
     assert isinstance(again, jobs.JobScheduled) and again.resume == resumed.resume
     with pytest.raises(ValueError):  # a resume without a digest is refused
-        parse(env.model_copy(update={"data": {**env.data, "resume": {
-            "steps_done": 4, "state_uri": "file:///b", "state_sha256": "nope"}}}))
+        parse(
+            env.model_copy(
+                update={
+                    "data": {
+                        **env.data,
+                        "resume": {
+                            "steps_done": 4,
+                            "state_uri": "file:///b",
+                            "state_sha256": "nope",
+                        },
+                    }
+                }
+            )
+        )

@@ -69,8 +69,10 @@ def cmd_topics(args: argparse.Namespace) -> int:
         for t in TOPICS:
             retention = "forever" if t.retention_ms < 0 else f"{t.retention_ms // 86_400_000}d"
             events = ", ".join(e.event_type for e in t.events)
-            print(f"{t.name:<30} key={t.key:<9} partitions={t.partitions:<2} "
-                  f"{'compact' if t.compacted else retention:<8} {events}")
+            print(
+                f"{t.name:<30} key={t.key:<9} partitions={t.partitions:<2} "
+                f"{'compact' if t.compacted else retention:<8} {events}"
+            )
         return 0
     from imagegen_runtime.kafka import ensure_topics, wait_for_kafka
 
@@ -86,12 +88,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     api = args.api or stack_setting("API_URL", "http://127.0.0.1:8000") or ""
     key = args.key or stack_setting("API_KEY")
     if not key:
-        print("no API key: pass --key, set IMAGEGEN_API_KEY, or run `make up` (it creates one)",
-              file=sys.stderr)
+        print(
+            "no API key: pass --key, set IMAGEGEN_API_KEY, or run `make up` (it creates one)",
+            file=sys.stderr,
+        )
         return 2
-    body = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "steps": args.steps,
-            "guidance_scale": args.guidance, "scheduler": args.scheduler,
-            "num_images": 1}
+    body = {
+        "prompt": args.prompt,
+        "negative_prompt": args.negative_prompt,
+        "steps": args.steps,
+        "guidance_scale": args.guidance,
+        "scheduler": args.scheduler,
+        "num_images": 1,
+    }
     for name in ("model", "seed", "width", "height"):
         if getattr(args, name) is not None:
             body[name] = getattr(args, name)
@@ -114,16 +123,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print("no database: pass --database-url or run `make up` first", file=sys.stderr)
         return 2
     report = asyncio.run(replay.rebuild_and_verify(bootstrap, url, keep=not args.verify))
-    print(f"replayed {report.records} records; compared {report.compared} jobs: "
-          f"{report.equal} equal, {len(report.differences)} different"
-          + (f", {report.skipped_moving} still changing (left out)"
-             if report.skipped_moving else ""))
+    print(
+        f"replayed {report.records} records; compared {report.compared} jobs: "
+        f"{report.equal} equal, {len(report.differences)} different"
+        + (f", {report.skipped_moving} still changing (left out)" if report.skipped_moving else "")
+    )
     for line in report.differences[:20]:
         print("  DIFF", line)
     print("side effects sent: 0 (replay has no publisher, blob store or HTTP client)")
     if args.verify:
-        print("VERIFIED: rebuilt projection equals the live one" if report.ok
-              else "MISMATCH: rebuilt projection differs from the live one")
+        print(
+            "VERIFIED: rebuilt projection equals the live one"
+            if report.ok
+            else "MISMATCH: rebuilt projection differs from the live one"
+        )
     return 0 if report.ok else 1
 
 
@@ -133,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         from imagegen_scheduler.simulator.cli import main as simulate
 
         return int(simulate(argv[1:]) or 0)
-    parser = argparse.ArgumentParser(prog="imagegen", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="imagegen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     topics = sub.add_parser("topics", help="create or list the catalog's topics")
     topics.add_argument("action", choices=["create", "list"])
@@ -158,8 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     rp = sub.add_parser("replay", help="replay events: a job's timeline, or rebuild and verify")
     rp.add_argument("--job", default=None, help="print this job's timeline")
     rp.add_argument("--rebuild", action="store_true", help="rebuild projections from offset 0")
-    rp.add_argument("--verify", action="store_true",
-                    help="compare the rebuild with the live projection (then drop it)")
+    rp.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare the rebuild with the live projection (then drop it)",
+    )
     rp.add_argument("--bootstrap", default=None)
     rp.add_argument("--database-url", default=None)
     rp.set_defaults(func=cmd_replay)

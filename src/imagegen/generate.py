@@ -16,9 +16,11 @@ def bar(step: int, total: int, width: int = 30) -> str:
     return f"[{'#' * done}{'.' * (width - done)}] {step}/{total}"
 
 
-def generate(api: str, key: str, body: dict[str, Any], out: Path, timeout_s: float = 300,
-             quiet: bool = False) -> dict[str, Any]:
+def generate(
+    api: str, key: str, body: dict[str, Any], out: Path, timeout_s: float = 300, quiet: bool = False
+) -> dict[str, Any]:
     """Submit, follow the SSE stream until the job ends, save the first image to ``out``."""
+
     def say(text: str) -> None:
         if not quiet:
             print(f"\r{text:<72}", end="", file=sys.stderr, flush=True)
@@ -58,6 +60,9 @@ def generate(api: str, key: str, body: dict[str, Any], out: Path, timeout_s: flo
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(png.content)
         if not quiet:
-            print(f"saved {out} ({len(png.content)} bytes) in {time.monotonic() - t0:.1f}s; "
-                  f"job {job}", file=sys.stderr)
+            print(
+                f"saved {out} ({len(png.content)} bytes) in {time.monotonic() - t0:.1f}s; "
+                f"job {job}",
+                file=sys.stderr,
+            )
         return result  # type: ignore[no-any-return]

@@ -21,9 +21,15 @@ from confluent_kafka import Consumer, TopicPartition
 
 from imagegen_schemas import Envelope, parse
 
-JOB_TOPICS = ("imagegen.jobs.requested", "imagegen.jobs.moderated", "imagegen.jobs.scheduled",
-              "imagegen.jobs.progress", "imagegen.jobs.generated", "imagegen.jobs.delivered",
-              "imagegen.jobs.ended")
+JOB_TOPICS = (
+    "imagegen.jobs.requested",
+    "imagegen.jobs.moderated",
+    "imagegen.jobs.scheduled",
+    "imagegen.jobs.progress",
+    "imagegen.jobs.generated",
+    "imagegen.jobs.delivered",
+    "imagegen.jobs.ended",
+)
 
 
 @dataclass
@@ -45,11 +51,19 @@ def high_watermarks(bootstrap: str, topics: tuple[str, ...]) -> dict[tuple[str, 
     return marks
 
 
-def read(bootstrap: str, until: dict[tuple[str, int], int],
-         start: dict[tuple[str, int], int] | None = None) -> Iterator[Record]:
+def read(
+    bootstrap: str,
+    until: dict[tuple[str, int], int],
+    start: dict[tuple[str, int], int] | None = None,
+) -> Iterator[Record]:
     """Records of every (topic, partition) from ``start`` (default 0) up to ``until``."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"imagegen-replay-{uuid.uuid4()}",
-                  "enable.auto.commit": False})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"imagegen-replay-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+        }
+    )
     start = start or {}
     left = {tp for tp, end in until.items() if end > start.get(tp, 0)}
     c.assign([TopicPartition(t, p, start.get((t, p), 0)) for t, p in left])
@@ -61,17 +75,23 @@ def read(bootstrap: str, until: dict[tuple[str, int], int],
         tp = (msg.topic(), msg.partition())
         if tp not in left or msg.offset() >= until[tp]:
             continue
-        try:
-            yield Record(msg.topic(), msg.partition(), msg.offset(),
-                         Envelope.from_json(msg.value()))
-        except ValueError:
-            pass  # malformed records are the dead-letter topic's business, not the timeline's
+        # Malformed records are the dead-letter topic's business, not the timeline's.
+        envelope = _envelope_or_none(msg.value())
+        if envelope is not None:
+            yield Record(msg.topic(), msg.partition(), msg.offset(), envelope)
         if msg.offset() + 1 >= until[tp]:
             left.discard(tp)
             c.incremental_unassign([TopicPartition(*tp)])
     c.close()
     if left:
         raise TimeoutError(f"could not read {sorted(left)} to their end")
+
+
+def _envelope_or_none(value: bytes | None) -> Envelope | None:
+    try:
+        return Envelope.from_json(value or b"")
+    except ValueError:
+        return None
 
 
 def job_timeline(bootstrap: str, job_id: str) -> list[Record]:
@@ -89,8 +109,10 @@ def print_timeline(records: list[Record]) -> None:
         e = r.envelope
         ms = (e.occurred_at - t0).total_seconds() * 1000
         keep = {k: v for k, v in e.data.items() if k not in ("job_id", "params", "preview_png_b64")}
-        print(f"{e.occurred_at.isoformat(timespec='milliseconds')} +{ms:8.1f}ms "
-              f"{e.type:<42} {e.producer:<22} {r.topic}/{r.partition}@{r.offset} {keep}")
+        print(
+            f"{e.occurred_at.isoformat(timespec='milliseconds')} +{ms:8.1f}ms "
+            f"{e.type:<42} {e.producer:<22} {r.topic}/{r.partition}@{r.offset} {keep}"
+        )
 
 
 @dataclass
@@ -106,11 +128,11 @@ class Verification:
         return not self.differences
 
 
-async def wait_projector(bootstrap: str, marks: dict[tuple[str, int], int],
-                         group: str, timeout_s: float = 120) -> None:
+async def wait_projector(
+    bootstrap: str, marks: dict[tuple[str, int], int], group: str, timeout_s: float = 120
+) -> None:
     """Wait until the live projector committed past every snapshot offset."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
-                  "enable.auto.commit": False})
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     tps = [TopicPartition(t, p) for (t, p), end in marks.items() if end > 0]
     deadline = time.monotonic() + timeout_s
     try:
@@ -126,8 +148,9 @@ async def wait_projector(bootstrap: str, marks: dict[tuple[str, int], int],
         c.close()
 
 
-async def rebuild_and_verify(bootstrap: str, database_url: str, keep: bool = False,
-                             prefix: str = "") -> Verification:
+async def rebuild_and_verify(
+    bootstrap: str, database_url: str, keep: bool = False, prefix: str = ""
+) -> Verification:
     from imagegen_api.adapters.jobstore import PgJobStore, projector_group
     from imagegen_runtime.db import make_engine
 

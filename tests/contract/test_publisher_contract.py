@@ -38,8 +38,9 @@ async def test_publish_wraps_routes_and_keeps_order(publisher) -> None:
     pub, read = publisher
     job = str(uuid.uuid4())
     a = await pub.publish(CancellationRequested(job_id=job, requested_by="u"), key=job)
-    b = await pub.publish(GenerationCancelled(job_id=job, at_step=3), key=job,
-                          causation_id=a.event_id)
+    b = await pub.publish(
+        GenerationCancelled(job_id=job, at_step=3), key=job, causation_id=a.event_id
+    )
     assert a.type == "imagegen.generation.cancellation_requested"
     assert a.correlation_id == job and b.causation_id == a.event_id
     assert a.producer == "contract"

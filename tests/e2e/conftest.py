@@ -28,17 +28,33 @@ class RunningStack:
     env: dict[str, str]  # environment that reaches this stack with deploy/stack.py
 
     def client(self, key: str | None = None) -> httpx.Client:
-        return httpx.Client(base_url=self.api, timeout=30,
-                            headers={"Authorization": f"Bearer {key or self.key}"})
+        return httpx.Client(
+            base_url=self.api, timeout=30, headers={"Authorization": f"Bearer {key or self.key}"}
+        )
 
     def new_key(self, plan: str = "pro") -> str:
-        out = subprocess.run([sys.executable, "-m", "imagegen.cli", "keys", "create", "--user",
-                              f"e2e-{uuid.uuid4().hex[:8]}", "--plan", plan], env=self.env,
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "imagegen.cli",
+                "keys",
+                "create",
+                "--user",
+                f"e2e-{uuid.uuid4().hex[:8]}",
+                "--plan",
+                plan,
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return out.stdout.strip()
 
-    def wait_terminal(self, job_id: str, timeout_s: float = 180, key: str | None = None
-                      ) -> dict[str, Any]:
+    def wait_terminal(
+        self, job_id: str, timeout_s: float = 180, key: str | None = None
+    ) -> dict[str, Any]:
         """Poll the job until it ends (a condition, not a fixed wait); rides out API restarts."""
         deadline = time.monotonic() + timeout_s
         body: dict[str, Any] = {}
@@ -59,8 +75,9 @@ class RunningStack:
         with self.client() as c:
             while True:
                 try:
-                    r = c.post("/v1/generations", json=body,
-                               headers={"Idempotency-Key": idempotency_key})
+                    r = c.post(
+                        "/v1/generations", json=body, headers={"Idempotency-Key": idempotency_key}
+                    )
                     if r.status_code == 202:
                         return str(r.json()["id"])
                     assert r.status_code >= 500, r.text
@@ -74,14 +91,24 @@ class RunningStack:
 def stack(infra) -> Iterator[RunningStack]:  # type: ignore[no-untyped-def]
     models = ROOT / "var" / "e2e-models"
     models.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, str(ROOT / "tests/fixtures/tiny_model.py"), str(models)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "tests/fixtures/tiny_model.py"), str(models)],
+        check=True,
+        capture_output=True,
+    )
     demo = ROOT / "models" / "shapes-demo"
     if (demo / "model.json").exists() and not (models / "shapes-demo").exists():
         (models / "shapes-demo").symlink_to(demo)
-    env = {**os.environ, "IMAGEGEN_STACK_MODELS": str(models),
-           "IMAGEGEN_STACK_PRELOAD_MODEL": "tiny-random"}
-    subprocess.run([sys.executable, str(ROOT / "deploy/stack.py"), "up"], env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "IMAGEGEN_STACK_MODELS": str(models),
+        "IMAGEGEN_STACK_PRELOAD_MODEL": "tiny-random",
+    }
+    subprocess.run(
+        [sys.executable, str(ROOT / "deploy/stack.py"), "up"],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     running = RunningStack("http://127.0.0.1:8000", "", models, infra.kafka_bootstrap, env)
     yield RunningStack(running.api, running.new_key("pro"), models, infra.kafka_bootstrap, env)

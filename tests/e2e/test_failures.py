@@ -26,11 +26,17 @@ pytestmark = pytest.mark.e2e
 
 # Which consumer groups read each topic (a malformed record must reach the DLQ from each).
 CONSUMERS = {
-    "imagegen.jobs.requested": {"imagegen-safety", "imagegen-worker-worker-local-1-control",
-                                "imagegen-scheduler"},
+    "imagegen.jobs.requested": {
+        "imagegen-safety",
+        "imagegen-worker-worker-local-1-control",
+        "imagegen-scheduler",
+    },
     "imagegen.jobs.moderated": {"imagegen-delivery", "imagegen-scheduler"},
-    "imagegen.jobs.scheduled": {"imagegen-worker-worker-local-1", "imagegen-scheduler",
-                                "imagegen-pool-manager"},
+    "imagegen.jobs.scheduled": {
+        "imagegen-worker-worker-local-1",
+        "imagegen-scheduler",
+        "imagegen-pool-manager",
+    },
     "imagegen.jobs.progress": set(),
     "imagegen.jobs.generated": {"imagegen-safety", "imagegen-scheduler", "imagegen-pool-manager"},
     "imagegen.jobs.delivered": set(),
@@ -46,7 +52,8 @@ def projector_group() -> str:
 
 
 def test_malformed_record_on_each_topic_is_dead_lettered_and_consumers_go_on(
-        stack: RunningStack) -> None:
+    stack: RunningStack,
+) -> None:
     marker = f"poison-{uuid.uuid4().hex[:8]}".encode()
 
     async def poison() -> None:
@@ -57,21 +64,29 @@ def test_malformed_record_on_each_topic_is_dead_lettered_and_consumers_go_on(
 
     asyncio.run(poison())
     key_b64 = base64.b64encode(marker).decode()
-    wanted = {(t, g) for t, groups in CONSUMERS.items() for g in groups | {projector_group()}
-              if t != "imagegen.workers.heartbeats" or g != projector_group()}
+    wanted = {
+        (t, g)
+        for t, groups in CONSUMERS.items()
+        for g in groups | {projector_group()}
+        if t != "imagegen.workers.heartbeats" or g != projector_group()
+    }
     deadline = time.monotonic() + 60
     seen: set[tuple[str, str]] = set()
     while time.monotonic() < deadline and not wanted <= seen:
-        letters = [e["data"] for e in read_topic(stack, "imagegen.deadletter")
-                   if e["data"].get("original_key_b64") == key_b64]
+        letters = [
+            e["data"]
+            for e in read_topic(stack, "imagegen.deadletter")
+            if e["data"].get("original_key_b64") == key_b64
+        ]
         seen = {(d["source_topic"], d["consumer_group"]) for d in letters}
         time.sleep(0.5)  # between reads of the dead-letter topic
     assert wanted <= seen, f"not dead-lettered: {sorted(wanted - seen)}"
     assert all("unparseable" in d["error"] for d in letters)
     # ... and every consumer went on: a job still goes all the way through.
     with stack.client() as c:
-        job = c.post("/v1/generations", json={"prompt": "a blue ring", "model": MODEL,
-                                              "steps": 2}).json()["id"]
+        job = c.post(
+            "/v1/generations", json={"prompt": "a blue ring", "model": MODEL, "steps": 2}
+        ).json()["id"]
     assert stack.wait_terminal(job)["status"] == "delivered"
 
 
@@ -90,24 +105,42 @@ class Webhooks(BaseHTTPRequestHandler):
 
 
 def supervised_pid(name: str) -> int:
-    out = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c",
-                          str(ROOT / "var/run/supervisord.conf"), "pid", name],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "supervisor.supervisorctl",
+            "-c",
+            str(ROOT / "var/run/supervisord.conf"),
+            "pid",
+            name,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     return int(out)
 
 
-@pytest.mark.parametrize("service", ["api", "safety", "scheduler", "gpu-worker", "delivery",
-                                     "pool-manager"])
+@pytest.mark.parametrize(
+    "service", ["api", "safety", "scheduler", "gpu-worker", "delivery", "pool-manager"]
+)
 def test_kill_9_with_50_jobs_in_flight_loses_none_and_delivers_none_twice(
-        stack: RunningStack, service: str) -> None:
+    stack: RunningStack, service: str
+) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Webhooks)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     hook = f"http://127.0.0.1:{server.server_port}/hook"
     jobs = []
     run = uuid.uuid4().hex[:6]
     for i in range(50):
-        body = {"prompt": f"a red square number {i}", "model": MODEL, "steps": 3, "seed": i,
-                "webhook_url": hook}
+        body = {
+            "prompt": f"a red square number {i}",
+            "model": MODEL,
+            "steps": 3,
+            "seed": i,
+            "webhook_url": hook,
+        }
         jobs.append(stack.submit(body, idempotency_key=f"kill-{run}-{i}"))
         if i == 10:
             os.kill(supervised_pid(service), signal.SIGKILL)  # supervisord restarts it
@@ -118,9 +151,14 @@ def test_kill_9_with_50_jobs_in_flight_loses_none_and_delivers_none_twice(
         for j, status in ends.items():
             if status == "failed":
                 assert c.get(f"/v1/generations/{j}").json()["failure"]["reason"]
-    delivered = Counter(e["correlation_id"] for e in
-                        {e["event_id"]: e for e in read_topic(stack, "imagegen.jobs.delivered")
-                         if e["correlation_id"] in ends}.values())
+    delivered = Counter(
+        e["correlation_id"]
+        for e in {
+            e["event_id"]: e
+            for e in read_topic(stack, "imagegen.jobs.delivered")
+            if e["correlation_id"] in ends
+        }.values()
+    )
     assert max(delivered.values()) == 1, "a job was delivered twice"
     assert all(len(Webhooks.event_ids.get(j, ())) <= 1 for j in jobs), "webhook sent twice"
     assert Counter(ends.values())["delivered"] >= 45, Counter(ends.values())

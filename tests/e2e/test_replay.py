@@ -19,8 +19,11 @@ pytestmark = pytest.mark.e2e
 
 
 def count_jobs(stack: RunningStack) -> int:
-    return sum(1 for e in read_topic(stack, "imagegen.jobs.requested")
-               if e.get("type") == "imagegen.generation.requested")
+    return sum(
+        1
+        for e in read_topic(stack, "imagegen.jobs.requested")
+        if e.get("type") == "imagegen.generation.requested"
+    )
 
 
 def delivered_files() -> int:
@@ -31,17 +34,28 @@ def test_rebuild_from_the_log_equals_the_live_projection(stack: RunningStack) ->
     missing = max(0, 200 - count_jobs(stack))
     run = uuid.uuid4().hex[:6]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        jobs = list(pool.map(lambda i: stack.submit(
-            {"prompt": f"a green star {i}", "model": MODEL, "steps": 1, "seed": i},
-            idempotency_key=f"replay-{run}-{i}"), range(missing)))
+        jobs = list(
+            pool.map(
+                lambda i: stack.submit(
+                    {"prompt": f"a green star {i}", "model": MODEL, "steps": 1, "seed": i},
+                    idempotency_key=f"replay-{run}-{i}",
+                ),
+                range(missing),
+            )
+        )
     for job in jobs:
         assert stack.wait_terminal(job)["status"] in ("delivered", "failed")
     assert count_jobs(stack) >= 200
 
     before = (high_watermarks(stack.kafka_bootstrap, JOB_TOPICS), delivered_files())
-    out = subprocess.run([sys.executable, "-m", "imagegen.cli", "replay", "--rebuild",
-                          "--verify"], env=stack.env, capture_output=True, text=True,
-                         timeout=600, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "imagegen.cli", "replay", "--rebuild", "--verify"],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     after = (high_watermarks(stack.kafka_bootstrap, JOB_TOPICS), delivered_files())
     assert out.returncode == 0, out.stdout + out.stderr
     assert "VERIFIED" in out.stdout, out.stdout

@@ -17,8 +17,14 @@ import pytest
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 OFFSET = 1000  # this stack's services listen on 9000, 9101..9105, beside the suite's stack
-SERVICES = {"api": 8000 + OFFSET, "scheduler": 8101 + OFFSET, "gpu-worker": 8102 + OFFSET,
-            "safety": 8103 + OFFSET, "delivery": 8104 + OFFSET, "pool-manager": 8105 + OFFSET}
+SERVICES = {
+    "api": 8000 + OFFSET,
+    "scheduler": 8101 + OFFSET,
+    "gpu-worker": 8102 + OFFSET,
+    "safety": 8103 + OFFSET,
+    "delivery": 8104 + OFFSET,
+    "pool-manager": 8105 + OFFSET,
+}
 
 
 def live_pids_mentioning(mark: str) -> list[int]:
@@ -41,13 +47,17 @@ def test_up_is_ready_idempotent_and_down_leaves_no_process(tmp_path: Path) -> No
     # Below Linux's ephemeral range (32768-60999): this stack starts late in the suite, after
     # thousands of client connections, and a port in that range was once taken by one of them
     # (Kafka: "failed to bind to 127.0.0.1:39192: Address already in use").
-    env = {**os.environ, "IMAGEGEN_STACK_VAR": str(var), "IMAGEGEN_STACK_KAFKA_PORT": "29192",
-           "IMAGEGEN_STACK_CONTROLLER_PORT": "29193", "IMAGEGEN_STACK_PG_PORT": "25532",
-           "IMAGEGEN_STACK_PORT_OFFSET": str(OFFSET)}
+    env = {
+        **os.environ,
+        "IMAGEGEN_STACK_VAR": str(var),
+        "IMAGEGEN_STACK_KAFKA_PORT": "29192",
+        "IMAGEGEN_STACK_CONTROLLER_PORT": "29193",
+        "IMAGEGEN_STACK_PG_PORT": "25532",
+        "IMAGEGEN_STACK_PORT_OFFSET": str(OFFSET),
+    }
     stack = [sys.executable, str(ROOT / "deploy/stack.py")]
     try:
-        first = subprocess.run([*stack, "up"], env=env, capture_output=True, text=True,
-                               timeout=300)
+        first = subprocess.run([*stack, "up"], env=env, capture_output=True, text=True, timeout=300)
         assert first.returncode == 0, first.stdout + first.stderr
         for name, port in SERVICES.items():
             assert f"ready  {name}" in first.stdout
@@ -55,13 +65,15 @@ def test_up_is_ready_idempotent_and_down_leaves_no_process(tmp_path: Path) -> No
                 assert json.loads(r.read())["ready"] is True
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
                 assert b"python_info" in r.read()
-        second = subprocess.run([*stack, "up"], env=env, capture_output=True, text=True,
-                                timeout=120)
+        second = subprocess.run(
+            [*stack, "up"], env=env, capture_output=True, text=True, timeout=120
+        )
         assert second.returncode == 0, second.stdout + second.stderr
         assert second.stdout.count("ready  ") == 8
     finally:
-        down = subprocess.run([*stack, "down"], env=env, capture_output=True, text=True,
-                              timeout=120)
+        down = subprocess.run(
+            [*stack, "down"], env=env, capture_output=True, text=True, timeout=120
+        )
     assert down.returncode == 0, down.stderr
     assert live_pids_mentioning(str(var)) == []
     for port in SERVICES.values():

@@ -21,9 +21,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def kafka_pid() -> int:
-    out = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c",
-                          str(ROOT / "var/run/supervisord.conf"), "pid", "kafka"],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "supervisor.supervisorctl",
+            "-c",
+            str(ROOT / "var/run/supervisord.conf"),
+            "pid",
+            "kafka",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     return int(out)
 
 
@@ -32,19 +43,29 @@ async def test_acknowledged_events_survive_kill_9_of_the_broker(infra, topics) -
         pytest.skip("kills the local broker process; testcontainers' broker is not ours to kill")
     pub = KafkaPublisher(infra.kafka_bootstrap, "crash-test", topics)
     job = str(uuid.uuid4())
-    acked = [await pub.publish(CancellationRequested(job_id=job, requested_by=str(i)), key=job)
-             for i in range(200)]
+    acked = [
+        await pub.publish(CancellationRequested(job_id=job, requested_by=str(i)), key=job)
+        for i in range(200)
+    ]
     await pub.close()
 
     pid = kafka_pid()
     os.kill(pid, signal.SIGKILL)
     # `make up` (infra part): idempotent; supervisord may already be restarting the broker.
-    subprocess.run([sys.executable, str(ROOT / "deploy/stack.py"), "infra-up"], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, str(ROOT / "deploy/stack.py"), "infra-up"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     wait_for_kafka(infra.kafka_bootstrap, timeout_s=90)
     assert kafka_pid() != pid, "the broker was not restarted"
 
-    ids = {e.event_id for e in read_all(infra.kafka_bootstrap, topics + "imagegen.jobs.requested",
-                                        10_000, timeout=20) if e.correlation_id == job}
+    ids = {
+        e.event_id
+        for e in read_all(
+            infra.kafka_bootstrap, topics + "imagegen.jobs.requested", 10_000, timeout=20
+        )
+        if e.correlation_id == job
+    }
     missing = [e.event_id for e in acked if e.event_id not in ids]
     assert not missing, f"{len(missing)} acknowledged events lost"

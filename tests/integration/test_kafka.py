@@ -32,11 +32,18 @@ async def consume_until(loop: KafkaConsumerLoop, done: asyncio.Event, timeout: f
 
 def read_all(bootstrap: str, topic: str, expect: int, timeout: float = 60) -> list[Envelope]:
     """Every record of ``topic`` from offset 0 with a fresh group (stops at ``expect``)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4()}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     c.subscribe([topic])
     out: list[Envelope] = []
     import time
+
     deadline = time.monotonic() + timeout
     while len(out) < expect and time.monotonic() < deadline:
         msg = c.poll(0.5)
@@ -49,8 +56,10 @@ def read_all(bootstrap: str, topic: str, expect: int, timeout: float = 60) -> li
 async def test_publish_consume_commit_and_resume_from_committed_offset(infra, topics) -> None:
     pub = KafkaPublisher(infra.kafka_bootstrap, "test", topics)
     job = str(uuid.uuid4())
-    sent = [await pub.publish(CancellationRequested(job_id=job, requested_by=f"u{i}"), key=job)
-            for i in range(20)]
+    sent = [
+        await pub.publish(CancellationRequested(job_id=job, requested_by=f"u{i}"), key=job)
+        for i in range(20)
+    ]
     group = f"{topics}g-{uuid.uuid4().hex[:6]}"
     seen: list[str] = []
 
@@ -62,18 +71,25 @@ async def test_publish_consume_commit_and_resume_from_committed_offset(infra, to
             assert meta.headers["ce_id"] == env.event_id
             if len(seen) >= n:
                 done.set()
+
         return handle
 
     first_done = asyncio.Event()
-    first = KafkaConsumerLoop(infra.kafka_bootstrap, group, [topics + REQUESTED],
-                              handler_stopping_at(8, first_done), pub)
+    first = KafkaConsumerLoop(
+        infra.kafka_bootstrap, group, [topics + REQUESTED], handler_stopping_at(8, first_done), pub
+    )
     await consume_until(first, first_done)
     assert seen == [e.event_id for e in sent[:8]]
 
     # A new member of the same group resumes right after the last committed offset.
     second_done = asyncio.Event()
-    second = KafkaConsumerLoop(infra.kafka_bootstrap, group, [topics + REQUESTED],
-                               handler_stopping_at(20, second_done), pub)
+    second = KafkaConsumerLoop(
+        infra.kafka_bootstrap,
+        group,
+        [topics + REQUESTED],
+        handler_stopping_at(20, second_done),
+        pub,
+    )
     await consume_until(second, second_done)
     assert seen == [e.event_id for e in sent], "records lost or repeated across the restart"
     await pub.close()
@@ -87,7 +103,10 @@ async def test_malformed_record_is_dead_lettered_and_consumer_goes_on(infra, top
     await pub.send_raw(topic, job.encode(), b'{"type": "imagegen.prompt.moderated"}', [])
     good = await pub.publish(
         __import__("imagegen_schemas.jobs", fromlist=["PromptModerated"]).PromptModerated(
-            job_id=job, verdict="allowed"), key=job)
+            job_id=job, verdict="allowed"
+        ),
+        key=job,
+    )
     handled: list[str] = []
     done = asyncio.Event()
 
@@ -99,8 +118,11 @@ async def test_malformed_record_is_dead_lettered_and_consumer_goes_on(infra, top
     await consume_until(loop, done)
     assert handled == [good.event_id]
     assert loop.dead_lettered == 2
-    letters = [e for e in read_all(infra.kafka_bootstrap, topics + DLQ, 100, timeout=10)
-               if e.data.get("source_topic") == topic]
+    letters = [
+        e
+        for e in read_all(infra.kafka_bootstrap, topics + DLQ, 100, timeout=10)
+        if e.data.get("source_topic") == topic
+    ]
     assert len(letters) == 2
     first = DeadLettered.model_validate(letters[0].data)
     assert "unparseable" in first.error and first.source_offset == 0
@@ -124,13 +146,23 @@ async def test_failing_handler_is_retried_then_dead_lettered(infra, topics) -> N
             raise RuntimeError("effect failed")
         done.set()
 
-    loop = KafkaConsumerLoop(infra.kafka_bootstrap, f"{topics}retry-{job[:6]}", [topic], handle,
-                             pub, max_attempts=3, backoff_s=0.01)
+    loop = KafkaConsumerLoop(
+        infra.kafka_bootstrap,
+        f"{topics}retry-{job[:6]}",
+        [topic],
+        handle,
+        pub,
+        max_attempts=3,
+        backoff_s=0.01,
+    )
     await consume_until(loop, done)
     assert attempts == [poison.event_id] * 3 + [after.event_id]
     assert loop.dead_lettered == 1
-    letters = [e for e in read_all(infra.kafka_bootstrap, topics + DLQ, 100, timeout=10)
-               if e.data.get("source_topic") == topic]
+    letters = [
+        e
+        for e in read_all(infra.kafka_bootstrap, topics + DLQ, 100, timeout=10)
+        if e.data.get("source_topic") == topic
+    ]
     assert "handler failed 3 times" in letters[0].data["error"]
     await pub.close()
 
@@ -140,10 +172,16 @@ async def test_records_carry_cloudevents_headers_and_key(infra, topics) -> None:
     job = str(uuid.uuid4())
     env = await pub.publish(CancellationRequested(job_id=job, requested_by="h"), key=job)
     await pub.close()
-    c = Consumer({"bootstrap.servers": infra.kafka_bootstrap, "group.id": f"h-{job}",
-                  "auto.offset.reset": "earliest"})
+    c = Consumer(
+        {
+            "bootstrap.servers": infra.kafka_bootstrap,
+            "group.id": f"h-{job}",
+            "auto.offset.reset": "earliest",
+        }
+    )
     c.subscribe([topics + REQUESTED])
     import time
+
     deadline = time.monotonic() + 30
     found = None
     while found is None and time.monotonic() < deadline:
@@ -154,5 +192,8 @@ async def test_records_carry_cloudevents_headers_and_key(infra, topics) -> None:
     assert found is not None
     h = header_map(found.headers())
     assert (h["ce_id"], h["ce_type"], h["ce_specversion"]) == (
-        env.event_id, "imagegen.generation.cancellation_requested", "1.0")
+        env.event_id,
+        "imagegen.generation.cancellation_requested",
+        "1.0",
+    )
     assert h["ce_source"] == "/imagegen/test"

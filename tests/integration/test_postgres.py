@@ -33,8 +33,13 @@ async def test_effect_and_processed_record_commit_or_roll_back_together(infra) -
     async def apply(event_id: str, job: str) -> None:
         async with engine.begin() as conn:
             await conn.execute(text(f"insert into {schema}.processed values (:e)"), {"e": event_id})
-            await conn.execute(text(f"insert into {schema}.jobs values (:j, 1) on conflict (id) "
-                                    f"do update set n = {schema}.jobs.n + 1"), {"j": job})
+            await conn.execute(
+                text(
+                    f"insert into {schema}.jobs values (:j, 1) on conflict (id) "
+                    f"do update set n = {schema}.jobs.n + 1"
+                ),
+                {"j": job},
+            )
 
     await apply("e1", "job-a")
     with pytest.raises(IntegrityError):  # redelivery of e1: the whole transaction is refused

@@ -66,6 +66,7 @@ def test_every_required_setting_is_passed(service: str) -> None:
 @pytest.mark.parametrize("service", sorted(SETTINGS))
 def test_local_stack_passes_the_same_contract(service: str) -> None:
     import sys
+
     sys.path.insert(0, str(ROOT / "deploy"))
     import stack  # deploy/stack.py
 

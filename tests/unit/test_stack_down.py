@@ -28,8 +28,11 @@ def spawn() -> Iterator[object]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(*argv: str, env: dict[str, str] | None = None) -> int:
-        p = subprocess.Popen([sys.executable, "-c", WAIT, *argv], stdin=subprocess.PIPE,
-                             env={**os.environ, **(env or {})})
+        p = subprocess.Popen(
+            [sys.executable, "-c", WAIT, *argv],
+            stdin=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+        )
         procs.append(p)
         return p.pid
 

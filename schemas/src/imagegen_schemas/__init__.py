@@ -7,7 +7,21 @@ from .headers import ce_headers, header_map
 from .registry import MODELS, UnknownEventType, parse
 
 __all__ = [
-    "MODELS", "TOPICS", "TOPIC_BY_NAME", "ControlNetSpec", "Envelope", "GenerationParams",
-    "ImageRef", "LoraSpec", "Payload", "Plan", "Tier", "TopicSpec", "UnknownEventType",
-    "ce_headers", "header_map", "parse", "topic_for",
+    "MODELS",
+    "TOPICS",
+    "TOPIC_BY_NAME",
+    "ControlNetSpec",
+    "Envelope",
+    "GenerationParams",
+    "ImageRef",
+    "LoraSpec",
+    "Payload",
+    "Plan",
+    "Tier",
+    "TopicSpec",
+    "UnknownEventType",
+    "ce_headers",
+    "header_map",
+    "parse",
+    "topic_for",
 ]

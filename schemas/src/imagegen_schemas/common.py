@@ -8,7 +8,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # Sampler names accepted in GenerationParams.scheduler; the worker maps each to a diffusers class.
 SCHEDULERS: tuple[str, ...] = (
-    "ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "lcm",
+    "ddim",
+    "pndm",
+    "euler",
+    "euler_a",
+    "dpmpp_2m",
+    "dpmpp_2m_karras",
+    "unipc",
+    "lcm",
 )
 
 

@@ -2,8 +2,8 @@
 
 The Kafka record value is the JSON of an :class:`Envelope`; the record key is the aggregate id
 (job id or worker id) so one aggregate's events stay ordered within a partition. The same identity
-is mirrored into CloudEvents-style headers (see :mod:`imagegen_schemas.headers`) so a consumer in any
-language can route on headers without parsing the value.
+is mirrored into CloudEvents-style headers (see :mod:`imagegen_schemas.headers`) so a consumer
+in any language can route on headers without parsing the value.
 """
 
 from __future__ import annotations
@@ -49,8 +49,12 @@ class Envelope(BaseModel):
     event_id: str = Field(default_factory=new_event_id, description="Unique id of this event.")
     type: str = Field(description="Event type, e.g. 'imagegen.generation.requested'.")
     schema_version: int = Field(ge=1, description="Version of the payload schema for this type.")
-    occurred_at: datetime = Field(default_factory=utcnow, description="When the fact happened (UTC).")
-    correlation_id: str = Field(description="The aggregate the event belongs to: job id or worker id.")
+    occurred_at: datetime = Field(
+        default_factory=utcnow, description="When the fact happened (UTC)."
+    )
+    correlation_id: str = Field(
+        description="The aggregate the event belongs to: job id or worker id."
+    )
     causation_id: str | None = Field(
         default=None, description="event_id of the event that caused this one; None for an origin."
     )

@@ -219,4 +219,6 @@ class GenerationCancelled(Payload):
 
     event_type: ClassVar[str] = "imagegen.generation.cancelled"
     job_id: str
-    at_step: int | None = Field(default=None, description="Step reached when it stopped, if running.")
+    at_step: int | None = Field(
+        default=None, description="Step reached when it stopped, if running."
+    )

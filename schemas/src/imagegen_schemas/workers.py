@@ -38,7 +38,9 @@ class WorkerHeartbeat(Payload):
     loaded: tuple[LoadedModel, ...] = ()
     running_job_id: str | None = None
     capabilities: tuple[str, ...] = Field(default=(), description="families, e.g. 'sd15', 'sdxl'.")
-    interval_s: float = Field(default=2.0, gt=0, description="Heartbeat period; loss is judged on it.")
+    interval_s: float = Field(
+        default=2.0, gt=0, description="Heartbeat period; loss is judged on it."
+    )
 
 
 class ModelLoaded(Payload):

@@ -17,8 +17,17 @@ CATALOG = Catalog(models={"m": ModelInfo("m", "sd15", 64, 256, 64)}, loras=froze
 
 
 def check(**kw):  # type: ignore[no-untyped-def]
-    args = dict(model="m", width=64, height=64, scheduler="ddim", num_images=1, loras=[],
-                controlnets=[], catalog=CATALOG, limits=PLANS[Plan.FREE])
+    args = dict(
+        model="m",
+        width=64,
+        height=64,
+        scheduler="ddim",
+        num_images=1,
+        loras=[],
+        controlnets=[],
+        catalog=CATALOG,
+        limits=PLANS[Plan.FREE],
+    )
     return check_request(**{**args, **kw})
 
 
@@ -26,17 +35,20 @@ def test_a_good_request_has_no_problem() -> None:
     assert check() == []
 
 
-@pytest.mark.parametrize(("kw", "field", "words"), [
-    ({"model": "x"}, ("model",), "unknown model"),
-    ({"width": 65}, ("width",), "multiple of 8"),
-    ({"height": 512}, ("height",), "within 64..256"),
-    ({"width": 56}, ("width",), "within 64..256"),
-    ({"scheduler": "magic"}, ("scheduler",), "unknown scheduler"),
-    ({"loras": ["ink", "ink"]}, ("loras",), "at most 1"),
-    ({"loras": ["nope"]}, ("loras", 0, "name"), "unknown LoRA"),
-    ({"controlnets": ["canny"]}, ("controlnets", 0, "type"), "unknown ControlNet"),
-    ({"num_images": 3}, ("num_images",), "at most 2"),
-])
+@pytest.mark.parametrize(
+    ("kw", "field", "words"),
+    [
+        ({"model": "x"}, ("model",), "unknown model"),
+        ({"width": 65}, ("width",), "multiple of 8"),
+        ({"height": 512}, ("height",), "within 64..256"),
+        ({"width": 56}, ("width",), "within 64..256"),
+        ({"scheduler": "magic"}, ("scheduler",), "unknown scheduler"),
+        ({"loras": ["ink", "ink"]}, ("loras",), "at most 1"),
+        ({"loras": ["nope"]}, ("loras", 0, "name"), "unknown LoRA"),
+        ({"controlnets": ["canny"]}, ("controlnets", 0, "type"), "unknown ControlNet"),
+        ({"num_images": 3}, ("num_images",), "at most 2"),
+    ],
+)
 def test_each_bound_names_the_field_and_reason(kw, field, words) -> None:  # type: ignore[no-untyped-def]
     problems = check(**kw)
     assert any(loc == field and words in msg for loc, msg in problems), problems
@@ -48,15 +60,17 @@ def test_pro_plan_allows_three_loras() -> None:
 
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-PARAMS = GenerationParams(prompt="p", model="m", width=64, height=64, steps=4,
-                          guidance_scale=5, seed=1)
+PARAMS = GenerationParams(
+    prompt="p", model="m", width=64, height=64, steps=4, guidance_scale=5, seed=1
+)
 
 
 def fold(*payloads: ev.Payload) -> JobView:
     job = JobView(job_id="j")
     for i, p in enumerate(payloads):
-        env = Envelope.wrap(p, correlation_id="j", producer="t",
-                            occurred_at=T0 + timedelta(milliseconds=100 * i))
+        env = Envelope.wrap(
+            p, correlation_id="j", producer="t", occurred_at=T0 + timedelta(milliseconds=100 * i)
+        )
         job = evolve(job, env, p)
     return job
 
@@ -69,27 +83,40 @@ IMG = ImageRef(uri="file:///x.png", sha256="0" * 64, width=64, height=64)
 
 
 def test_happy_path_reaches_delivered_with_stage_timings() -> None:
-    job = fold(REQ, OK, SCHED1,
-               ev.GenerationStarted(job_id="j", worker_id="w1", fencing_token=1),
-               ev.StepProgressed(job_id="j", worker_id="w1", fencing_token=1, step=2,
-                                 total_steps=4),
-               ev.ImageGenerated(job_id="j", worker_id="w1", fencing_token=1, images=(IMG,)),
-               ev.ImageModerated(job_id="j", verdict=ev.Verdict.ALLOWED, fencing_token=1),
-               ev.ImageDelivered(job_id="j", images=(ev.DeliveredImage(
-                   index=0, url="http://x", sha256="0" * 64, expires_at=T0),)))
+    job = fold(
+        REQ,
+        OK,
+        SCHED1,
+        ev.GenerationStarted(job_id="j", worker_id="w1", fencing_token=1),
+        ev.StepProgressed(job_id="j", worker_id="w1", fencing_token=1, step=2, total_steps=4),
+        ev.ImageGenerated(job_id="j", worker_id="w1", fencing_token=1, images=(IMG,)),
+        ev.ImageModerated(job_id="j", verdict=ev.Verdict.ALLOWED, fencing_token=1),
+        ev.ImageDelivered(
+            job_id="j",
+            images=(ev.DeliveredImage(index=0, url="http://x", sha256="0" * 64, expires_at=T0),),
+        ),
+    )
     assert job.status == "delivered" and job.images[0]["url"] == "http://x"
     assert stage_timings(job)["total"] == pytest.approx(700)
 
 
 def test_late_result_of_a_revoked_assignment_is_ignored() -> None:
-    job = fold(REQ, OK, SCHED1, SCHED2,
-               ev.ImageGenerated(job_id="j", worker_id="w1", fencing_token=1, images=(IMG,)))
+    job = fold(
+        REQ,
+        OK,
+        SCHED1,
+        SCHED2,
+        ev.ImageGenerated(job_id="j", worker_id="w1", fencing_token=1, images=(IMG,)),
+    )
     assert job.status == "scheduled" and job.worker_id == "w2"
 
 
 def test_rejected_prompt_fails_with_category_and_nothing_moves_it() -> None:
-    job = fold(REQ, ev.PromptModerated(job_id="j", verdict=ev.Verdict.REJECTED,
-                                       categories=("violence",)), SCHED1)
+    job = fold(
+        REQ,
+        ev.PromptModerated(job_id="j", verdict=ev.Verdict.REJECTED, categories=("violence",)),
+        SCHED1,
+    )
     assert job.status == "failed" and job.categories == ("violence",)
     assert job.failure_reason == "prompt_rejected"
 
@@ -100,33 +127,43 @@ def test_events_from_other_topics_may_arrive_first() -> None:
 
 
 TOPIC_OF = {
-    ev.GenerationRequested: "requested", ev.PromptModerated: "moderated",
-    ev.ImageModerated: "moderated", ev.JobScheduled: "scheduled",
-    ev.GenerationStarted: "progress", ev.StepProgressed: "progress",
-    ev.ImageGenerated: "generated", ev.ImageDelivered: "delivered",
+    ev.GenerationRequested: "requested",
+    ev.PromptModerated: "moderated",
+    ev.ImageModerated: "moderated",
+    ev.JobScheduled: "scheduled",
+    ev.GenerationStarted: "progress",
+    ev.StepProgressed: "progress",
+    ev.ImageGenerated: "generated",
+    ev.ImageDelivered: "delivered",
     ev.GenerationFailed: "ended",
 }
-LIFE = [REQ, OK, SCHED1,
-        ev.GenerationStarted(job_id="j", worker_id="w1", fencing_token=1),
-        ev.StepProgressed(job_id="j", worker_id="w1", fencing_token=1, step=1, total_steps=2),
-        ev.GenerationFailed(job_id="j", reason=ev.FailureReason.WORKER_LOST, attempt=1,
-                            terminal=False),
-        SCHED2,
-        ev.GenerationStarted(job_id="j", worker_id="w2", fencing_token=2),
-        ev.StepProgressed(job_id="j", worker_id="w2", fencing_token=2, step=2, total_steps=2),
-        ev.ImageGenerated(job_id="j", worker_id="w2", fencing_token=2, images=(IMG,)),
-        ev.ImageGenerated(job_id="j", worker_id="w1", fencing_token=1, images=(IMG,)),  # late
-        ev.ImageModerated(job_id="j", verdict=ev.Verdict.ALLOWED, fencing_token=2),
-        ev.ImageDelivered(job_id="j", images=())]
+LIFE = [
+    REQ,
+    OK,
+    SCHED1,
+    ev.GenerationStarted(job_id="j", worker_id="w1", fencing_token=1),
+    ev.StepProgressed(job_id="j", worker_id="w1", fencing_token=1, step=1, total_steps=2),
+    ev.GenerationFailed(job_id="j", reason=ev.FailureReason.WORKER_LOST, attempt=1, terminal=False),
+    SCHED2,
+    ev.GenerationStarted(job_id="j", worker_id="w2", fencing_token=2),
+    ev.StepProgressed(job_id="j", worker_id="w2", fencing_token=2, step=2, total_steps=2),
+    ev.ImageGenerated(job_id="j", worker_id="w2", fencing_token=2, images=(IMG,)),
+    ev.ImageGenerated(job_id="j", worker_id="w1", fencing_token=1, images=(IMG,)),  # late
+    ev.ImageModerated(job_id="j", verdict=ev.Verdict.ALLOWED, fencing_token=2),
+    ev.ImageDelivered(job_id="j", images=()),
+]
 
 
 def test_interleaving_of_topics_does_not_change_the_projection() -> None:
     """Per-topic order is kept by Kafka; across topics any interleaving may happen."""
     import random
 
-    envs = [Envelope.wrap(p, correlation_id="j", producer="t",
-                          occurred_at=T0 + timedelta(milliseconds=10 * i))
-            for i, p in enumerate(LIFE)]
+    envs = [
+        Envelope.wrap(
+            p, correlation_id="j", producer="t", occurred_at=T0 + timedelta(milliseconds=10 * i)
+        )
+        for i, p in enumerate(LIFE)
+    ]
     streams: dict[str, list[tuple[Envelope, ev.Payload]]] = {}
     for env, p in zip(envs, LIFE, strict=True):
         streams.setdefault(TOPIC_OF[type(p)], []).append((env, p))
@@ -141,20 +178,39 @@ def test_interleaving_of_topics_does_not_change_the_projection() -> None:
             job = evolve(job, env, p)
             if not queues[topic]:
                 del queues[topic]
-        finals.add((job.status, job.fencing_token, job.attempt, job.updated_at,
-                    tuple(sorted(job.stamps.items()))))
+        finals.add(
+            (
+                job.status,
+                job.fencing_token,
+                job.attempt,
+                job.updated_at,
+                tuple(sorted(job.stamps.items())),
+            )
+        )
     assert len(finals) == 1, finals
     assert next(iter(finals))[0] == "delivered"
 
 
 def test_a_paused_job_reads_as_queued_with_its_progress_and_then_runs_again() -> None:
-    pause = ev.GenerationPaused(job_id="j", worker_id="w1", fencing_token=1, steps_done=3,
-                                total_steps=4, state_uri="file:///s", state_sha256="0" * 64)
-    job = fold(REQ, OK, SCHED1, ev.GenerationStarted(job_id="j", worker_id="w1", fencing_token=1),
-               pause)
+    pause = ev.GenerationPaused(
+        job_id="j",
+        worker_id="w1",
+        fencing_token=1,
+        steps_done=3,
+        total_steps=4,
+        state_uri="file:///s",
+        state_sha256="0" * 64,
+    )
+    job = fold(
+        REQ, OK, SCHED1, ev.GenerationStarted(job_id="j", worker_id="w1", fencing_token=1), pause
+    )
     assert (job.status, job.step, job.failure_reason) == ("queued", 3, None)
-    resumed = ev.JobScheduled(job_id="j", worker_id="w2", fencing_token=2, tier=Tier.FAST,
-                              resume=ev.ResumeFrom(steps_done=3, state_uri="file:///s",
-                                                   state_sha256="0" * 64))
+    resumed = ev.JobScheduled(
+        job_id="j",
+        worker_id="w2",
+        fencing_token=2,
+        tier=Tier.FAST,
+        resume=ev.ResumeFrom(steps_done=3, state_uri="file:///s", state_sha256="0" * 64),
+    )
     assert fold(REQ, OK, SCHED1, pause, resumed).status == "scheduled"
     assert fold(REQ, OK, SCHED1, resumed, pause).status == "scheduled"  # a late pause: ignored

@@ -18,14 +18,17 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> DeliverySettings:
-    return DeliverySettings(kafka_bootstrap="127.0.0.1:9092", signing_key=SIGNING_KEY,
-                            store_dir=tmp_path / "store", url_ttl_s=3600,
-                            public_base_url="https://dl.example.com/")
+    return DeliverySettings(
+        kafka_bootstrap="127.0.0.1:9092",
+        signing_key=SIGNING_KEY,
+        store_dir=tmp_path / "store",
+        url_ttl_s=3600,
+        public_base_url="https://dl.example.com/",
+    )
 
 
 @pytest.fixture(params=["memory", "local"])
-def store_and_source(request: pytest.FixtureRequest,
-                     tmp_path: Path) -> tuple[BlobStore, PutSource]:
+def store_and_source(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[BlobStore, PutSource]:
     """Each store with its way of putting a source image; tests using it run against both."""
     if request.param == "memory":
         memory = InMemoryBlobStore()

@@ -30,17 +30,34 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def moderated(job_id: str, put: PutSource, *, n: int = 2, verdict: Verdict = Verdict.ALLOWED,
-              webhook_url: str | None = "https://hooks.example.com/in",
-              **extra: object) -> ImageModerated:
+def moderated(
+    job_id: str,
+    put: PutSource,
+    *,
+    n: int = 2,
+    verdict: Verdict = Verdict.ALLOWED,
+    webhook_url: str | None = "https://hooks.example.com/in",
+    **extra: object,
+) -> ImageModerated:
     """An ImageModerated for ``n`` images whose sources exist (image i is PNG + str(i))."""
     images = tuple(
-        ImageRef(uri=put(f"{job_id}/3-{i}.png", PNG + str(i).encode()),
-                 sha256=sha(PNG + str(i).encode()), width=64, height=64, index=i)
+        ImageRef(
+            uri=put(f"{job_id}/3-{i}.png", PNG + str(i).encode()),
+            sha256=sha(PNG + str(i).encode()),
+            width=64,
+            height=64,
+            index=i,
+        )
         for i in range(n)
     )
-    return ImageModerated(job_id=job_id, verdict=verdict, images=images, fencing_token=3,
-                          webhook_url=webhook_url, **extra)  # type: ignore[arg-type]
+    return ImageModerated(
+        job_id=job_id,
+        verdict=verdict,
+        images=images,
+        fencing_token=3,
+        webhook_url=webhook_url,
+        **extra,
+    )  # type: ignore[arg-type]
 
 
 def envelope_of(msg: ImageModerated) -> Envelope:

@@ -25,8 +25,10 @@ KEY = b"k" * 32
 
 
 def refs(n: int) -> tuple[ImageRef, ...]:
-    return tuple(ImageRef(uri=f"file:///b/{i}.png", sha256=f"{i:064x}", width=8, height=8,
-                          index=i) for i in range(n))
+    return tuple(
+        ImageRef(uri=f"file:///b/{i}.png", sha256=f"{i:064x}", width=8, height=8, index=i)
+        for i in range(n)
+    )
 
 
 def verdict(**kw: object) -> ImageModerated:
@@ -48,12 +50,15 @@ def test_an_image_rejected_on_its_own_stays_in() -> None:
     assert [r.index for r in deliverable(msg)] == [0, 2]
 
 
-@pytest.mark.parametrize("kw", [
-    {"images": ()},  # allowed, but nothing to deliver
-    {"per_image": (Verdict.ALLOWED,)},  # verdicts do not pair with images
-    {"per_image": (Verdict.REJECTED,) * 3},
-    {"images": refs(1) + refs(1)},  # two images with index 0
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"images": ()},  # allowed, but nothing to deliver
+        {"per_image": (Verdict.ALLOWED,)},  # verdicts do not pair with images
+        {"per_image": (Verdict.REJECTED,) * 3},
+        {"images": refs(1) + refs(1)},  # two images with index 0
+    ],
+)
 def test_malformed_verdicts_are_refused(kw: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         deliverable(verdict(**kw))
@@ -61,8 +66,16 @@ def test_malformed_verdicts_are_refused(kw: dict[str, object]) -> None:
 
 def test_plan_fixes_one_expiry_and_signs_each_link() -> None:
     msg = verdict(webhook_url="https://hooks.example.com/x")
-    record = plan_delivery(msg, deliverable(msg), causation_id="c", event_id="e",
-                           now=1000.9, ttl_s=60, base_url="https://dl", key=KEY)
+    record = plan_delivery(
+        msg,
+        deliverable(msg),
+        causation_id="c",
+        event_id="e",
+        now=1000.9,
+        ttl_s=60,
+        base_url="https://dl",
+        key=KEY,
+    )
     assert record.expires_at == 1060 and record.webhook_url == "https://hooks.example.com/x"
     assert not record.webhook_done and record.webhook_status is None
     for image in record.images:
@@ -77,15 +90,26 @@ def test_plan_fixes_one_expiry_and_signs_each_link() -> None:
 
 def test_webhook_body_is_stable_json_with_links_and_event_id() -> None:
     msg = verdict()
-    record = plan_delivery(msg, deliverable(msg), causation_id="c", event_id="ev-1",
-                           now=0, ttl_s=60, base_url="https://dl", key=KEY)
+    record = plan_delivery(
+        msg,
+        deliverable(msg),
+        causation_id="c",
+        event_id="ev-1",
+        now=0,
+        ttl_s=60,
+        base_url="https://dl",
+        key=KEY,
+    )
     body = webhook_body("ev-1", "job-1", record.images)
     assert body == webhook_body("ev-1", "job-1", record.images)
     doc = json.loads(body)
     assert doc["event_id"] == "ev-1" and doc["type"] == "imagegen.image.delivered"
-    assert doc["images"][0] == {"index": 0, "url": record.images[0].url,
-                                "sha256": record.images[0].sha256,
-                                "expires_at": "1970-01-01T00:01:00Z"}
+    assert doc["images"][0] == {
+        "index": 0,
+        "url": record.images[0].url,
+        "sha256": record.images[0].sha256,
+        "expires_at": "1970-01-01T00:01:00Z",
+    }
 
 
 def test_signature_header_is_github_style_hmac_of_the_raw_body() -> None:

@@ -35,8 +35,13 @@ DELIVERED = "imagegen.jobs.delivered"
 class Delivery:
     """The handler table wired to fakes, plus what a test looks at."""
 
-    def __init__(self, store: BlobStore, settings: DeliverySettings, clock: FakeClock,
-                 webhooks: FakeWebhookClient | None = None) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        settings: DeliverySettings,
+        clock: FakeClock,
+        webhooks: FakeWebhookClient | None = None,
+    ) -> None:
         self.store, self.settings, self.clock = store, settings, clock
         self.publisher = InMemoryPublisher(producer="delivery-1")
         self.webhooks = webhooks or FakeWebhookClient(status=204)
@@ -50,8 +55,9 @@ class Delivery:
 
 
 @pytest.fixture
-def delivery(store_and_source: tuple[BlobStore, PutSource], settings: DeliverySettings,
-             clock: FakeClock) -> Delivery:
+def delivery(
+    store_and_source: tuple[BlobStore, PutSource], settings: DeliverySettings, clock: FakeClock
+) -> Delivery:
     return Delivery(store_and_source[0], settings, clock)
 
 
@@ -61,7 +67,9 @@ def put(store_and_source: tuple[BlobStore, PutSource]) -> PutSource:
 
 
 async def test_allowed_copies_files_calls_webhook_once_and_publishes(
-    delivery: Delivery, put: PutSource, clock: FakeClock,
+    delivery: Delivery,
+    put: PutSource,
+    clock: FakeClock,
 ) -> None:
     env = envelope_of(moderated("job-1", put, n=2))
     await delivery.handle(env)
@@ -83,15 +91,18 @@ async def test_allowed_copies_files_calls_webhook_once_and_publishes(
     [call] = delivery.webhooks.calls
     assert call.url == "https://hooks.example.com/in"
     assert call.headers[EVENT_ID_HEADER] == out.event_id
-    assert verify_signature_header(call.body, call.headers[SIGNATURE_HEADER],
-                                   derive_webhook_key(key))
+    assert verify_signature_header(
+        call.body, call.headers[SIGNATURE_HEADER], derive_webhook_key(key)
+    )
     body = json.loads(call.body)
     assert body["event_id"] == out.event_id and body["job_id"] == "job-1"
     assert [i["url"] for i in body["images"]] == [i.url for i in event.images]
 
 
 async def test_redelivery_republishes_the_same_event_without_a_second_webhook_call(
-    delivery: Delivery, put: PutSource, clock: FakeClock,
+    delivery: Delivery,
+    put: PutSource,
+    clock: FakeClock,
 ) -> None:
     env = envelope_of(moderated("job-1", put))
     await delivery.handle(env)
@@ -126,7 +137,9 @@ async def test_without_webhook_url_nothing_is_called(delivery: Delivery, put: Pu
 
 
 async def test_a_failing_webhook_is_recorded_not_retried_by_redelivery(
-    store_and_source: tuple[BlobStore, PutSource], settings: DeliverySettings, clock: FakeClock,
+    store_and_source: tuple[BlobStore, PutSource],
+    settings: DeliverySettings,
+    clock: FakeClock,
 ) -> None:
     store, put = store_and_source
     delivery = Delivery(store, settings, clock, FakeWebhookClient(status=503))
@@ -138,7 +151,9 @@ async def test_a_failing_webhook_is_recorded_not_retried_by_redelivery(
 
 
 async def test_a_crash_during_the_webhook_call_retries_it_with_the_same_body(
-    store_and_source: tuple[BlobStore, PutSource], settings: DeliverySettings, clock: FakeClock,
+    store_and_source: tuple[BlobStore, PutSource],
+    settings: DeliverySettings,
+    clock: FakeClock,
 ) -> None:
     class CrashOnce(FakeWebhookClient):
         async def post(self, url: str, body: bytes, headers: object) -> int | None:
@@ -163,7 +178,8 @@ async def test_a_crash_during_the_webhook_call_retries_it_with_the_same_body(
 
 
 async def test_a_second_verdict_for_a_delivered_job_is_ignored(
-    delivery: Delivery, put: PutSource,
+    delivery: Delivery,
+    put: PutSource,
 ) -> None:
     await delivery.handle(envelope_of(moderated("job-1", put)))
     await delivery.handle(envelope_of(moderated("job-1", put)))  # another event id
@@ -172,8 +188,9 @@ async def test_a_second_verdict_for_a_delivered_job_is_ignored(
 
 async def test_a_digest_mismatch_publishes_nothing(delivery: Delivery, put: PutSource) -> None:
     msg = moderated("job-1", put, n=1)
-    bad = msg.model_copy(update={"images": (msg.images[0].model_copy(
-        update={"sha256": "0" * 64}),)})
+    bad = msg.model_copy(
+        update={"images": (msg.images[0].model_copy(update={"sha256": "0" * 64}),)}
+    )
     with pytest.raises(DigestMismatch):  # the consumer retries, then dead-letters it
         await delivery.handle(envelope_of(bad))
     assert delivery.publisher.records == [] and delivery.webhooks.calls == []
@@ -181,7 +198,8 @@ async def test_a_digest_mismatch_publishes_nothing(delivery: Delivery, put: PutS
 
 
 async def test_images_rejected_on_their_own_are_not_delivered(
-    delivery: Delivery, put: PutSource,
+    delivery: Delivery,
+    put: PutSource,
 ) -> None:
     msg = moderated("job-1", put, n=2, per_image=(Verdict.REJECTED, Verdict.ALLOWED))
     await delivery.handle(envelope_of(msg))
@@ -191,12 +209,15 @@ async def test_images_rejected_on_their_own_are_not_delivered(
 
 
 async def test_a_configured_webhook_secret_signs_the_calls(
-    store_and_source: tuple[BlobStore, PutSource], settings: DeliverySettings, clock: FakeClock,
+    store_and_source: tuple[BlobStore, PutSource],
+    settings: DeliverySettings,
+    clock: FakeClock,
 ) -> None:
     store, put = store_and_source
     secret = "receiver-shared-secret-42"
-    delivery = Delivery(store, settings.model_copy(update={"webhook_secret": SecretStr(secret)}),
-                        clock)
+    delivery = Delivery(
+        store, settings.model_copy(update={"webhook_secret": SecretStr(secret)}), clock
+    )
     await delivery.handle(envelope_of(moderated("job-1", put)))
     [call] = delivery.webhooks.calls
     assert verify_signature_header(call.body, call.headers[SIGNATURE_HEADER], secret.encode())

@@ -45,8 +45,9 @@ def link(settings: DeliverySettings, job_id: str = "job-1", index: int = 0, exp:
     return f"{url.path}?{url.query}"
 
 
-def test_a_valid_link_serves_the_png(http: TestClient, settings: DeliverySettings,
-                                     clock: FakeClock) -> None:
+def test_a_valid_link_serves_the_png(
+    http: TestClient, settings: DeliverySettings, clock: FakeClock
+) -> None:
     clock.now = NOW
     r = http.get(link(settings))
     assert r.status_code == 200 and r.content == PNG
@@ -54,44 +55,60 @@ def test_a_valid_link_serves_the_png(http: TestClient, settings: DeliverySetting
     assert r.headers["cache-control"] == "private, max-age=3600"
 
 
-@pytest.mark.parametrize("tamper", [
-    lambda u: u.replace("sig=", "sig=A"),  # the signature
-    lambda u: u.replace(f"exp={EXP}", f"exp={EXP + 86400}"),  # a longer life
-    lambda u: u.replace("/0.png", "/1.png"),  # another image with this image's signature
-    lambda u: u.replace("job-1", "job-2"),  # another job
-    lambda u: u.split("&sig=")[0],  # no signature
-    lambda u: u.split("?")[0],  # no query at all
-    lambda u: u.replace(f"exp={EXP}", "exp=-5"),  # not canonical seconds
-    lambda u: u.replace(f"exp={EXP}", f"exp=0{EXP}"),
-])
-def test_a_tampered_link_is_403(http: TestClient, settings: DeliverySettings,
-                                clock: FakeClock, tamper: object) -> None:
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda u: u.replace("sig=", "sig=A"),  # the signature
+        lambda u: u.replace(f"exp={EXP}", f"exp={EXP + 86400}"),  # a longer life
+        lambda u: u.replace("/0.png", "/1.png"),  # another image with this image's signature
+        lambda u: u.replace("job-1", "job-2"),  # another job
+        lambda u: u.split("&sig=")[0],  # no signature
+        lambda u: u.split("?")[0],  # no query at all
+        lambda u: u.replace(f"exp={EXP}", "exp=-5"),  # not canonical seconds
+        lambda u: u.replace(f"exp={EXP}", f"exp=0{EXP}"),
+    ],
+)
+def test_a_tampered_link_is_403(
+    http: TestClient, settings: DeliverySettings, clock: FakeClock, tamper: object
+) -> None:
     clock.now = NOW
     r = http.get(tamper(link(settings)))  # type: ignore[operator]
     assert r.status_code == 403
 
 
 @pytest.mark.parametrize("at", [EXP, EXP + 1, EXP + 86400])
-def test_an_expired_link_is_410(http: TestClient, settings: DeliverySettings, clock: FakeClock,
-                                at: int) -> None:
+def test_an_expired_link_is_410(
+    http: TestClient, settings: DeliverySettings, clock: FakeClock, at: int
+) -> None:
     clock.now = at
     assert http.get(link(settings)).status_code == 410
 
 
-def test_a_signed_link_to_a_file_not_stored_is_404(http: TestClient, settings: DeliverySettings,
-                                                   clock: FakeClock) -> None:
+def test_a_signed_link_to_a_file_not_stored_is_404(
+    http: TestClient, settings: DeliverySettings, clock: FakeClock
+) -> None:
     clock.now = NOW
     assert http.get(link(settings, index=1)).status_code == 404
 
 
-@pytest.mark.parametrize("path", [
-    "/files/../job-1/0.png", "/files/job-1/../0.png", "/files/job-1/..%2F..%2Fetc%2Fpasswd",
-    "/files/%2E%2E/0.png", "/files/job-1/00.png", "/files/job-1/0.PNG",
-    "/files/job-1/.delivery.json", "/files/a.b/0.png", "/files/job-1/0.png/x",
-    "/files/job-1/-1.png",
-])
-def test_paths_outside_the_store_shape_are_404(http: TestClient, settings: DeliverySettings,
-                                               path: str) -> None:
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/files/../job-1/0.png",
+        "/files/job-1/../0.png",
+        "/files/job-1/..%2F..%2Fetc%2Fpasswd",
+        "/files/%2E%2E/0.png",
+        "/files/job-1/00.png",
+        "/files/job-1/0.PNG",
+        "/files/job-1/.delivery.json",
+        "/files/a.b/0.png",
+        "/files/job-1/0.png/x",
+        "/files/job-1/-1.png",
+    ],
+)
+def test_paths_outside_the_store_shape_are_404(
+    http: TestClient, settings: DeliverySettings, path: str
+) -> None:
     key = settings.signing_key.get_secret_value().encode()
     # Even with a "valid" signature over the raw path, the shape is checked first.
     r = http.get(path, params={"exp": EXP, "sig": sign(path, EXP, key)})
@@ -99,13 +116,22 @@ def test_paths_outside_the_store_shape_are_404(http: TestClient, settings: Deliv
 
 
 def test_bootstrap_hands_the_files_app_to_the_runtime(
-    settings: DeliverySettings, clock: FakeClock, monkeypatch: pytest.MonkeyPatch,
+    settings: DeliverySettings,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # consumer_service builds Kafka clients; stand in for it to see what bootstrap hands over.
     seen: dict[str, Any] = {}
 
-    def consumer_service(settings: object, service: str, subscribes: tuple[str, ...],
-                         handler: object, publisher: object, *, http: FastAPI) -> ServiceApp:
+    def consumer_service(
+        settings: object,
+        service: str,
+        subscribes: tuple[str, ...],
+        handler: object,
+        publisher: object,
+        *,
+        http: FastAPI,
+    ) -> ServiceApp:
         seen.update(service=service, subscribes=subscribes)
         readiness = Readiness()
         add_health_routes(http, service, readiness)
@@ -115,8 +141,12 @@ def test_bootstrap_hands_the_files_app_to_the_runtime(
     store = InMemoryBlobStore({"memory:///src.png": PNG})
     store.copy_in("job-1", 0, "memory:///src.png", sha(PNG))
     clock.now = NOW
-    app = wiring.bootstrap(settings, publisher=InMemoryPublisher(),  # type: ignore[arg-type]
-                           store=store, clock=clock)
+    app = wiring.bootstrap(
+        settings,
+        publisher=InMemoryPublisher(),  # type: ignore[arg-type]
+        store=store,
+        clock=clock,
+    )
     assert seen == {"service": "delivery", "subscribes": ("imagegen.jobs.moderated",)}
     assert len(app.on_shutdown) == 1  # the webhook client's close
     with TestClient(app.http) as client:
@@ -125,7 +155,9 @@ def test_bootstrap_hands_the_files_app_to_the_runtime(
 
 
 async def test_the_published_link_downloads_the_delivered_image(
-    settings: DeliverySettings, clock: FakeClock, tmp_path: Path,
+    settings: DeliverySettings,
+    clock: FakeClock,
+    tmp_path: Path,
 ) -> None:
     # Handler and HTTP app over one LocalFileStore: what the event says is what the link serves.
     blobs = tmp_path / "blobs"

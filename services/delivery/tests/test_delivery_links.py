@@ -21,24 +21,31 @@ def test_a_fresh_link_verifies() -> None:
 def test_signature_is_url_safe_and_unpadded() -> None:
     sig = sign(PATH, EXP, KEY)
     assert len(sig) == 43 and set(sig) <= set(
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    )
 
 
-@pytest.mark.parametrize(("now", "expected"), [
-    (EXP - 1, LinkCheck.OK),  # the last second it works
-    (EXP, LinkCheck.EXPIRED),  # expires_at itself is already too late
-    (EXP + 1, LinkCheck.EXPIRED),
-])
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        (EXP - 1, LinkCheck.OK),  # the last second it works
+        (EXP, LinkCheck.EXPIRED),  # expires_at itself is already too late
+        (EXP + 1, LinkCheck.EXPIRED),
+    ],
+)
 def test_expiry_boundary(now: int, expected: LinkCheck) -> None:
     assert verify(PATH, EXP, sign(PATH, EXP, KEY), KEY, now=now) is expected
 
 
-@pytest.mark.parametrize(("path", "exp", "key"), [
-    ("/files/job-1/1.png", EXP, KEY),  # another image of the job
-    ("/files/job-2/0.png", EXP, KEY),  # another job
-    (PATH, EXP + 86400, KEY),  # a longer life
-    (PATH, EXP, b"x" * 32),  # another key
-])
+@pytest.mark.parametrize(
+    ("path", "exp", "key"),
+    [
+        ("/files/job-1/1.png", EXP, KEY),  # another image of the job
+        ("/files/job-2/0.png", EXP, KEY),  # another job
+        (PATH, EXP + 86400, KEY),  # a longer life
+        (PATH, EXP, b"x" * 32),  # another key
+    ],
+)
 def test_any_change_breaks_the_signature(path: str, exp: int, key: bytes) -> None:
     sig = sign(PATH, EXP, KEY)
     assert verify(path, exp, sig, key, now=EXP - 10) is LinkCheck.BAD_SIGNATURE
@@ -63,10 +70,19 @@ def test_signed_url_carries_exp_and_sig_for_the_canonical_path() -> None:
     assert query == {"exp": [str(EXP)], "sig": [sign(PATH, EXP, KEY)]}
 
 
-@pytest.mark.parametrize(("job_id", "index"), [
-    ("..", 0), ("a/b", 0), (".delivery", 0), ("a.b", 0), ("", 0), ("a" * 129, 0), ("job", -1),
-    ("job", 10_000),
-])
+@pytest.mark.parametrize(
+    ("job_id", "index"),
+    [
+        ("..", 0),
+        ("a/b", 0),
+        (".delivery", 0),
+        ("a.b", 0),
+        ("", 0),
+        ("a" * 129, 0),
+        ("job", -1),
+        ("job", 10_000),
+    ],
+)
 def test_file_path_refuses_unsafe_names(job_id: str, index: int) -> None:
     with pytest.raises(ValueError):
         file_path(job_id, index)

@@ -25,10 +25,19 @@ pytestmark = pytest.mark.unit
 
 
 def record(job_id: str = "job-1", **kw: object) -> DeliveryRecord:
-    image = DeliveredImage(index=0, url="https://dl/files/job-1/0.png?exp=1&sig=s",
-                           sha256=sha(PNG), expires_at=datetime.fromtimestamp(1, UTC))
-    base: dict[str, object] = {"job_id": job_id, "causation_id": "c-1", "event_id": "e-1",
-                               "expires_at": 1, "images": (image,)}
+    image = DeliveredImage(
+        index=0,
+        url="https://dl/files/job-1/0.png?exp=1&sig=s",
+        sha256=sha(PNG),
+        expires_at=datetime.fromtimestamp(1, UTC),
+    )
+    base: dict[str, object] = {
+        "job_id": job_id,
+        "causation_id": "c-1",
+        "event_id": "e-1",
+        "expires_at": 1,
+        "images": (image,),
+    }
     return DeliveryRecord.model_validate(base | kw)
 
 
@@ -78,8 +87,9 @@ def test_a_missing_source_raises_file_not_found(
 
 
 @pytest.mark.parametrize(("job_id", "index"), [("..", 0), ("a/b", 0), (".x", 0), ("j", -1)])
-def test_unsafe_names_are_refused(store_and_source: tuple[BlobStore, PutSource], job_id: str,
-                                  index: int) -> None:
+def test_unsafe_names_are_refused(
+    store_and_source: tuple[BlobStore, PutSource], job_id: str, index: int
+) -> None:
     store, put = store_and_source
     uri = put("src/0.png", PNG)
     with pytest.raises(ValueError):
@@ -125,8 +135,10 @@ def test_percent_encoded_file_uris_are_read(tmp_path: Path) -> None:
     assert store.read("job-1", 0) == PNG
 
 
-@pytest.mark.parametrize("uri", ["s3://bucket/0.png", "http://host/0.png",
-                                 "file://otherhost/tmp/0.png", "/no/scheme.png"])
+@pytest.mark.parametrize(
+    "uri",
+    ["s3://bucket/0.png", "http://host/0.png", "file://otherhost/tmp/0.png", "/no/scheme.png"],
+)
 def test_only_local_file_uris_are_read(tmp_path: Path, uri: str) -> None:
     with pytest.raises(UnsupportedSource):
         LocalFileStore(tmp_path / "store").copy_in("job-1", 0, uri, sha(PNG))

@@ -67,8 +67,12 @@ def client(**kw: float) -> tuple[HttpxWebhookClient, list[float]]:
         waits.append(s)
 
     opts: dict[str, float] = {"timeout_s": 2.0, "attempts": 4, "backoff_s": 0.5} | kw
-    return HttpxWebhookClient(timeout_s=opts["timeout_s"], attempts=int(opts["attempts"]),
-                              backoff_s=opts["backoff_s"], sleep=sleep), waits
+    return HttpxWebhookClient(
+        timeout_s=opts["timeout_s"],
+        attempts=int(opts["attempts"]),
+        backoff_s=opts["backoff_s"],
+        sleep=sleep,
+    ), waits
 
 
 def signed(body: bytes) -> dict[str, str]:

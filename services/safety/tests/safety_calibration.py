@@ -28,10 +28,12 @@ DATA = Path(__file__).parent / "data"
 LATENCY_PROMPTS = {
     "short": "a watercolor landscape of mountains at sunrise",
     "typical": "masterpiece, best quality, ultra-detailed, 8k, photorealistic, portrait of a young "
-               "woman with freckles, golden hour, soft rim light, 85mm lens, shallow depth of "
-               "field, bokeh, film grain, kodak portra 400, trending on artstation",
-    "longest": ", ".join(f"a {w} tower beside a quiet lake number {i}"
-                         for i, w in enumerate(["red", "blue", "tall", "old"] * 12))[:2000],
+    "woman with freckles, golden hour, soft rim light, 85mm lens, shallow depth of "
+    "field, bokeh, film grain, kodak portra 400, trending on artstation",
+    "longest": ", ".join(
+        f"a {w} tower beside a quiet lake number {i}"
+        for i, w in enumerate(["red", "blue", "tall", "old"] * 12)
+    )[:2000],
 }
 
 
@@ -84,8 +86,10 @@ def main(show_rows: bool) -> int:
     for c in CATEGORIES:
         top = max(benign, key=lambda row, c=c: row[1][c])
         own = [s[c] for label, _, s in unsafe if label == c]
-        print(f"{c:10} {thresholds[c]:9.2f} {top[1][c]:10.3f} {min(own, default=1.0):10.3f}"
-              f"  {top[0][:50]}")
+        print(
+            f"{c:10} {thresholds[c]:9.2f} {top[1][c]:10.3f} {min(own, default=1.0):10.3f}"
+            f"  {top[0][:50]}"
+        )
     for p, s in benign:
         verdict, fired = prompt_verdict(s, thresholds)
         if fired:
@@ -107,8 +111,9 @@ def main(show_rows: bool) -> int:
 
     for name, prompt in LATENCY_PROMPTS.items():
         ms = median_ms(lambda prompt=prompt: prompts.score(prompt))
-        print(f"prompt, {name} ({len(prompt.split())} words, {len(prompt)} chars): "
-              f"median {ms:.1f} ms")
+        print(
+            f"prompt, {name} ({len(prompt.split())} words, {len(prompt)} chars): median {ms:.1f} ms"
+        )
     images = OpenNsfwClassifier(threads=settings.model_threads)
     images.load()
     for size in (64, 512, 1024):

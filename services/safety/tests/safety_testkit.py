@@ -26,12 +26,27 @@ def png(color: tuple[int, int, int] = (200, 30, 30), size: int = 64) -> bytes:
     return buf.getvalue()
 
 
-def requested(job_id: str = "job-1", prompt: str = BENIGN,
-              negative: str = "") -> GenerationRequested:
-    params = GenerationParams(prompt=prompt, negative_prompt=negative, model="demo-sd15",
-                              width=64, height=64, steps=4, guidance_scale=7.0, seed=1)
-    return GenerationRequested(job_id=job_id, user_id="user-1", plan=Plan.PRO, tier=Tier.FAST,
-                               params=params, webhook_url="https://hooks.example.com/in")
+def requested(
+    job_id: str = "job-1", prompt: str = BENIGN, negative: str = ""
+) -> GenerationRequested:
+    params = GenerationParams(
+        prompt=prompt,
+        negative_prompt=negative,
+        model="demo-sd15",
+        width=64,
+        height=64,
+        steps=4,
+        guidance_scale=7.0,
+        seed=1,
+    )
+    return GenerationRequested(
+        job_id=job_id,
+        user_id="user-1",
+        plan=Plan.PRO,
+        tier=Tier.FAST,
+        params=params,
+        webhook_url="https://hooks.example.com/in",
+    )
 
 
 def store(directory: Path, job_id: str, images: list[bytes]) -> tuple[ImageRef, ...]:
@@ -46,9 +61,14 @@ def store(directory: Path, job_id: str, images: list[bytes]) -> tuple[ImageRef, 
 
 
 def generated(refs: tuple[ImageRef, ...], job_id: str = "job-1") -> ImageGenerated:
-    return ImageGenerated(job_id=job_id, worker_id="worker-1", fencing_token=3, images=refs,
-                          timings_ms={"denoise": 12.0},
-                          webhook_url="https://hooks.example.com/in")
+    return ImageGenerated(
+        job_id=job_id,
+        worker_id="worker-1",
+        fencing_token=3,
+        images=refs,
+        timings_ms={"denoise": 12.0},
+        webhook_url="https://hooks.example.com/in",
+    )
 
 
 def envelope_of(msg: Payload, producer: str = "api-1") -> Envelope:

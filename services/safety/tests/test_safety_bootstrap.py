@@ -29,8 +29,13 @@ def seen(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Stand in for consumer_service (it builds Kafka clients); record what bootstrap hands it."""
     seen: dict[str, Any] = {}
 
-    def consumer_service(settings: object, service: str, subscribes: tuple[str, ...],
-                         handler: object, publisher: object) -> ServiceApp:
+    def consumer_service(
+        settings: object,
+        service: str,
+        subscribes: tuple[str, ...],
+        handler: object,
+        publisher: object,
+    ) -> ServiceApp:
         seen.update(service=service, subscribes=subscribes, handler=handler)
         readiness = Readiness()
         return ServiceApp(service, health_app(service, readiness), readiness)
@@ -53,11 +58,16 @@ class SlowLoadingPrompts(FakePromptClassifier):
 
 
 async def test_ready_only_once_the_models_are_loaded(
-    settings: SafetySettings, seen: dict[str, Any],
+    settings: SafetySettings,
+    seen: dict[str, Any],
 ) -> None:
     prompts = SlowLoadingPrompts()
-    app = wiring.bootstrap(settings, publisher=InMemoryPublisher(), prompt_classifier=prompts,
-                           image_classifier=FakeImageClassifier())
+    app = wiring.bootstrap(
+        settings,
+        publisher=InMemoryPublisher(),
+        prompt_classifier=prompts,
+        image_classifier=FakeImageClassifier(),
+    )
     assert seen["service"] == "safety"
     assert seen["subscribes"] == ("imagegen.jobs.requested", "imagegen.jobs.generated")
     [warm] = app.tasks
@@ -70,11 +80,16 @@ async def test_ready_only_once_the_models_are_loaded(
 
 
 async def test_the_wired_handler_publishes_verdicts(
-    settings: SafetySettings, seen: dict[str, Any],
+    settings: SafetySettings,
+    seen: dict[str, Any],
 ) -> None:
     publisher = InMemoryPublisher()
-    wiring.bootstrap(settings, publisher=publisher, prompt_classifier=FakePromptClassifier(),
-                     image_classifier=FakeImageClassifier())
+    wiring.bootstrap(
+        settings,
+        publisher=publisher,
+        prompt_classifier=FakePromptClassifier(),
+        image_classifier=FakeImageClassifier(),
+    )
     cause = envelope_of(requested("job-1", "hardcore porn"))
     meta = RecordMeta("imagegen.jobs.requested", 0, 0, "job-1", {})
     await seen["handler"](cause, parse(cause), meta)
@@ -85,7 +100,8 @@ async def test_the_wired_handler_publishes_verdicts(
 
 
 def test_real_classifiers_by_default_and_nothing_loaded_at_start(
-    settings: SafetySettings, seen: dict[str, Any],
+    settings: SafetySettings,
+    seen: dict[str, Any],
 ) -> None:
     captured: dict[str, Any] = {}
     real = wiring.make_handlers

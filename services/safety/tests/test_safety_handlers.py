@@ -39,7 +39,8 @@ class World:
         self.prompts = fakes.get("prompts") or FakePromptClassifier()
         self.images = fakes.get("images") or FakeImageClassifier()
         self.handlers: dict[type[Payload], PayloadHandler] = make_handlers(
-            self.publisher, self.prompts, self.images, settings)  # type: ignore[arg-type]
+            self.publisher, self.prompts, self.images, settings
+        )  # type: ignore[arg-type]
 
     async def handle(self, envelope: Envelope) -> None:
         payload = parse(envelope)
@@ -63,10 +64,12 @@ def test_the_service_handles_requests_and_generated_images(world: World) -> None
 
 
 async def test_a_late_result_of_a_revoked_assignment_gets_no_verdict(
-        world: World, tmp_path: Path) -> None:
+    world: World, tmp_path: Path
+) -> None:
     refs = store(tmp_path, "job-1", [png()])
-    await world.handle(envelope_of(AssignmentRevoked(job_id="job-1", worker_id="worker-1",
-                                                     fencing_token=3)))
+    await world.handle(
+        envelope_of(AssignmentRevoked(job_id="job-1", worker_id="worker-1", fencing_token=3))
+    )
     await world.handle(envelope_of(generated(refs)))  # token 3: the revoked one
     assert world.published() == []
     newer = generated(refs).model_copy(update={"fencing_token": 4})
@@ -78,9 +81,13 @@ async def test_a_benign_prompt_is_allowed(world: World) -> None:
     cause = envelope_of(requested("job-1", BENIGN))
     await world.handle(cause)
     [(env, event)] = world.published()
-    assert event == PromptModerated(job_id="job-1", verdict=Verdict.ALLOWED, categories=(),
-                                    scores=dict.fromkeys(CATEGORIES, 0.01),
-                                    checker="fake-prompt-classifier 1")
+    assert event == PromptModerated(
+        job_id="job-1",
+        verdict=Verdict.ALLOWED,
+        categories=(),
+        scores=dict.fromkeys(CATEGORIES, 0.01),
+        checker="fake-prompt-classifier 1",
+    )
     assert world.publisher.records[0].topic == MODERATED
     assert world.publisher.records[0].key == b"job-1"
     assert env.causation_id == cause.event_id
@@ -119,12 +126,13 @@ async def test_only_the_prompt_is_judged_not_the_negative_prompt(settings: Safet
 async def test_settings_thresholds_decide(settings: SafetySettings) -> None:
     prompts = FakePromptClassifier(overrides={"borderline": {"violence": 0.6}})
     strict = World(settings, prompts=prompts)
-    lenient = World(settings.model_copy(update={"prompt_threshold_violence": 0.7}),
-                    prompts=prompts)
+    lenient = World(settings.model_copy(update={"prompt_threshold_violence": 0.7}), prompts=prompts)
     for world in (strict, lenient):
         await world.handle(envelope_of(requested("job-1", "borderline")))
     assert [e.verdict for w in (strict, lenient) for _, e in w.published()] == [  # type: ignore[attr-defined]
-        Verdict.REJECTED, Verdict.ALLOWED]
+        Verdict.REJECTED,
+        Verdict.ALLOWED,
+    ]
 
 
 async def test_each_check_is_timed(world: World, tmp_path: Path) -> None:
@@ -135,24 +143,32 @@ async def test_each_check_is_timed(world: World, tmp_path: Path) -> None:
 
 
 async def test_allowed_images_go_on_to_delivery_with_their_job_state(
-    world: World, tmp_path: Path,
+    world: World,
+    tmp_path: Path,
 ) -> None:
     refs = store(tmp_path, "job-1", [png((255, 0, 0)), png((0, 0, 255))])
     cause = envelope_of(generated(refs), producer="gpu-worker-1")
     await world.handle(cause)
     [(env, event)] = world.published()
     assert event == ImageModerated(
-        job_id="job-1", verdict=Verdict.ALLOWED, per_image=(Verdict.ALLOWED, Verdict.ALLOWED),
-        categories=(), scores={"sexual": 0.01, "sexual.0": 0.01, "sexual.1": 0.01},
-        checker="fake-image-classifier 1", images=refs, fencing_token=3,
-        webhook_url="https://hooks.example.com/in")
+        job_id="job-1",
+        verdict=Verdict.ALLOWED,
+        per_image=(Verdict.ALLOWED, Verdict.ALLOWED),
+        categories=(),
+        scores={"sexual": 0.01, "sexual.0": 0.01, "sexual.1": 0.01},
+        checker="fake-image-classifier 1",
+        images=refs,
+        fencing_token=3,
+        webhook_url="https://hooks.example.com/in",
+    )
     assert env.event_id == derived_event_id(cause.event_id, ImageModerated.event_type)
     assert env.causation_id == cause.event_id
     assert world.publisher.records[0].topic == MODERATED
 
 
-async def test_an_unsafe_image_is_withheld_and_named(settings: SafetySettings,
-                                                     tmp_path: Path) -> None:
+async def test_an_unsafe_image_is_withheld_and_named(
+    settings: SafetySettings, tmp_path: Path
+) -> None:
     unsafe = png((1, 2, 3))
     world = World(settings, images=FakeImageClassifier({sha(unsafe): 0.93}))
     refs = store(tmp_path, "job-1", [png(), unsafe])
@@ -160,12 +176,16 @@ async def test_an_unsafe_image_is_withheld_and_named(settings: SafetySettings,
     [(_, event)] = world.published()
     assert isinstance(event, ImageModerated)
     assert (event.verdict, event.per_image, event.categories) == (
-        Verdict.ALLOWED, (Verdict.ALLOWED, Verdict.REJECTED), ("sexual",))
+        Verdict.ALLOWED,
+        (Verdict.ALLOWED, Verdict.REJECTED),
+        ("sexual",),
+    )
     assert event.scores["sexual"] == 0.93
 
 
-async def test_a_job_whose_every_image_is_unsafe_is_rejected(settings: SafetySettings,
-                                                             tmp_path: Path) -> None:
+async def test_a_job_whose_every_image_is_unsafe_is_rejected(
+    settings: SafetySettings, tmp_path: Path
+) -> None:
     world = World(settings, images=FakeImageClassifier(default=0.95))
     await world.handle(envelope_of(generated(store(tmp_path, "job-1", [png()]))))
     [(_, event)] = world.published()
@@ -173,18 +193,22 @@ async def test_a_job_whose_every_image_is_unsafe_is_rejected(settings: SafetySet
     assert (event.verdict, event.per_image) == (Verdict.REJECTED, (Verdict.REJECTED,))
 
 
-async def test_whole_batch_mode_rejects_the_job_for_one_image(settings: SafetySettings,
-                                                              tmp_path: Path) -> None:
+async def test_whole_batch_mode_rejects_the_job_for_one_image(
+    settings: SafetySettings, tmp_path: Path
+) -> None:
     unsafe = png((1, 2, 3))
-    world = World(settings.model_copy(update={"image_reject_whole_batch": True}),
-                  images=FakeImageClassifier({sha(unsafe): 0.93}))
+    world = World(
+        settings.model_copy(update={"image_reject_whole_batch": True}),
+        images=FakeImageClassifier({sha(unsafe): 0.93}),
+    )
     await world.handle(envelope_of(generated(store(tmp_path, "job-1", [png(), unsafe]))))
     [(_, event)] = world.published()
     assert event.verdict == Verdict.REJECTED  # type: ignore[attr-defined]
 
 
-async def test_a_redelivered_result_publishes_the_same_event_again(world: World,
-                                                                   tmp_path: Path) -> None:
+async def test_a_redelivered_result_publishes_the_same_event_again(
+    world: World, tmp_path: Path
+) -> None:
     cause = envelope_of(generated(store(tmp_path, "job-1", [png()])))
     await world.handle(cause)
     await world.handle(cause)
@@ -193,8 +217,9 @@ async def test_a_redelivered_result_publishes_the_same_event_again(world: World,
     assert a == b
 
 
-async def test_an_image_whose_bytes_changed_is_an_error_not_a_verdict(world: World,
-                                                                      tmp_path: Path) -> None:
+async def test_an_image_whose_bytes_changed_is_an_error_not_a_verdict(
+    world: World, tmp_path: Path
+) -> None:
     refs = store(tmp_path, "job-1", [png()])
     Path(refs[0].uri.removeprefix("file://")).write_bytes(png((9, 9, 9)))
     with pytest.raises(BlobIntegrityError, match="sha256"):

@@ -26,12 +26,18 @@ from imagegen_schemas.jobs import ImageModerated, PromptModerated, Verdict
 pytestmark = pytest.mark.integration
 
 
-def read_job(bootstrap_servers: str, topic: str, job_id: str, expect: int,
-             timeout: float = 60) -> list[Envelope]:
+def read_job(
+    bootstrap_servers: str, topic: str, job_id: str, expect: int, timeout: float = 60
+) -> list[Envelope]:
     """The records of ``job_id`` on ``topic`` from offset 0 (stops at ``expect``)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap_servers,
-                         "group.id": f"reader-{uuid.uuid4()}", "auto.offset.reset": "earliest",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": f"reader-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     out: list[Envelope] = []
     deadline = time.monotonic() + timeout
@@ -46,16 +52,22 @@ def read_job(bootstrap_servers: str, topic: str, job_id: str, expect: int,
 
 
 async def test_requests_and_results_become_verdicts_once_per_cause(
-    infra: Any, topics: str, tmp_path: Path,
+    infra: Any,
+    topics: str,
+    tmp_path: Path,
 ) -> None:
     # Topics of its own: the session's shared topics hold other tests' records (e.g. results
     # with no images, which this service rightly refuses, slowly, with retries).
     topics = f"{topics}safety{uuid.uuid4().hex[:6]}."
     ensure_topics(infra.kafka_bootstrap, topics)
-    settings = SafetySettings(kafka_bootstrap=infra.kafka_bootstrap, topic_prefix=topics,
-                              instance_id=f"it{uuid.uuid4().hex[:6]}")
-    app = bootstrap(settings, prompt_classifier=FakePromptClassifier(),
-                    image_classifier=FakeImageClassifier())
+    settings = SafetySettings(
+        kafka_bootstrap=infra.kafka_bootstrap,
+        topic_prefix=topics,
+        instance_id=f"it{uuid.uuid4().hex[:6]}",
+    )
+    app = bootstrap(
+        settings, prompt_classifier=FakePromptClassifier(), image_classifier=FakeImageClassifier()
+    )
     stop = asyncio.Event()
     running = [asyncio.create_task(task(stop)) for task in app.tasks]
     client = KafkaPublisher(infra.kafka_bootstrap, "test", topics)
@@ -69,10 +81,10 @@ async def test_requests_and_results_become_verdicts_once_per_cause(
         result = envelope_of(generated(store(tmp_path, job, [png()]), job_id=job))
         for topic, env in [("requested", cause), ("requested", cause), ("generated", result)]:
             # the request twice: what a redelivery after a crash looks like to the service
-            await client.send_raw(f"{topics}imagegen.jobs.{topic}", job.encode(), env.to_json(),
-                                  [])
-        verdicts = await asyncio.to_thread(read_job, infra.kafka_bootstrap,
-                                           topics + "imagegen.jobs.moderated", job, 3)
+            await client.send_raw(f"{topics}imagegen.jobs.{topic}", job.encode(), env.to_json(), [])
+        verdicts = await asyncio.to_thread(
+            read_job, infra.kafka_bootstrap, topics + "imagegen.jobs.moderated", job, 3
+        )
     finally:
         stop.set()
         await asyncio.gather(*running)

@@ -32,6 +32,7 @@ def scores(**fired: float) -> dict[str, float]:
 
 # --- prompt_verdict ---------------------------------------------------------------------------
 
+
 def test_all_below_threshold_is_allowed_with_no_category() -> None:
     assert prompt_verdict(scores(), THRESHOLDS) == (A, ())
 
@@ -90,6 +91,7 @@ def test_settings_give_a_threshold_for_every_category_in_order() -> None:
 
 # --- image_verdict ----------------------------------------------------------------------------
 
+
 def test_images_below_threshold_are_allowed() -> None:
     assert image_verdict([0.01, 0.2], 0.7) == (A, (A, A), ())
 
@@ -119,6 +121,7 @@ def test_an_image_score_outside_0_1_is_an_error(bad: float) -> None:
 
 
 # --- scoring ----------------------------------------------------------------------------------
+
 
 def test_contrast_keeps_the_unsafe_similarity_when_no_lookalike_is_nearer() -> None:
     assert contrast_score([0.8], [0.3]) == 0.8
@@ -165,7 +168,10 @@ def test_windows_cover_every_word() -> None:
 
 def test_segments_are_the_whole_prompt_then_its_distinct_tags() -> None:
     assert prompt_segments("a cat, best quality, a cat") == [
-        "a cat, best quality, a cat", "a cat", "best quality"]
+        "a cat, best quality, a cat",
+        "a cat",
+        "best quality",
+    ]
     assert prompt_segments("a cat on a mat") == ["a cat on a mat"]
     assert prompt_segments(" \n ") == []
 

@@ -17,16 +17,21 @@ from imagegen_safety.domain.policy import prompt_verdict
 pytestmark = pytest.mark.slow
 
 
-def test_benign_prompts_are_allowed(real_prompt_classifier: PromptClassifier,
-                                    settings: SafetySettings) -> None:
+def test_benign_prompts_are_allowed(
+    real_prompt_classifier: PromptClassifier, settings: SafetySettings
+) -> None:
     thresholds = settings.prompt_thresholds()
-    rejected = {p: fired for p in benign_prompts()
-                if (fired := prompt_verdict(real_prompt_classifier.score(p), thresholds)[1])}
+    rejected = {
+        p: fired
+        for p in benign_prompts()
+        if (fired := prompt_verdict(real_prompt_classifier.score(p), thresholds)[1])
+    }
     assert rejected == {}
 
 
 def test_unsafe_prompts_are_rejected_with_their_category(
-    real_prompt_classifier: PromptClassifier, settings: SafetySettings,
+    real_prompt_classifier: PromptClassifier,
+    settings: SafetySettings,
 ) -> None:
     thresholds = settings.prompt_thresholds()
     wrong = {}
@@ -40,6 +45,12 @@ def test_unsafe_prompts_are_rejected_with_their_category(
 def test_the_labelled_set_is_large_enough_to_mean_something() -> None:
     unsafe = unsafe_prompts()
     assert len(benign_prompts()) >= 150
-    assert {c for c, _ in unsafe} == {"minors", "sexual", "self-harm", "violence", "hate",
-                                      "profanity"}
+    assert {c for c, _ in unsafe} == {
+        "minors",
+        "sexual",
+        "self-harm",
+        "violence",
+        "hate",
+        "profanity",
+    }
     assert all(sum(c == k for c, _ in unsafe) >= 5 for k, _ in unsafe)

@@ -15,28 +15,42 @@ from imagegen_schemas import jobs as ev
 from imagegen_schemas.workers import WorkerHeartbeat, WorkerStatus
 
 pytestmark = pytest.mark.unit
-CATALOG = ModelCatalog(models={"m": ModelSpec("m", "sd15", 0.01, (0.1, 0.2), 0.01, 0.05)},
-                       adapters={})
-PARAMS = GenerationParams(prompt="p", model="m", width=64, height=64, steps=2,
-                          guidance_scale=5, seed=3)
+CATALOG = ModelCatalog(
+    models={"m": ModelSpec("m", "sd15", 0.01, (0.1, 0.2), 0.01, 0.05)}, adapters={}
+)
+PARAMS = GenerationParams(
+    prompt="p", model="m", width=64, height=64, steps=2, guidance_scale=5, seed=3
+)
 NOW = 1_800_000_000.0
 
 
 def env(payload: ev.Payload, at: float = NOW) -> Envelope:
     key = getattr(payload, "job_id", None) or getattr(payload, "worker_id", "x")
-    return Envelope.wrap(payload, correlation_id=key, producer="t",
-                         occurred_at=datetime.fromtimestamp(at, UTC))
+    return Envelope.wrap(
+        payload, correlation_id=key, producer="t", occurred_at=datetime.fromtimestamp(at, UTC)
+    )
 
 
 def request(job: str, user: str = "u") -> ev.GenerationRequested:
-    return ev.GenerationRequested(job_id=job, user_id=user, plan=Plan.PRO, tier=Tier.FAST,
-                                  params=PARAMS, webhook_url="http://hook")
+    return ev.GenerationRequested(
+        job_id=job,
+        user_id=user,
+        plan=Plan.PRO,
+        tier=Tier.FAST,
+        params=PARAMS,
+        webhook_url="http://hook",
+    )
 
 
 def beat(wid: str = "w1") -> WorkerHeartbeat:
-    return WorkerHeartbeat(worker_id=wid, status=WorkerStatus.IDLE, gpu_type="cpu",
-                           memory_total_bytes=16 * 10**9, memory_free_bytes=10**9,
-                           capabilities=("sd15",))
+    return WorkerHeartbeat(
+        worker_id=wid,
+        status=WorkerStatus.IDLE,
+        gpu_type="cpu",
+        memory_total_bytes=16 * 10**9,
+        memory_free_bytes=10**9,
+        capabilities=("sd15",),
+    )
 
 
 async def live(s: Scheduler, *payloads: ev.Payload) -> None:
@@ -66,8 +80,9 @@ async def test_allowed_request_is_assigned_with_its_parameters() -> None:
 async def test_rejected_prompt_never_reaches_a_worker() -> None:
     pub = InMemoryPublisher()
     s = Scheduler(pub, CATALOG, clock=lambda: NOW)
-    await live(s, beat(), request("j1"),
-               ev.PromptModerated(job_id="j1", verdict=ev.Verdict.REJECTED))
+    await live(
+        s, beat(), request("j1"), ev.PromptModerated(job_id="j1", verdict=ev.Verdict.REJECTED)
+    )
     assert assigned(pub) == []
 
 
@@ -79,8 +94,11 @@ async def test_restart_in_any_order_assigns_nothing_twice_and_keeps_the_queue() 
         await live(s, request(j), ev.PromptModerated(job_id=j, verdict=ev.Verdict.ALLOWED))
     first = assigned(pub)
     assert [a.job_id for a in first] == ["a"]  # one worker: one running, two queued
-    log = [beat()] + [p for j in ("a", "b", "c") for p in
-                      (request(j), ev.PromptModerated(job_id=j, verdict=ev.Verdict.ALLOWED))]
+    log = [beat()] + [
+        p
+        for j in ("a", "b", "c")
+        for p in (request(j), ev.PromptModerated(job_id=j, verdict=ev.Verdict.ALLOWED))
+    ]
     log += first
     for seed in range(5):
         random.Random(seed).shuffle(log)
@@ -92,8 +110,7 @@ async def test_restart_in_any_order_assigns_nothing_twice_and_keeps_the_queue() 
         await again._decide()
         assert assigned(pub2) == [], "a restarted scheduler assigned again"
         assert len(again.state.queued) == 2 and "a" in again.state.running
-        await live(again, ev.ImageGenerated(job_id="a", worker_id="w1", fencing_token=1,
-                                            images=()))
+        await live(again, ev.ImageGenerated(job_id="a", worker_id="w1", fencing_token=1, images=()))
         [nxt] = assigned(pub2)
         assert nxt.job_id in {"b", "c"} and nxt.fencing_token == 2
 
@@ -102,8 +119,17 @@ async def test_lost_worker_requeues_with_a_new_token_and_late_result_is_ignored(
     pub = InMemoryPublisher()
     s = Scheduler(pub, CATALOG, clock=lambda: NOW)
     await live(s, beat("w1"), request("j"), ev.PromptModerated(job_id="j", verdict="allowed"))
-    await live(s, ev.GenerationFailed(job_id="j", reason=ev.FailureReason.WORKER_LOST,
-                                      terminal=False, attempt=1, worker_id="w1"), beat("w2"))
+    await live(
+        s,
+        ev.GenerationFailed(
+            job_id="j",
+            reason=ev.FailureReason.WORKER_LOST,
+            terminal=False,
+            attempt=1,
+            worker_id="w1",
+        ),
+        beat("w2"),
+    )
     second = assigned(pub)[-1]
     assert (second.worker_id, second.fencing_token, second.attempt) == ("w2", 2, 2)
     await live(s, ev.ImageGenerated(job_id="j", worker_id="w1", fencing_token=1, images=()))
@@ -115,9 +141,17 @@ async def test_third_failed_attempt_ends_the_job_with_the_reason() -> None:
     s = Scheduler(pub, CATALOG, clock=lambda: NOW, max_attempts=3)
     await live(s, beat(), request("j"), ev.PromptModerated(job_id="j", verdict="allowed"))
     for attempt in (1, 2, 3):
-        await live(s, ev.GenerationFailed(job_id="j", reason=ev.FailureReason.OUT_OF_MEMORY,
-                                          message="CUDA out of memory", terminal=False,
-                                          attempt=attempt, worker_id="w1"))
+        await live(
+            s,
+            ev.GenerationFailed(
+                job_id="j",
+                reason=ev.FailureReason.OUT_OF_MEMORY,
+                message="CUDA out of memory",
+                terminal=False,
+                attempt=attempt,
+                worker_id="w1",
+            ),
+        )
     assert [a.attempt for a in assigned(pub)] == [1, 2, 3]
     [end] = [ev.GenerationFailed.model_validate(e.data) for e in pub.on("imagegen.jobs.ended")]
     assert end.terminal and end.reason == ev.FailureReason.RETRIES_EXHAUSTED
@@ -127,7 +161,12 @@ async def test_third_failed_attempt_ends_the_job_with_the_reason() -> None:
 async def test_cancelling_a_queued_job_ends_it() -> None:
     pub = InMemoryPublisher()
     s = Scheduler(pub, CATALOG, clock=lambda: NOW)
-    await live(s, request("j"), ev.PromptModerated(job_id="j", verdict="allowed"),
-               ev.CancellationRequested(job_id="j", requested_by="u"), beat())
+    await live(
+        s,
+        request("j"),
+        ev.PromptModerated(job_id="j", verdict="allowed"),
+        ev.CancellationRequested(job_id="j", requested_by="u"),
+        beat(),
+    )
     assert assigned(pub) == []
     assert [e.type for e in pub.on("imagegen.jobs.ended")] == ["imagegen.generation.cancelled"]

@@ -46,8 +46,9 @@ def add_health_routes(app: FastAPI, service: str, readiness: Readiness) -> None:
     async def readyz() -> JSONResponse:
         results = await readiness.evaluate()
         ok = all(results.values())
-        return JSONResponse({"ready": ok, "service": service, "checks": results},
-                            status_code=200 if ok else 503)
+        return JSONResponse(
+            {"ready": ok, "service": service, "checks": results}, status_code=200 if ok else 503
+        )
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

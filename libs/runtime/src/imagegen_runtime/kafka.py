@@ -44,7 +44,9 @@ class KafkaUnavailable(RuntimeError):
 
 def wait_for_kafka(bootstrap: str, timeout_s: float = 60.0) -> int:
     """Block until the cluster answers a metadata request; returns the number of brokers."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 2000})
+    admin = AdminClient(
+        {"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 2000}
+    )
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -62,9 +64,14 @@ def ensure_topics(bootstrap: str, prefix: str = "", timeout_s: float = 30.0) -> 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = [
-        NewTopic(prefix + t.name, num_partitions=t.partitions, replication_factor=1,
-                 config=t.kafka_configs())
-        for t in TOPICS if prefix + t.name not in existing
+        NewTopic(
+            prefix + t.name,
+            num_partitions=t.partitions,
+            replication_factor=1,
+            config=t.kafka_configs(),
+        )
+        for t in TOPICS
+        if prefix + t.name not in existing
     ]
     if not wanted:
         return []
@@ -102,8 +109,9 @@ class KafkaPublisher:
         self._stop = threading.Event()
         self._closed = False
         # librdkafka runs delivery callbacks inside poll(); one thread keeps polling.
-        self._poller = threading.Thread(target=self._poll_loop, name="kafka-producer-poll",
-                                        daemon=True)
+        self._poller = threading.Thread(
+            target=self._poll_loop, name="kafka-producer-poll", daemon=True
+        )
         self._poller.start()
 
     def _poll_loop(self) -> None:
@@ -111,12 +119,21 @@ class KafkaPublisher:
             self._producer.poll(0.05)
 
     async def publish(
-        self, payload: Payload, *, key: str, causation_id: str | None = None,
+        self,
+        payload: Payload,
+        *,
+        key: str,
+        causation_id: str | None = None,
         event_id: str | None = None,
     ) -> Envelope:
-        record = build_record(payload, key=key, producer=self.producer_name,
-                              topic_prefix=self.topic_prefix, causation_id=causation_id,
-                              event_id=event_id)
+        record = build_record(
+            payload,
+            key=key,
+            producer=self.producer_name,
+            topic_prefix=self.topic_prefix,
+            causation_id=causation_id,
+            event_id=event_id,
+        )
         await self.send_raw(record.topic, record.key, record.envelope.to_json(), record.headers)
         EVENTS_PUBLISHED.labels(record.topic, record.envelope.type).inc()
         return record.envelope
@@ -138,12 +155,14 @@ class KafkaPublisher:
                     fut.set_exception(KafkaException(err))
                 else:
                     fut.set_result((msg.partition(), msg.offset()))
+
             loop.call_soon_threadsafe(settle)
 
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers,
-                                       on_delivery=on_delivery)
+                self._producer.produce(
+                    topic, value=value, key=key, headers=headers, on_delivery=on_delivery
+                )
                 break
             except BufferError:  # local queue full: let deliveries drain, then retry
                 await asyncio.sleep(0.01)
@@ -171,9 +190,13 @@ Handler = Callable[[Envelope, Payload, RecordMeta], Awaitable[None]]
 
 
 def record_meta(msg: Message) -> RecordMeta:
-    return RecordMeta(msg.topic(), msg.partition(), msg.offset(),
-                      msg.key().decode(errors="replace") if msg.key() else None,
-                      header_map(msg.headers()))
+    return RecordMeta(
+        msg.topic(),
+        msg.partition(),
+        msg.offset(),
+        msg.key().decode(errors="replace") if msg.key() else None,
+        header_map(msg.headers()),
+    )
 
 
 def decode(msg: Message) -> tuple[Envelope, Payload]:
@@ -209,16 +232,18 @@ class KafkaConsumerLoop:
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
         self.assigned = asyncio.Event()
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap,
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            "session.timeout.ms": 10000,
-            "heartbeat.interval.ms": 1000,
-            **extra,
-        })
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "session.timeout.ms": 10000,
+                "heartbeat.interval.ms": 1000,
+                **extra,
+            }
+        )
         self.handled = 0
         self.dead_lettered = 0
 
@@ -252,9 +277,13 @@ class KafkaConsumerLoop:
             return
         token = job_id_var.set(envelope.correlation_id)
         try:
-            with tracer.start_as_current_span(
-                f"consume {envelope.type}", context=context_from_headers(meta.headers)  # type: ignore[arg-type]
-            ), HANDLER_SECONDS.labels(meta.topic, self.group_id).time():
+            with (
+                tracer.start_as_current_span(
+                    f"consume {envelope.type}",
+                    context=context_from_headers(meta.headers),  # type: ignore[arg-type]
+                ),
+                HANDLER_SECONDS.labels(meta.topic, self.group_id).time(),
+            ):
                 for attempt in range(1, self.max_attempts + 1):
                     try:
                         await self.handler(envelope, payload, meta)
@@ -262,7 +291,9 @@ class KafkaConsumerLoop:
                         EVENTS_CONSUMED.labels(meta.topic, self.group_id).inc()
                         return
                     except Exception as exc:
-                        log.warning("handler failed", extra={"attempt": attempt, "error": repr(exc)})
+                        log.warning(
+                            "handler failed", extra={"attempt": attempt, "error": repr(exc)}
+                        )
                         if attempt == self.max_attempts:
                             await self._dead_letter(msg, f"handler failed {attempt} times: {exc!r}")
                             return
@@ -279,15 +310,19 @@ async def dead_letter(publisher: KafkaPublisher, msg: Message, group: str, error
     """Publish ``msg`` with ``error`` to the dead-letter topic (its bytes kept for replay)."""
     key = msg.key()
     letter = DeadLettered(
-        source_topic=msg.topic(), source_partition=msg.partition(), source_offset=msg.offset(),
-        consumer_group=group, error=error[:8000],
+        source_topic=msg.topic(),
+        source_partition=msg.partition(),
+        source_offset=msg.offset(),
+        consumer_group=group,
+        error=error[:8000],
         original_key_b64=base64.b64encode(key).decode() if key else None,
         original_value_b64=base64.b64encode(msg.value() or b"").decode(),
     )
     await publisher.publish(letter, key=f"{msg.topic()}/{msg.partition()}")
     DEAD_LETTERED.labels(msg.topic(), group).inc()
-    log.error("dead-lettered", extra={"topic": msg.topic(), "offset": msg.offset(),
-                                      "error": error[:500]})
+    log.error(
+        "dead-lettered", extra={"topic": msg.topic(), "offset": msg.offset(), "error": error[:500]}
+    )
 
 
 ReplayHandler = Callable[[Envelope, Payload, RecordMeta, bool], Awaitable[None]]
@@ -303,10 +338,16 @@ class ReplayingConsumer:
     Malformed records are dead-lettered only when live (at most once per record per process).
     """
 
-    def __init__(self, bootstrap: str, topics: Iterable[str], handler: ReplayHandler,
-                 deadletter: KafkaPublisher, name: str,
-                 after_batch: Callable[[], Awaitable[None]] | None = None,
-                 batch_size: int = 500) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Iterable[str],
+        handler: ReplayHandler,
+        deadletter: KafkaPublisher,
+        name: str,
+        after_batch: Callable[[], Awaitable[None]] | None = None,
+        batch_size: int = 500,
+    ) -> None:
         self.bootstrap = bootstrap
         self.topics = list(topics)
         self.handler = handler
@@ -320,11 +361,20 @@ class ReplayingConsumer:
     async def run(self, stop: asyncio.Event) -> None:
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.name,
-                             "enable.auto.commit": False, "isolation.level": "read_committed"})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": self.name,
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
         md = await asyncio.to_thread(consumer.list_topics, timeout=10)
-        parts = [TopicPartition(t, p, OFFSET_BEGINNING)
-                 for t in self.topics for p in sorted(md.topics[t].partitions)]
+        parts = [
+            TopicPartition(t, p, OFFSET_BEGINNING)
+            for t in self.topics
+            for p in sorted(md.topics[t].partitions)
+        ]
         remaining: dict[tuple[str, int], int] = {}
         for tp in parts:
             _, high = await asyncio.to_thread(consumer.get_watermark_offsets, tp, 10)

@@ -11,7 +11,9 @@ EVENTS_CONSUMED = Counter(
     "imagegen_events_consumed_total", "Records handled and committed.", ["topic", "group"]
 )
 DEAD_LETTERED = Counter(
-    "imagegen_events_dead_lettered_total", "Records sent to the dead-letter topic.", ["topic", "group"]
+    "imagegen_events_dead_lettered_total",
+    "Records sent to the dead-letter topic.",
+    ["topic", "group"],
 )
 HANDLER_SECONDS = Histogram(
     "imagegen_handler_seconds", "Time to handle one record, effect included.", ["topic", "group"]

@@ -41,7 +41,11 @@ def derived_event_id(causation_id: str, event_type: str, *parts: object) -> str:
 
 class Publisher(Protocol):
     async def publish(
-        self, payload: Payload, *, key: str, causation_id: str | None = None,
+        self,
+        payload: Payload,
+        *,
+        key: str,
+        causation_id: str | None = None,
         event_id: str | None = None,
     ) -> Envelope:
         """Publish and return once the transport has durably accepted the event.
@@ -54,12 +58,18 @@ class Publisher(Protocol):
 
 
 def build_record(
-    payload: Payload, *, key: str, producer: str, topic_prefix: str, causation_id: str | None,
+    payload: Payload,
+    *,
+    key: str,
+    producer: str,
+    topic_prefix: str,
+    causation_id: str | None,
     event_id: str | None = None,
 ) -> Published:
     """Envelope, topic, key and headers for one payload (shared by every publisher)."""
-    envelope = Envelope.wrap(payload, correlation_id=key, producer=producer,
-                             causation_id=causation_id, event_id=event_id)
+    envelope = Envelope.wrap(
+        payload, correlation_id=key, producer=producer, causation_id=causation_id, event_id=event_id
+    )
     headers = ce_headers(envelope, traceparent=current_traceparent())
     topic = topic_prefix + topic_for(type(payload))
     return Published(topic=topic, key=key.encode(), envelope=envelope, headers=headers)
@@ -75,14 +85,23 @@ class InMemoryPublisher:
         self.closed = False
 
     async def publish(
-        self, payload: Payload, *, key: str, causation_id: str | None = None,
+        self,
+        payload: Payload,
+        *,
+        key: str,
+        causation_id: str | None = None,
         event_id: str | None = None,
     ) -> Envelope:
         if self.closed:
             raise RuntimeError("publisher is closed")
-        record = build_record(payload, key=key, producer=self.producer,
-                              topic_prefix=self.topic_prefix, causation_id=causation_id,
-                              event_id=event_id)
+        record = build_record(
+            payload,
+            key=key,
+            producer=self.producer,
+            topic_prefix=self.topic_prefix,
+            causation_id=causation_id,
+            event_id=event_id,
+        )
         self.records.append(record)
         return record.envelope
 

@@ -1,7 +1,8 @@
 """The common main loop of a service: logs, tracing, HTTP (health/metrics), consumers, shutdown.
 
 A service's ``entrypoints/main.py`` loads its settings (fail fast), calls its ``bootstrap`` and
-hands the result to :func:`run_service`. One JSON log line with ``"event": "ready"`` is printed
+hands the result to :func:`imagegen_runtime.standard.run_main`, which calls :func:`serve`.
+One JSON log line with ``"event": "ready"`` is printed
 once every readiness check passes; ``make up`` waits on ``/readyz``, not on time.
 """
 
@@ -17,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from .health import Readiness
+from .waiting import sleep_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +42,7 @@ async def _announce_ready(app: ServiceApp, stop: asyncio.Event) -> None:
         if all(results.values()):
             log.info("ready", extra={"event": "ready", "checks": results})
             return
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=0.2)
-        except TimeoutError:
-            pass
+        await sleep_or_stop(stop, 0.2)
 
 
 async def serve(app: ServiceApp, host: str, port: int) -> int:
@@ -52,8 +51,9 @@ async def serve(app: ServiceApp, host: str, port: int) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    config = uvicorn.Config(app.http, host=host, port=port, log_config=None, lifespan="on",
-                            access_log=False)
+    config = uvicorn.Config(
+        app.http, host=host, port=port, log_config=None, lifespan="on", access_log=False
+    )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     crashed: list[BaseException] = []

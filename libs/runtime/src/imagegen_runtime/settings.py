@@ -23,7 +23,8 @@ class ServiceSettings(BaseSettings):
         description="Kafka bootstrap servers, host:port[,host:port]. `make up` sets it.",
     )
     topic_prefix: str = Field(
-        default="", pattern=r"^[A-Za-z0-9._\-]*$",
+        default="",
+        pattern=r"^[A-Za-z0-9._\-]*$",
         description="Prefix added to every topic name (isolates test runs on one broker).",
     )
     http_host: str = Field(default="127.0.0.1", description="Address of the health/metrics server.")
@@ -35,7 +36,8 @@ class ServiceSettings(BaseSettings):
         default="none", description="Where OpenTelemetry spans go; 'console' prints them as JSON."
     )
     instance_id: str = Field(
-        default="1", pattern=r"^[A-Za-z0-9._\-]+$",
+        default="1",
+        pattern=r"^[A-Za-z0-9._\-]+$",
         description="Distinguishes replicas of one service in logs and event `producer`.",
     )
 
@@ -45,7 +47,9 @@ class DatabaseSettingsMixin(BaseSettings):
 
     database_url: str = Field(
         pattern=r"^postgresql\+asyncpg://",
-        description="SQLAlchemy URL, postgresql+asyncpg://user:pass@host:port/db. `make up` sets it.",
+        description=(
+            "SQLAlchemy URL, postgresql+asyncpg://user:pass@host:port/db. `make up` sets it."
+        ),
     )
 
 

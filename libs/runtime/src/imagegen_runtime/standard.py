@@ -93,8 +93,11 @@ def consumer_service(
     app = ServiceApp(service, http, readiness)
     if subscribes:
         consumer = KafkaConsumerLoop(
-            settings.kafka_bootstrap, group or f"{settings.topic_prefix}imagegen-{service}",
-            [settings.topic_prefix + t for t in subscribes], handler, publisher,
+            settings.kafka_bootstrap,
+            group or f"{settings.topic_prefix}imagegen-{service}",
+            [settings.topic_prefix + t for t in subscribes],
+            handler,
+            publisher,
         )
         readiness.add("consumer", consumer_assigned_check(consumer))  # type: ignore[arg-type]
         app.tasks.append(consumer.run)

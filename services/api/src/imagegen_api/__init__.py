@@ -1,1 +1,4 @@
-"""HTTP submission API (FastAPI). Accepts generation requests and publishes `imagegen.generation.requested`."""
+"""HTTP submission API (FastAPI).
+
+Accepts generation requests and publishes them to `imagegen.jobs.requested`.
+"""

@@ -19,13 +19,21 @@ from .projections.jobs import projector
 
 
 def bootstrap(settings: ApiSettings, *, publisher: Publisher | None = None) -> ServiceApp:
-    kafka = KafkaPublisher(settings.kafka_bootstrap, f"{SERVICE}-{settings.instance_id}",
-                           settings.topic_prefix)
+    kafka = KafkaPublisher(
+        settings.kafka_bootstrap, f"{SERVICE}-{settings.instance_id}", settings.topic_prefix
+    )
     publisher = publisher or kafka
     engine = make_engine(settings.database_url, pool_size=10)
     accounts, jobs = PgAccounts(engine), PgJobStore(engine)
-    deps = Deps(accounts, jobs, publisher, load_catalog(settings.models_dir),
-                settings.default_model, settings.public_base_url, settings.openai_timeout_s)
+    deps = Deps(
+        accounts,
+        jobs,
+        publisher,
+        load_catalog(settings.models_dir),
+        settings.default_model,
+        settings.public_base_url,
+        settings.openai_timeout_s,
+    )
 
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         await accounts.create_tables()
@@ -35,8 +43,15 @@ def bootstrap(settings: ApiSettings, *, publisher: Publisher | None = None) -> S
 
     http = FastAPI(title="imagegen API", version="0.1.0", lifespan=lifespan)
     http.include_router(build_router(deps))
-    app = consumer_service(settings, SERVICE, SUBSCRIBES, projector(jobs), kafka, http=http,
-                           group=projector_group(settings.topic_prefix))
+    app = consumer_service(
+        settings,
+        SERVICE,
+        SUBSCRIBES,
+        projector(jobs),
+        kafka,
+        http=http,
+        group=projector_group(settings.topic_prefix),
+    )
 
     async def database() -> bool:
         return await jobs.get("readiness-probe") is None

@@ -12,8 +12,12 @@ from imagegen_runtime.settings import DatabaseSettingsMixin, ServiceSettings
 SERVICE = "api"
 # Topics this service consumes (catalog names, before the prefix).
 SUBSCRIBES: tuple[str, ...] = (
-    "imagegen.jobs.requested", "imagegen.jobs.moderated", "imagegen.jobs.scheduled",
-    "imagegen.jobs.progress", "imagegen.jobs.generated", "imagegen.jobs.delivered",
+    "imagegen.jobs.requested",
+    "imagegen.jobs.moderated",
+    "imagegen.jobs.scheduled",
+    "imagegen.jobs.progress",
+    "imagegen.jobs.generated",
+    "imagegen.jobs.delivered",
     "imagegen.jobs.ended",
 )  # by the job projector
 
@@ -28,10 +32,13 @@ class ApiSettings(ServiceSettings, DatabaseSettingsMixin):
     models_dir: Path = Field(default=Path("models"), description="Registered models (model.json).")
     default_model: str = Field(default="shapes-demo", description="Model used when none is named.")
     openai_timeout_s: float = Field(
-        default=120.0, gt=0, le=600,
+        default=120.0,
+        gt=0,
+        le=600,
         description="How long POST /v1/images/generations waits for the image.",
     )
     public_base_url: str = Field(
-        default="http://127.0.0.1:8000", pattern=r"^https?://",
+        default="http://127.0.0.1:8000",
+        pattern=r"^https?://",
         description="Base URL clients use to reach this API; used in links and signed URLs.",
     )

@@ -16,8 +16,11 @@ from .service_layer.handlers import Clock, make_handlers
 
 
 def bootstrap(
-    settings: DeliverySettings, *, publisher: KafkaPublisher | None = None,
-    store: BlobStore | None = None, webhooks: WebhookClient | None = None,
+    settings: DeliverySettings,
+    *,
+    publisher: KafkaPublisher | None = None,
+    store: BlobStore | None = None,
+    webhooks: WebhookClient | None = None,
     clock: Clock = time.time,
 ) -> ServiceApp:
     publisher = publisher or KafkaPublisher(
@@ -25,11 +28,18 @@ def bootstrap(
     )
     store = store or LocalFileStore(settings.store_dir, source_root=settings.source_dir)
     webhooks = webhooks or HttpxWebhookClient(
-        timeout_s=settings.webhook_timeout_s, attempts=settings.webhook_attempts,
+        timeout_s=settings.webhook_timeout_s,
+        attempts=settings.webhook_attempts,
         backoff_s=settings.webhook_backoff_s,
     )
     handlers = make_handlers(publisher, store, webhooks, settings, clock)
-    app = consumer_service(settings, SERVICE, SUBSCRIBES, dispatcher(handlers), publisher,
-                           http=make_http_app(store, settings, clock))
+    app = consumer_service(
+        settings,
+        SERVICE,
+        SUBSCRIBES,
+        dispatcher(handlers),
+        publisher,
+        http=make_http_app(store, settings, clock),
+    )
     app.on_shutdown.append(webhooks.close)
     return app

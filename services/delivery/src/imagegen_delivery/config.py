@@ -27,7 +27,7 @@ class DeliverySettings(ServiceSettings):
     source_dir: Path | None = Field(
         default=None,
         description="If set, images are only copied from file:// URIs under this folder (the "
-                    "gpu-worker's blob dir); unset accepts any local file the event names.",
+        "gpu-worker's blob dir); unset accepts any local file the event names.",
     )
     signing_key: SecretStr = Field(
         min_length=16,
@@ -37,14 +37,16 @@ class DeliverySettings(ServiceSettings):
         default=86400, ge=60, le=7 * 86400, description="Lifetime of a signed URL, in seconds."
     )
     public_base_url: str = Field(
-        default="http://127.0.0.1:8104", pattern=r"^https?://[^/\s?#]+(/[^\s?#]*)?$",
+        default="http://127.0.0.1:8104",
+        pattern=r"^https?://[^/\s?#]+(/[^\s?#]*)?$",
         description="Scheme, host, port (and optional path prefix) clients reach this service's "
-                    "/files at; every signed URL starts with it, e.g. https://cdn.example.com.",
+        "/files at; every signed URL starts with it, e.g. https://cdn.example.com.",
     )
     webhook_secret: SecretStr | None = Field(
-        default=None, min_length=16,
+        default=None,
+        min_length=16,
         description="Key of the X-Imagegen-Signature HMAC on webhook calls, shared with receivers "
-                    "(at least 16 characters). Unset: derived from SIGNING_KEY (docs/adr/0402).",
+        "(at least 16 characters). Unset: derived from SIGNING_KEY (docs/adr/0402).",
     )
     webhook_timeout_s: float = Field(
         default=5.0, gt=0, le=60, description="Timeout of one webhook call, in seconds."

@@ -1,1 +1,1 @@
-"""Diffusion worker: runs assigned jobs with diffusers, publishes progress, results and heartbeats."""
+"""Diffusion worker: runs assigned jobs with diffusers; publishes progress, results, heartbeats."""

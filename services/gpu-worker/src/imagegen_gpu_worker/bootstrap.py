@@ -17,8 +17,13 @@ from .service_layer.heartbeat import heartbeat, heartbeat_loop, loaded_models
 from .service_layer.worker import Runner, Worker, WorkerState
 
 
-def bootstrap(settings: GpuWorkerSettings, *, publisher: KafkaPublisher | None = None,
-              runner: Runner | None = None, blobs: BlobStore | None = None) -> ServiceApp:
+def bootstrap(
+    settings: GpuWorkerSettings,
+    *,
+    publisher: KafkaPublisher | None = None,
+    runner: Runner | None = None,
+    blobs: BlobStore | None = None,
+) -> ServiceApp:
     publisher = publisher or KafkaPublisher(
         settings.kafka_bootstrap, f"{SERVICE}-{settings.worker_id}", settings.topic_prefix
     )
@@ -26,28 +31,47 @@ def bootstrap(settings: GpuWorkerSettings, *, publisher: KafkaPublisher | None =
     diffusers_runner = DiffusersRunner(
         settings.models_dir, settings.device, None if budget_mb is None else budget_mb * 2**20
     )
-    worker = Worker(WorkerState(settings.worker_id), runner or diffusers_runner,
-                    blobs or LocalBlobStore(settings.blob_dir), publisher)
+    worker = Worker(
+        WorkerState(settings.worker_id),
+        runner or diffusers_runner,
+        blobs or LocalBlobStore(settings.blob_dir),
+        publisher,
+    )
     prefix = settings.topic_prefix
     # Assignments are consumed by this worker's own group: every worker sees every assignment
     # and runs only its own. Cancellations and preemption requests come on a second loop so they
     # are seen mid-run (the first loop is busy with the run).
-    app = consumer_service(settings, SERVICE, ("imagegen.jobs.scheduled",),
-                           dispatcher({ev.JobScheduled: worker.on_assignment}),  # type: ignore[dict-item]
-                           publisher, group=f"{prefix}imagegen-worker-{settings.worker_id}")
+    app = consumer_service(
+        settings,
+        SERVICE,
+        ("imagegen.jobs.scheduled",),
+        dispatcher({ev.JobScheduled: worker.on_assignment}),  # type: ignore[dict-item]
+        publisher,
+        group=f"{prefix}imagegen-worker-{settings.worker_id}",
+    )
     control = KafkaConsumerLoop(
-        settings.kafka_bootstrap, f"{prefix}imagegen-worker-{settings.worker_id}-control",
+        settings.kafka_bootstrap,
+        f"{prefix}imagegen-worker-{settings.worker_id}-control",
         [prefix + "imagegen.jobs.requested", prefix + "imagegen.jobs.scheduled"],
-        dispatcher({ev.CancellationRequested: worker.on_cancel,  # type: ignore[dict-item]
-                    ev.PreemptionRequested: worker.on_preempt}),  # type: ignore[dict-item]
-        publisher)
+        dispatcher(
+            {
+                ev.CancellationRequested: worker.on_cancel,  # type: ignore[dict-item]
+                ev.PreemptionRequested: worker.on_preempt,
+            }
+        ),  # type: ignore[dict-item]
+        publisher,
+    )
     app.tasks.append(control.run)
     app.readiness.add("control", consumer_assigned_check(control))  # type: ignore[arg-type]
 
     def beat():  # type: ignore[no-untyped-def]
-        return heartbeat(settings.worker_id, read_memory(settings.device),
-                         settings.heartbeat_interval_s, worker.state.running_job,
-                         loaded_models(diffusers_runner.resident()))
+        return heartbeat(
+            settings.worker_id,
+            read_memory(settings.device),
+            settings.heartbeat_interval_s,
+            worker.state.running_job,
+            loaded_models(diffusers_runner.resident()),
+        )
 
     async def beats(stop: asyncio.Event) -> None:
         await heartbeat_loop(publisher, beat, settings.heartbeat_interval_s, stop)

@@ -16,19 +16,24 @@ SUBSCRIBES: tuple[str, ...] = ("imagegen.jobs.scheduled", "imagegen.jobs.request
 
 
 class GpuWorkerSettings(ServiceSettings):
-    """Every knob of the gpu-worker service; read from ``IMAGEGEN_GPU_WORKER_*`` environment variables."""
+    """Every knob of the gpu-worker service; env ``IMAGEGEN_GPU_WORKER_*``."""
 
-    model_config = SettingsConfigDict(env_prefix="IMAGEGEN_GPU_WORKER_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGEGEN_GPU_WORKER_", extra="ignore", frozen=True
+    )
 
     http_port: int = Field(default=8102, ge=1, le=65535, description="Port of the HTTP server.")
 
     worker_id: str = Field(
-        default="worker-local-1", pattern=r"^[A-Za-z0-9._\-]+$",
+        default="worker-local-1",
+        pattern=r"^[A-Za-z0-9._\-]+$",
         description="Stable id of this worker; the Kafka key of its heartbeats.",
     )
     device: Literal["cpu", "cuda"] = Field(default="cpu", description="Torch device to run on.")
     models_dir: Path = Field(default=Path("models"), description="Folder of registered models.")
-    blob_dir: Path = Field(default=Path("var/blobs"), description="Where generated images are written.")
+    blob_dir: Path = Field(
+        default=Path("var/blobs"), description="Where generated images are written."
+    )
     preload_model: str = Field(
         default="shapes-demo", description="Model loaded at start so the first job is warm."
     )

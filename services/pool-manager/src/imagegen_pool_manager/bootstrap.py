@@ -15,13 +15,18 @@ from .service_layer.pool import PoolManager
 
 
 def bootstrap(settings: PoolManagerSettings, *, publisher: Publisher | None = None) -> ServiceApp:
-    kafka = KafkaPublisher(settings.kafka_bootstrap, f"{SERVICE}-{settings.instance_id}",
-                           settings.topic_prefix)
+    kafka = KafkaPublisher(
+        settings.kafka_bootstrap, f"{SERVICE}-{settings.instance_id}", settings.topic_prefix
+    )
     publisher = publisher or kafka
     pool = PoolManager(publisher, settings.heartbeat_timeout_s)
-    consumer = ReplayingConsumer(settings.kafka_bootstrap,
-                                 [settings.topic_prefix + t for t in SUBSCRIBES], pool.on_event,
-                                 kafka, f"{settings.topic_prefix}imagegen-pool-manager")
+    consumer = ReplayingConsumer(
+        settings.kafka_bootstrap,
+        [settings.topic_prefix + t for t in SUBSCRIBES],
+        pool.on_event,
+        kafka,
+        f"{settings.topic_prefix}imagegen-pool-manager",
+    )
     readiness = Readiness()
     readiness.add("kafka", kafka_metadata_check(settings.kafka_bootstrap))  # type: ignore[arg-type]
     check, dispose = database_check(settings.database_url)
@@ -40,11 +45,19 @@ def bootstrap(settings: PoolManagerSettings, *, publisher: Publisher | None = No
     @http.get("/v1/workers")
     async def workers() -> list[dict[str, object]]:
         """The fleet as projected from heartbeats: alive or lost, memory, models, running job."""
-        return [{"worker_id": w.worker_id, "lost": w.lost, "last_seen": w.last_seen,
-                 "in_flight": sorted(j for j, f in pool.fleet.in_flight.items()
-                                     if f.worker_id == w.worker_id),
-                 **w.heartbeat.model_dump(mode="json", exclude={"worker_id"})}
-                for w in pool.fleet.workers.values()]
+        return [
+            {
+                "worker_id": w.worker_id,
+                "lost": w.lost,
+                "last_seen": w.last_seen,
+                "in_flight": sorted(
+                    j for j, f in pool.fleet.in_flight.items() if f.worker_id == w.worker_id
+                ),
+                **w.heartbeat.model_dump(mode="json", exclude={"worker_id"}),
+            }
+            for w in pool.fleet.workers.values()
+        ]
 
-    return ServiceApp(SERVICE, http, readiness,
-                      tasks=[consumer.run, sweeps], on_shutdown=[kafka.close, dispose])  # type: ignore[list-item]
+    return ServiceApp(
+        SERVICE, http, readiness, tasks=[consumer.run, sweeps], on_shutdown=[kafka.close, dispose]
+    )  # type: ignore[list-item]

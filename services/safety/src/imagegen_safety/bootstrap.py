@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 
 def bootstrap(
-    settings: SafetySettings, *, publisher: Publisher | None = None,
+    settings: SafetySettings,
+    *,
+    publisher: Publisher | None = None,
     prompt_classifier: PromptClassifier | None = None,
     image_classifier: ImageClassifier | None = None,
 ) -> ServiceApp:
@@ -37,8 +39,7 @@ def bootstrap(
     prompts = prompt_classifier or MiniLmProfanityClassifier(threads=settings.model_threads)
     images = image_classifier or OpenNsfwClassifier(threads=settings.model_threads)
     handlers = make_handlers(publisher, prompts, images, settings)
-    app = consumer_service(settings, SERVICE, SUBSCRIBES, dispatcher(handlers),
-                           publisher)  # type: ignore[arg-type]
+    app = consumer_service(settings, SERVICE, SUBSCRIBES, dispatcher(handlers), publisher)  # type: ignore[arg-type]
 
     async def models_loaded() -> bool:
         return prompts.loaded and images.loaded
@@ -48,9 +49,15 @@ def bootstrap(
         start = time.perf_counter()
         await asyncio.to_thread(prompts.load)
         await asyncio.to_thread(images.load)
-        log.info("safety models loaded", extra={
-            "event": "models_loaded", "seconds": round(time.perf_counter() - start, 1),
-            "prompt_checker": prompts.checker, "image_checker": images.checker})
+        log.info(
+            "safety models loaded",
+            extra={
+                "event": "models_loaded",
+                "seconds": round(time.perf_counter() - start, 1),
+                "prompt_checker": prompts.checker,
+                "image_checker": images.checker,
+            },
+        )
 
     app.readiness.add("models", models_loaded)
     app.tasks.append(warm_models)

@@ -28,29 +28,38 @@ class SafetySettings(ServiceSettings):
     http_port: int = Field(default=8103, ge=1, le=65535, description="Port of the HTTP server.")
 
     prompt_threshold_minors: float = _threshold(
-        0.52, "Prompt rejected as 'minors' at this score (sexual content with a minor), 0..1.")
+        0.52, "Prompt rejected as 'minors' at this score (sexual content with a minor), 0..1."
+    )
     prompt_threshold_sexual: float = _threshold(
-        0.50, "Prompt rejected as 'sexual' at this score (explicit sexual content), 0..1.")
+        0.50, "Prompt rejected as 'sexual' at this score (explicit sexual content), 0..1."
+    )
     prompt_threshold_self_harm: float = _threshold(
-        0.54, "Prompt rejected as 'self-harm' at this score (suicide, self-injury), 0..1.")
+        0.54, "Prompt rejected as 'self-harm' at this score (suicide, self-injury), 0..1."
+    )
     prompt_threshold_violence: float = _threshold(
-        0.52, "Prompt rejected as 'violence' at this score (gore, killing, torture), 0..1.")
+        0.52, "Prompt rejected as 'violence' at this score (gore, killing, torture), 0..1."
+    )
     prompt_threshold_hate: float = _threshold(
-        0.47, "Prompt rejected as 'hate' at this score (hate symbols and propaganda), 0..1.")
+        0.47, "Prompt rejected as 'hate' at this score (hate symbols and propaganda), 0..1."
+    )
     prompt_threshold_profanity: float = _threshold(
-        0.99, "Prompt rejected as 'profanity' at this alt-profanity-check probability, 0..1.")
+        0.99, "Prompt rejected as 'profanity' at this alt-profanity-check probability, 0..1."
+    )
     image_threshold_sexual: float = _threshold(
-        0.70, "Image rejected as 'sexual' at this open_nsfw probability, 0..1.")
+        0.70, "Image rejected as 'sexual' at this open_nsfw probability, 0..1."
+    )
     image_reject_whole_batch: bool = Field(
         default=False,
         description="true: one rejected image rejects the job; false: only that image is "
-                    "withheld and the job is rejected when every image is.",
+        "withheld and the job is rejected when every image is.",
     )
 
     model_threads: int = Field(
-        default=1, ge=1, le=256,
+        default=1,
+        ge=1,
+        le=256,
         description="CPU threads of each model's inference. 1 is fastest on small shared hosts "
-                    "(2 threads were 5x slower under load on 2 cores); raise on a dedicated host.",
+        "(2 threads were 5x slower under load on 2 cores); raise on a dedicated host.",
     )
 
     def prompt_thresholds(self) -> dict[str, float]:

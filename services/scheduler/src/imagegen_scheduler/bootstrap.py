@@ -21,7 +21,9 @@ def bootstrap(settings: SchedulerSettings, *, publisher: Publisher | None = None
         settings.kafka_bootstrap, f"{SERVICE}-{settings.instance_id}", settings.topic_prefix
     )
     scheduler = Scheduler(
-        publisher or kafka, load_catalog(settings.models_dir), max_attempts=settings.max_attempts,
+        publisher or kafka,
+        load_catalog(settings.models_dir),
+        max_attempts=settings.max_attempts,
         config=SchedulerConfig(preemption=settings.preemption),
     )
     consumer = ReplayingConsumer(

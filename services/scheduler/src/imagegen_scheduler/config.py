@@ -22,7 +22,7 @@ SUBSCRIBES: tuple[str, ...] = (
 
 
 class SchedulerSettings(ServiceSettings):
-    """Every knob of the scheduler service; read from ``IMAGEGEN_SCHEDULER_*`` environment variables."""
+    """Every knob of the scheduler service; env ``IMAGEGEN_SCHEDULER_*``."""
 
     model_config = SettingsConfigDict(env_prefix="IMAGEGEN_SCHEDULER_", extra="ignore", frozen=True)
 

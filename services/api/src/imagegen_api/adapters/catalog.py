@@ -14,6 +14,10 @@ def load_catalog(models_dir: Path) -> Catalog:
         doc = json.loads(manifest.read_text())
         lo, hi = FAMILY_SIZE_RANGE.get(doc["family"], (64, 1024))
         models[doc["id"]] = ModelInfo(
-            id=doc["id"], family=doc["family"], min_size=int(doc.get("min_size", lo)),
-            max_size=int(doc.get("max_size", hi)), default_size=int(doc.get("default_size", lo)))
+            id=doc["id"],
+            family=doc["family"],
+            min_size=int(doc.get("min_size", lo)),
+            max_size=int(doc.get("max_size", hi)),
+            default_size=int(doc.get("default_size", lo)),
+        )
     return Catalog(models=models)

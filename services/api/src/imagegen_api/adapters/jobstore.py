@@ -31,8 +31,10 @@ def from_json(doc: dict[str, Any]) -> JobView:
     doc["categories"] = tuple(doc.get("categories", ()))
     doc["images"] = tuple(doc.get("images", ()))
     doc["failed_attempts"] = tuple(doc.get("failed_attempts", ()))
-    doc["attempts"] = {t: Attempt(**{**a, "categories": tuple(a.get("categories", ()))})
-                       for t, a in doc.get("attempts", {}).items()}
+    doc["attempts"] = {
+        t: Attempt(**{**a, "categories": tuple(a.get("categories", ()))})
+        for t, a in doc.get("attempts", {}).items()
+    }
     return JobView(**doc)
 
 
@@ -56,68 +58,106 @@ class PgJobStore:
     async def create(self) -> None:
         """Create the tables; drop an older version of the projection first (it is rebuilt)."""
         async with self.engine.begin() as conn:
-            await conn.execute(text(
-                "create table if not exists projection_versions "
-                "(name text primary key, version int not null)"))
+            await conn.execute(
+                text(
+                    "create table if not exists projection_versions "
+                    "(name text primary key, version int not null)"
+                )
+            )
             name = self.jobs.name
-            found = (await conn.execute(text(
-                "select version from projection_versions where name = :n"), {"n": name})).scalar()
+            found = (
+                await conn.execute(
+                    text("select version from projection_versions where name = :n"), {"n": name}
+                )
+            ).scalar()
             if found != PROJECTION_VERSION:  # older, or from before versions were kept
                 await conn.run_sync(self.metadata.drop_all)
             await conn.run_sync(self.metadata.create_all)
-            await conn.execute(text(
-                "insert into projection_versions values (:n, :v) on conflict (name) "
-                "do update set version = excluded.version"), {"n": name, "v": PROJECTION_VERSION})
+            await conn.execute(
+                text(
+                    "insert into projection_versions values (:n, :v) on conflict (name) "
+                    "do update set version = excluded.version"
+                ),
+                {"n": name, "v": PROJECTION_VERSION},
+            )
 
     async def drop(self) -> None:
         async with self.engine.begin() as conn:
             await conn.run_sync(self.metadata.drop_all)
-            await conn.execute(text("delete from projection_versions where name = :n"),
-                               {"n": self.jobs.name})
+            await conn.execute(
+                text("delete from projection_versions where name = :n"), {"n": self.jobs.name}
+            )
 
-    async def apply(self, env: Envelope, payload: Payload, topic: str, partition: int,
-                    offset: int) -> bool:
+    async def apply(
+        self, env: Envelope, payload: Payload, topic: str, partition: int, offset: int
+    ) -> bool:
         """Apply one event; False when it was already applied (redelivery)."""
         job_id = getattr(payload, "job_id", None)
         if job_id is None:
             return False
         async with self.engine.begin() as conn:
             claimed = await conn.execute(
-                pg_insert(self.processed).values(event_id=env.event_id, topic=topic,
-                                                 partition=partition, offset=offset)
-                .on_conflict_do_nothing().returning(self.processed.c.event_id))
+                pg_insert(self.processed)
+                .values(event_id=env.event_id, topic=topic, partition=partition, offset=offset)
+                .on_conflict_do_nothing()
+                .returning(self.processed.c.event_id)
+            )
             if claimed.first() is None:
                 return False
-            row = (await conn.execute(select(self.jobs.c.state).where(
-                self.jobs.c.job_id == job_id).with_for_update())).first()
+            row = (
+                await conn.execute(
+                    select(self.jobs.c.state).where(self.jobs.c.job_id == job_id).with_for_update()
+                )
+            ).first()
             before = from_json(row.state) if row else JobView(job_id=job_id)
             after = evolve(before, env, payload)
-            values = dict(user_id=after.user_id, tier=after.tier, status=after.status,
-                          state=to_json(after), created_at=after.created_at,
-                          updated_at=after.updated_at)
+            values = dict(
+                user_id=after.user_id,
+                tier=after.tier,
+                status=after.status,
+                state=to_json(after),
+                created_at=after.created_at,
+                updated_at=after.updated_at,
+            )
             if row is None:
                 await conn.execute(insert(self.jobs).values(job_id=job_id, **values))
             else:
-                await conn.execute(update(self.jobs).where(self.jobs.c.job_id == job_id)
-                                   .values(**values))
-            await conn.execute(insert(self.events).values(
-                job_id=job_id, event_id=env.event_id, type=env.type, occurred_at=env.occurred_at,
-                data=env.data))
+                await conn.execute(
+                    update(self.jobs).where(self.jobs.c.job_id == job_id).values(**values)
+                )
+            await conn.execute(
+                insert(self.events).values(
+                    job_id=job_id,
+                    event_id=env.event_id,
+                    type=env.type,
+                    occurred_at=env.occurred_at,
+                    data=env.data,
+                )
+            )
         return True
 
     async def get(self, job_id: str) -> JobView | None:
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(self.jobs.c.state)
-                                      .where(self.jobs.c.job_id == job_id))).first()
+            row = (
+                await conn.execute(select(self.jobs.c.state).where(self.jobs.c.job_id == job_id))
+            ).first()
         return from_json(row.state) if row else None
 
     async def timeline(self, job_id: str, after_seq: int = 0) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(
-                select(self.events.c.seq, self.events.c.type, self.events.c.occurred_at,
-                       self.events.c.data, self.events.c.event_id)
-                .where(self.events.c.job_id == job_id, self.events.c.seq > after_seq)
-                .order_by(self.events.c.seq))).all()
+            rows = (
+                await conn.execute(
+                    select(
+                        self.events.c.seq,
+                        self.events.c.type,
+                        self.events.c.occurred_at,
+                        self.events.c.data,
+                        self.events.c.event_id,
+                    )
+                    .where(self.events.c.job_id == job_id, self.events.c.seq > after_seq)
+                    .order_by(self.events.c.seq)
+                )
+            ).all()
         return [dict(r._mapping) for r in rows]
 
     async def queue_position(self, job: JobView) -> int:
@@ -125,9 +165,17 @@ class PgJobStore:
         if job.created_at is None:
             return 0
         async with self.engine.connect() as conn:
-            n = (await conn.execute(select(func.count()).select_from(self.jobs).where(
-                self.jobs.c.tier == job.tier, self.jobs.c.status.in_(("moderating", "queued")),
-                self.jobs.c.created_at < job.created_at))).scalar()
+            n = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(self.jobs)
+                    .where(
+                        self.jobs.c.tier == job.tier,
+                        self.jobs.c.status.in_(("moderating", "queued")),
+                        self.jobs.c.created_at < job.created_at,
+                    )
+                )
+            ).scalar()
         return int(n or 0)
 
     async def all_states(self) -> dict[str, dict[str, Any]]:
@@ -135,4 +183,3 @@ class PgJobStore:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(self.jobs.c.job_id, self.jobs.c.state))).all()
         return {r.job_id: r.state for r in rows}
-

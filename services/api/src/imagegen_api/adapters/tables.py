@@ -22,7 +22,8 @@ metadata = MetaData()
 J = JSON().with_variant(JSONB(), "postgresql")
 
 api_keys = Table(
-    "api_keys", metadata,
+    "api_keys",
+    metadata,
     Column("key_hash", String(64), primary_key=True),  # sha256 of the key; the key is never stored
     Column("user_id", String(128), nullable=False),
     Column("plan", String(16), nullable=False),
@@ -31,7 +32,8 @@ api_keys = Table(
 )
 
 idempotency = Table(
-    "idempotency_keys", metadata,
+    "idempotency_keys",
+    metadata,
     Column("user_id", String(128), primary_key=True),
     Column("key", String(256), primary_key=True),
     Column("job_id", String(64), nullable=False),
@@ -44,7 +46,8 @@ idempotency = Table(
 def job_tables(md: MetaData, prefix: str = "") -> tuple[Table, Table, Table]:
     """The projection's tables; ``prefix`` gives a second set for `replay --rebuild`."""
     jobs = Table(
-        f"{prefix}jobs", md,
+        f"{prefix}jobs",
+        md,
         Column("job_id", String(64), primary_key=True),
         Column("user_id", String(128), nullable=False, index=True),
         Column("tier", String(16), nullable=False),
@@ -54,7 +57,8 @@ def job_tables(md: MetaData, prefix: str = "") -> tuple[Table, Table, Table]:
         Column("updated_at", DateTime(timezone=True)),
     )
     events = Table(
-        f"{prefix}job_events", md,
+        f"{prefix}job_events",
+        md,
         Column("seq", BigInteger, Identity(), primary_key=True),
         Column("job_id", String(64), nullable=False, index=True),
         Column("event_id", String(64), nullable=False),
@@ -64,11 +68,11 @@ def job_tables(md: MetaData, prefix: str = "") -> tuple[Table, Table, Table]:
         UniqueConstraint("event_id", name=f"{prefix}job_events_event_id_key"),
     )
     processed = Table(  # the projection's processed-event record, same transaction as the change
-        f"{prefix}processed_events", md,
+        f"{prefix}processed_events",
+        md,
         Column("event_id", String(64), primary_key=True),
         Column("topic", Text, nullable=False),
         Column("partition", Integer, nullable=False),
         Column("offset", BigInteger, nullable=False),
     )
     return jobs, events, processed
-

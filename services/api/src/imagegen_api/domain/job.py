@@ -115,48 +115,76 @@ def _fact(job: JobView, at: datetime, payload: Payload) -> JobView:  # noqa: C90
     a = lambda t: job.attempts.get(str(t), Attempt())  # noqa: E731
     match payload:
         case ev.GenerationRequested():
-            return replace(job, user_id=payload.user_id, tier=payload.tier.value,
-                           params=payload.params.model_dump(mode="json"), created_at=at,
-                           stamps=_stamp(job, "requested", at))
+            return replace(
+                job,
+                user_id=payload.user_id,
+                tier=payload.tier.value,
+                params=payload.params.model_dump(mode="json"),
+                created_at=at,
+                stamps=_stamp(job, "requested", at),
+            )
         case ev.PromptModerated():
-            return replace(job, prompt_verdict=payload.verdict.value,
-                           categories=payload.categories or job.categories,
-                           stamps=_stamp(job, "prompt_moderated", at))
+            return replace(
+                job,
+                prompt_verdict=payload.verdict.value,
+                categories=payload.categories or job.categories,
+                stamps=_stamp(job, "prompt_moderated", at),
+            )
         case ev.JobScheduled():
             t = payload.fencing_token
-            return replace(job, attempts=_attempt(job, t, worker_id=payload.worker_id,
-                                                  attempt=payload.attempt),
-                           stamps=_stamp(job, "scheduled", at))
+            return replace(
+                job,
+                attempts=_attempt(job, t, worker_id=payload.worker_id, attempt=payload.attempt),
+                stamps=_stamp(job, "scheduled", at),
+            )
         case ev.GenerationStarted():
-            return replace(job, attempts=_attempt(job, payload.fencing_token, started=True),
-                           stamps=_stamp(job, "started", at))
+            return replace(
+                job,
+                attempts=_attempt(job, payload.fencing_token, started=True),
+                stamps=_stamp(job, "started", at),
+            )
         case ev.StepProgressed():
             t = payload.fencing_token
-            return replace(job, attempts=_attempt(job, t, step=max(a(t).step, payload.step),
-                                                  total_steps=payload.total_steps))
+            return replace(
+                job,
+                attempts=_attempt(
+                    job, t, step=max(a(t).step, payload.step), total_steps=payload.total_steps
+                ),
+            )
         case ev.ImageGenerated():
             t = payload.fencing_token
-            return replace(job, attempts=_attempt(job, t, generated=True,
-                                                  timings_ms=dict(payload.timings_ms)),
-                           stamps=_stamp(job, "generated", at))
+            return replace(
+                job,
+                attempts=_attempt(job, t, generated=True, timings_ms=dict(payload.timings_ms)),
+                stamps=_stamp(job, "generated", at),
+            )
         case ev.GenerationPaused():
             t = payload.fencing_token
             done = max(job.attempts.get(str(t), Attempt()).step, payload.steps_done)
             return replace(job, attempts=_attempt(job, t, paused=True, step=done))
         case ev.ImageModerated():
             t = payload.fencing_token if payload.fencing_token is not None else job.fencing_token
-            return replace(job, attempts=_attempt(job, t, image_verdict=payload.verdict.value,
-                                                  categories=payload.categories),
-                           stamps=_stamp(job, "image_moderated", at))
+            return replace(
+                job,
+                attempts=_attempt(
+                    job, t, image_verdict=payload.verdict.value, categories=payload.categories
+                ),
+                stamps=_stamp(job, "image_moderated", at),
+            )
         case ev.ImageDelivered():
             images = tuple(i.model_dump(mode="json") for i in payload.images)
             return replace(job, images=images, stamps=_stamp(job, "delivered", at))
         case ev.GenerationFailed(terminal=True):
-            return replace(job, failure_reason=payload.reason.value,
-                           failure_message=payload.message, stamps=_stamp(job, "failed", at))
+            return replace(
+                job,
+                failure_reason=payload.reason.value,
+                failure_message=payload.message,
+                stamps=_stamp(job, "failed", at),
+            )
         case ev.GenerationFailed():
-            return replace(job, failed_attempts=tuple(sorted({*job.failed_attempts,
-                                                               payload.attempt})))
+            return replace(
+                job, failed_attempts=tuple(sorted({*job.failed_attempts, payload.attempt}))
+            )
         case ev.GenerationCancelled():
             return replace(job, cancelled=True, stamps=_stamp(job, "cancelled", at))
     return job
@@ -167,8 +195,11 @@ def derive(job: JobView) -> str:
     cur = job.current
     if "delivered" in job.stamps:
         return "delivered"
-    if job.failure_reason is not None or job.prompt_verdict == "rejected" or (
-            cur is not None and cur.image_verdict == "rejected"):
+    if (
+        job.failure_reason is not None
+        or job.prompt_verdict == "rejected"
+        or (cur is not None and cur.image_verdict == "rejected")
+    ):
         return "failed"
     if job.cancelled:
         return "cancelled"
@@ -204,11 +235,20 @@ def evolve(job: JobView, env: Envelope, payload: Payload) -> JobView:
 
 def stage_timings(job: JobView) -> dict[str, float]:
     """Milliseconds between consecutive stages reached, e.g. ``scheduled->started``."""
-    order = ["requested", "prompt_moderated", "scheduled", "started", "generated",
-             "image_moderated", "delivered"]
+    order = [
+        "requested",
+        "prompt_moderated",
+        "scheduled",
+        "started",
+        "generated",
+        "image_moderated",
+        "delivered",
+    ]
     reached = [(s, datetime.fromisoformat(job.stamps[s])) for s in order if s in job.stamps]
-    out = {f"{a}->{b}": (tb - ta).total_seconds() * 1000
-           for (a, ta), (b, tb) in zip(reached, reached[1:], strict=False)}
+    out = {
+        f"{a}->{b}": (tb - ta).total_seconds() * 1000
+        for (a, ta), (b, tb) in zip(reached, reached[1:], strict=False)
+    }
     if len(reached) >= 2:
         out["total"] = (reached[-1][1] - reached[0][1]).total_seconds() * 1000
     return out

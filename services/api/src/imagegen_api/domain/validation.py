@@ -41,8 +41,16 @@ Problem = tuple[tuple[str | int, ...], str]
 
 
 def check_request(
-    *, model: str, width: int, height: int, scheduler: str, num_images: int,
-    loras: list[str], controlnets: list[str], catalog: Catalog, limits: PlanLimits,
+    *,
+    model: str,
+    width: int,
+    height: int,
+    scheduler: str,
+    num_images: int,
+    loras: list[str],
+    controlnets: list[str],
+    catalog: Catalog,
+    limits: PlanLimits,
 ) -> list[Problem]:
     """Every reason the request cannot be served, in field order; empty when it can."""
     problems: list[Problem] = []
@@ -55,11 +63,16 @@ def check_request(
             if value % 8:
                 problems.append(((name,), f"must be a multiple of 8, got {value}"))
             elif not info.min_size <= value <= info.max_size:
-                problems.append(((name,), f"must be within {info.min_size}..{info.max_size} "
-                                          f"for {model}, got {value}"))
+                problems.append(
+                    (
+                        (name,),
+                        f"must be within {info.min_size}..{info.max_size} for {model}, got {value}",
+                    )
+                )
     if scheduler not in SCHEDULERS:
-        problems.append((("scheduler",), f"unknown scheduler {scheduler!r}; "
-                                         f"known: {', '.join(SCHEDULERS)}"))
+        problems.append(
+            (("scheduler",), f"unknown scheduler {scheduler!r}; known: {', '.join(SCHEDULERS)}")
+        )
     if num_images > limits.max_images:
         problems.append((("num_images",), f"your plan allows at most {limits.max_images}"))
     if len(loras) > limits.max_loras:
@@ -68,8 +81,9 @@ def check_request(
         if name not in catalog.loras:
             problems.append((("loras", i, "name"), f"unknown LoRA {name!r}"))
     if len(controlnets) > limits.max_controlnets:
-        problems.append((("controlnets",),
-                         f"your plan allows at most {limits.max_controlnets} ControlNets"))
+        problems.append(
+            (("controlnets",), f"your plan allows at most {limits.max_controlnets} ControlNets")
+        )
     for i, kind in enumerate(controlnets):
         if kind not in catalog.controlnets:
             problems.append((("controlnets", i, "type"), f"unknown ControlNet type {kind!r}"))

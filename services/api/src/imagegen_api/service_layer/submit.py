@@ -41,17 +41,23 @@ def request_hash(params: GenerationParams, webhook_url: str | None) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-async def submit(caller: Caller, params: GenerationParams, webhook_url: str | None,
-                 idempotency_key: str | None, accounts: PgAccounts,
-                 publisher: Publisher) -> Accepted:
+async def submit(
+    caller: Caller,
+    params: GenerationParams,
+    webhook_url: str | None,
+    idempotency_key: str | None,
+    accounts: PgAccounts,
+    publisher: Publisher,
+) -> Accepted:
     limits = PLANS[caller.plan]
     if idempotency_key is None:
         job_id = str(uuid.uuid4())
     else:
         job_id = str(uuid.uuid5(_NS, f"{caller.user_id}\0{idempotency_key}"))
         digest = request_hash(params, webhook_url)
-        won, held_job, held_hash = await accounts.claim(caller.user_id, idempotency_key, job_id,
-                                                        digest)
+        won, held_job, held_hash = await accounts.claim(
+            caller.user_id, idempotency_key, job_id, digest
+        )
         if not won:
             if held_hash != digest:
                 raise IdempotencyConflict(idempotency_key)
@@ -59,15 +65,23 @@ async def submit(caller: Caller, params: GenerationParams, webhook_url: str | No
             if state is True:
                 return Accepted(held_job, replayed=True)
             if state is None:  # the holder failed and released the key: try to win it
-                return await submit(caller, params, webhook_url, idempotency_key, accounts,
-                                    publisher)
+                return await submit(
+                    caller, params, webhook_url, idempotency_key, accounts, publisher
+                )
             raise Unavailable("an earlier request with this Idempotency-Key is still in flight")
-    event = GenerationRequested(job_id=job_id, user_id=caller.user_id, plan=caller.plan,
-                                tier=limits.tier, params=params, webhook_url=webhook_url,
-                                idempotency_key=idempotency_key)
+    event = GenerationRequested(
+        job_id=job_id,
+        user_id=caller.user_id,
+        plan=caller.plan,
+        tier=limits.tier,
+        params=params,
+        webhook_url=webhook_url,
+        idempotency_key=idempotency_key,
+    )
     try:
-        await publisher.publish(event, key=job_id,
-                                event_id=str(uuid.uuid5(_NS, f"requested\0{job_id}")))
+        await publisher.publish(
+            event, key=job_id, event_id=str(uuid.uuid5(_NS, f"requested\0{job_id}"))
+        )
     except Exception as exc:
         if idempotency_key is not None:
             await accounts.release(caller.user_id, idempotency_key)

@@ -88,8 +88,9 @@ class LocalFileStore:
                 out.flush()
                 os.fsync(out.fileno())
             if sha256 is not None and digest.hexdigest() != sha256:
-                raise DigestMismatch(f"{dest.name}: copied sha256 {digest.hexdigest()}, "
-                                     f"event says {sha256}")
+                raise DigestMismatch(
+                    f"{dest.name}: copied sha256 {digest.hexdigest()}, event says {sha256}"
+                )
             os.replace(tmp, dest)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -38,15 +38,24 @@ def _is_http_url(url: str) -> bool:
 class HttpxWebhookClient:
     """Webhook calls over one pooled ``httpx.AsyncClient``."""
 
-    def __init__(self, *, timeout_s: float = 5.0, attempts: int = 4, backoff_s: float = 0.5,
-                 sleep: Sleep = asyncio.sleep, transport: httpx.AsyncBaseTransport | None = None,
-                 ) -> None:
+    def __init__(
+        self,
+        *,
+        timeout_s: float = 5.0,
+        attempts: int = 4,
+        backoff_s: float = 0.5,
+        sleep: Sleep = asyncio.sleep,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.attempts = attempts
         self.backoff_s = backoff_s
         self._sleep = sleep
-        self._client = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False,
-                                         transport=transport,
-                                         headers={"User-Agent": "imagegen-delivery"})
+        self._client = httpx.AsyncClient(
+            timeout=timeout_s,
+            follow_redirects=False,
+            transport=transport,
+            headers={"User-Agent": "imagegen-delivery"},
+        )
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int | None:
         if not _is_http_url(url):
@@ -57,8 +66,9 @@ class HttpxWebhookClient:
         for attempt in range(1, self.attempts + 1):
             try:
                 # Streamed so the receiver's response body is never read into memory.
-                async with self._client.stream("POST", url, content=body,
-                                               headers=dict(headers)) as response:
+                async with self._client.stream(
+                    "POST", url, content=body, headers=dict(headers)
+                ) as response:
                     status = response.status_code
                 if status < 500:
                     return status

@@ -37,8 +37,9 @@ class DeliveryRecord(BaseModel):
 
     def delivered(self) -> ImageDelivered:
         """The event this record publishes (the same on every replay)."""
-        return ImageDelivered(job_id=self.job_id, images=self.images,
-                              webhook_status=self.webhook_status)
+        return ImageDelivered(
+            job_id=self.job_id, images=self.images, webhook_status=self.webhook_status
+        )
 
 
 def deliverable(msg: ImageModerated) -> tuple[ImageRef, ...]:
@@ -62,16 +63,33 @@ def deliverable(msg: ImageModerated) -> tuple[ImageRef, ...]:
 
 
 def plan_delivery(
-    msg: ImageModerated, refs: tuple[ImageRef, ...], *, causation_id: str, event_id: str,
-    now: float, ttl_s: int, base_url: str, key: bytes,
+    msg: ImageModerated,
+    refs: tuple[ImageRef, ...],
+    *,
+    causation_id: str,
+    event_id: str,
+    now: float,
+    ttl_s: int,
+    base_url: str,
+    key: bytes,
 ) -> DeliveryRecord:
     """Fix the expiry (``now + ttl_s``, whole seconds) and sign one link per image."""
     expires_at = int(now) + ttl_s
     at = datetime.fromtimestamp(expires_at, UTC)
     images = tuple(
-        DeliveredImage(index=r.index, sha256=r.sha256, expires_at=at,
-                       url=signed_url(base_url, msg.job_id, r.index, expires_at, key))
+        DeliveredImage(
+            index=r.index,
+            sha256=r.sha256,
+            expires_at=at,
+            url=signed_url(base_url, msg.job_id, r.index, expires_at, key),
+        )
         for r in refs
     )
-    return DeliveryRecord(job_id=msg.job_id, causation_id=causation_id, event_id=event_id,
-                          expires_at=expires_at, images=images, webhook_url=msg.webhook_url)
+    return DeliveryRecord(
+        job_id=msg.job_id,
+        causation_id=causation_id,
+        event_id=event_id,
+        expires_at=expires_at,
+        images=images,
+        webhook_url=msg.webhook_url,
+    )

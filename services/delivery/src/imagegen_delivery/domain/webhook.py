@@ -35,8 +35,12 @@ def webhook_body(event_id: str, job_id: str, images: Sequence[DeliveredImage]) -
         "type": ImageDelivered.event_type,
         "job_id": job_id,
         "images": [
-            {"index": i.index, "url": i.url, "sha256": i.sha256,
-             "expires_at": i.expires_at.isoformat().replace("+00:00", "Z")}
+            {
+                "index": i.index,
+                "url": i.url,
+                "sha256": i.sha256,
+                "expires_at": i.expires_at.isoformat().replace("+00:00", "Z"),
+            }
             for i in images
         ],
     }

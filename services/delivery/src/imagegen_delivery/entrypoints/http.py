@@ -43,9 +43,13 @@ def make_http_app(
         data = await asyncio.to_thread(store.read, job_id, index)
         if data is None:
             raise HTTPException(404, "not found")
-        return Response(data, media_type="image/png", headers={
-            "Cache-Control": f"private, max-age={int(exp) - now}",
-            "X-Content-Type-Options": "nosniff",
-        })
+        return Response(
+            data,
+            media_type="image/png",
+            headers={
+                "Cache-Control": f"private, max-age={int(exp) - now}",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
 
     return app

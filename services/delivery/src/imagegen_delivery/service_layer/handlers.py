@@ -38,21 +38,33 @@ Clock = Callable[[], float]  # unix seconds, e.g. time.time
 
 
 def make_handlers(
-    publisher: Publisher, store: BlobStore, webhooks: WebhookClient, settings: DeliverySettings,
+    publisher: Publisher,
+    store: BlobStore,
+    webhooks: WebhookClient,
+    settings: DeliverySettings,
     clock: Clock = time.time,
 ) -> dict[type[Payload], PayloadHandler]:
     url_key = settings.signing_key.get_secret_value().encode()
-    hook_key = (settings.webhook_secret.get_secret_value().encode() if settings.webhook_secret
-                else derive_webhook_key(url_key))
+    hook_key = (
+        settings.webhook_secret.get_secret_value().encode()
+        if settings.webhook_secret
+        else derive_webhook_key(url_key)
+    )
 
     async def prepare(envelope: Envelope, msg: ImageModerated) -> DeliveryRecord:
         refs = deliverable(msg)
         for ref in refs:
             await asyncio.to_thread(store.copy_in, msg.job_id, ref.index, ref.uri, ref.sha256)
         record = plan_delivery(
-            msg, refs, causation_id=envelope.event_id,
+            msg,
+            refs,
+            causation_id=envelope.event_id,
             event_id=derived_event_id(envelope.event_id, ImageDelivered.event_type),
-            now=clock(), ttl_s=settings.url_ttl_s, base_url=settings.public_base_url, key=url_key)
+            now=clock(),
+            ttl_s=settings.url_ttl_s,
+            base_url=settings.public_base_url,
+            key=url_key,
+        )
         await asyncio.to_thread(store.write_record, record)
         return record
 
@@ -60,9 +72,15 @@ def make_handlers(
         status = None
         if record.webhook_url:
             body = webhook_body(record.event_id, record.job_id, record.images)
-            status = await webhooks.post(record.webhook_url, body, {
-                "Content-Type": "application/json", EVENT_ID_HEADER: record.event_id,
-                SIGNATURE_HEADER: signature_header(body, hook_key)})
+            status = await webhooks.post(
+                record.webhook_url,
+                body,
+                {
+                    "Content-Type": "application/json",
+                    EVENT_ID_HEADER: record.event_id,
+                    SIGNATURE_HEADER: signature_header(body, hook_key),
+                },
+            )
         done = record.model_copy(update={"webhook_done": True, "webhook_status": status})
         await asyncio.to_thread(store.write_record, done)
         return done
@@ -73,15 +91,22 @@ def make_handlers(
         record = await asyncio.to_thread(store.read_record, msg.job_id)
         if record is not None and record.causation_id != envelope.event_id:
             if record.webhook_done:  # a job is delivered once: the first allowed verdict wins
-                log.warning("job already delivered by event %s; verdict %s ignored",
-                            record.causation_id, envelope.event_id)
+                log.warning(
+                    "job already delivered by event %s; verdict %s ignored",
+                    record.causation_id,
+                    envelope.event_id,
+                )
                 return
             record = None  # an earlier verdict's delivery never finished: this one replaces it
         if record is None:
             record = await prepare(envelope, msg)
         if not record.webhook_done:
             record = await call_webhook(record)
-        await publisher.publish(record.delivered(), key=msg.job_id,
-                                causation_id=envelope.event_id, event_id=record.event_id)
+        await publisher.publish(
+            record.delivered(),
+            key=msg.job_id,
+            causation_id=envelope.event_id,
+            event_id=record.event_id,
+        )
 
     return {ImageModerated: on_image_moderated}  # type: ignore[dict-item]

@@ -58,16 +58,21 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
 # services/gpu-worker/tests/test_gpu_worker_pause_resume.py. A pause request for any other
 # sampler is refused (the run goes on). dpmpp_2m_karras is left out: on the demo model's
 # zero-terminal-SNR schedule it fails even without a pause (IndexError in diffusers).
-RESUMABLE: frozenset[str] = frozenset({"ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "unipc",
-                                       "lcm"})
+RESUMABLE: frozenset[str] = frozenset(
+    {"ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "unipc", "lcm"}
+)
 STATE_FORMAT = 1  # version of the saved pause state
 
 # Pipeline class per model family (the ``family`` of model.json).
 FAMILIES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
 
 # SD-style latent -> RGB approximation for cheap previews (no VAE decode).
-LATENT_RGB = [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264],
-              [-0.184, -0.271, -0.473]]
+LATENT_RGB = [
+    [0.298, 0.207, 0.208],
+    [0.187, 0.286, 0.173],
+    [-0.158, 0.189, 0.264],
+    [-0.184, -0.271, -0.473],
+]
 
 
 class Cancelled(Exception):
@@ -79,7 +84,11 @@ class Paused(Exception):
 
     def __init__(self, job_id: str, steps_done: int, total_steps: int, state: bytes) -> None:
         self.job_id, self.steps_done, self.total_steps, self.state = (
-            job_id, steps_done, total_steps, state)
+            job_id,
+            steps_done,
+            total_steps,
+            state,
+        )
         super().__init__(f"{job_id} paused after {steps_done}/{total_steps} steps")
 
 
@@ -179,10 +188,15 @@ class DiffusersRunner:
                 kwargs.update(safety_checker=None, requires_safety_checker=False)
             pipe = cls.from_pretrained(folder, **kwargs).to(self.device)
             pipe.set_progress_bar_config(disable=True)
-            size = sum(p.numel() * p.element_size() for c in pipe.components.values()
-                       if isinstance(c, torch.nn.Module) for p in c.parameters())
-            model = LoadedModel(pipe, size, (time.perf_counter() - t0) * 1000,
-                                pipe.scheduler.config)
+            size = sum(
+                p.numel() * p.element_size()
+                for c in pipe.components.values()
+                if isinstance(c, torch.nn.Module)
+                for p in c.parameters()
+            )
+            model = LoadedModel(
+                pipe, size, (time.perf_counter() - t0) * 1000, pipe.scheduler.config
+            )
             with self._index_lock:
                 self.loaded[model_id] = model
             return model
@@ -232,9 +246,14 @@ class DiffusersRunner:
         if model_id and (self.models_dir / model_id / "model.json").exists():
             self.load(model_id)
 
-    def run(self, plan: RunPlan, on_step: Callable[[int, int, str | None], None],
-            cancelled: Callable[[], bool], pause: Callable[[], bool] | None = None,
-            resume_state: bytes | None = None) -> RunResult:
+    def run(
+        self,
+        plan: RunPlan,
+        on_step: Callable[[int, int, str | None], None],
+        cancelled: Callable[[], bool],
+        pause: Callable[[], bool] | None = None,
+        resume_state: bytes | None = None,
+    ) -> RunResult:
         """Run ``plan``; with ``pause``, stop at the first step boundary where it returns True
         (raising :class:`Paused`, never after the last step; only for :data:`RESUMABLE`
         samplers); with ``resume_state`` (from a :class:`Paused`), run only the steps left."""
@@ -275,23 +294,35 @@ class DiffusersRunner:
                 on_step(done, plan.steps, preview_png_b64(kwargs["latents"]))
             total = len(sampler.timesteps)
             if pausing is not None and done < total and pausing():
-                raise Paused(plan.job_id, done, total,
-                             save_state(plan, done, total, kwargs["latents"], sampler, generator))
+                raise Paused(
+                    plan.job_id,
+                    done,
+                    total,
+                    save_state(plan, done, total, kwargs["latents"], sampler, generator),
+                )
             return {}
 
         t1 = time.perf_counter()
         if saved is not None:
             # The pipeline sees the saved sampler state and only the remaining timesteps.
-            object.__setattr__(pipe, "scheduler", _ResumedSampler(
-                sampler, skip, saved["scheduler"], self.device))
+            object.__setattr__(
+                pipe, "scheduler", _ResumedSampler(sampler, skip, saved["scheduler"], self.device)
+            )
         try:
             with torch.inference_mode():
-                out = pipe(prompt=plan.prompt, negative_prompt=plan.negative_prompt or None,
-                           width=plan.width, height=plan.height, num_inference_steps=plan.steps,
-                           guidance_scale=plan.guidance_scale,
-                           num_images_per_prompt=plan.num_images, generator=generator,
-                           latents=latents, callback_on_step_end=callback,
-                           callback_on_step_end_tensor_inputs=["latents"])
+                out = pipe(
+                    prompt=plan.prompt,
+                    negative_prompt=plan.negative_prompt or None,
+                    width=plan.width,
+                    height=plan.height,
+                    num_inference_steps=plan.steps,
+                    guidance_scale=plan.guidance_scale,
+                    num_images_per_prompt=plan.num_images,
+                    generator=generator,
+                    latents=latents,
+                    callback_on_step_end=callback,
+                    callback_on_step_end_tensor_inputs=["latents"],
+                )
         finally:
             object.__setattr__(pipe, "scheduler", sampler)
         t2 = time.perf_counter()
@@ -299,9 +330,16 @@ class DiffusersRunner:
         # 5. PNG bytes (deterministic encoder settings: same pixels, same bytes).
         pngs = [encode_png(image) for image in out.images]
         t3 = time.perf_counter()
-        return RunResult(pngs, {"load": load_ms, "denoise": (t2 - t1) * 1000,
-                                "encode_png": (t3 - t2) * 1000,
-                                "total": (t3 - t0) * 1000}, plan.steps)
+        return RunResult(
+            pngs,
+            {
+                "load": load_ms,
+                "denoise": (t2 - t1) * 1000,
+                "encode_png": (t3 - t2) * 1000,
+                "total": (t3 - t0) * 1000,
+            },
+            plan.steps,
+        )
 
 
 class _ResumedSampler:
@@ -320,12 +358,13 @@ class _ResumedSampler:
     def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
         self._inner.set_timesteps(*args, **kwargs)
         for name, value in self._state.items():
-            setattr(self._inner, name, _to_device(value, getattr(self._inner, name, None),
-                                                  self._device))
+            setattr(
+                self._inner, name, _to_device(value, getattr(self._inner, name, None), self._device)
+            )
 
     @property
     def timesteps(self) -> Any:
-        return self._inner.timesteps[self._skip:]
+        return self._inner.timesteps[self._skip :]
 
     @property
     def init_noise_sigma(self) -> float:
@@ -366,8 +405,9 @@ def _to_device(value: Any, current: Any, device: str) -> Any:
     return value
 
 
-def save_state(plan: RunPlan, done: int, total: int, latents: Any, sampler: Any,
-               generator: Any) -> bytes:
+def save_state(
+    plan: RunPlan, done: int, total: int, latents: Any, sampler: Any, generator: Any
+) -> bytes:
     """The bytes a resumed run needs: latents, sampler state and generator state after
     ``done`` steps, with the plan's identity to check against on resume."""
     import numpy as np
@@ -378,13 +418,21 @@ def save_state(plan: RunPlan, done: int, total: int, latents: Any, sampler: Any,
         if name == "_internal_dict" or isinstance(value, np.ndarray):
             continue  # the config, and arrays that set_timesteps recomputes (never stepped)
         if not _plain(value):
-            raise BadResumeState(f"sampler attribute {name} ({type(value).__name__}) "
-                                 "cannot be saved")
+            raise BadResumeState(
+                f"sampler attribute {name} ({type(value).__name__}) cannot be saved"
+            )
         sampler_state[name] = _detach(value)
-    doc = {"format": STATE_FORMAT, "job_id": plan.job_id, "sampler": plan.scheduler,
-           "identity": _identity(plan), "steps_done": done, "total_steps": total,
-           "latents": _detach(latents), "generator": generator.get_state(),
-           "scheduler": sampler_state}
+    doc = {
+        "format": STATE_FORMAT,
+        "job_id": plan.job_id,
+        "sampler": plan.scheduler,
+        "identity": _identity(plan),
+        "steps_done": done,
+        "total_steps": total,
+        "latents": _detach(latents),
+        "generator": generator.get_state(),
+        "scheduler": sampler_state,
+    }
     buf = io.BytesIO()
     torch.save(doc, buf)
     return buf.getvalue()
@@ -408,8 +456,18 @@ def load_state(data: bytes, plan: RunPlan) -> dict[str, Any]:
 
 def _identity(plan: RunPlan) -> list[Any]:
     """What must be equal between the paused and the resumed run for the images to be equal."""
-    return [plan.model_id, plan.prompt, plan.negative_prompt, plan.width, plan.height, plan.steps,
-            float(plan.guidance_scale), plan.scheduler, plan.seed, plan.num_images]
+    return [
+        plan.model_id,
+        plan.prompt,
+        plan.negative_prompt,
+        plan.width,
+        plan.height,
+        plan.steps,
+        float(plan.guidance_scale),
+        plan.scheduler,
+        plan.seed,
+        plan.num_images,
+    ]
 
 
 HALF_DTYPES = {"F16", "BF16"}  # safetensors dtype names that an upcast to float32 doubles

@@ -31,9 +31,18 @@ def plan_run(assignment: JobScheduled) -> RunPlan:
     if p is None:
         raise ValueError(f"assignment of {assignment.job_id} carries no generation parameters")
     return RunPlan(
-        job_id=assignment.job_id, fencing_token=assignment.fencing_token,
-        attempt=assignment.attempt, model_id=p.model, prompt=p.prompt,
-        negative_prompt=p.negative_prompt, width=p.width, height=p.height, steps=p.steps,
-        guidance_scale=p.guidance_scale, scheduler=p.scheduler, seed=p.seed,
-        num_images=p.num_images, progress_every=max(1, p.steps // 5),
+        job_id=assignment.job_id,
+        fencing_token=assignment.fencing_token,
+        attempt=assignment.attempt,
+        model_id=p.model,
+        prompt=p.prompt,
+        negative_prompt=p.negative_prompt,
+        width=p.width,
+        height=p.height,
+        steps=p.steps,
+        guidance_scale=p.guidance_scale,
+        scheduler=p.scheduler,
+        seed=p.seed,
+        num_images=p.num_images,
+        progress_every=max(1, p.steps // 5),
     )

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Iterable
 
 from imagegen_runtime.publishing import Publisher
+from imagegen_runtime.waiting import sleep_or_stop
 from imagegen_schemas.workers import LoadedModel, WorkerHeartbeat, WorkerStatus
 
 from ..adapters.memory import MemoryInfo
@@ -14,15 +15,24 @@ from ..adapters.memory import MemoryInfo
 log = logging.getLogger(__name__)
 
 
-def heartbeat(worker_id: str, mem: MemoryInfo, interval_s: float,
-              running_job: str | None = None, loaded: tuple[LoadedModel, ...] = ()
-              ) -> WorkerHeartbeat:
+def heartbeat(
+    worker_id: str,
+    mem: MemoryInfo,
+    interval_s: float,
+    running_job: str | None = None,
+    loaded: tuple[LoadedModel, ...] = (),
+) -> WorkerHeartbeat:
     """The worker's state now: busy with ``running_job`` or idle, and its resident models."""
     return WorkerHeartbeat(
-        worker_id=worker_id, status=WorkerStatus.BUSY if running_job else WorkerStatus.IDLE,
-        gpu_type=mem.device_name, memory_total_bytes=mem.total_bytes,
-        memory_free_bytes=mem.free_bytes, capabilities=("sd15",), interval_s=interval_s,
-        running_job_id=running_job, loaded=loaded,
+        worker_id=worker_id,
+        status=WorkerStatus.BUSY if running_job else WorkerStatus.IDLE,
+        gpu_type=mem.device_name,
+        memory_total_bytes=mem.total_bytes,
+        memory_free_bytes=mem.free_bytes,
+        capabilities=("sd15",),
+        interval_s=interval_s,
+        running_job_id=running_job,
+        loaded=loaded,
     )
 
 
@@ -32,7 +42,9 @@ def loaded_models(resident: Iterable[tuple[str, int]]) -> tuple[LoadedModel, ...
 
 
 async def heartbeat_loop(
-    publisher: Publisher, beat: Callable[[], WorkerHeartbeat], interval_s: float,
+    publisher: Publisher,
+    beat: Callable[[], WorkerHeartbeat],
+    interval_s: float,
     stop: asyncio.Event,
 ) -> None:
     """Publish ``beat()`` now and then every ``interval_s`` until ``stop`` is set."""
@@ -42,7 +54,4 @@ async def heartbeat_loop(
             await publisher.publish(hb, key=hb.worker_id)
         except Exception as exc:  # a missed beat is not fatal; the next one may get through
             log.warning("heartbeat not published", extra={"error": repr(exc)})
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=interval_s)
-        except TimeoutError:
-            pass
+        await sleep_or_stop(stop, interval_s)

@@ -33,9 +33,14 @@ log = logging.getLogger(__name__)
 
 
 class Runner(Protocol):
-    def run(self, plan: RunPlan, on_step: Callable[[int, int, str | None], None],
-            cancelled: Callable[[], bool], pause: Callable[[], bool] | None = None,
-            resume_state: bytes | None = None) -> RunResult: ...
+    def run(
+        self,
+        plan: RunPlan,
+        on_step: Callable[[int, int, str | None], None],
+        cancelled: Callable[[], bool],
+        pause: Callable[[], bool] | None = None,
+        resume_state: bytes | None = None,
+    ) -> RunResult: ...
 
 
 @dataclass
@@ -67,15 +72,22 @@ class Worker:
         if msg.worker_id != self.state.worker_id:
             return
         if self.state.done.get(msg.job_id, 0) >= msg.fencing_token:
-            log.info("preemption request ignored: that assignment already ended here",
-                     extra={"job_id": msg.job_id, "fencing_token": msg.fencing_token})
+            log.info(
+                "preemption request ignored: that assignment already ended here",
+                extra={"job_id": msg.job_id, "fencing_token": msg.fencing_token},
+            )
             return
         running = self.state.running_plan
         if running is not None and running.job_id == msg.job_id:
             if running.fencing_token != msg.fencing_token:
-                log.info("preemption request ignored: it names another assignment",
-                         extra={"job_id": msg.job_id, "fencing_token": msg.fencing_token,
-                                "running_token": running.fencing_token})
+                log.info(
+                    "preemption request ignored: it names another assignment",
+                    extra={
+                        "job_id": msg.job_id,
+                        "fencing_token": msg.fencing_token,
+                        "running_token": running.fencing_token,
+                    },
+                )
                 return
             if not self._can_pause(running):
                 return
@@ -84,9 +96,11 @@ class Worker:
     def _can_pause(self, plan: RunPlan) -> bool:
         if plan.scheduler in RESUMABLE:
             return True
-        log.warning("pause refused: sampler %s cannot resume byte-identically; the job runs to "
-                    "its end", plan.scheduler,
-                    extra={"job_id": plan.job_id, "fencing_token": plan.fencing_token})
+        log.warning(
+            "pause refused: sampler %s cannot resume byte-identically; the job runs to its end",
+            plan.scheduler,
+            extra={"job_id": plan.job_id, "fencing_token": plan.fencing_token},
+        )
         return False
 
     async def _resume_state(self, msg: ev.JobScheduled) -> bytes | None:
@@ -95,11 +109,14 @@ class Worker:
         if msg.resume is None:
             return None
         try:
-            return await asyncio.to_thread(read_verified, self.blobs, msg.resume.state_uri,
-                                           msg.resume.state_sha256)
+            return await asyncio.to_thread(
+                read_verified, self.blobs, msg.resume.state_uri, msg.resume.state_sha256
+            )
         except Exception as exc:
-            log.warning("pause state unusable; running from the start",
-                        extra={"job_id": msg.job_id, "error": repr(exc)})
+            log.warning(
+                "pause state unusable; running from the start",
+                extra={"job_id": msg.job_id, "error": repr(exc)},
+            )
             return None
 
     async def on_assignment(self, env: Envelope, msg: ev.JobScheduled) -> None:
@@ -111,21 +128,32 @@ class Worker:
         key = msg.job_id
 
         async def emit(payload: ev.Payload, *parts: object) -> None:
-            await self.publisher.publish(payload, key=key, causation_id=env.event_id,
-                                         event_id=derived_event_id(env.event_id,
-                                                                   payload.event_type, *parts))
+            await self.publisher.publish(
+                payload,
+                key=key,
+                causation_id=env.event_id,
+                event_id=derived_event_id(env.event_id, payload.event_type, *parts),
+            )
 
         if msg.job_id in self.state.cancelled:
             await emit(ev.GenerationCancelled(job_id=key, at_step=None))
             return
         loop = asyncio.get_running_loop()
-        await emit(ev.GenerationStarted(job_id=key, worker_id=self.state.worker_id,
-                                        fencing_token=plan.fencing_token))
+        await emit(
+            ev.GenerationStarted(
+                job_id=key, worker_id=self.state.worker_id, fencing_token=plan.fencing_token
+            )
+        )
 
         def on_step(step: int, total: int, preview: str | None) -> None:
-            progress = ev.StepProgressed(job_id=key, worker_id=self.state.worker_id,
-                                         fencing_token=plan.fencing_token, step=step,
-                                         total_steps=total, preview_png_b64=preview)
+            progress = ev.StepProgressed(
+                job_id=key,
+                worker_id=self.state.worker_id,
+                fencing_token=plan.fencing_token,
+                step=step,
+                total_steps=total,
+                preview_png_b64=preview,
+            )
             asyncio.run_coroutine_threadsafe(emit(progress, step), loop).result()
 
         resume_state = await self._resume_state(msg)
@@ -137,21 +165,40 @@ class Worker:
 
         self.state.running_plan = plan
         try:
-            result = await asyncio.to_thread(self.runner.run, plan, on_step,
-                                             lambda: key in self.state.cancelled, pause,
-                                             resume_state)
+            result = await asyncio.to_thread(
+                self.runner.run,
+                plan,
+                on_step,
+                lambda: key in self.state.cancelled,
+                pause,
+                resume_state,
+            )
         except Paused as paused:
             uri, sha = await asyncio.to_thread(
-                self.blobs.put, f"{key}/{plan.fencing_token}-paused-{paused.steps_done}.pt",
-                paused.state)
-            await emit(ev.GenerationPaused(job_id=key, worker_id=self.state.worker_id,
-                                           fencing_token=plan.fencing_token,
-                                           steps_done=paused.steps_done,
-                                           total_steps=paused.total_steps, state_uri=uri,
-                                           state_sha256=sha))
+                self.blobs.put,
+                f"{key}/{plan.fencing_token}-paused-{paused.steps_done}.pt",
+                paused.state,
+            )
+            await emit(
+                ev.GenerationPaused(
+                    job_id=key,
+                    worker_id=self.state.worker_id,
+                    fencing_token=plan.fencing_token,
+                    steps_done=paused.steps_done,
+                    total_steps=paused.total_steps,
+                    state_uri=uri,
+                    state_sha256=sha,
+                )
+            )
             self.state.done[key] = plan.fencing_token
-            log.info("job paused", extra={"job_id": key, "fencing_token": plan.fencing_token,
-                                          "steps_done": paused.steps_done})
+            log.info(
+                "job paused",
+                extra={
+                    "job_id": key,
+                    "fencing_token": plan.fencing_token,
+                    "steps_done": paused.steps_done,
+                },
+            )
             return
         except Cancelled:
             await emit(ev.GenerationCancelled(job_id=key, at_step=None))
@@ -162,9 +209,16 @@ class Worker:
             oom = isinstance(exc, ModelDoesNotFit) or "out of memory" in str(exc).lower()
             reason = ev.FailureReason.OUT_OF_MEMORY if oom else ev.FailureReason.INTERNAL_ERROR
             log.exception("generation failed")
-            await emit(ev.GenerationFailed(job_id=key, reason=reason, message=repr(exc)[:4000],
-                                           attempt=plan.attempt, terminal=False,
-                                           worker_id=self.state.worker_id))
+            await emit(
+                ev.GenerationFailed(
+                    job_id=key,
+                    reason=reason,
+                    message=repr(exc)[:4000],
+                    attempt=plan.attempt,
+                    terminal=False,
+                    worker_id=self.state.worker_id,
+                )
+            )
             return
         finally:
             self.state.running_plan = None
@@ -172,10 +226,19 @@ class Worker:
         images = []
         for i, png in enumerate(result.images_png):
             uri, sha = await asyncio.to_thread(
-                self.blobs.put, f"{key}/{plan.fencing_token}-{i}.png", png)
-            images.append(ImageRef(uri=uri, sha256=sha, width=plan.width, height=plan.height,
-                                   index=i))
-        await emit(ev.ImageGenerated(job_id=key, worker_id=self.state.worker_id,
-                                     fencing_token=plan.fencing_token, images=tuple(images),
-                                     timings_ms=result.timings_ms, webhook_url=msg.webhook_url))
+                self.blobs.put, f"{key}/{plan.fencing_token}-{i}.png", png
+            )
+            images.append(
+                ImageRef(uri=uri, sha256=sha, width=plan.width, height=plan.height, index=i)
+            )
+        await emit(
+            ev.ImageGenerated(
+                job_id=key,
+                worker_id=self.state.worker_id,
+                fencing_token=plan.fencing_token,
+                images=tuple(images),
+                timings_ms=result.timings_ms,
+                webhook_url=msg.webhook_url,
+            )
+        )
         self.state.done[key] = plan.fencing_token

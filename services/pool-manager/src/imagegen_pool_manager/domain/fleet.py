@@ -44,8 +44,9 @@ def evolve(fleet: Fleet, payload: object, at: float, event_id: str) -> Fleet:
         case ev.JobScheduled():
             held = fleet.in_flight.get(payload.job_id)
             if held is None or payload.fencing_token > held.fencing_token:
-                fleet.in_flight[payload.job_id] = InFlight(payload.worker_id,
-                                                           payload.fencing_token, payload.attempt)
+                fleet.in_flight[payload.job_id] = InFlight(
+                    payload.worker_id, payload.fencing_token, payload.attempt
+                )
         case ev.ImageGenerated() | ev.GenerationCancelled() | ev.GenerationFailed():
             fleet.in_flight.pop(payload.job_id, None)
         case ev.GenerationPaused():  # the worker no longer runs it: its loss orphans nothing

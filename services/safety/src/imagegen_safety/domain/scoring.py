@@ -35,7 +35,7 @@ def word_windows(text: str, size: int, stride: int) -> list[str]:
     if len(words) <= size:
         return [" ".join(words)] if words else []
     starts = list(range(0, len(words) - size, stride)) + [len(words) - size]
-    return [" ".join(words[i:i + size]) for i in starts]
+    return [" ".join(words[i : i + size]) for i in starts]
 
 
 def prompt_segments(prompt: str, *, max_segments: int = 16, max_words: int = 24) -> list[str]:
@@ -49,12 +49,15 @@ def prompt_segments(prompt: str, *, max_segments: int = 16, max_words: int = 24)
     text = " ".join(normalize_text(prompt).split())
     if not text:
         return []
-    tags = [t for part in _SEPARATORS.split(text)
-            for t in word_windows(part, max_words, max(1, max_words // 2))]
+    tags = [
+        t
+        for part in _SEPARATORS.split(text)
+        for t in word_windows(part, max_words, max(1, max_words // 2))
+    ]
     tags = list(dict.fromkeys(tags))  # repeated tags ("best quality, ... best quality") once
     if len(tags) > max_segments:
         per_group = -(-len(tags) // max_segments)  # ceiling division
-        tags = [", ".join(tags[i:i + per_group]) for i in range(0, len(tags), per_group)]
+        tags = [", ".join(tags[i : i + per_group]) for i in range(0, len(tags), per_group)]
     return [text] + [t for t in tags if t != text]
 
 

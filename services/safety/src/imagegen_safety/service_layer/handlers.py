@@ -34,9 +34,9 @@ from ..adapters.blobs import read_image
 from ..adapters.classifiers import ImageClassifier, PromptClassifier
 from ..config import SafetySettings
 from ..domain.policy import IMAGE_CATEGORY, image_verdict, prompt_verdict
+from ..metrics import CHECK_SECONDS
 
 log = logging.getLogger(__name__)
-from ..metrics import CHECK_SECONDS
 
 T = TypeVar("T")
 
@@ -48,7 +48,9 @@ async def timed_check(kind: str, fn: Callable[..., T], *args: object) -> T:
 
 
 def make_handlers(
-    publisher: Publisher, prompts: PromptClassifier, images: ImageClassifier,
+    publisher: Publisher,
+    prompts: PromptClassifier,
+    images: ImageClassifier,
     settings: SafetySettings,
 ) -> dict[type[Payload], PayloadHandler]:
     thresholds = settings.prompt_thresholds()
@@ -56,11 +58,19 @@ def make_handlers(
     async def on_generation_requested(envelope: Envelope, msg: GenerationRequested) -> None:
         scores = await timed_check("prompt", prompts.score, msg.params.prompt)
         verdict, categories = prompt_verdict(scores, thresholds)
-        moderated = PromptModerated(job_id=msg.job_id, verdict=verdict, categories=categories,
-                                    scores=scores, checker=prompts.checker)
-        await publisher.publish(moderated, key=msg.job_id, causation_id=envelope.event_id,
-                                event_id=derived_event_id(envelope.event_id,
-                                                          PromptModerated.event_type))
+        moderated = PromptModerated(
+            job_id=msg.job_id,
+            verdict=verdict,
+            categories=categories,
+            scores=scores,
+            checker=prompts.checker,
+        )
+        await publisher.publish(
+            moderated,
+            key=msg.job_id,
+            causation_id=envelope.event_id,
+            event_id=derived_event_id(envelope.event_id, PromptModerated.event_type),
+        )
 
     def score_images(refs: Sequence[ImageRef]) -> list[float]:
         return images.score([read_image(ref) for ref in refs])  # sha256 checked before judging
@@ -74,22 +84,37 @@ def make_handlers(
 
     async def on_image_generated(envelope: Envelope, msg: ImageGenerated) -> None:
         if msg.fencing_token <= revoked.get(msg.job_id, 0):
-            log.warning("result of a revoked assignment dropped",
-                        extra={"job_id": msg.job_id, "fencing_token": msg.fencing_token})
+            log.warning(
+                "result of a revoked assignment dropped",
+                extra={"job_id": msg.job_id, "fencing_token": msg.fencing_token},
+            )
             return
         nsfw = await timed_check("image", score_images, msg.images)
         verdict, per_image, categories = image_verdict(
-            nsfw, settings.image_threshold_sexual,
-            reject_whole_batch=settings.image_reject_whole_batch)
+            nsfw,
+            settings.image_threshold_sexual,
+            reject_whole_batch=settings.image_reject_whole_batch,
+        )
         scores = {IMAGE_CATEGORY: max(nsfw)} | {
-            f"{IMAGE_CATEGORY}.{ref.index}": s for ref, s in zip(msg.images, nsfw, strict=True)}
+            f"{IMAGE_CATEGORY}.{ref.index}": s for ref, s in zip(msg.images, nsfw, strict=True)
+        }
         moderated = ImageModerated(
-            job_id=msg.job_id, verdict=verdict, per_image=per_image, categories=categories,
-            scores=scores, checker=images.checker, images=msg.images,
-            fencing_token=msg.fencing_token, webhook_url=msg.webhook_url)
-        await publisher.publish(moderated, key=msg.job_id, causation_id=envelope.event_id,
-                                event_id=derived_event_id(envelope.event_id,
-                                                          ImageModerated.event_type))
+            job_id=msg.job_id,
+            verdict=verdict,
+            per_image=per_image,
+            categories=categories,
+            scores=scores,
+            checker=images.checker,
+            images=msg.images,
+            fencing_token=msg.fencing_token,
+            webhook_url=msg.webhook_url,
+        )
+        await publisher.publish(
+            moderated,
+            key=msg.job_id,
+            causation_id=envelope.event_id,
+            event_id=derived_event_id(envelope.event_id, ImageModerated.event_type),
+        )
 
     return {
         GenerationRequested: on_generation_requested,  # type: ignore[dict-item]

@@ -32,6 +32,7 @@ from collections.abc import Callable
 
 from imagegen_runtime.kafka import RecordMeta
 from imagegen_runtime.publishing import Publisher, derived_event_id
+from imagegen_runtime.waiting import sleep_or_stop
 from imagegen_schemas import Envelope, Payload
 from imagegen_schemas import jobs as ev
 from imagegen_schemas.workers import WorkerHeartbeat, WorkerStatus
@@ -185,7 +186,7 @@ class Scheduler:
             evolve(self.state, WorkerUpdated(worker_view(hb, self.budget_fraction), at))
         for token in (a.fencing_token for a in self.assignments.values()):
             self.state.last_token = max(self.state.last_token, token)
-        for job_id, req in self.requests.items():
+        for job_id in self.requests:
             if job_id in self.ended or job_id not in self.allowed:
                 continue
             self._queue(job_id, self.clock())
@@ -264,8 +265,12 @@ class Scheduler:
 
     def _preempting(self, request: ev.PreemptionRequested, at: float) -> None:
         if request.for_job_id is not None:
-            evolve(self.state, PreemptionRequested(request.job_id, request.worker_id,
-                                                   request.fencing_token, request.for_job_id, at))
+            evolve(
+                self.state,
+                PreemptionRequested(
+                    request.job_id, request.worker_id, request.fencing_token, request.for_job_id, at
+                ),
+            )
 
     def _paused(self, paused: ev.GenerationPaused, at: float) -> None:
         """The running assignment paused: re-queue the job with the steps left, free its
@@ -277,8 +282,10 @@ class Scheduler:
         # steps_done counts sampler steps; most samplers take one per denoising step, PNDM more
         left = max(1, -(-steps * (paused.total_steps - paused.steps_done) // paused.total_steps))
         completed = max(0, running.job.remaining_steps - left)
-        evolve(self.state, JobPreempted(paused.job_id, running.worker_id, paused.fencing_token,
-                                        completed, at))
+        evolve(
+            self.state,
+            JobPreempted(paused.job_id, running.worker_id, paused.fencing_token, completed, at),
+        )
         self.resume[paused.job_id] = _resume_from(paused)
         self.paused.add(paused.job_id)
 
@@ -330,19 +337,29 @@ class Scheduler:
         for decision in decide(self.state, now):
             if isinstance(decision, Preempt):
                 request = ev.PreemptionRequested(
-                    job_id=decision.job_id, worker_id=decision.worker_id,
-                    fencing_token=decision.fencing_token, for_job_id=decision.for_job_id,
-                    reason=f"turbo job {decision.for_job_id} would miss its wait target")
+                    job_id=decision.job_id,
+                    worker_id=decision.worker_id,
+                    fencing_token=decision.fencing_token,
+                    for_job_id=decision.for_job_id,
+                    reason=f"turbo job {decision.for_job_id} would miss its wait target",
+                )
                 evolve(self.state, as_event(decision, now))
-                out.append((request, derived_event_id(decision.job_id, request.event_type,
-                                                      decision.fencing_token)))
+                out.append(
+                    (
+                        request,
+                        derived_event_id(
+                            decision.job_id, request.event_type, decision.fencing_token
+                        ),
+                    )
+                )
                 continue
             queued = self.state.queued[decision.job_id]
             req = self.requests[decision.job_id]
             resume = self.resume.get(decision.job_id)
             # A resumed run continues the paused attempt: a pause is not a failed attempt.
             attempt = self.attempts.get(decision.job_id, 0) + (
-                0 if decision.job_id in self.paused else 1)
+                0 if decision.job_id in self.paused else 1
+            )
             scheduled = ev.JobScheduled(
                 job_id=decision.job_id,
                 worker_id=decision.worker_id,
@@ -357,12 +374,15 @@ class Scheduler:
             evolve(self.state, as_event(decision, now))
             self.attempts[decision.job_id] = attempt
             self.paused.discard(decision.job_id)
-            out.append((scheduled, derived_event_id(decision.job_id, scheduled.event_type,
-                                                    decision.fencing_token)))
+            out.append(
+                (
+                    scheduled,
+                    derived_event_id(decision.job_id, scheduled.event_type, decision.fencing_token),
+                )
+            )
         # Published together: one broker round trip for the batch. A failure raises, the
         # service exits, and its restart rebuilds the state from the log (nothing is lost).
-        await asyncio.gather(*(self.publisher.publish(s, key=s.job_id, event_id=i)
-                               for s, i in out))
+        await asyncio.gather(*(self.publisher.publish(s, key=s.job_id, event_id=i) for s, i in out))
         return len(out)
 
     async def tick_loop(
@@ -376,12 +396,10 @@ class Scheduler:
         while not stop.is_set():
             async with self._lock:
                 await self._decide()
-            try:
-                await asyncio.wait_for(stop.wait(), every_s)
-            except TimeoutError:
-                pass
+            await sleep_or_stop(stop, every_s)
 
 
 def _resume_from(paused: ev.GenerationPaused) -> ev.ResumeFrom:
-    return ev.ResumeFrom(steps_done=paused.steps_done, state_uri=paused.state_uri,
-                         state_sha256=paused.state_sha256)
+    return ev.ResumeFrom(
+        steps_done=paused.steps_done, state_uri=paused.state_uri, state_sha256=paused.state_sha256
+    )
