@@ -1,10 +1,17 @@
-"""deploy/docker-compose.yml matches the services that exist (Docker cannot run here)."""
+"""deploy/docker-compose.yml and deploy/Dockerfile match the services that exist.
+
+Docker cannot run here, so the build is checked statically and the image's CMD is run with a
+fake ``python``.
+"""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import re
+import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -34,17 +41,71 @@ def test_every_service_of_the_design_is_in_compose() -> None:
     assert set(SETTINGS) <= set(COMPOSE["services"])
 
 
-@pytest.mark.parametrize("name", sorted(n for n, s in COMPOSE["services"].items() if "build" in s))
-def test_dockerfile_and_entrypoint_exist(name: str) -> None:
+BUILT = sorted(n for n, s in COMPOSE["services"].items() if "build" in s)
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+
+
+def build_of(name: str) -> tuple[Path, Path, str]:
+    """(context, Dockerfile, SERVICE argument) of a compose service, paths resolved."""
     build = COMPOSE["services"][name]["build"]
-    dockerfile = (ROOT / "deploy" / build["context"] / build["dockerfile"]).resolve()
-    assert dockerfile.exists(), dockerfile
-    text = dockerfile.read_text()
-    cmd = COMPOSE["services"][name].get("command") or re.search(r"CMD (\[.*\])", text).group(1)
-    if isinstance(cmd, str):
-        cmd = yaml.safe_load(cmd)
+    context = (ROOT / "deploy" / build["context"]).resolve()
+    return context, (context / build["dockerfile"]).resolve(), build["args"]["SERVICE"]
+
+
+def image_command(service_arg: str, tmp_path: Path) -> list[str]:
+    """What the image's CMD runs for a SERVICE build argument (``python`` replaced by echo)."""
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^ENV .*\bIMAGEGEN_SERVICE=\$\{SERVICE\}", text, re.MULTILINE)
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.MULTILINE).group(1))
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho python "$@"\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "IMAGEGEN_SERVICE": service_arg}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=10)
+    return out.stdout.split()
+
+
+def test_one_dockerfile_for_every_service() -> None:
+    assert {build_of(n)[:2] for n in BUILT} == {(ROOT, DOCKERFILE)}
+    found = [*ROOT.glob("Dockerfile*"), *ROOT.glob("deploy/Dockerfile*")]
+    for top in ("schemas", "libs", "services", "tools"):
+        found += (ROOT / top).glob("**/Dockerfile*")
+    others = [p for p in found if p != DOCKERFILE]
+    assert others == [], "one image definition: pass --build-arg SERVICE=... to deploy/Dockerfile"
+
+
+@pytest.mark.parametrize("service", sorted(SETTINGS))
+def test_each_service_is_built_as_itself(service: str) -> None:
+    assert build_of(service)[2] == service
+
+
+@pytest.mark.parametrize("name", BUILT)
+def test_the_build_argument_names_a_locked_workspace_package(name: str) -> None:
+    service_arg = build_of(name)[2]
+    project = tomllib.loads((ROOT / "services" / service_arg / "pyproject.toml").read_text())
+    assert project["project"]["name"] == f"imagegen-{service_arg}"
+    assert f'name = "imagegen-{service_arg}"' in (ROOT / "uv.lock").read_text()
+    assert '--package "imagegen-${SERVICE}"' in DOCKERFILE.read_text()
+
+
+@pytest.mark.parametrize("name", BUILT)
+def test_the_image_runs_an_entrypoint_that_exists(name: str, tmp_path: Path) -> None:
+    cmd = COMPOSE["services"][name].get("command") or image_command(build_of(name)[2], tmp_path)
+    assert cmd[:2] == ["python", "-m"] or cmd[:2] == ["python", "-c"], cmd
     if cmd[1] == "-m":
         assert importlib.util.find_spec(f"{cmd[2]}.__main__") is not None, cmd
+
+
+def test_the_image_runs_the_service_named_by_its_build_argument(tmp_path: Path) -> None:
+    assert image_command("gpu-worker", tmp_path) == ["python", "-m", "imagegen_gpu_worker"]
+
+
+def test_dockerignore_lets_in_every_workspace_member() -> None:
+    allowed = set((ROOT / ".dockerignore").read_text().split())
+    root = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    needed = {m.split("/")[0] for m in root["tool"]["uv"]["workspace"]["members"]}
+    needed |= {"pyproject.toml", "uv.lock", "src"}
+    assert {f"!{n}" for n in needed} <= allowed
 
 
 @pytest.mark.parametrize("service", sorted(SETTINGS))
