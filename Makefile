@@ -6,7 +6,8 @@ UV_VERSION := 0.9.30
 PYTEST := $(PY) -m pytest
 
 .PHONY: help venv setup up down logs status schemas test test-unit test-integration test-e2e \
-        test-slow test-all demo train-demo-model eval-demo-model lint typecheck bench clean
+        test-slow test-all demo train-demo-model eval-demo-model lint typecheck imports \
+        check bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -65,11 +66,31 @@ train-demo-model: venv ## retrain models/shapes-demo from seed 0 (CPU; 26 min me
 eval-demo-model: venv ## score the demo model on 40 held-out captions (guidance 5 and 1)
 	$(PY) -m imagegen_gpu_worker.demo.evaluate --grid out/demo-model/grid.png
 
-lint: venv ## ruff
-	.venv/bin/ruff check schemas libs services src tests deploy
+lint: venv ## ruff check and ruff format --check over the whole tree
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 
-typecheck: venv ## mypy --strict on the contracts
-	.venv/bin/mypy schemas/src
+# mypy --strict ([tool.mypy] in pyproject.toml): the contracts, the shared runtime, and every
+# service's pure core. Adapters and entrypoints are checked through what these import.
+TYPECHECKED := schemas/src libs/runtime/src \
+	services/api/src/imagegen_api/domain services/api/src/imagegen_api/service_layer \
+	services/scheduler/src/imagegen_scheduler/domain \
+	services/scheduler/src/imagegen_scheduler/service_layer \
+	services/gpu-worker/src/imagegen_gpu_worker/domain \
+	services/gpu-worker/src/imagegen_gpu_worker/service_layer \
+	services/safety/src/imagegen_safety/domain services/safety/src/imagegen_safety/service_layer \
+	services/delivery/src/imagegen_delivery/domain \
+	services/delivery/src/imagegen_delivery/service_layer \
+	services/pool-manager/src/imagegen_pool_manager/domain \
+	services/pool-manager/src/imagegen_pool_manager/service_layer
+
+typecheck: venv ## mypy --strict on schemas, the runtime and every service's domain and service layer
+	.venv/bin/mypy $(TYPECHECKED)
+
+imports: venv ## import contracts (import-linter, [tool.importlinter] in pyproject.toml)
+	.venv/bin/lint-imports
+
+check: lint typecheck imports ## the three gates (`make -k check` runs all of them)
 
 bench: venv infra-up ## benchmarks under bench/
 	$(PY) -m bench
