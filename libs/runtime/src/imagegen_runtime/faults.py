@@ -105,7 +105,7 @@ def _is_transient_sql(exc: BaseException) -> bool:
 
 def _is_transient_asyncpg(exc: BaseException) -> bool:
     try:
-        import asyncpg
+        import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints
     except ImportError:  # pragma: no cover - asyncpg is a runtime dependency
         return False
     return isinstance(
@@ -145,7 +145,7 @@ class Backoff:
     rand: Callable[[], float] = field(default=random.random)
 
     def delay(self, attempt: int) -> float:
-        d = min(self.cap_s, self.initial_s * 2 ** max(0, attempt - 1))
+        d = min(self.cap_s, self.initial_s * 2.0 ** max(0, attempt - 1))
         return d / 2 + self.rand() * d / 2
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from opentelemetry import trace
 
 from imagegen_schemas import TOPICS, Envelope, Payload, header_map, parse
@@ -211,14 +211,15 @@ class KafkaPublisher:
                 if err is not None:
                     fut.set_exception(KafkaException(err))
                 else:
-                    fut.set_result((msg.partition(), msg.offset()))
+                    fut.set_result((_int(msg.partition()), _int(msg.offset())))
 
             loop.call_soon_threadsafe(settle)
 
+        kafka_headers: list[tuple[str, str | bytes | None]] = list(headers)
         while True:
             try:
                 self._producer.produce(
-                    topic, value=value, key=key, headers=headers, on_delivery=on_delivery
+                    topic, value=value, key=key, headers=kafka_headers, on_delivery=on_delivery
                 )
                 break
             except BufferError:  # local queue full: let deliveries drain, then retry
@@ -246,13 +247,24 @@ class RecordMeta:
 Handler = Callable[[Envelope, Payload, RecordMeta], Awaitable[None]]
 
 
+def _int(value: int | None) -> int:
+    """A partition or offset of a consumed or acknowledged record (never None there)."""
+    return -1 if value is None else value
+
+
 def record_meta(msg: Message) -> RecordMeta:
+    key = msg.key()
+    raw_headers = msg.headers()
+    headers = [
+        (k, v.encode() if isinstance(v, str) else v)
+        for k, v in (raw_headers.items() if isinstance(raw_headers, dict) else raw_headers or [])
+    ]
     return RecordMeta(
-        msg.topic(),
-        msg.partition(),
-        msg.offset(),
-        msg.key().decode(errors="replace") if msg.key() else None,
-        header_map(msg.headers()),
+        msg.topic() or "",
+        _int(msg.partition()),
+        _int(msg.offset()),
+        key.decode(errors="replace") if isinstance(key, bytes) and key else None,
+        header_map(headers),
     )
 
 
@@ -366,9 +378,10 @@ class KafkaConsumerLoop:
                 msg = await asyncio.to_thread(self._consumer.poll, 0.2)
                 if msg is None:
                     continue
-                if msg.error():
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        log.warning("kafka consumer error", extra={"error": str(msg.error())})
+                error = msg.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        log.warning("kafka consumer error", extra={"error": str(error)})
                     continue
                 if await self._process(msg, stop):
                     await self._commit(msg)
@@ -484,7 +497,7 @@ class KafkaConsumerLoop:
             got = await asyncio.to_thread(self._consumer.poll, min(0.2, left))
             if got is not None and not got.error():
                 # From a partition a rebalance gave us during the hold: put it back for later.
-                tp = TopicPartition(got.topic(), got.partition(), got.offset())
+                tp = TopicPartition(got.topic() or "", _int(got.partition()), _int(got.offset()))
                 await asyncio.to_thread(self._pause, [tp])
                 await asyncio.to_thread(self._consumer.seek, tp)
         return False
@@ -654,11 +667,15 @@ class ReplayingConsumer:
                 for msg in batch:
                     if msg.error():
                         continue
-                    tp = (msg.topic(), msg.partition())
+                    where = (msg.topic() or "", _int(msg.partition()))
                     live = self.caught_up.is_set()
                     await self._process(msg, live, stop)
-                    if not live and tp in remaining and msg.offset() + 1 >= remaining[tp]:
-                        del remaining[tp]
+                    if (
+                        not live
+                        and where in remaining
+                        and _int(msg.offset()) + 1 >= remaining[where]
+                    ):
+                        del remaining[where]
                         if not remaining:
                             self.caught_up.set()
                             log.info("caught up", extra={"records": self.records})
