@@ -214,7 +214,9 @@ async def test_stop_during_a_transient_fault_commits_nothing() -> None:
     )
     stop = asyncio.Event()
     task = asyncio.create_task(loop.run(stop))
-    while loop.health().ok or "ConnectionResetError" not in loop.health().reason:
+    deadline = time.monotonic() + 10
+    while "ConnectionResetError" not in loop.health().reason:  # the hold has begun
+        assert time.monotonic() < deadline, loop.health()
         await asyncio.sleep(0.005)
     stop.set()
     await asyncio.wait_for(task, 10)
