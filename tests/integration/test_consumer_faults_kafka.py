@@ -167,18 +167,25 @@ async def test_member_that_lost_its_group_keeps_running_and_the_record_is_redeli
 ) -> None:
     """Regression (issue 10, broker restart): the gpu-worker crashed on a commit refused with
     UNKNOWN_MEMBER_ID. Here member A handles a record for longer than ``max.poll.interval.ms``
-    while member B joins: the group moves on without A, A's commit is refused. Failed before
-    ADR 0008: A's ``run`` raised the KafkaException (the service would exit)."""
+    while member B joins: the group moves on without A, A's commit is refused, and the record is
+    handled again by whichever member owns its partition after the rebalance (B, or A once it
+    re-joined). Failed before ADR 0008: A's ``run`` raised the KafkaException (the service
+    would exit)."""
     pub = KafkaPublisher(infra.kafka_bootstrap, "test", topics)
     job = str(uuid.uuid4())
     topic = topics + "imagegen.jobs.requested"
     group = f"{topics}worker-{job[:6]}"
     sent = await pub.publish(CancellationRequested(job_id=job, requested_by="u"), key=job)
-    a_has_it, b_has_it = asyncio.Event(), asyncio.Event()
+    a_has_it, again = asyncio.Event(), asyncio.Event()
     b_loop: list[KafkaConsumerLoop] = []
+    deliveries: list[str] = []  # which member got the record, in order
 
     async def slow_a(env: Envelope, payload: Payload, meta: RecordMeta) -> None:
         if env.event_id != sent.event_id:
+            return
+        deliveries.append("A")
+        if len(deliveries) > 1:  # A re-joined and got the partition back
+            again.set()
             return
         a_has_it.set()
         # Busy past max.poll.interval.ms: the group rebalances B in and A out meanwhile.
@@ -186,7 +193,8 @@ async def test_member_that_lost_its_group_keeps_running_and_the_record_is_redeli
 
     async def b(env: Envelope, payload: Payload, meta: RecordMeta) -> None:
         if env.event_id == sent.event_id:
-            b_has_it.set()
+            deliveries.append("B")
+            again.set()
 
     short = {"session.timeout.ms": 6000, "max.poll.interval.ms": 7000}
     loop_a = KafkaConsumerLoop(infra.kafka_bootstrap, group, [topic], slow_a, pub, **short)
@@ -198,8 +206,9 @@ async def test_member_that_lost_its_group_keeps_running_and_the_record_is_redeli
     try:
         await wait_for(a_has_it, 60, "A to take the record")
         task_b = asyncio.create_task(loop_b.run(stop_b))
-        await wait_for(b_has_it, 120, "the record's redelivery to B")
+        await wait_for(again, 120, "the record's redelivery to its partition's owner")
         assert not task_a.done(), f"member A stopped: {task_a.exception()!r}"
+        assert deliveries[0] == "A" and len(deliveries) >= 2, deliveries
     finally:
         stop_a.set()
         stop_b.set()
