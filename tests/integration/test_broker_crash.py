@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from imagegen_runtime.kafka import KafkaPublisher, wait_for_kafka
+from imagegen_runtime.kafka import KafkaConsumerLoop, KafkaPublisher, RecordMeta, wait_for_kafka
+from imagegen_schemas import Envelope, Payload
 from imagegen_schemas.jobs import CancellationRequested
 
 from .test_kafka import read_all
@@ -69,3 +71,54 @@ async def test_acknowledged_events_survive_kill_9_of_the_broker(infra, topics) -
     }
     missing = [e.event_id for e in acked if e.event_id not in ids]
     assert not missing, f"{len(missing)} acknowledged events lost"
+
+
+async def test_publisher_and_consumer_ride_out_a_broker_restart(infra, topics) -> None:
+    """Regression (issue 10, broker restart; ADR 0008): a publish during the outage failed with
+    ``_MSG_TIMED_OUT`` (its handler's record went to the dead-letter topic), and a consumer
+    whose commit failed across the restart crashed. Now the publish is retried until the broker
+    is back, and the consumer goes on and handles what is published after the restart."""
+    if not infra.local:
+        pytest.skip("kills the local broker process; testcontainers' broker is not ours to kill")
+    job = str(uuid.uuid4())
+    topic = topics + "imagegen.jobs.requested"
+    # A short delivery timeout, so that each delivery attempt fails during the outage.
+    pub = KafkaPublisher(
+        infra.kafka_bootstrap, "crash-test", topics, **{"message.timeout.ms": 1000}
+    )
+    seen: dict[str, asyncio.Event] = {}
+
+    async def handle(env: Envelope, payload: Payload, meta: RecordMeta) -> None:
+        if env.correlation_id == job:
+            seen.setdefault(env.event_id, asyncio.Event()).set()
+
+    consumer = KafkaConsumerLoop(
+        infra.kafka_bootstrap, f"{topics}restart-{job[:6]}", [topic], handle, pub
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        before = await pub.publish(CancellationRequested(job_id=job, requested_by="a"), key=job)
+        await asyncio.wait_for(seen.setdefault(before.event_id, asyncio.Event()).wait(), 60)
+
+        pid = kafka_pid()
+        os.kill(pid, signal.SIGKILL)
+        during = asyncio.create_task(
+            pub.publish(CancellationRequested(job_id=job, requested_by="b"), key=job)
+        )
+        await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, str(ROOT / "deploy/stack.py"), "infra-up"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        await asyncio.to_thread(wait_for_kafka, infra.kafka_bootstrap, 90)
+        assert kafka_pid() != pid, "the broker was not restarted"
+        sent = await asyncio.wait_for(during, 150)  # raised _MSG_TIMED_OUT before ADR 0008
+        assert pub.retries > 0, "the broker came back before any delivery timed out"
+        await asyncio.wait_for(seen.setdefault(sent.event_id, asyncio.Event()).wait(), 120)
+        assert not task.done(), f"the consumer stopped: {task.exception()!r}"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)  # raises if the consumer crashed
+        await pub.close()

@@ -192,6 +192,9 @@ class FailureReason(StrEnum):
     INTERNAL_ERROR = "internal_error"
     RETRIES_EXHAUSTED = "retries_exhausted"
     TIMEOUT = "timeout"
+    # A record about this job could not be processed (unparseable, breaks the contract, or
+    # fails the same way every time); it is on the dead-letter topic (ADR 0008).
+    POISON_EVENT = "poison_event"
 
 
 class GenerationFailed(Payload):

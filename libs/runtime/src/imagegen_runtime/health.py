@@ -2,18 +2,30 @@
 
 ``/healthz`` answers while the process runs; ``/readyz`` answers 200 only when every readiness
 check passes (broker reachable, database reachable, consumers assigned ...), else 503 with the
-failing checks; ``/metrics`` is the Prometheus text format.
+failing checks and, for each, the reason (a consumer retrying a transient fault names it);
+``/metrics`` is the Prometheus text format.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-ReadinessCheck = Callable[[], Awaitable[bool]]
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one readiness check, with why it failed."""
+
+    ok: bool
+    reason: str = ""  # empty when ok; e.g. "retrying OperationalError: ... since 12 s"
+
+
+# A check answers a bare bool, or a CheckResult when it can say why it is not ready.
+ReadinessCheck = Callable[[], Awaitable[bool | CheckResult]]
 
 
 class Readiness:
@@ -25,14 +37,20 @@ class Readiness:
     def add(self, name: str, check: ReadinessCheck) -> None:
         self.checks[name] = check
 
-    async def evaluate(self) -> dict[str, bool]:
-        results = {}
+    async def report(self) -> dict[str, CheckResult]:
+        """Every check's result; a check that raises fails with the error as its reason."""
+        results: dict[str, CheckResult] = {}
         for name, check in self.checks.items():
             try:
-                results[name] = bool(await check())
-            except Exception:
-                results[name] = False
+                got = await check()
+            except Exception as exc:
+                got = CheckResult(False, f"{type(exc).__name__}: {exc}"[:300])
+            results[name] = got if isinstance(got, CheckResult) else CheckResult(bool(got))
         return results
+
+    async def evaluate(self) -> dict[str, bool]:
+        """Pass/fail per check (the ``checks`` object of ``/readyz``)."""
+        return {name: r.ok for name, r in (await self.report()).items()}
 
 
 def add_health_routes(app: FastAPI, service: str, readiness: Readiness) -> None:
@@ -44,11 +62,15 @@ def add_health_routes(app: FastAPI, service: str, readiness: Readiness) -> None:
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
-        results = await readiness.evaluate()
-        ok = all(results.values())
-        return JSONResponse(
-            {"ready": ok, "service": service, "checks": results}, status_code=200 if ok else 503
-        )
+        results = await readiness.report()
+        ok = all(r.ok for r in results.values())
+        body = {
+            "ready": ok,
+            "service": service,
+            "checks": {name: r.ok for name, r in results.items()},
+            "reasons": {name: r.reason or "not ready" for name, r in results.items() if not r.ok},
+        }
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

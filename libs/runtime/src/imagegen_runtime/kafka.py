@@ -1,12 +1,17 @@
 """Kafka adapters over confluent-kafka: readiness, topic creation, publisher, consumer loop.
 
-Delivery guarantees (see docs/adr/0003-kafka-client.md):
+Delivery guarantees (ADR 0003) and the fault model (ADR 0008, :mod:`imagegen_runtime.faults`):
 - the publisher is idempotent with ``acks=all`` and ``publish`` returns only after the broker
-  acknowledged the record;
+  acknowledged the record; a transient failure (broker away, ``_MSG_TIMED_OUT``) is retried with
+  backoff for ``retry_for_s`` before it is raised;
 - the consumer commits a record's offset synchronously *after* its handler's effect, so a crash
-  means redelivery (handlers are idempotent), never loss;
-- a record that cannot be parsed, or whose handler keeps failing, goes to the dead-letter topic
-  with the error and the original bytes, and the consumer goes on.
+  means redelivery (handlers are idempotent), never loss; a commit refused because this member
+  lost its group membership is logged, not fatal: the partition's next owner handles it again;
+- a transient fault in a handler is retried with capped exponential backoff for as long as it
+  takes, with the consumer's partitions paused and ``/readyz`` naming the fault;
+- a poison record (unparseable, or a handler that keeps failing with a non-transient error) goes
+  to the dead-letter topic with the error and the original bytes, its job gets a terminal
+  ``GenerationFailed(poison_event)``, and the consumer goes on.
 """
 
 from __future__ import annotations
@@ -20,17 +25,27 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from opentelemetry import trace
 
 from imagegen_schemas import TOPICS, Envelope, Payload, header_map, parse
+from imagegen_schemas.catalog import TOPIC_BY_NAME
+from imagegen_schemas.jobs import (
+    FailureReason,
+    GenerationCancelled,
+    GenerationFailed,
+    ImageDelivered,
+)
 from imagegen_schemas.workers import DeadLettered
 
+from .faults import Backoff, describe, is_lost_membership, is_transient
+from .health import CheckResult
 from .logs import job_id_var
 from .metrics import DEAD_LETTERED, EVENTS_CONSUMED, EVENTS_PUBLISHED, HANDLER_SECONDS
-from .publishing import build_record
+from .publishing import Publisher, build_record, derived_event_id
 from .tracing import context_from_headers
+from .waiting import sleep_or_stop
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("imagegen.kafka")
@@ -100,12 +115,31 @@ def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
 
 
 class KafkaPublisher:
-    """Publishes payloads in envelopes; ``publish`` resolves once the broker acknowledged."""
+    """Publishes payloads in envelopes; ``publish`` resolves once the broker acknowledged.
 
-    def __init__(self, bootstrap: str, producer: str, topic_prefix: str = "", **extra: Any) -> None:
+    A transient failure (the broker away: ``_MSG_TIMED_OUT``, ``_TRANSPORT`` ...) is retried with
+    capped exponential backoff for up to ``retry_for_s`` seconds, then raised; the record keeps
+    its event id, so a retry that duplicates it is dropped by consumers like any redelivery.
+    ``client`` replaces the confluent producer (tests only).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        producer: str,
+        topic_prefix: str = "",
+        *,
+        retry_for_s: float = 120.0,
+        backoff: Backoff | None = None,
+        client: Producer | None = None,
+        **extra: Any,
+    ) -> None:
         self.producer_name = producer
         self.topic_prefix = topic_prefix
-        self._producer = Producer(producer_config(bootstrap, **extra))
+        self.retry_for_s = retry_for_s
+        self.backoff = backoff or Backoff(initial_s=0.2, cap_s=5.0)
+        self.retries = 0  # transient failures retried so far (exposed for operators' metrics)
+        self._producer = client or Producer(producer_config(bootstrap, **extra))
         self._stop = threading.Event()
         self._closed = False
         # librdkafka runs delivery callbacks inside poll(); one thread keeps polling.
@@ -141,7 +175,30 @@ class KafkaPublisher:
     async def send_raw(
         self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
     ) -> tuple[int, int]:
-        """Produce bytes as they are; returns (partition, offset) once acknowledged."""
+        """Produce bytes as they are; returns (partition, offset) once acknowledged.
+
+        Transient failures are retried (see the class docstring); others raise at once.
+        """
+        give_up = time.monotonic() + self.retry_for_s
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._send_once(topic, key, value, headers)
+            except KafkaException as exc:
+                if self._closed or not is_transient(exc) or time.monotonic() >= give_up:
+                    raise
+                delay = self.backoff.delay(attempt)
+                self.retries += 1
+                log.warning(
+                    "publish failed; retrying",
+                    extra={"topic": topic, "attempt": attempt, "error": describe(exc)},
+                )
+                await asyncio.sleep(min(delay, max(0.0, give_up - time.monotonic())))
+
+    async def _send_once(
+        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> tuple[int, int]:
         if self._closed:
             raise RuntimeError("publisher is closed")
         loop = asyncio.get_running_loop()
@@ -154,14 +211,15 @@ class KafkaPublisher:
                 if err is not None:
                     fut.set_exception(KafkaException(err))
                 else:
-                    fut.set_result((msg.partition(), msg.offset()))
+                    fut.set_result((_int(msg.partition()), _int(msg.offset())))
 
             loop.call_soon_threadsafe(settle)
 
+        kafka_headers: list[tuple[str, str | bytes | None]] = list(headers)
         while True:
             try:
                 self._producer.produce(
-                    topic, value=value, key=key, headers=headers, on_delivery=on_delivery
+                    topic, value=value, key=key, headers=kafka_headers, on_delivery=on_delivery
                 )
                 break
             except BufferError:  # local queue full: let deliveries drain, then retry
@@ -189,13 +247,24 @@ class RecordMeta:
 Handler = Callable[[Envelope, Payload, RecordMeta], Awaitable[None]]
 
 
+def _int(value: int | None) -> int:
+    """A partition or offset of a consumed or acknowledged record (never None there)."""
+    return -1 if value is None else value
+
+
 def record_meta(msg: Message) -> RecordMeta:
+    key = msg.key()
+    raw_headers = msg.headers()
+    headers = [
+        (k, v.encode() if isinstance(v, str) else v)
+        for k, v in (raw_headers.items() if isinstance(raw_headers, dict) else raw_headers or [])
+    ]
     return RecordMeta(
-        msg.topic(),
-        msg.partition(),
-        msg.offset(),
-        msg.key().decode(errors="replace") if msg.key() else None,
-        header_map(msg.headers()),
+        msg.topic() or "",
+        _int(msg.partition()),
+        _int(msg.offset()),
+        key.decode(errors="replace") if isinstance(key, bytes) and key else None,
+        header_map(headers),
     )
 
 
@@ -205,12 +274,51 @@ def decode(msg: Message) -> tuple[Envelope, Payload]:
     return envelope, parse(envelope)
 
 
+class _Hold:
+    """A transient fault that holds a consumer: what, where, since when (for ``/readyz``)."""
+
+    def __init__(self) -> None:
+        self.error: str | None = None  # describe() of the last transient error; None = healthy
+        self.where = ""  # topic[partition]@offset of the record being retried
+        self.since = 0.0  # monotonic time the fault began
+        self.attempts = 0
+
+    def hit(self, exc: BaseException, meta: RecordMeta) -> None:
+        if self.error is None:
+            self.since = time.monotonic()
+            self.attempts = 0
+        self.error = describe(exc)
+        self.where = f"{meta.topic}[{meta.partition}]@{meta.offset}"
+        self.attempts += 1
+
+    def clear(self) -> None:
+        self.error = None
+
+    def check(self) -> CheckResult:
+        if self.error is None:
+            return CheckResult(True)
+        held = time.monotonic() - self.since
+        return CheckResult(
+            False,
+            f"retrying transient fault on {self.where} for {held:.0f} s "
+            f"({self.attempts} attempts): {self.error}",
+        )
+
+
 class KafkaConsumerLoop:
     """Consumes topics in a group; handles each record, then commits its offset.
 
-    Order per partition is kept: one record at a time. A record that fails to parse goes to the
-    dead-letter topic at once; a handler that raises is retried ``max_attempts`` times with
-    exponential backoff, then dead-lettered. Either way the offset is committed afterwards.
+    Order per partition is kept: one record at a time. Faults follow ADR 0008:
+    - a record that fails to parse is poison at once;
+    - a handler error that :func:`~imagegen_runtime.faults.is_transient` calls transient is
+      retried with capped exponential backoff for as long as it takes; meanwhile the assigned
+      partitions are paused (no new work) while ``poll`` keeps the group membership, and
+      :meth:`health` reports the fault;
+    - any other handler error is retried ``max_attempts`` times, then the record is poison.
+    Poison goes to the dead-letter topic and its job gets a terminal ``GenerationFailed``
+    (:func:`fail_poisoned_job`). The offset is committed after the record is settled; a commit
+    refused because this member lost its membership is logged and the loop goes on.
+    ``client`` replaces the confluent consumer (tests only).
     """
 
     def __init__(
@@ -219,10 +327,12 @@ class KafkaConsumerLoop:
         group_id: str,
         topics: Iterable[str],
         handler: Handler,
-        deadletter: KafkaPublisher,
+        deadletter: Publisher,
         *,
         max_attempts: int = 3,
         backoff_s: float = 0.2,
+        backoff_cap_s: float = 30.0,
+        client: Consumer | None = None,
         **extra: Any,
     ) -> None:
         self.group_id = group_id
@@ -230,9 +340,9 @@ class KafkaConsumerLoop:
         self.handler = handler
         self.deadletter = deadletter
         self.max_attempts = max_attempts
-        self.backoff_s = backoff_s
+        self.backoff = Backoff(initial_s=backoff_s, cap_s=backoff_cap_s)
         self.assigned = asyncio.Event()
-        self._consumer = Consumer(
+        self._consumer = client or Consumer(
             {
                 "bootstrap.servers": bootstrap,
                 "group.id": group_id,
@@ -246,11 +356,20 @@ class KafkaConsumerLoop:
         )
         self.handled = 0
         self.dead_lettered = 0
+        self.commits_refused = 0
+        self._hold = _Hold()
+        self._paused = False
+
+    def health(self) -> CheckResult:
+        """Not ready while a transient fault holds the loop (the reason names it)."""
+        if not self.assigned.is_set():
+            return CheckResult(False, "waiting for the consumer group to assign partitions")
+        return self._hold.check()
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
 
-        def on_assign(consumer: Consumer, partitions: list[Any]) -> None:
+        def on_assign(consumer: Consumer, partitions: list[TopicPartition]) -> None:
             loop.call_soon_threadsafe(self.assigned.set)
 
         self._consumer.subscribe(self.topics, on_assign=on_assign)
@@ -259,54 +378,147 @@ class KafkaConsumerLoop:
                 msg = await asyncio.to_thread(self._consumer.poll, 0.2)
                 if msg is None:
                     continue
-                if msg.error():
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        log.warning("kafka consumer error", extra={"error": str(msg.error())})
+                error = msg.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        log.warning("kafka consumer error", extra={"error": str(error)})
                     continue
-                await self._process(msg)
-                await asyncio.to_thread(self._consumer.commit, message=msg, asynchronous=False)
+                if await self._process(msg, stop):
+                    await self._commit(msg)
         finally:
             await asyncio.to_thread(self._consumer.close)
 
-    async def _process(self, msg: Message) -> None:
+    async def _commit(self, msg: Message) -> None:
+        try:
+            await asyncio.to_thread(self._consumer.commit, message=msg, asynchronous=False)
+        except KafkaException as exc:
+            if not is_lost_membership(exc):
+                raise
+            # The group moved on without this member (a broker restart, a long handler): the
+            # partition's new owner reads from the last committed offset and handles the record
+            # again (handlers are idempotent). The next poll re-joins the group.
+            self.commits_refused += 1
+            log.warning(
+                "commit refused; membership lost, re-joining",
+                extra={"topic": msg.topic(), "offset": msg.offset(), "error": describe(exc)},
+            )
+
+    async def _process(self, msg: Message, stop: asyncio.Event) -> bool:
+        """Handle one record until it is settled (True: commit it) or we are stopping (False)."""
         meta = record_meta(msg)
         try:
             envelope, payload = decode(msg)
         except Exception as exc:  # malformed: no retry can fix it
-            await self._dead_letter(msg, f"unparseable record: {exc}")
-            return
+            return await self._poison(msg, None, None, f"unparseable record: {exc}", stop)
         token = job_id_var.set(envelope.correlation_id)
         try:
             with (
                 tracer.start_as_current_span(
-                    f"consume {envelope.type}",
-                    context=context_from_headers(meta.headers),  # type: ignore[arg-type]
+                    f"consume {envelope.type}", context=context_from_headers(meta.headers)
                 ),
                 HANDLER_SECONDS.labels(meta.topic, self.group_id).time(),
             ):
-                for attempt in range(1, self.max_attempts + 1):
-                    try:
-                        await self.handler(envelope, payload, meta)
-                        self.handled += 1
-                        EVENTS_CONSUMED.labels(meta.topic, self.group_id).inc()
-                        return
-                    except Exception as exc:
-                        log.warning(
-                            "handler failed", extra={"attempt": attempt, "error": repr(exc)}
-                        )
-                        if attempt == self.max_attempts:
-                            await self._dead_letter(msg, f"handler failed {attempt} times: {exc!r}")
-                            return
-                        await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
+                return await self._handle(msg, envelope, payload, meta, stop)
         finally:
             job_id_var.reset(token)
 
-    async def _dead_letter(self, msg: Message, error: str) -> None:
-        await dead_letter(self.deadletter, msg, self.group_id, error)
-        self.dead_lettered += 1
+    async def _handle(
+        self,
+        msg: Message,
+        envelope: Envelope,
+        payload: Payload,
+        meta: RecordMeta,
+        stop: asyncio.Event,
+    ) -> bool:
+        failures = 0
+        while True:
+            try:
+                await self.handler(envelope, payload, meta)
+            except Exception as exc:
+                if is_transient(exc):
+                    if not await self._wait_out(exc, meta, stop):
+                        return False
+                    continue
+                failures += 1
+                log.warning("handler failed", extra={"attempt": failures, "error": repr(exc)})
+                if failures >= self.max_attempts:
+                    error = f"handler failed {failures} times: {exc!r}"
+                    return await self._poison(msg, envelope, payload, error, stop)
+                if await sleep_or_stop(stop, self.backoff.delay(failures)):
+                    return False
+                continue
+            self._release()
+            self.handled += 1
+            EVENTS_CONSUMED.labels(meta.topic, self.group_id).inc()
+            return True
+
+    async def _poison(
+        self,
+        msg: Message,
+        envelope: Envelope | None,
+        payload: Payload | None,
+        error: str,
+        stop: asyncio.Event,
+    ) -> bool:
+        """Dead-letter ``msg`` and fail its job; a transient fault while doing so is waited out."""
+        meta = record_meta(msg)
+        while True:
+            try:
+                await dead_letter(self.deadletter, msg, self.group_id, error)
+                await fail_poisoned_job(self.deadletter, meta, envelope, payload, error)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                if not await self._wait_out(exc, meta, stop):
+                    return False
+                continue
+            self._release()
+            self.dead_lettered += 1
+            return True
+
+    async def _wait_out(self, exc: BaseException, meta: RecordMeta, stop: asyncio.Event) -> bool:
+        """Back off after a transient fault, taking no new work; False if stopping."""
+        self._hold.hit(exc, meta)
+        delay = self.backoff.delay(self._hold.attempts)
+        log.warning(
+            "transient fault; retrying",
+            extra={"where": self._hold.where, "attempt": self._hold.attempts, "delay_s": delay},
+        )
+        if not self._paused:
+            await asyncio.to_thread(self._pause, self._consumer.assignment())
+            self._paused = True
+        deadline = time.monotonic() + delay
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            # Polling keeps this member in its group (max.poll.interval.ms) and runs rebalances;
+            # paused partitions deliver nothing.
+            got = await asyncio.to_thread(self._consumer.poll, min(0.2, left))
+            if got is not None and not got.error():
+                # From a partition a rebalance gave us during the hold: put it back for later.
+                tp = TopicPartition(got.topic() or "", _int(got.partition()), _int(got.offset()))
+                await asyncio.to_thread(self._pause, [tp])
+                await asyncio.to_thread(self._consumer.seek, tp)
+        return False
+
+    def _pause(self, partitions: list[TopicPartition]) -> None:
+        if partitions:
+            self._consumer.pause(partitions)
+
+    def _release(self) -> None:
+        if self._hold.error is not None:
+            log.info("transient fault over", extra={"where": self._hold.where})
+        self._hold.clear()
+        if self._paused:
+            self._paused = False
+            try:
+                self._consumer.resume(self._consumer.assignment())
+            except KafkaException as exc:  # the assignment changed under us: nothing to resume
+                log.warning("resume failed", extra={"error": describe(exc)})
 
 
-async def dead_letter(publisher: KafkaPublisher, msg: Message, group: str, error: str) -> None:
+async def dead_letter(publisher: Publisher, msg: Message, group: str, error: str) -> None:
     """Publish ``msg`` with ``error`` to the dead-letter topic (its bytes kept for replay)."""
     key = msg.key()
     letter = DeadLettered(
@@ -325,6 +537,68 @@ async def dead_letter(publisher: KafkaPublisher, msg: Message, group: str, error
     )
 
 
+def _keyed_by_job(topic: str) -> bool:
+    """Whether ``topic`` (prefix included) is a catalog topic keyed by job id."""
+    return any(
+        topic.endswith(name) and spec.key == "job_id" for name, spec in TOPIC_BY_NAME.items()
+    )
+
+
+def poisoned_job_failure(
+    meta: RecordMeta, envelope: Envelope | None, payload: Payload | None, error: str
+) -> tuple[GenerationFailed, str, str] | None:
+    """The terminal failure a poison record's job gets: (event, job id, event id), or None.
+
+    None when the job is unknown (a worker-keyed topic, no key) or when the record is itself
+    a terminal fact of its job (delivered, cancelled, terminally failed): that job has ended in
+    the log already, and failing it again would only contradict it (or loop on our own event).
+    The event id is derived from the record, so every consumer group that finds the same record
+    poison publishes the same event, which consumers drop as a duplicate.
+    """
+    if isinstance(payload, ImageDelivered | GenerationCancelled):
+        return None
+    if isinstance(payload, GenerationFailed) and payload.terminal:
+        return None
+    job_id = getattr(payload, "job_id", None)
+    if not isinstance(job_id, str) or not job_id:
+        if not _keyed_by_job(meta.topic):
+            return None
+        job_id = envelope.correlation_id if envelope is not None else meta.key
+    if not job_id:
+        return None
+    source = envelope.event_id if envelope is not None else f"{meta.topic}/{meta.partition}"
+    source += "" if envelope is not None else f"/{meta.offset}"
+    kind = envelope.type if envelope is not None else "record"
+    failed = GenerationFailed(
+        job_id=job_id,
+        reason=FailureReason.POISON_EVENT,
+        message=f"{kind} at {meta.topic}[{meta.partition}]@{meta.offset}: {error}"[:4000],
+        terminal=True,
+    )
+    return failed, job_id, derived_event_id(source, failed.event_type, failed.reason.value)
+
+
+async def fail_poisoned_job(
+    publisher: Publisher,
+    meta: RecordMeta,
+    envelope: Envelope | None,
+    payload: Payload | None,
+    error: str,
+) -> None:
+    """Publish the poison record's job's terminal ``GenerationFailed`` (see above), if any."""
+    found = poisoned_job_failure(meta, envelope, payload, error)
+    if found is None:
+        return
+    failed, job_id, event_id = found
+    await publisher.publish(
+        failed,
+        key=job_id,
+        causation_id=envelope.event_id if envelope is not None else None,
+        event_id=event_id,
+    )
+    log.error("job failed: poison event", extra={"job_id": job_id, "topic": meta.topic})
+
+
 ReplayHandler = Callable[[Envelope, Payload, RecordMeta, bool], Awaitable[None]]
 
 
@@ -335,7 +609,8 @@ class ReplayingConsumer:
     the log, so they keep no offsets. The handler gets ``live=False`` for records that were in
     the log when the process started (fold only, decide nothing) and ``live=True`` after.
     ``caught_up`` is set once every partition reached its start-time high watermark.
-    Malformed records are dead-lettered only when live (at most once per record per process).
+    Malformed records are dead-lettered only when live (at most once per record per process);
+    a handler's transient fault is retried with backoff for as long as it takes (ADR 0008).
     """
 
     def __init__(
@@ -343,10 +618,11 @@ class ReplayingConsumer:
         bootstrap: str,
         topics: Iterable[str],
         handler: ReplayHandler,
-        deadletter: KafkaPublisher,
+        deadletter: Publisher,
         name: str,
         after_batch: Callable[[], Awaitable[None]] | None = None,
         batch_size: int = 500,
+        backoff: Backoff | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = list(topics)
@@ -357,9 +633,11 @@ class ReplayingConsumer:
         self.name = name
         self.caught_up = asyncio.Event()
         self.records = 0
+        self.backoff = backoff or Backoff(initial_s=0.2, cap_s=30.0)
+        self._hold = _Hold()
 
     async def run(self, stop: asyncio.Event) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+        from confluent_kafka import OFFSET_BEGINNING
 
         consumer = Consumer(
             {
@@ -389,11 +667,15 @@ class ReplayingConsumer:
                 for msg in batch:
                     if msg.error():
                         continue
-                    tp = (msg.topic(), msg.partition())
+                    where = (msg.topic() or "", _int(msg.partition()))
                     live = self.caught_up.is_set()
-                    await self._process(msg, live)
-                    if not live and tp in remaining and msg.offset() + 1 >= remaining[tp]:
-                        del remaining[tp]
+                    await self._process(msg, live, stop)
+                    if (
+                        not live
+                        and where in remaining
+                        and _int(msg.offset()) + 1 >= remaining[where]
+                    ):
+                        del remaining[where]
                         if not remaining:
                             self.caught_up.set()
                             log.info("caught up", extra={"records": self.records})
@@ -413,21 +695,63 @@ class ReplayingConsumer:
             return []
         return [first, *consumer.consume(self.batch_size - 1, 0)]
 
-    async def _process(self, msg: Message, live: bool) -> None:
+    def health(self) -> CheckResult:
+        """Not ready while a transient fault holds the replay (the reason names it)."""
+        return self._hold.check()
+
+    async def _process(self, msg: Message, live: bool, stop: asyncio.Event) -> None:
+        """Fold one record. Transient faults are waited out; poison is dead-lettered when live.
+
+        The handler may run again for the same record after a transient fault, as it may for a
+        duplicate record in the log: it must be idempotent per event id (ADR 0005).
+        """
         self.records += 1
         meta = record_meta(msg)
         try:
             envelope, payload = decode(msg)
         except Exception as exc:
             if live:
-                await dead_letter(self.deadletter, msg, self.name, f"unparseable record: {exc}")
+                await self._poison(msg, meta, None, None, f"unparseable record: {exc}", stop)
             return
         token = job_id_var.set(envelope.correlation_id)
         try:
-            await self.handler(envelope, payload, meta, live)
-        except Exception as exc:  # a poison event must not crash-loop a replaying service
-            log.exception("handler failed", extra={"live": live})
-            if live:
-                await dead_letter(self.deadletter, msg, self.name, f"handler failed: {exc!r}")
+            while True:
+                try:
+                    await self.handler(envelope, payload, meta, live)
+                except Exception as exc:
+                    if is_transient(exc):
+                        self._hold.hit(exc, meta)
+                        log.warning("transient fault; retrying", extra={"where": self._hold.where})
+                        if await sleep_or_stop(stop, self.backoff.delay(self._hold.attempts)):
+                            return
+                        continue
+                    # A poison event must not crash-loop a replaying service.
+                    log.exception("handler failed", extra={"live": live})
+                    if live:
+                        error = f"handler failed: {exc!r}"
+                        await self._poison(msg, meta, envelope, payload, error, stop)
+                self._hold.clear()
+                return
         finally:
             job_id_var.reset(token)
+
+    async def _poison(
+        self,
+        msg: Message,
+        meta: RecordMeta,
+        envelope: Envelope | None,
+        payload: Payload | None,
+        error: str,
+        stop: asyncio.Event,
+    ) -> None:
+        while True:
+            try:
+                await dead_letter(self.deadletter, msg, self.name, error)
+                await fail_poisoned_job(self.deadletter, meta, envelope, payload, error)
+                return
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self._hold.hit(exc, meta)
+                if await sleep_or_stop(stop, self.backoff.delay(self._hold.attempts)):
+                    return

@@ -39,6 +39,30 @@ def derived_event_id(causation_id: str, event_type: str, *parts: object) -> str:
     return str(uuid.uuid5(_NAMESPACE, name))
 
 
+async def publish_derived(
+    publisher: Publisher,
+    payload: Payload,
+    *,
+    key: str,
+    cause: Envelope | str,
+    parts: tuple[object, ...] = (),
+) -> Envelope:
+    """Publish ``payload`` as caused by ``cause``, with an event id derived from it.
+
+    The event id is ``derived_event_id(cause id, payload type, *parts)``: a handler that runs
+    again for the same input publishes the same event id, which consumers drop as a duplicate.
+    ``cause`` is the causing envelope or its event id; ``parts`` tell apart several events of
+    one type caused by one input (e.g. a job id, a fencing token).
+    """
+    cause_id = cause if isinstance(cause, str) else cause.event_id
+    return await publisher.publish(
+        payload,
+        key=key,
+        causation_id=cause_id,
+        event_id=derived_event_id(cause_id, payload.event_type, *parts),
+    )
+
+
 class Publisher(Protocol):
     async def publish(
         self,

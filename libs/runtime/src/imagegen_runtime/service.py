@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -22,7 +23,7 @@ from .waiting import sleep_or_stop
 
 log = logging.getLogger(__name__)
 
-Task = Callable[[asyncio.Event], Awaitable[None]]
+Task = Callable[[asyncio.Event], Coroutine[Any, Any, None]]  # an ``async def`` loop
 
 
 @dataclass
@@ -54,18 +55,20 @@ async def serve(app: ServiceApp, host: str, port: int) -> int:
     config = uvicorn.Config(
         app.http, host=host, port=port, log_config=None, lifespan="on", access_log=False
     )
+    # uvicorn >= 0.29 captures SIGTERM/SIGINT only while it serves and hands them back to our
+    # handlers (above) when it returns, so both it and the background tasks stop.
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     crashed: list[BaseException] = []
 
     def watch(task: asyncio.Task[None]) -> None:
         # A task may finish normally (a one-off warm-up); one that raises stops the service.
-        if not task.cancelled() and task.exception() is not None:
-            crashed.append(task.exception())  # type: ignore[arg-type]
-            log.error("task crashed; stopping", exc_info=task.exception())
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            crashed.append(error)
+            log.error("task crashed; stopping", exc_info=error)
             stop.set()
 
-    running = [asyncio.create_task(t(stop)) for t in app.tasks]
+    running: list[asyncio.Task[None]] = [asyncio.create_task(t(stop)) for t in app.tasks]
     running.append(asyncio.create_task(_announce_ready(app, stop)))
     for task in running:
         task.add_done_callback(watch)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
@@ -31,6 +32,6 @@ def current_traceparent() -> str | None:
     return carrier.get("traceparent")
 
 
-def context_from_headers(headers: Mapping[str, str]) -> object:
+def context_from_headers(headers: Mapping[str, str]) -> Context:
     """An OpenTelemetry context continuing the trace named in Kafka headers."""
     return propagate.extract(dict(headers))
