@@ -26,8 +26,8 @@ from imagegen_schemas import Envelope, ImageRef
 from imagegen_schemas import jobs as ev
 
 from ..adapters.blobs import BlobStore, read_verified
-from ..adapters.diffusers_runner import RESUMABLE, Cancelled, ModelDoesNotFit, Paused, RunResult
 from ..domain.plan import RunPlan, plan_run
+from ..domain.run import RESUMABLE, Cancelled, ModelDoesNotFit, Paused, RunResult
 
 log = logging.getLogger(__name__)
 
