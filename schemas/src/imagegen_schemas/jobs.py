@@ -192,6 +192,9 @@ class FailureReason(StrEnum):
     INTERNAL_ERROR = "internal_error"
     RETRIES_EXHAUSTED = "retries_exhausted"
     TIMEOUT = "timeout"
+    # A worker could not store the images or the paused state (blob folder unwritable, disk
+    # full, object store down): an attempt failure (terminal False), re-queued elsewhere.
+    STORAGE_UNAVAILABLE = "storage_unavailable"
 
 
 class GenerationFailed(Payload):

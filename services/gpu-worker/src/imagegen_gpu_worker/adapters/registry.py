@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ..domain.run import ModelUnavailable
+
 MANIFEST = "model.json"
 
 # Pipeline class per model family (the ``family`` of model.json).
@@ -49,7 +51,7 @@ class ModelEntry:
     preview: dict[str, Any] | None = None
 
 
-class ChecksumError(RuntimeError):
+class ChecksumError(ModelUnavailable):
     """A model file is missing, unlisted, or does not match its recorded sha256."""
 
 
@@ -104,7 +106,12 @@ def write_manifest(
 
 def read_manifest(model_dir: Path) -> ModelEntry:
     """The manifest's entry; keys this code does not know are ignored (a newer manifest)."""
-    data = json.loads((model_dir / MANIFEST).read_text())
+    try:
+        data = json.loads((model_dir / MANIFEST).read_text())
+    except FileNotFoundError as exc:
+        raise ModelUnavailable(
+            f"{model_dir.name!r} is not registered on this worker: no {model_dir / MANIFEST}"
+        ) from exc
     known = {f.name for f in fields(ModelEntry)}
     return ModelEntry(**{k: v for k, v in data.items() if k in known})
 

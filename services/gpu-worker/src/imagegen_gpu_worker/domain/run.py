@@ -2,7 +2,8 @@
 
 The worker (``service_layer/worker.py``) hands a runner a :class:`~.plan.RunPlan`; the runner
 (``adapters/diffusers_runner.py``, or a fake in tests) returns a :class:`RunResult` or stops
-with :class:`Paused`, :class:`Cancelled` or :class:`ModelDoesNotFit`. Nothing here imports
+with :class:`Paused`, :class:`Cancelled`, :class:`ModelDoesNotFit` or
+:class:`ModelUnavailable`. Nothing here imports
 torch or diffusers, so the worker and its tests can use the contract without the ML stack.
 """
 
@@ -41,6 +42,11 @@ class Paused(Exception):
             state,
         )
         super().__init__(f"{job_id} paused after {steps_done}/{total_steps} steps")
+
+
+class ModelUnavailable(RuntimeError):
+    """The plan's model cannot be used on this worker: not registered here, or its files do not
+    match their recorded sha256 (``adapters.registry.ChecksumError``)."""
 
 
 class ModelDoesNotFit(RuntimeError):
