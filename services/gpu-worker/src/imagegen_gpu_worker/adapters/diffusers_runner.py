@@ -44,6 +44,7 @@ from ..domain.plan import RunPlan
 from ..domain.run import RESUMABLE, Cancelled, ModelDoesNotFit, Paused, RunResult
 from ..metrics import MODEL_EVICTIONS
 from . import registry
+from .ml import diffusers_class, import_all, torch_module
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +128,7 @@ class DiffusersRunner:
                 if hit is not None:
                     self.loaded.move_to_end(model_id)
                     return hit
-            import torch
-
+            torch = torch_module()
             folder = self.models_dir / model_id
             t0 = time.perf_counter()
             entry = registry.verify(folder)  # every file's sha256, before anything is read
@@ -189,9 +189,9 @@ class DiffusersRunner:
         )
 
     def warm_up(self, model_id: str | None) -> None:
-        """Import the ML stack now (not on the first job) and load ``model_id`` if registered."""
-        import diffusers  # noqa: F401
-        import torch  # noqa: F401
+        """Import the ML stack and every sampler class now (not on the first job), then load
+        ``model_id`` if registered. A job that starts meanwhile waits for the import (ml.py)."""
+        import_all(tuple(cls_name for cls_name, _ in SAMPLERS.values()))
 
         if model_id and (self.models_dir / model_id / "model.json").exists():
             self.load(model_id)
@@ -208,9 +208,7 @@ class DiffusersRunner:
         (raising :class:`Paused`, never after the last step; only for
         :data:`~imagegen_gpu_worker.domain.run.RESUMABLE`
         samplers); with ``resume_state`` (from a :class:`Paused`), run only the steps left."""
-        import diffusers
-        import torch
-
+        torch = torch_module()
         saved = load_state(resume_state, plan) if resume_state is not None else None
         pausing = pause if plan.scheduler in RESUMABLE else None
 
@@ -224,7 +222,7 @@ class DiffusersRunner:
         # 2. The sampler, from the model's own scheduler config.
         cls_name, extra = SAMPLERS[plan.scheduler]
         base = pipe.scheduler.config if model.scheduler_config is None else model.scheduler_config
-        sampler = getattr(diffusers, cls_name).from_config(base, **extra)
+        sampler = diffusers_class(cls_name).from_config(base, **extra)
         pipe.scheduler = sampler
         skip = 0 if saved is None else int(saved["steps_done"])
 

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from ..domain.run import ModelUnavailable
+from .ml import diffusers_class, torch_module  # never a bare ``import diffusers`` (see ml.py)
 
 MANIFEST = "model.json"
 
@@ -143,16 +143,13 @@ def open_pipeline(model_dir: Path, entry: ModelEntry, device: str = "cpu") -> An
     Off CUDA the weights are computed in float32 (they may be stored as float16, as the demo
     model's are); on CUDA they keep the dtype diffusers gives them.
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import diffusers
-    import torch
-
+    torch = torch_module()
     kwargs: dict[str, Any] = {"local_files_only": True}
     if not str(device).startswith("cuda"):
         kwargs["dtype"] = torch.float32
     if entry.family == "sd15":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
-    pipe = getattr(diffusers, FAMILIES[entry.family]).from_pretrained(model_dir, **kwargs)
+    pipe = diffusers_class(FAMILIES[entry.family]).from_pretrained(model_dir, **kwargs)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
