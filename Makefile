@@ -13,7 +13,7 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 venv: .venv/.synced ## Python 3.11 workspace (uv, locked versions)
-.venv/.synced: pyproject.toml uv.lock schemas/pyproject.toml libs/runtime/pyproject.toml services/*/pyproject.toml
+.venv/.synced: pyproject.toml uv.lock schemas/pyproject.toml libs/runtime/pyproject.toml services/*/pyproject.toml tools/*/pyproject.toml
 	@command -v uv >/dev/null || python3 -m pip install -q "uv==$(UV_VERSION)"
 	uv sync --all-packages --frozen
 	@touch $@
@@ -61,10 +61,10 @@ demo: venv ## set up everything and run the main job: a prompt in, out/demo.png 
 	$(PY) deploy/demo.py
 
 train-demo-model: venv ## retrain models/shapes-demo from seed 0 (CPU; 26 min measured on 2 cores, resumable)
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m imagegen_gpu_worker.demo.train --out models/shapes-demo --seed 0
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m imagegen_demo_model.train --out models/shapes-demo --seed 0
 
 eval-demo-model: venv ## score the demo model on 40 held-out captions (guidance 5 and 1)
-	$(PY) -m imagegen_gpu_worker.demo.evaluate --grid out/demo-model/grid.png
+	$(PY) -m imagegen_demo_model.evaluate --grid out/demo-model/grid.png
 
 lint: venv ## ruff check and ruff format --check over the whole tree
 	.venv/bin/ruff check .

@@ -195,6 +195,9 @@ class FailureReason(StrEnum):
     # A record about this job could not be processed (unparseable, breaks the contract, or
     # fails the same way every time); it is on the dead-letter topic (ADR 0008).
     POISON_EVENT = "poison_event"
+    # A worker could not store the images or the paused state (blob folder unwritable, disk
+    # full, object store down): an attempt failure (terminal False), re-queued elsewhere.
+    STORAGE_UNAVAILABLE = "storage_unavailable"
 
 
 class GenerationFailed(Payload):

@@ -17,14 +17,11 @@ import pytest
 from prometheus_client import REGISTRY
 
 from imagegen_gpu_worker.adapters.blobs import LocalBlobStore
-from imagegen_gpu_worker.adapters.diffusers_runner import (
-    DiffusersRunner,
-    ModelDoesNotFit,
-    estimate_bytes,
-)
+from imagegen_gpu_worker.adapters.diffusers_runner import DiffusersRunner, estimate_bytes
 from imagegen_gpu_worker.adapters.memory import MemoryInfo
-from imagegen_gpu_worker.demo.registry import DEFAULT_MODEL_DIR, read_manifest, write_manifest
+from imagegen_gpu_worker.adapters.registry import read_manifest, write_manifest
 from imagegen_gpu_worker.domain.plan import RunPlan
+from imagegen_gpu_worker.domain.run import ModelDoesNotFit
 from imagegen_gpu_worker.service_layer.heartbeat import heartbeat, loaded_models
 from imagegen_gpu_worker.service_layer.worker import Worker, WorkerState
 from imagegen_runtime.publishing import InMemoryPublisher
@@ -33,6 +30,9 @@ from imagegen_schemas import jobs as ev
 from imagegen_schemas.common import GenerationParams, Tier
 
 torch = pytest.importorskip("torch")
+
+# The committed demo model (models/shapes-demo), a registered model like any other.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[3] / "models" / "shapes-demo"
 
 WEIGHTS = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.rglob("*.safetensors"))
 ONE_MODEL = 3 * WEIGHTS  # one loaded copy (~2x WEIGHTS) fits, two do not

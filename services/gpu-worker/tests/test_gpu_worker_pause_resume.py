@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,17 +22,18 @@ from imagegen_gpu_worker.adapters.diffusers_runner import (
     SAMPLERS,
     BadResumeState,
     DiffusersRunner,
-    Paused,
     encode_png,
 )
-from imagegen_gpu_worker.demo.registry import DEFAULT_MODEL_DIR
 from imagegen_gpu_worker.domain.plan import RunPlan, plan_run
+from imagegen_gpu_worker.domain.run import RESUMABLE, Paused, RunResult
 from imagegen_gpu_worker.service_layer.worker import Worker, WorkerState
 from imagegen_runtime.publishing import InMemoryPublisher
 from imagegen_schemas import Envelope, GenerationParams, Payload, Tier
 from imagegen_schemas import jobs as ev
 
 torch = pytest.importorskip("torch")
+# The committed demo model (models/shapes-demo), a registered model like any other.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[3] / "models" / "shapes-demo"
 pytestmark = pytest.mark.unit
 
 MODEL = DEFAULT_MODEL_DIR.name
@@ -250,18 +252,13 @@ class ScriptedRunner:
         cancelled: Callable[[], bool],
         pause: Callable[[], bool] | None = None,
         resume_state: bytes | None = None,
-    ) -> dr.RunResult:
+    ) -> RunResult:
         self.resume_states.append(resume_state)
         for step in range(1, plan.steps + 1):
             on_step(step, plan.steps, None)
-            if (
-                pause is not None
-                and plan.scheduler in dr.RESUMABLE
-                and step < plan.steps
-                and pause()
-            ):
+            if pause is not None and plan.scheduler in RESUMABLE and step < plan.steps and pause():
                 raise Paused(plan.job_id, step, plan.steps, b"state")
-        return dr.RunResult([b"png"], {}, plan.steps)
+        return RunResult([b"png"], {}, plan.steps)
 
 
 @pytest.mark.parametrize(("request_token", "request_job"), [(1, "j"), (2, "other")])

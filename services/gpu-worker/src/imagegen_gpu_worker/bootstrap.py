@@ -3,18 +3,45 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 
 from imagegen_runtime.kafka import KafkaConsumerLoop, KafkaPublisher
 from imagegen_runtime.service import ServiceApp
 from imagegen_runtime.standard import consumer_assigned_check, consumer_service, dispatcher
 from imagegen_schemas import jobs as ev
 
-from .adapters.blobs import BlobStore, LocalBlobStore
+from .adapters.blobs import BlobStore, LocalBlobStore, StorageUnavailable
 from .adapters.diffusers_runner import DiffusersRunner
 from .adapters.memory import read_memory
 from .config import SERVICE, GpuWorkerSettings
 from .service_layer.heartbeat import heartbeat, heartbeat_loop, loaded_models
 from .service_layer.worker import Runner, Worker, WorkerState
+
+log = logging.getLogger(__name__)
+
+
+def blob_store_check(blobs: BlobStore) -> Callable[[], Awaitable[bool]]:
+    """A readiness check that fails while ``blobs`` cannot be written; the reason is logged
+    when the verdict changes (``/readyz`` shows only the check's name)."""
+    last: list[str | None] = [None]  # the reason of the last failure, None while writable
+
+    async def check() -> bool:
+        try:
+            await asyncio.to_thread(blobs.check_writable)
+        except StorageUnavailable as exc:
+            if last[0] != str(exc):
+                log.warning(
+                    "not ready: the blob store cannot be written", extra={"reason": str(exc)}
+                )
+            last[0] = str(exc)
+            return False
+        if last[0] is not None:
+            log.info("the blob store can be written again")
+        last[0] = None
+        return True
+
+    return check
 
 
 def bootstrap(
@@ -31,12 +58,8 @@ def bootstrap(
     diffusers_runner = DiffusersRunner(
         settings.models_dir, settings.device, None if budget_mb is None else budget_mb * 2**20
     )
-    worker = Worker(
-        WorkerState(settings.worker_id),
-        runner or diffusers_runner,
-        blobs or LocalBlobStore(settings.blob_dir),
-        publisher,
-    )
+    blobs = blobs or LocalBlobStore(settings.blob_dir)
+    worker = Worker(WorkerState(settings.worker_id), runner or diffusers_runner, blobs, publisher)
     prefix = settings.topic_prefix
     # Assignments are consumed by this worker's own group: every worker sees every assignment
     # and runs only its own. Cancellations and preemption requests come on a second loop so they
@@ -63,6 +86,9 @@ def bootstrap(
     )
     app.tasks.append(control.run)
     app.readiness.add("control", consumer_assigned_check(control))  # type: ignore[arg-type]
+    # Not ready while no image could be stored; jobs that arrive meanwhile fail their attempt
+    # with storage_unavailable and are re-queued (service_layer/worker.py).
+    app.readiness.add("blob_store_writable", blob_store_check(blobs))
 
     def beat():  # type: ignore[no-untyped-def]
         return heartbeat(

@@ -1,8 +1,14 @@
 """Blob storage for generated images and paused jobs' saved state: the worker writes bytes,
-events carry URI and sha256."""
+events carry URI and sha256.
+
+A store that cannot take bytes now (folder unwritable or gone, disk full, object store down)
+raises :class:`StorageUnavailable` from ``put`` and from ``check_writable``: the worker turns it
+into a failed attempt (``storage_unavailable``), and ``/readyz`` into "not ready".
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -10,12 +16,21 @@ from typing import Protocol
 from urllib.parse import urlparse
 
 
+class StorageUnavailable(RuntimeError):
+    """The store cannot take bytes now; the same write may succeed later (transient)."""
+
+
 class BlobStore(Protocol):
     def put(self, name: str, data: bytes) -> tuple[str, str]:
-        """Store ``data`` under ``name``; returns (uri, sha256 hex)."""
+        """Store ``data`` under ``name``; returns (uri, sha256 hex). Raises
+        StorageUnavailable when the store cannot take it now."""
         ...
 
     def get(self, uri: str) -> bytes: ...
+
+    def check_writable(self) -> None:
+        """Raise StorageUnavailable, naming why, unless a write would succeed now."""
+        ...
 
 
 class BlobDigestMismatch(ValueError):
@@ -37,18 +52,30 @@ class LocalBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
 
+    PROBE = ".writable-probe"  # written and removed by check_writable
+
     def put(self, name: str, data: bytes) -> tuple[str, str]:
         path = (self.root / name).resolve()
         if self.root not in path.parents:
             raise ValueError(f"blob name escapes the store: {name!r}")
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:  # unwritable, not a folder, disk full, quota, read-only fs ...
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise StorageUnavailable(f"blob store {self.root} cannot store {name}: {exc}") from exc
         return path.as_uri(), hashlib.sha256(data).hexdigest()
+
+    def check_writable(self) -> None:
+        """Write and remove a small probe file the way ``put`` writes a blob."""
+        self.put(self.PROBE, b"probe")
+        (self.root / self.PROBE).unlink(missing_ok=True)
 
     def get(self, uri: str) -> bytes:
         return Path(urlparse(uri).path).read_bytes()
@@ -65,3 +92,6 @@ class InMemoryBlobStore:
 
     def get(self, uri: str) -> bytes:
         return self.blobs[uri]
+
+    def check_writable(self) -> None:
+        return None  # memory always takes bytes

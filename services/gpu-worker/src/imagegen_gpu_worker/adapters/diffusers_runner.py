@@ -16,6 +16,10 @@ Loaded pipelines live under a memory budget: before a model is loaded, the least
 ones are unloaded with the rule the fleet simulator's workers use
 (:func:`imagegen_runtime.residency.evictions`), and a model that cannot fit even alone fails
 its job with :class:`ModelDoesNotFit` instead of running the device out of memory.
+
+The contract with the worker loop (``RunResult``, ``Paused``, ``Cancelled``, ``ModelDoesNotFit``,
+``RESUMABLE``) is torch-free and lives in ``domain/run.py``; models are verified and opened by
+the registry (``adapters/registry.py``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import gc
 import io
 import json
 import logging
-import os
 import struct
 import threading
 import time
@@ -38,7 +41,10 @@ from typing import Any
 from imagegen_runtime.residency import evictions
 
 from ..domain.plan import RunPlan
+from ..domain.run import RESUMABLE, Cancelled, ModelDoesNotFit, Paused, RunResult
 from ..metrics import MODEL_EVICTIONS
+from . import registry
+from .ml import diffusers_class, import_all, torch_module
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +60,7 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "lcm": ("LCMScheduler", {}),
 }
 
-# Samplers whose pause + resume (even in a fresh runner) gives byte-identical images, checked by
-# services/gpu-worker/tests/test_gpu_worker_pause_resume.py. A pause request for any other
-# sampler is refused (the run goes on). dpmpp_2m_karras is left out: on the demo model's
-# zero-terminal-SNR schedule it fails even without a pause (IndexError in diffusers).
-RESUMABLE: frozenset[str] = frozenset(
-    {"ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "unipc", "lcm"}
-)
 STATE_FORMAT = 1  # version of the saved pause state
-
-# Pipeline class per model family (the ``family`` of model.json).
-FAMILIES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
 
 # SD-style latent -> RGB approximation for cheap previews (no VAE decode).
 LATENT_RGB = [
@@ -75,46 +71,8 @@ LATENT_RGB = [
 ]
 
 
-class Cancelled(Exception):
-    """The job was cancelled; raised from the step callback to stop at a step boundary."""
-
-
-class Paused(Exception):
-    """The job was paused at a step boundary; ``state`` (bytes) is what a resumed run needs."""
-
-    def __init__(self, job_id: str, steps_done: int, total_steps: int, state: bytes) -> None:
-        self.job_id, self.steps_done, self.total_steps, self.state = (
-            job_id,
-            steps_done,
-            total_steps,
-            state,
-        )
-        super().__init__(f"{job_id} paused after {steps_done}/{total_steps} steps")
-
-
 class BadResumeState(ValueError):
     """Saved pause state that does not belong to this plan, or that this code cannot restore."""
-
-
-class ModelDoesNotFit(RuntimeError):
-    """A model's estimated size exceeds the worker's memory budget, even with nothing else
-    loaded; raised before anything is unloaded or loaded."""
-
-    def __init__(self, model_id: str, need_bytes: int, budget_bytes: int) -> None:
-        self.model_id, self.need_bytes, self.budget_bytes = model_id, need_bytes, budget_bytes
-        super().__init__(
-            f"model {model_id!r} needs about {need_bytes / 2**20:.1f} MiB (estimated from its"
-            f" weight files), more than this worker's model memory budget of"
-            f" {budget_bytes / 2**20:.1f} MiB (IMAGEGEN_GPU_WORKER_MODEL_MEMORY_BUDGET_MB):"
-            " it cannot be loaded here even with every other model unloaded"
-        )
-
-
-@dataclass
-class RunResult:
-    images_png: list[bytes]  # one PNG per image, in batch order
-    timings_ms: dict[str, float]  # load, denoise (incl. text encoding), encode_png
-    steps_done: int
 
 
 @dataclass
@@ -125,6 +83,7 @@ class LoadedModel:
     # The model's own sampler config: every run builds its sampler from this one, never from the
     # previous run's (whose extra settings, e.g. use_karras_sigmas, would otherwise carry over).
     scheduler_config: Any = None
+    preview: dict[str, Any] | None = None  # model.json's "preview" (how previews paint latents)
 
 
 @dataclass
@@ -169,25 +128,12 @@ class DiffusersRunner:
                 if hit is not None:
                     self.loaded.move_to_end(model_id)
                     return hit
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            import diffusers
-            import torch
-
-            from ..demo.registry import verify  # checks model.json's sha256 of every file
-
+            torch = torch_module()
             folder = self.models_dir / model_id
             t0 = time.perf_counter()
-            verify(folder)
+            entry = registry.verify(folder)  # every file's sha256, before anything is read
             self._make_room(model_id, folder)
-            family = json.loads((folder / "model.json").read_text())["family"]
-            cls = getattr(diffusers, FAMILIES[family])
-            kwargs: dict[str, Any] = {"local_files_only": True}
-            if not str(self.device).startswith("cuda"):
-                kwargs["dtype"] = torch.float32  # weights may be stored as float16 (demo model)
-            if family == "sd15":
-                kwargs.update(safety_checker=None, requires_safety_checker=False)
-            pipe = cls.from_pretrained(folder, **kwargs).to(self.device)
-            pipe.set_progress_bar_config(disable=True)
+            pipe = registry.open_pipeline(folder, entry, self.device)
             size = sum(
                 p.numel() * p.element_size()
                 for c in pipe.components.values()
@@ -195,7 +141,11 @@ class DiffusersRunner:
                 for p in c.parameters()
             )
             model = LoadedModel(
-                pipe, size, (time.perf_counter() - t0) * 1000, pipe.scheduler.config
+                pipe,
+                size,
+                (time.perf_counter() - t0) * 1000,
+                pipe.scheduler.config,
+                entry.preview,
             )
             with self._index_lock:
                 self.loaded[model_id] = model
@@ -239,9 +189,9 @@ class DiffusersRunner:
         )
 
     def warm_up(self, model_id: str | None) -> None:
-        """Import the ML stack now (not on the first job) and load ``model_id`` if registered."""
-        import diffusers  # noqa: F401
-        import torch  # noqa: F401
+        """Import the ML stack and every sampler class now (not on the first job), then load
+        ``model_id`` if registered. A job that starts meanwhile waits for the import (ml.py)."""
+        import_all(tuple(cls_name for cls_name, _ in SAMPLERS.values()))
 
         if model_id and (self.models_dir / model_id / "model.json").exists():
             self.load(model_id)
@@ -255,11 +205,10 @@ class DiffusersRunner:
         resume_state: bytes | None = None,
     ) -> RunResult:
         """Run ``plan``; with ``pause``, stop at the first step boundary where it returns True
-        (raising :class:`Paused`, never after the last step; only for :data:`RESUMABLE`
+        (raising :class:`Paused`, never after the last step; only for
+        :data:`~imagegen_gpu_worker.domain.run.RESUMABLE`
         samplers); with ``resume_state`` (from a :class:`Paused`), run only the steps left."""
-        import diffusers
-        import torch
-
+        torch = torch_module()
         saved = load_state(resume_state, plan) if resume_state is not None else None
         pausing = pause if plan.scheduler in RESUMABLE else None
 
@@ -273,25 +222,26 @@ class DiffusersRunner:
         # 2. The sampler, from the model's own scheduler config.
         cls_name, extra = SAMPLERS[plan.scheduler]
         base = pipe.scheduler.config if model.scheduler_config is None else model.scheduler_config
-        sampler = getattr(diffusers, cls_name).from_config(base, **extra)
+        sampler = diffusers_class(cls_name).from_config(base, **extra)
         pipe.scheduler = sampler
         skip = 0 if saved is None else int(saved["steps_done"])
 
-        # 4. Denoise with a CPU generator: the same seed gives the same pixels everywhere.
+        # 3. A CPU generator (the same seed gives the same pixels everywhere) and, for a resumed
+        # run, the latents where the paused run stopped.
         generator = torch.Generator("cpu").manual_seed(plan.seed)
         latents = None
         if saved is not None:  # continue where the paused run stopped
             generator.set_state(saved["generator"])
             latents = saved["latents"].to(self.device)
 
-        # 3. Progress, cancellation and pausing at step boundaries (``step`` counts the steps
+        # 4. Progress, cancellation and pausing at step boundaries (``step`` counts the steps
         # of this call; a resumed call starts after ``skip``).
         def callback(p: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             if cancelled():
                 raise Cancelled(plan.job_id)
             done = skip + step + 1
             if done % plan.progress_every == 0 or done == plan.steps:
-                on_step(done, plan.steps, preview_png_b64(kwargs["latents"]))
+                on_step(done, plan.steps, preview_png_b64(kwargs["latents"], model.preview))
             total = len(sampler.timesteps)
             if pausing is not None and done < total and pausing():
                 raise Paused(
@@ -302,6 +252,7 @@ class DiffusersRunner:
                 )
             return {}
 
+        # 5. Denoise.
         t1 = time.perf_counter()
         if saved is not None:
             # The pipeline sees the saved sampler state and only the remaining timesteps.
@@ -327,7 +278,7 @@ class DiffusersRunner:
             object.__setattr__(pipe, "scheduler", sampler)
         t2 = time.perf_counter()
 
-        # 5. PNG bytes (deterministic encoder settings: same pixels, same bytes).
+        # 6. PNG bytes (deterministic encoder settings: same pixels, same bytes).
         pngs = [encode_png(image) for image in out.images]
         t3 = time.perf_counter()
         return RunResult(
@@ -518,20 +469,31 @@ def encode_png(image: Any) -> bytes:
     return buf.getvalue()
 
 
-def preview_png_b64(latents: Any, max_side: int = 32) -> str | None:
-    """A small PNG of the current latents via a fixed linear latent->RGB map (no VAE)."""
+def preview_rgb(lat: Any, preview: dict[str, Any] | None) -> Any:
+    """(3, h, w) colours of one image's latents (c, h, w), painted as model.json's ``preview``
+    says (see :mod:`.registry`); without one, SD's linear factors for 4 channels, else the
+    first three channels."""
     import torch
+
+    spec = preview or {}
+    if spec.get("kind") == "layout":  # a designed layout map: the object over the background
+        presence = lat[int(spec["presence"])].clamp(0.0, 1.0)
+        return lat[list(spec["background"])] * (1.0 - presence) + lat[list(spec["color"])]
+    if spec.get("kind") == "linear":
+        factors = torch.tensor(spec["latent_rgb"], dtype=lat.dtype)
+        return torch.einsum("chw,cr->rhw", lat, factors)
+    if lat.shape[0] == 4:
+        return torch.einsum("chw,cr->rhw", lat, torch.tensor(LATENT_RGB))
+    return lat[:3]
+
+
+def preview_png_b64(
+    latents: Any, preview: dict[str, Any] | None = None, max_side: int = 32
+) -> str | None:
+    """A small PNG of the current latents (no VAE), coloured by :func:`preview_rgb`."""
     from PIL import Image
 
-    from ..demo import layout
-
-    lat = latents[0].float()
-    if lat.shape[0] == 4:
-        rgb = torch.einsum("chw,cr->rhw", lat, torch.tensor(LATENT_RGB))
-    elif lat.shape[0] == layout.CHANNELS:  # the shapes demo's layout map: paint it directly
-        rgb = torch.from_numpy(layout.preview_rgb(lat.numpy()))
-    else:
-        rgb = lat[:3]
+    rgb = preview_rgb(latents[0].float(), preview)
     lo, hi = rgb.amin(), rgb.amax()
     rgb = ((rgb - lo) / (hi - lo + 1e-6) * 255).clamp(0, 255).byte().permute(1, 2, 0).numpy()
     image = Image.fromarray(rgb)

@@ -11,13 +11,20 @@ one for a sampler that cannot resume exactly (logged: the job then runs to its e
 assignment with ``resume`` loads the saved state (its sha256 checked) and runs only the steps
 left; a missing or corrupted state falls back to a run from the start, which gives the same
 image (same seed), only later.
+
+Failures (issue 10): whatever stops an attempt (out of memory, a model that is not registered
+or fails its sha256 check, a blob store that cannot take the images, any other error) is
+published as ``GenerationFailed(terminal=False)`` with the reason :func:`failure_reason` gives,
+and the handler returns, so the consumer commits and takes the next assignment: a job is never
+left ``running`` by this worker, and the scheduler re-queues it (away from this worker) until
+its attempts run out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,11 +32,31 @@ from imagegen_runtime.publishing import Publisher, derived_event_id
 from imagegen_schemas import Envelope, ImageRef
 from imagegen_schemas import jobs as ev
 
-from ..adapters.blobs import BlobStore, read_verified
-from ..adapters.diffusers_runner import RESUMABLE, Cancelled, ModelDoesNotFit, Paused, RunResult
+from ..adapters.blobs import BlobStore, StorageUnavailable, read_verified
 from ..domain.plan import RunPlan, plan_run
+from ..domain.run import (
+    RESUMABLE,
+    Cancelled,
+    ModelDoesNotFit,
+    ModelUnavailable,
+    Paused,
+    RunResult,
+)
 
 log = logging.getLogger(__name__)
+
+
+def failure_reason(exc: Exception) -> ev.FailureReason:
+    """Why an attempt failed, in the order checked: storage, model, memory, anything else."""
+    if isinstance(exc, StorageUnavailable):
+        return ev.FailureReason.STORAGE_UNAVAILABLE
+    if isinstance(exc, ModelUnavailable):
+        return ev.FailureReason.MODEL_UNAVAILABLE
+    # ModelDoesNotFit: refused before loading, so nothing ran out of memory, but it is the same
+    # verdict (this worker's memory cannot hold the job) with the sizes named.
+    if isinstance(exc, ModelDoesNotFit) or "out of memory" in str(exc).lower():
+        return ev.FailureReason.OUT_OF_MEMORY
+    return ev.FailureReason.INTERNAL_ERROR
 
 
 class Runner(Protocol):
@@ -119,6 +146,39 @@ class Worker:
             )
             return None
 
+    async def _store(self, plan: RunPlan, result: RunResult) -> list[ImageRef]:
+        """Put the run's PNGs in the blob store; their references, in batch order."""
+        images = []
+        for i, png in enumerate(result.images_png):
+            uri, sha = await asyncio.to_thread(
+                self.blobs.put, f"{plan.job_id}/{plan.fencing_token}-{i}.png", png
+            )
+            images.append(
+                ImageRef(uri=uri, sha256=sha, width=plan.width, height=plan.height, index=i)
+            )
+        return images
+
+    async def _attempt_failed(
+        self, emit: Callable[..., Awaitable[None]], plan: RunPlan, exc: Exception
+    ) -> None:
+        """Publish this attempt's failure (never terminal: the scheduler counts attempts)."""
+        reason = failure_reason(exc)
+        log.error(
+            "generation failed",
+            exc_info=exc,
+            extra={"job_id": plan.job_id, "reason": reason.value, "error": repr(exc)[:500]},
+        )
+        await emit(
+            ev.GenerationFailed(
+                job_id=plan.job_id,
+                reason=reason,
+                message=repr(exc)[:4000],
+                attempt=plan.attempt,
+                terminal=False,
+                worker_id=self.state.worker_id,
+            )
+        )
+
     async def on_assignment(self, env: Envelope, msg: ev.JobScheduled) -> None:
         if msg.worker_id != self.state.worker_id:
             return
@@ -174,11 +234,15 @@ class Worker:
                 resume_state,
             )
         except Paused as paused:
-            uri, sha = await asyncio.to_thread(
-                self.blobs.put,
-                f"{key}/{plan.fencing_token}-paused-{paused.steps_done}.pt",
-                paused.state,
-            )
+            try:
+                uri, sha = await asyncio.to_thread(
+                    self.blobs.put,
+                    f"{key}/{plan.fencing_token}-paused-{paused.steps_done}.pt",
+                    paused.state,
+                )
+            except Exception as exc:  # the state is lost: this attempt failed
+                await self._attempt_failed(emit, plan, exc)
+                return
             await emit(
                 ev.GenerationPaused(
                     job_id=key,
@@ -204,33 +268,16 @@ class Worker:
             await emit(ev.GenerationCancelled(job_id=key, at_step=None))
             return
         except Exception as exc:  # one attempt failed; the scheduler decides on a retry
-            # ModelDoesNotFit: refused before loading, so nothing ran out of memory, but it is
-            # the same verdict (this worker's memory cannot hold the job) with the sizes named.
-            oom = isinstance(exc, ModelDoesNotFit) or "out of memory" in str(exc).lower()
-            reason = ev.FailureReason.OUT_OF_MEMORY if oom else ev.FailureReason.INTERNAL_ERROR
-            log.exception("generation failed")
-            await emit(
-                ev.GenerationFailed(
-                    job_id=key,
-                    reason=reason,
-                    message=repr(exc)[:4000],
-                    attempt=plan.attempt,
-                    terminal=False,
-                    worker_id=self.state.worker_id,
-                )
-            )
+            await self._attempt_failed(emit, plan, exc)
             return
         finally:
             self.state.running_plan = None
             self.state.pausing.pop(key, None)
-        images = []
-        for i, png in enumerate(result.images_png):
-            uri, sha = await asyncio.to_thread(
-                self.blobs.put, f"{key}/{plan.fencing_token}-{i}.png", png
-            )
-            images.append(
-                ImageRef(uri=uri, sha256=sha, width=plan.width, height=plan.height, index=i)
-            )
+        try:
+            images = await self._store(plan, result)
+        except Exception as exc:  # e.g. StorageUnavailable: the images are lost with it
+            await self._attempt_failed(emit, plan, exc)
+            return
         await emit(
             ev.ImageGenerated(
                 job_id=key,

@@ -21,8 +21,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from imagegen_gpu_worker.demo.layout import CHANNELS, FACTOR, SCALE
-from imagegen_gpu_worker.demo.scenes import CAPTION_WORDS, IMAGE_SIZE
+from imagegen_demo_model.layout import CHANNELS, FACTOR, SCALE
+from imagegen_demo_model.scenes import CAPTION_WORDS, IMAGE_SIZE
 
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"

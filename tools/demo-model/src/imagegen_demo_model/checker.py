@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from imagegen_gpu_worker.demo.scenes import (
+from imagegen_demo_model.scenes import (
     COLORS,
     POSITIONS,
     CaptionSpec,

@@ -1,7 +1,7 @@
 """Evaluate the shapes demo on captions it never saw, and draw the demo grid.
 
-    python -m imagegen_gpu_worker.demo.evaluate                 # both rates, 40 held-out captions
-    python -m imagegen_gpu_worker.demo.evaluate --grid docs/img/demo-grid.png
+    python -m imagegen_demo_model.evaluate                # both rates, 40 held-out captions
+    python -m imagegen_demo_model.evaluate --grid docs/img/demo-grid.png
 
 Every evaluation caption puts at least one object in a held-out (color, shape, position)
 combination, so no training caption is the same text and no training image has that object.
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from imagegen_gpu_worker.demo import checker, registry, scenes
+from imagegen_demo_model import checker, model, scenes
 
 EVAL_SEED = 2024
 DEMO_CAPTIONS = (  # the phrasings the issue asks for, first in the grid
@@ -106,7 +106,7 @@ def decoder_round_trip(pipe: Any, n: int = 60, seed: int = EVAL_SEED) -> dict[st
     import torch
     from PIL import Image
 
-    from imagegen_gpu_worker.demo import layout
+    from imagegen_demo_model import layout
 
     rng = random.Random(seed)
     items = [scenes.sample_scene(rng, "heldout", 1 if i < n * 0.6 else 2) for i in range(n)]
@@ -150,7 +150,7 @@ def grid_captions(seed: int = EVAL_SEED) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=registry.DEFAULT_MODEL_DIR)
+    parser.add_argument("--model", type=Path, default=model.DEFAULT_MODEL_DIR)
     parser.add_argument("--captions", type=int, default=40)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, nargs="+", default=[5.0, 1.0])
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    pipe = registry.load_pipeline(args.model)
+    pipe = model.load_pipeline(args.model)
     captions = eval_captions(args.captions)
     report: dict[str, Any] = {"model": str(args.model), "captions": captions, "runs": []}
     for guidance in args.guidance:

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from imagegen_gpu_worker.demo import layout, scenes
+from imagegen_demo_model import layout, scenes
 
 pytestmark = pytest.mark.unit
 
@@ -82,6 +82,24 @@ def test_preview_paints_the_object_over_the_background():
     assert np.allclose(rgb[:, 0, 0], white, atol=1e-6)
 
 
+def test_the_workers_preview_from_model_json_paints_what_the_layout_preview_paints():
+    # The gpu-worker never imports this package: it reads the colours from model.json.
+    torch = pytest.importorskip("torch")
+    from imagegen_demo_model import model
+    from imagegen_gpu_worker.adapters import registry
+    from imagegen_gpu_worker.adapters.diffusers_runner import preview_rgb
+
+    assert registry.verify(model.DEFAULT_MODEL_DIR).preview == layout.PREVIEW
+    rng = np.random.default_rng(0)
+    scene = scene_with(
+        scenes.SceneObject("red", "star", "small", "left"),
+        scenes.SceneObject("blue", "ring", "large", "right"),
+    )
+    for lat in (layout.encode(scene), rng.standard_normal((18, 8, 8)).astype(np.float32)):
+        painted = preview_rgb(torch.from_numpy(lat), layout.PREVIEW).numpy()
+        assert np.array_equal(painted, layout.preview_rgb(lat))
+
+
 def test_keyword_captions_are_true_of_their_scene():
     rng = random.Random(5)
     seen = set()
@@ -102,7 +120,7 @@ def test_keyword_captions_are_true_of_their_scene():
 
 
 def test_caption_head_targets_say_only_what_the_caption_says():
-    train = pytest.importorskip("imagegen_gpu_worker.demo.train")
+    train = pytest.importorskip("imagegen_demo_model.train")
     head = train.CaptionHead
     t = head.targets(
         [
@@ -125,7 +143,7 @@ def test_caption_head_targets_say_only_what_the_caption_says():
 
 def test_caption_head_loss_falls_when_it_learns():
     torch = pytest.importorskip("torch")
-    train = pytest.importorskip("imagegen_gpu_worker.demo.train")
+    train = pytest.importorskip("imagegen_demo_model.train")
     torch.manual_seed(0)
     head = train.CaptionHead(8)
     captions = ["a red star on the left, white background", "a blue ring at the top"]
@@ -144,7 +162,7 @@ def test_caption_head_loss_falls_when_it_learns():
 def test_training_captions_mix_empty_keywords_and_descriptions():
     """One-object scenes: ~20 % empty captions (guidance's p(image)), ~5 % keywords; two-object
     scenes are never left without a caption (docs/adr/0208)."""
-    train = pytest.importorskip("imagegen_gpu_worker.demo.train")
+    train = pytest.importorskip("imagegen_demo_model.train")
     rng = random.Random(6)
     for n_objects, empty_range in ((1, (300, 500)), (2, (0, 0))):
         scene = scenes.sample_scene(random.Random(1), n_objects=n_objects)
@@ -166,7 +184,7 @@ def test_imperfect_maps_keep_what_the_map_says_and_only_perturb_it():
     shape channel inside the object (bar rare noisy cells), the where-am-I channels are
     untouched, the input map is not modified, and the same generator gives the same maps."""
     torch = pytest.importorskip("torch")
-    train = pytest.importorskip("imagegen_gpu_worker.demo.train")
+    train = pytest.importorskip("imagegen_demo_model.train")
     rng = random.Random(3)
     items = [scenes.sample_scene(rng, "train", 1) for _ in range(64)]
     exact = torch.from_numpy(layout.encode_batch(items))

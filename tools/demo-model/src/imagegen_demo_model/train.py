@@ -1,6 +1,6 @@
 """Train the shapes demo model from nothing, on CPU, reproducibly from a seed.
 
-    python -m imagegen_gpu_worker.demo.train --out models/shapes-demo --seed 0
+    python -m imagegen_demo_model.train --out models/shapes-demo --seed 0
 
 Steps:
 
@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from imagegen_gpu_worker.demo import build, layout, registry, scenes
+from imagegen_demo_model import build, layout, model, scenes
 
 # Share of one-object scenes whose caption is replaced by "", so the model also learns p(image)
 # (10 % of all captions). Two-object scenes always keep a caption: the empty-caption prediction
@@ -390,7 +390,7 @@ def save_pipeline(out: Path, vae: Any, text_encoder: Any, tokenizer: Any, unet: 
     if out.exists():
         shutil.rmtree(out)
     # Weights are stored as float16 (half the bytes, the 20 MB budget); loaders read them back
-    # as float32 (registry.load_pipeline), and what is evaluated is what is stored.
+    # as float32 (model.load_pipeline), and what is evaluated is what is stored.
     pipe = StableDiffusionPipeline(
         vae=copy.deepcopy(vae).half(),
         text_encoder=copy.deepcopy(text_encoder).half(),
@@ -402,7 +402,7 @@ def save_pipeline(out: Path, vae: Any, text_encoder: Any, tokenizer: Any, unet: 
         requires_safety_checker=False,
     )
     pipe.save_pretrained(out, safe_serialization=True)
-    registry.write_manifest(out)
+    model.write_manifest(out)
 
 
 def vae_stage(args: argparse.Namespace, snaps: Snapshots, t0: float) -> dict[str, Any]:
@@ -436,7 +436,7 @@ def start_vae_process(argv: list[str]) -> subprocess.Popen[bytes]:
     nothing until the end, and two one-thread processes get more from two cores than one
     two-thread process (small convolutions scale badly across threads)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "imagegen_gpu_worker.demo.train", *argv, "--stage", "vae"],
+        [sys.executable, "-m", "imagegen_demo_model.train", *argv, "--stage", "vae"],
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
 
@@ -568,7 +568,7 @@ def main(argv: list[str] | None = None) -> None:
     total = time.monotonic() - t0
     log(f"saved {args.out}", t0)
     report = {
-        "command": "python -m imagegen_gpu_worker.demo.train " + " ".join(argv),
+        "command": "python -m imagegen_demo_model.train " + " ".join(argv),
         "seed": args.seed,
         "scenes": args.scenes,
         "vae_steps": args.vae_steps,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imagegen_gpu_worker.demo import checker, scenes
-from imagegen_gpu_worker.demo.scenes import Scene, SceneObject
+from imagegen_demo_model import checker, scenes
+from imagegen_demo_model.scenes import Scene, SceneObject
 
 pytestmark = pytest.mark.unit
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from imagegen_gpu_worker.demo import registry
+from imagegen_gpu_worker.adapters import registry
 
 pytestmark = pytest.mark.slow
 
 torch = pytest.importorskip("torch")
-train = pytest.importorskip("imagegen_gpu_worker.demo.train")
+train = pytest.importorskip("imagegen_demo_model.train")
 
 TOY = ["--scenes", "64", "--vae-steps", "6", "--unet-steps", "6", "--batch", "2"]
 WEIGHTS = (

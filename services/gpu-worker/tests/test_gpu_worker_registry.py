@@ -1,14 +1,18 @@
-"""The shapes demo's manifest and its sha256 checks (no torch needed)."""
+"""The model registry: the manifest (model.json) and its sha256 checks (no torch needed)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from imagegen_gpu_worker.demo import registry
+from imagegen_gpu_worker.adapters import registry
 
 pytestmark = pytest.mark.unit
+
+# The committed demo model (models/shapes-demo).
+DEMO_MODEL_DIR = Path(__file__).resolve().parents[3] / "models" / "shapes-demo"
 
 
 @pytest.fixture
@@ -16,7 +20,7 @@ def model_dir(tmp_path):
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet" / "weights.safetensors").write_bytes(b"\x00" * 100)
     (tmp_path / "model_index.json").write_text("{}")
-    registry.write_manifest(tmp_path)
+    registry.write_manifest(tmp_path, id="shapes-demo")
     return tmp_path
 
 
@@ -53,7 +57,7 @@ def test_load_pipeline_checks_before_loading(model_dir):
 
 
 def test_the_committed_model_is_registered_and_small():
-    model_dir = registry.DEFAULT_MODEL_DIR
+    model_dir = DEMO_MODEL_DIR
     entry = registry.verify(model_dir)
     raw = json.loads((model_dir / registry.MANIFEST).read_text())
     assert raw["id"] == "shapes-demo" and raw["family"] == "sd15"
@@ -62,3 +66,12 @@ def test_the_committed_model_is_registered_and_small():
     assert total <= 20 * 1024 * 1024
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         assert any(name.startswith(part + "/") for name in entry.files)
+
+
+def test_a_manifest_without_preview_reads_and_unknown_keys_are_ignored(model_dir):
+    raw = json.loads((model_dir / registry.MANIFEST).read_text())
+    assert "preview" not in raw  # written without one: the runner's fallback colours apply
+    raw["added_by_a_newer_version"] = True
+    (model_dir / registry.MANIFEST).write_text(json.dumps(raw))
+    entry = registry.verify(model_dir)
+    assert entry.preview is None and entry.id == "shapes-demo"

@@ -8,8 +8,8 @@ from itertools import product
 import numpy as np
 import pytest
 
-from imagegen_gpu_worker.demo import build, evaluate, scenes
-from imagegen_gpu_worker.demo.scenes import CaptionSpec, ObjectSpec
+from imagegen_demo_model import build, evaluate, scenes
+from imagegen_demo_model.scenes import CaptionSpec, ObjectSpec
 
 pytestmark = pytest.mark.unit
 

@@ -15,12 +15,12 @@ import sys
 
 import pytest
 
-from imagegen_gpu_worker.demo import checker, registry
+from imagegen_demo_model import checker, model
 
 pytestmark = pytest.mark.slow
 
 torch = pytest.importorskip("torch")
-evaluate = pytest.importorskip("imagegen_gpu_worker.demo.evaluate")
+evaluate = pytest.importorskip("imagegen_demo_model.evaluate")
 
 PROMPT = "a yellow star at the top and a purple square at the bottom on a black background"
 
@@ -34,7 +34,7 @@ def png_bytes(image) -> bytes:
 @pytest.fixture(scope="module")
 def pipe():
     torch.set_num_threads(2)
-    return registry.load_pipeline()
+    return model.load_pipeline()
 
 
 def test_fresh_offline_process_verifies_every_sha256_and_generates_the_same_bytes(pipe):
@@ -42,9 +42,10 @@ def test_fresh_offline_process_verifies_every_sha256_and_generates_the_same_byte
     script = (
         "import hashlib, io, json, torch\n"
         "torch.set_num_threads(2)\n"
-        "from imagegen_gpu_worker.demo import registry, evaluate\n"
-        "entry = registry.verify(registry.DEFAULT_MODEL_DIR)\n"
-        "pipe = registry.load_pipeline()\n"
+        "from imagegen_demo_model import evaluate, model\n"
+        "from imagegen_gpu_worker.adapters import registry\n"
+        "entry = registry.verify(model.DEFAULT_MODEL_DIR)\n"
+        "pipe = model.load_pipeline()\n"
         f"image = evaluate.generate(pipe, [{PROMPT!r}], 5.0, 25, 0)[0]\n"
         "buf = io.BytesIO(); image.save(buf, format='PNG')\n"
         "print(json.dumps({'files': len(entry.files), 'size': image.size,\n"

@@ -1,4 +1,4 @@
-"""The demo model's latent space: a scene layout map, 16 channels at 1/8 of the image side.
+"""The demo model's latent space: a scene layout map, 18 channels at 1/8 of the image side.
 
 The demo VAE does not learn its latent space: each training scene is written straight into a
 fixed, smooth *layout map*, and only the VAE's decoder (map -> pixels, a small renderer) and
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from imagegen_gpu_worker.demo import scenes
+from imagegen_demo_model import scenes
 
 CHANNELS = 18
 FACTOR = 8  # image side / latent side
@@ -54,6 +54,9 @@ CHANNEL_NAMES = (
     "where_y",
 )
 SCALE = 0.5  # the VAE's scaling_factor is 1 / SCALE: latents the denoiser sees have std ~1
+# model.json's "preview": how the gpu-worker paints step previews of this latent space without
+# the decoder (the same picture as ``preview_rgb``; see imagegen_gpu_worker.adapters.registry).
+PREVIEW = {"kind": "layout", "background": [0, 1, 2], "presence": 3, "color": [4, 5, 6]}
 
 
 def _unit_rgb(name: str) -> np.ndarray:
