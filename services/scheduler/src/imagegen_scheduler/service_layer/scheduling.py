@@ -12,7 +12,7 @@ Translation (Kafka event -> policy event):
 - ``GenerationFailed`` (attempt failed) -> ``JobFinished`` then ``JobQueued`` again, or a terminal
   ``GenerationFailed`` after ``max_attempts``; ``worker_lost`` -> ``WorkerLost`` (re-queues)
 - ``CancellationRequested`` of a queued job -> ``JobCancelled`` + ``GenerationCancelled``
-- ``PreemptionRequested`` (its own, read back) -> ``PreemptionRequested``; ``GenerationPaused``
+- ``PreemptionRequested`` (its own, read back) -> ``PreemptionDecided``; ``GenerationPaused``
   of the running assignment (same fencing token) -> ``JobPreempted`` (re-queued with the steps
   left, its worker free); the saved state goes into the job's next ``JobScheduled.resume``.
   A pause or result of a superseded assignment (older token) is ignored.
@@ -46,7 +46,7 @@ from ..domain import (
     JobRequest,
     ModelCatalog,
     Preempt,
-    PreemptionRequested,
+    PreemptionDecided,
     SchedulerConfig,
     SchedulerState,
     Tier,
@@ -267,7 +267,7 @@ class Scheduler:
         if request.for_job_id is not None:
             evolve(
                 self.state,
-                PreemptionRequested(
+                PreemptionDecided(
                     request.job_id, request.worker_id, request.fencing_token, request.for_job_id, at
                 ),
             )
