@@ -245,3 +245,29 @@ async def test_replay_in_any_topic_interleaving_gives_the_same_queue_and_assignm
         got = snapshot(again)
         for key in ("queued", "running", "last_token", "resume", "next_attempt"):
             assert got[key] == live[key], (seed, key)
+
+
+# ---- issue 10: attempt failures -----------------------------------------------------------------
+
+
+async def test_a_failed_attempt_is_retried_away_from_the_worker_that_failed_it() -> None:
+    r = Recorder()
+    await r.feed(beat("w1"), *request("j"))
+    await r.feed(beat("w2"))  # idle too, but w1 chooses first (smallest, then by id)
+    await r.feed(failed("j", "w1", 1))
+    assert r.scheduled("j") == [("w1", 1, 1), ("w2", 2, 2)]
+    await r.feed(*request("k"))  # w1 still takes other work
+    assert r.scheduled("k") == [("w1", 3, 1)]
+
+
+async def test_a_lone_capable_worker_gets_the_retry_and_the_third_failure_is_terminal() -> None:
+    r = Recorder()
+    await r.feed(beat("w1"), beat("w9", ("sdxl",)), *request("j"))
+    for attempt in (1, 2, 3):
+        await r.feed(failed("j", "w1", attempt))
+    assert r.scheduled("j") == [("w1", 1, 1), ("w1", 2, 2), ("w1", 3, 3)]
+    [end] = r.published(ev.GenerationFailed)
+    assert isinstance(end, ev.GenerationFailed)
+    assert (end.terminal, end.reason, end.attempt) == (True, ev.FailureReason.RETRIES_EXHAUSTED, 3)
+    assert "out_of_memory" in end.message
+    assert "j" not in r.s.state.queued and "j" not in r.s.state.running

@@ -21,7 +21,7 @@ Pure: no clock, no I/O; ``at`` is the event's time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from imagegen_schemas import jobs as ev
@@ -38,7 +38,7 @@ from .events import (
     WorkerLost,
     WorkerUpdated,
 )
-from .model import JobRequest, ModelCatalog, Tier, WorkerView
+from .model import JobRequest, ModelCatalog, Tier, WorkerView, fits, footprint_gb
 from .state import RunningJob, SchedulerState, evolve
 
 GB = 1e9
@@ -300,6 +300,7 @@ def _settle(log: Log, job_id: str, f: JobFacts, at: float) -> list[ev.Payload]:
         request = job_request(f, state.catalog, at if since is None else since)
         if request is None:
             return out
+        request = _avoiding(state, request, f.failed_on)
         evolve(state, JobQueued(request, request.queued_at))
         if a is not None and f.why_over() is Why.PAUSED and f.pause is not None:
             # a paused job folded from scratch: run and pause it, so only its steps left remain
@@ -329,6 +330,19 @@ def _settle(log: Log, job_id: str, f: JobFacts, at: float) -> list[ev.Payload]:
         )
         evolve(state, decided)
     return out
+
+
+def _avoiding(state: SchedulerState, request: JobRequest, failed_on: set[str]) -> JobRequest:
+    """The request, avoiding the workers an attempt failed on while another worker of the
+    fleet can run it (else avoiding none: a lone capable worker gets another try)."""
+    if not failed_on:
+        return request
+    family = state.catalog.models[request.model_id].family
+    need = footprint_gb(request, state.catalog)
+    others = any(
+        fits(family, need, w) for w in state.workers.values() if w.worker_id not in failed_on
+    )
+    return replace(request, avoid=frozenset(failed_on)) if others else request
 
 
 def _waiting(log: Log, job_id: str) -> bool:
