@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from imagegen_runtime.publishing import InMemoryPublisher
 from imagegen_scheduler.domain import ModelCatalog, ModelSpec, SchedulerConfig
+from imagegen_scheduler.domain import Tier as PolicyTier
+from imagegen_scheduler.domain.faults import Deadlines
 from imagegen_scheduler.service_layer.scheduling import Scheduler
 from imagegen_schemas import Envelope, GenerationParams, Plan, Tier
 from imagegen_schemas import jobs as ev
@@ -25,6 +28,7 @@ CATALOG = ModelCatalog(
     models={
         "m": ModelSpec("m", "sd15", 0.01, (0.1, 0.2), 0.01, 0.05),
         "big": ModelSpec("big", "sdxl", 0.01, (0.1, 0.2), 0.01, 0.05),
+        "slow": ModelSpec("slow", "sd15", 0.01, (0.1, 0.2), 2000.0, 0.05),  # ~32 s a job
     },
     adapters={},
 )
@@ -76,11 +80,11 @@ def image(job: str, worker: str, token: int) -> ev.ImageGenerated:
 
 
 class Recorder:
-    def __init__(self, config: SchedulerConfig | None = None) -> None:
+    def __init__(self, config: SchedulerConfig | None = None, **kwargs: Any) -> None:
         self.now = NOW
         self.config = config
         self.pub = InMemoryPublisher()
-        self.s = Scheduler(self.pub, CATALOG, clock=lambda: self.now, config=config)
+        self.s = Scheduler(self.pub, CATALOG, clock=lambda: self.now, config=config, **kwargs)
         self.s.live = True
         self.log: list[tuple[ev.Payload, float]] = []
         self.seen = 0
@@ -271,3 +275,69 @@ async def test_a_lone_capable_worker_gets_the_retry_and_the_third_failure_is_ter
     assert (end.terminal, end.reason, end.attempt) == (True, ev.FailureReason.RETRIES_EXHAUSTED, 3)
     assert "out_of_memory" in end.message
     assert "j" not in r.s.state.queued and "j" not in r.s.state.running
+
+
+# ---- issue 10: admission live -------------------------------------------------------------------
+
+
+def terminal(r: Recorder) -> dict[str, tuple[ev.FailureReason, str]]:
+    return {
+        e.job_id: (e.reason, e.message)
+        for e in r.published(ev.GenerationFailed)
+        if isinstance(e, ev.GenerationFailed) and e.terminal
+    }
+
+
+async def test_a_job_no_worker_can_run_ends_as_no_capable_worker_after_the_grace() -> None:
+    r = Recorder(admission_grace_s=30.0)
+    await r.feed(beat("w1"), beat("w2"), *request("x", model="big"), *request("ok"))
+    await r.at(10.0)
+    assert terminal(r) == {}, "rejected before the fleet had time to show itself"
+    await r.at(31.0)
+    assert terminal(r) == {
+        "x": (ev.FailureReason.NO_CAPABLE_WORKER, "no worker in the fleet runs sdxl models")
+    }
+    assert "x" not in r.s.state.queued and r.scheduled("ok")
+
+
+async def test_after_a_restart_an_empty_fleet_rejects_nothing() -> None:
+    """Right after a restart no heartbeat may have arrived yet: nothing is rejected then, and
+    a worker that can run the job takes it when it announces itself."""
+    r = Recorder(admission_grace_s=30.0)
+    await r.feed(*request("x", model="big"))
+    await r.at(60.0)
+    assert terminal(r) == {}
+    await r.feed(beat("w9", ("sdxl",)))
+    assert r.scheduled("x") == [("w9", 1, 1)]
+
+
+# ---- issue 10: deadlines and the wait estimate --------------------------------------------------
+
+DEADLINES = Deadlines(
+    queue_s={PolicyTier.TURBO: 10.0, PolicyTier.FAST: 20.0, PolicyTier.RELAX: 40.0}, run_s=30.0
+)
+
+
+async def test_queue_and_run_deadlines_end_jobs_as_timeout() -> None:
+    r = Recorder(deadlines=DEADLINES)
+    await r.feed(beat("w1"), *request("a"), *request("b"))  # a runs on w1, b waits
+    await r.at(19.0)
+    assert terminal(r) == {}
+    await r.at(21.0)
+    assert list(terminal(r)) == ["b"] and terminal(r)["b"][0] is ev.FailureReason.TIMEOUT
+    assert "queue deadline is 20 s" in terminal(r)["b"][1]
+    await r.feed(*request("c"))
+    await r.at(31.0)
+    assert terminal(r)["a"][0] is ev.FailureReason.TIMEOUT, "a run past its deadline"
+    assert r.scheduled("c") == [("w1", 2, 1)], "the timed-out run's worker takes the next job"
+
+
+async def test_a_queued_job_gets_the_schedulers_wait_estimate() -> None:
+    r = Recorder(eta_every_s=5.0)
+    await r.feed(beat("w1"), *request("a", model="slow"), *request("b", model="slow"))
+    await r.at(1.0)  # within a second of being queued
+    [first] = [e for e in r.published(ev.WaitEstimated) if e.job_id == "b"]
+    assert isinstance(first, ev.WaitEstimated)
+    assert 25 < first.eta_s < 35 and first.queue_position == 0  # when a is expected to end
+    await r.at(6.0)  # expected start unchanged: not published again
+    assert len([e for e in r.published(ev.WaitEstimated) if e.job_id == "b"]) == 1

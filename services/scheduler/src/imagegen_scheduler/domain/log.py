@@ -131,6 +131,9 @@ class Log:
         self.budget_fraction = budget_fraction
         self.jobs: dict[str, JobFacts] = {}
         self.beats: dict[str, float] = {}  # worker id -> time of the latest heartbeat folded
+        # Every worker the retained heartbeats name, lost ones too (admission asks whether any
+        # worker of the fleet could ever run a job; a restarting worker is still of the fleet).
+        self.seen: dict[str, WorkerView] = {}
         # Replay only: jobs whose assignment is in force on a worker that, as folded so far, still
         # runs an older job (its result is on a topic not read that far yet). Settled again
         # when the worker frees.
@@ -164,7 +167,9 @@ def fold(log: Log, payload: object, at: float) -> list[ev.Payload]:  # noqa: C90
     if isinstance(payload, WorkerHeartbeat):
         if at >= log.beats.get(payload.worker_id, float("-inf")):
             log.beats[payload.worker_id] = at
-            evolve(log.state, WorkerUpdated(worker_view(payload, log.budget_fraction), at))
+            view = worker_view(payload, log.budget_fraction)
+            log.seen[payload.worker_id] = view
+            evolve(log.state, WorkerUpdated(view, at))
         return out
     job_id = getattr(payload, "job_id", None)
     if job_id is None:

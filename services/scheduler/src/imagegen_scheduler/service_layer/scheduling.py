@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -29,11 +30,24 @@ from imagegen_runtime.waiting import sleep_or_stop
 from imagegen_schemas import Envelope, Payload
 from imagegen_schemas import jobs as ev
 
-from ..domain import ModelCatalog, Preempt, SchedulerConfig, SchedulerState, decide
+from ..domain import (
+    FleetCapabilities,
+    ModelCatalog,
+    Preempt,
+    SchedulerConfig,
+    SchedulerState,
+    Tier,
+    decide,
+    estimate_waits,
+)
+from ..domain.faults import Deadlines, overdue, unservable
 from ..domain.log import Log, fold
 
-__all__ = ["Scheduler"]
+__all__ = ["DEFAULT_DEADLINES", "Scheduler"]
 log = logging.getLogger(__name__)
+DEFAULT_DEADLINES = Deadlines(
+    queue_s={Tier.TURBO: 900.0, Tier.FAST: 1800.0, Tier.RELAX: 7200.0}, run_s=1800.0
+)
 
 
 class Scheduler:
@@ -46,6 +60,9 @@ class Scheduler:
         budget_fraction: float = 0.8,
         config: SchedulerConfig | None = None,
         clock: Callable[[], float] = time.time,
+        deadlines: Deadlines = DEFAULT_DEADLINES,
+        admission_grace_s: float = 30.0,
+        eta_every_s: float = 5.0,
     ) -> None:
         self.log = Log(
             config or SchedulerConfig(),
@@ -55,8 +72,29 @@ class Scheduler:
         )
         self.publisher = publisher
         self.clock = clock
-        self.live = False
+        self.deadlines = deadlines
+        self.admission_grace_s = admission_grace_s
+        self.eta_every_s = eta_every_s
+        self.live_since: float | None = None  # when it caught up (admission waits a grace)
         self._lock = asyncio.Lock()
+        self._fleet: FleetCapabilities | None = None  # the fleet the admitted set was judged on
+        self._admitted: set[str] = set()  # queued jobs some worker of that fleet can run
+        self._checked_at = float("-inf")  # last deadline and admission check
+        self._estimated_at = float("-inf")  # last wait estimate
+        self._estimated_seq = 0  # state.seq then: it moves whenever a job is (re-)queued
+        self._eta: dict[str, float] = {}  # job id -> expected start last published
+
+    @property
+    def live(self) -> bool:
+        """Caught up: decisions are made and what the fold implies is published."""
+        return self.live_since is not None
+
+    @live.setter
+    def live(self, value: bool) -> None:
+        if value and self.live_since is None:
+            self.live_since = self.clock()
+        elif not value:
+            self.live_since = None
 
     @property
     def state(self) -> SchedulerState:
@@ -103,6 +141,7 @@ class Scheduler:
 
     async def _decide(self) -> int:
         now = self.clock()
+        await self._housekeep(now)
         out: list[tuple[ev.JobScheduled | ev.PreemptionRequested, str]] = []
         for decision in decide(self.state, now):
             if isinstance(decision, Preempt):
@@ -152,6 +191,54 @@ class Scheduler:
         # service exits, and its restart rebuilds the state from the log (nothing is lost).
         await asyncio.gather(*(self.publisher.publish(s, key=s.job_id, event_id=i) for s, i in out))
         return len(out)
+
+    async def _housekeep(self, now: float) -> None:
+        """Deadlines, admission and wait estimates (ADR 0112), at most once a second."""
+        if now - self._checked_at >= 1.0:
+            self._checked_at = now
+            ended = overdue(self.log, now, self.deadlines)
+            ended += self._unservable(now)
+            for failed in ended:
+                fold(self.log, failed, now)  # out of the queue, its worker free, at once
+                await self._publish(failed, None)
+        since = now - self._estimated_at
+        if since >= self.eta_every_s or (self.state.seq != self._estimated_seq and since >= 1.0):
+            self._estimated_at, self._estimated_seq = now, self.state.seq
+            await self._estimate(now)
+
+    def _unservable(self, now: float) -> list[ev.GenerationFailed]:
+        """Queued jobs no worker of the fleet can run, once the fleet had time to show itself:
+        the grace after catching up, and at least one worker seen (an empty fleet proves
+        nothing; such jobs wait for workers, bounded by their queue deadline)."""
+        if self.live_since is None or now - self.live_since < self.admission_grace_s:
+            return []
+        if not self.log.seen:
+            return []
+        fleet = FleetCapabilities.of(self.log.seen.values())
+        if fleet != self._fleet:
+            self._fleet, self._admitted = fleet, set()
+        self._admitted &= self.state.queued.keys()
+        refused, admitted = unservable(self.log, fleet, self._admitted)
+        self._admitted.update(admitted)
+        return refused
+
+    async def _estimate(self, now: float) -> None:
+        """Publish ``WaitEstimated`` for a job first queued (within a second), or whose expected
+        start moved by more than 20% of its wait (at least 5 s); every ``eta_every_s``."""
+        etas = estimate_waits(self.state, now)
+        self._eta = {j: t for j, t in self._eta.items() if j in etas}
+        ordered = sorted((eta, job_id) for job_id, eta in etas.items() if math.isfinite(eta))
+        out = []
+        for position, (eta, job_id) in enumerate(ordered):
+            start = now + eta
+            last = self._eta.get(job_id)
+            if last is not None and abs(start - last) <= max(5.0, 0.2 * eta):
+                continue
+            self._eta[job_id] = start
+            estimate = ev.WaitEstimated(job_id=job_id, eta_s=round(eta, 1), queue_position=position)
+            event_id = derived_event_id(job_id, estimate.event_type, round(start, 1))
+            out.append(self.publisher.publish(estimate, key=job_id, event_id=event_id))
+        await asyncio.gather(*out)
 
     async def tick_loop(
         self, caught_up: asyncio.Event, stop: asyncio.Event, every_s: float = 0.5
