@@ -329,6 +329,9 @@ async def test_queue_and_run_deadlines_end_jobs_as_timeout() -> None:
     await r.feed(*request("c"))
     await r.at(31.0)
     assert terminal(r)["a"][0] is ev.FailureReason.TIMEOUT, "a run past its deadline"
+    [revoked] = r.published(ev.AssignmentRevoked)  # so safety drops a late result too
+    assert isinstance(revoked, ev.AssignmentRevoked)
+    assert (revoked.job_id, revoked.worker_id, revoked.fencing_token) == ("a", "w1", 1)
     assert r.scheduled("c") == [("w1", 2, 1)], "the timed-out run's worker takes the next job"
 
 

@@ -4,7 +4,7 @@ Pure: ``now`` is passed in. Each returns the terminal ``GenerationFailed`` event
 the service folds them at once (the job leaves the queue or frees its worker) and publishes them.
 
 * ``overdue``: a job still queued ``queue_s[tier]`` after its prompt was allowed, or an
-  assignment running ``run_s`` without a result, ends as ``timeout``.
+  assignment running ``run_s`` without a result (revoked first), ends as ``timeout``.
 * ``unservable``: a queued job that no worker seen in the fleet can run (its model family, or its
   footprint above every budget of that family: ``admit``) ends as ``no_capable_worker``. The
   service calls it only once the fleet has been observed for a grace period.
@@ -28,9 +28,10 @@ class Deadlines:
     run_s: float  # longest time from an assignment to its result
 
 
-def overdue(log: Log, now: float, deadlines: Deadlines) -> list[ev.GenerationFailed]:
-    """Timeouts at ``now``: queued jobs past their tier's deadline, runs past the run deadline."""
-    out = []
+def overdue(log: Log, now: float, deadlines: Deadlines) -> list[ev.Payload]:
+    """Timeouts at ``now``: queued jobs past their tier's deadline, runs past the run deadline
+    (its assignment revoked first, then the job failed)."""
+    out: list[ev.Payload] = []
     for job_id, queued in log.state.queued.items():
         since = log.jobs[job_id].allowed_at
         limit = deadlines.queue_s[queued.request.tier]
@@ -47,6 +48,15 @@ def overdue(log: Log, now: float, deadlines: Deadlines) -> list[ev.GenerationFai
             )
     for job_id, running in log.state.running.items():
         if now - running.started_at > deadlines.run_s:
+            # revoked first, in the result's partition: a late result is void for every consumer
+            out.append(
+                ev.AssignmentRevoked(
+                    job_id=job_id,
+                    worker_id=running.worker_id,
+                    fencing_token=running.fencing_token,
+                    reason="run deadline",
+                )
+            )
             out.append(
                 ev.GenerationFailed(
                     job_id=job_id,

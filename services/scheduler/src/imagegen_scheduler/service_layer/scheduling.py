@@ -196,11 +196,14 @@ class Scheduler:
         """Deadlines, admission and wait estimates (ADR 0112), at most once a second."""
         if now - self._checked_at >= 1.0:
             self._checked_at = now
-            ended = overdue(self.log, now, self.deadlines)
+            ended: list[ev.Payload] = [*overdue(self.log, now, self.deadlines)]
             ended += self._unservable(now)
-            for failed in ended:
-                fold(self.log, failed, now)  # out of the queue, its worker free, at once
-                await self._publish(failed, None)
+            # Folded at once: out of the queue, its worker free. The failure first: the worker of
+            # a timed-out run is not lost (a revocation folded first would forget it).
+            for event in sorted(ended, key=lambda e: isinstance(e, ev.AssignmentRevoked)):
+                fold(self.log, event, now)
+            for event in ended:
+                await self._publish(event, None)
         since = now - self._estimated_at
         if since >= self.eta_every_s or (self.state.seq != self._estimated_seq and since >= 1.0):
             self._estimated_at, self._estimated_seq = now, self.state.seq
