@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from imagegen_schemas import Payload
 from imagegen_schemas import jobs as ev
 
 from .admission import FleetCapabilities, Refused, admit
@@ -28,10 +29,10 @@ class Deadlines:
     run_s: float  # longest time from an assignment to its result
 
 
-def overdue(log: Log, now: float, deadlines: Deadlines) -> list[ev.Payload]:
+def overdue(log: Log, now: float, deadlines: Deadlines) -> list[Payload]:
     """Timeouts at ``now``: queued jobs past their tier's deadline, runs past the run deadline
     (its assignment revoked first, then the job failed)."""
-    out: list[ev.Payload] = []
+    out: list[Payload] = []
     for job_id, queued in log.state.queued.items():
         since = log.jobs[job_id].allowed_at
         limit = deadlines.queue_s[queued.request.tier]

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
+from imagegen_schemas import Payload
 from imagegen_schemas import jobs as ev
 from imagegen_schemas.workers import WorkerHeartbeat, WorkerStatus
 
@@ -159,11 +160,11 @@ def worker_view(hb: WorkerHeartbeat, budget_fraction: float) -> WorkerView:
     )
 
 
-def fold(log: Log, payload: object, at: float) -> list[ev.Payload]:  # noqa: C901
+def fold(log: Log, payload: object, at: float) -> list[Payload]:  # noqa: C901
     """Apply one event; return the events it implies that the scheduler must publish (a
     terminal failure after the last attempt, the cancellation of a queued job). On replay those
     were published the first time and are read back; the service publishes them only live."""
-    out: list[ev.Payload] = []
+    out: list[Payload] = []
     if isinstance(payload, WorkerHeartbeat):
         if at >= log.beats.get(payload.worker_id, float("-inf")):
             log.beats[payload.worker_id] = at
@@ -217,9 +218,7 @@ def fold(log: Log, payload: object, at: float) -> list[ev.Payload]:  # noqa: C90
     return out
 
 
-def _attempt_failed(
-    log: Log, f: JobFacts, failed: ev.GenerationFailed, at: float
-) -> list[ev.Payload]:
+def _attempt_failed(log: Log, f: JobFacts, failed: ev.GenerationFailed, at: float) -> list[Payload]:
     """Mark the assignment the failure is about (same attempt and worker) as over."""
     a = f.assignment
     if a is None or a.attempt != failed.attempt or a.fencing_token in f.failed:
@@ -275,9 +274,9 @@ def job_request(
     )
 
 
-def _settle(log: Log, job_id: str, f: JobFacts, at: float) -> list[ev.Payload]:
+def _settle(log: Log, job_id: str, f: JobFacts, at: float) -> list[Payload]:
     """Move the job in the policy state to where its facts put it (see the module docstring)."""
-    out: list[ev.Payload] = []
+    out: list[Payload] = []
     if f.cancel_requested and not f.in_force() and not f.ended and not f.completed():
         f.ended = True  # asked to cancel and not running: cancelled now
         out.append(ev.GenerationCancelled(job_id=job_id))

@@ -130,7 +130,7 @@ class Scheduler:
         """Nothing to rebuild: replay folds with the same ``fold`` as live. Kept so callers that
         go live by hand (tests, the bench) read as before."""
 
-    async def _publish(self, payload: ev.Payload, cause: Envelope | None) -> None:
+    async def _publish(self, payload: Payload, cause: Envelope | None) -> None:
         job_id = getattr(payload, "job_id", "")
         await self.publisher.publish(
             payload,
@@ -196,7 +196,7 @@ class Scheduler:
         """Deadlines, admission and wait estimates (ADR 0112), at most once a second."""
         if now - self._checked_at >= 1.0:
             self._checked_at = now
-            ended: list[ev.Payload] = [*overdue(self.log, now, self.deadlines)]
+            ended: list[Payload] = [*overdue(self.log, now, self.deadlines)]
             ended += self._unservable(now)
             # Folded at once: out of the queue, its worker free. The failure first: the worker of
             # a timed-out run is not lost (a revocation folded first would forget it).
