@@ -66,11 +66,12 @@ class JobFacts:
     preempt: ev.PreemptionRequested | None = None  # the latest preemption asked (highest token)
     preempt_at: float = 0.0
     revoked: int = 0  # highest revoked token: results with a token <= this are void
-    failed: dict[int, float] = field(default_factory=dict)  # failed token -> failure time
-    lost: set[int] = field(default_factory=set)  # tokens whose worker was lost
+    # Failed attempts by (attempt, worker id or None), with the failure's time. A failure ends
+    # the assignment with that attempt number on that worker, whichever is folded first.
+    failures: dict[tuple[int, str | None], tuple[ev.GenerationFailed, float]] = field(
+        default_factory=dict
+    )
     results: set[int] = field(default_factory=set)  # tokens with a result not revoked before it
-    failed_on: set[str] = field(default_factory=set)  # workers an attempt failed on (avoided)
-    requeued_at: float | None = None  # back of the queue since this time (after a failure)
     cancel_requested: bool = False  # the client asked; a running job ends when its worker says
 
     def in_force(self) -> bool:
@@ -88,11 +89,36 @@ class JobFacts:
             return None
         if self.pause is not None and self.pause.fencing_token == a.fencing_token:
             return Why.PAUSED
-        if a.fencing_token <= self.revoked or a.fencing_token in self.lost:
+        if a.fencing_token <= self.revoked:
             return Why.LOST
-        if a.fencing_token in self.failed:
-            return Why.FAILED
-        return None
+        failed = self.failure_of(a)
+        if failed is None:
+            return None
+        return Why.LOST if failed.reason == ev.FailureReason.WORKER_LOST else Why.FAILED
+
+    def failure_of(self, a: ev.JobScheduled) -> ev.GenerationFailed | None:
+        """The failure reported for assignment ``a`` (same attempt, same or unnamed worker)."""
+        found = self.failures.get((a.attempt, a.worker_id)) or self.failures.get((a.attempt, None))
+        return None if found is None else found[0]
+
+    @property
+    def failed_on(self) -> set[str]:
+        """Workers an attempt failed on (a lost worker did not fail the job): avoided."""
+        return {
+            w
+            for (_, w), (failed, _) in self.failures.items()
+            if w is not None and failed.reason != ev.FailureReason.WORKER_LOST
+        }
+
+    @property
+    def requeued_at(self) -> float | None:
+        """Back of the queue since the latest failed attempt (None: never failed)."""
+        times = [
+            at
+            for failed, at in self.failures.values()
+            if failed.reason != ev.FailureReason.WORKER_LOST
+        ]
+        return max(times) if times else None
 
     def completed(self) -> bool:
         """Its latest assignment delivered a valid result (one not revoked when it arrived)."""
@@ -210,7 +236,8 @@ def fold(log: Log, payload: object, at: float) -> list[Payload]:  # noqa: C901
         case ev.GenerationFailed(terminal=True):
             f.ended = True
         case ev.GenerationFailed():
-            out += _attempt_failed(log, f, payload, at)
+            f.failures.setdefault((payload.attempt, payload.worker_id), (payload, at))
+    out += _terminal(log, f, job_id)
     out += _settle(log, job_id, f, at)
     for worker_id in [w for w in log.pending if w not in log.state.running_on]:
         for waiting in sorted(log.pending.pop(worker_id)):
@@ -218,33 +245,23 @@ def fold(log: Log, payload: object, at: float) -> list[Payload]:  # noqa: C901
     return out
 
 
-def _attempt_failed(log: Log, f: JobFacts, failed: ev.GenerationFailed, at: float) -> list[Payload]:
-    """Mark the assignment the failure is about (same attempt and worker) as over."""
+def _terminal(log: Log, f: JobFacts, job_id: str) -> list[Payload]:
+    """After the last attempt: the job ends with ``retries_exhausted`` and the last reason."""
     a = f.assignment
-    if a is None or a.attempt != failed.attempt or a.fencing_token in f.failed:
-        return []  # about an assignment not (yet) known, or one that is over already
-    if failed.worker_id and failed.worker_id != a.worker_id:
-        return []
-    if a.fencing_token <= f.revoked or a.fencing_token in f.lost:
-        return []  # already re-queued by its revocation
-    f.failed[a.fencing_token] = at
-    if failed.reason == ev.FailureReason.WORKER_LOST:
-        f.lost.add(a.fencing_token)
-    else:
-        f.failed_on.add(a.worker_id)
-        f.requeued_at = at
-    if a.attempt < log.max_attempts:
+    over = f.why_over()
+    if a is None or f.ended or over not in (Why.LOST, Why.FAILED) or a.attempt < log.max_attempts:
         return []
     f.ended = True
+    failed = f.failure_of(a)
+    last = "assignment revoked" if failed is None else f"{failed.reason.value}: {failed.message}"
     return [
         ev.GenerationFailed(
-            job_id=failed.job_id,
+            job_id=job_id,
             reason=ev.FailureReason.RETRIES_EXHAUSTED,
-            message=f"{log.max_attempts} attempts failed; last: {failed.reason.value}: "
-            f"{failed.message}"[:4000],
-            attempt=failed.attempt,
+            message=f"{log.max_attempts} attempts failed; last: {last}"[:4000],
+            attempt=a.attempt,
             terminal=True,
-            worker_id=failed.worker_id,
+            worker_id=a.worker_id,
         )
     ]
 
