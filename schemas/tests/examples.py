@@ -85,6 +85,7 @@ EXAMPLES: list[Payload] = [
         state_sha256=SHA,
     ),
     jobs.GenerationStarted(job_id=JOB, worker_id=WORKER, fencing_token=7, model_load_ms=0),
+    jobs.WaitEstimated(job_id=JOB, eta_s=42.5, queue_position=3),
     jobs.StepProgressed(
         job_id=JOB,
         worker_id=WORKER,

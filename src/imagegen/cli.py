@@ -143,7 +143,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["simulate"]:
-        from imagegen_scheduler.simulator.cli import main as simulate
+        from imagegen_fleet_sim.cli import main as simulate
 
         return int(simulate(argv[1:]) or 0)
     parser = argparse.ArgumentParser(

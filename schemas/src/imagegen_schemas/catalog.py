@@ -71,8 +71,9 @@ TOPICS: tuple[TopicSpec, ...] = (
         JOB_PARTITIONS,
         3 * DAY_MS,
         False,
-        (jobs.GenerationStarted, jobs.StepProgressed),
-        "Started and step progress with previews. High volume, short retention.",
+        (jobs.GenerationStarted, jobs.StepProgressed, jobs.WaitEstimated),
+        "Started and step progress with previews, and the scheduler's wait estimates of queued"
+        " jobs. High volume, short retention.",
     ),
     TopicSpec(
         "imagegen.jobs.generated",

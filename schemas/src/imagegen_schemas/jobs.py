@@ -94,6 +94,23 @@ class GenerationStarted(Payload):
     model_load_ms: int = Field(default=0, ge=0, description="0 when the model was warm.")
 
 
+class WaitEstimated(Payload):
+    """The scheduler's estimate of how long a queued job still waits for a worker.
+
+    Published when a job is first queued and again when the estimate moves (the scheduler's
+    ``estimate_waits``: a projection of its policy with no new arrivals, a guide, not a promise).
+    The latest one (by ``occurred_at``) is current; it means nothing once the job is scheduled."""
+
+    event_type: ClassVar[str] = "imagegen.generation.wait_estimated"
+    job_id: str
+    eta_s: float = Field(
+        ge=0, description="Seconds from occurred_at until it is expected to start."
+    )
+    queue_position: int | None = Field(
+        default=None, ge=0, description="Jobs expected to start before it (0: next)."
+    )
+
+
 class StepProgressed(Payload):
     """Progress every few steps, with an optional small preview (PNG, base64)."""
 
@@ -198,6 +215,8 @@ class FailureReason(StrEnum):
     # A worker could not store the images or the paused state (blob folder unwritable, disk
     # full, object store down): an attempt failure (terminal False), re-queued elsewhere.
     STORAGE_UNAVAILABLE = "storage_unavailable"
+    # No live worker serves the job's model (after a grace period at admission).
+    NO_CAPABLE_WORKER = "no_capable_worker"
 
 
 class GenerationFailed(Payload):

@@ -88,6 +88,8 @@ class Clocked:
         while self.seen < len(self.pub.records):
             record = self.pub.records[self.seen]
             self.seen += 1
+            if record.envelope.type == ev.WaitEstimated.event_type:
+                continue  # on the progress topic, which the scheduler does not read
             payload = (
                 ev.JobScheduled
                 if record.envelope.type == ev.JobScheduled.event_type

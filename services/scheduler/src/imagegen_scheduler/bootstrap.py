@@ -12,7 +12,8 @@ from imagegen_runtime.standard import kafka_metadata_check
 
 from .adapters.catalog import load_catalog
 from .config import SERVICE, SUBSCRIBES, SchedulerSettings
-from .domain import SchedulerConfig
+from .domain import SchedulerConfig, Tier
+from .domain.faults import Deadlines
 from .service_layer.scheduling import Scheduler
 
 
@@ -25,6 +26,16 @@ def bootstrap(settings: SchedulerSettings, *, publisher: Publisher | None = None
         load_catalog(settings.models_dir),
         max_attempts=settings.max_attempts,
         config=SchedulerConfig(preemption=settings.preemption),
+        deadlines=Deadlines(
+            queue_s={
+                Tier.TURBO: settings.queue_deadline_turbo_s,
+                Tier.FAST: settings.queue_deadline_fast_s,
+                Tier.RELAX: settings.queue_deadline_relax_s,
+            },
+            run_s=settings.run_deadline_s,
+        ),
+        admission_grace_s=settings.admission_grace_s,
+        eta_every_s=settings.eta_every_s,
     )
     consumer = ReplayingConsumer(
         settings.kafka_bootstrap,

@@ -29,6 +29,37 @@ class SchedulerSettings(ServiceSettings):
     models_dir: Path = Field(default=Path("models"), description="Registered models (model.json).")
     max_attempts: int = Field(default=3, ge=1, le=10, description="Attempts before a job fails.")
     http_port: int = Field(default=8101, ge=1, le=65535, description="Port of the HTTP server.")
+    admission_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "Seconds the scheduler waits after it caught up before it rejects a job that no"
+            " known worker can run (no_capable_worker): long enough for every running worker to"
+            " heartbeat (every 2 s by default), so a restart never rejects for an empty fleet."
+        ),
+    )
+    queue_deadline_turbo_s: float = Field(
+        default=900.0, gt=0, description="A turbo job still queued this long ends as timeout."
+    )
+    queue_deadline_fast_s: float = Field(
+        default=1800.0, gt=0, description="A fast job still queued this long ends as timeout."
+    )
+    queue_deadline_relax_s: float = Field(
+        default=7200.0, gt=0, description="A relax job still queued this long ends as timeout."
+    )
+    run_deadline_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="An assignment running this long without a result ends its job as timeout.",
+    )
+    eta_every_s: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "How often queued jobs' waits are estimated; a job's WaitEstimated is published when"
+            " it is first queued and when its estimate moves by more than 20% (at least 5 s)."
+        ),
+    )
     preemption: bool = Field(
         default=True,
         description=(

@@ -19,12 +19,13 @@ from .events import (
     JobPreempted,
     JobQueued,
     Preempt,
-    PreemptionRequested,
+    PreemptionDecided,
     Reason,
     WorkerLost,
     WorkerUpdated,
     as_event,
 )
+from .fleet import Fleet
 from .model import (
     TIERS,
     AdapterKind,
@@ -53,6 +54,7 @@ __all__ = [
     "Assign",
     "Decision",
     "Event",
+    "Fleet",
     "FleetCapabilities",
     "JobAssigned",
     "JobCancelled",
@@ -63,7 +65,7 @@ __all__ = [
     "ModelCatalog",
     "ModelSpec",
     "Preempt",
-    "PreemptionRequested",
+    "PreemptionDecided",
     "QueuedJob",
     "Reason",
     "Refused",

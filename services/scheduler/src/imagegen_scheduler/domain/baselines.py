@@ -75,7 +75,11 @@ def _pick(shares: dict[Tier, float], draw: float) -> Tier:
 
 def _first_fitting(plan: Round, jobs: Iterable[QueuedJob], worker: WorkerView) -> QueuedJob | None:
     for job in islice(jobs, plan.state.config.max_scan):
-        if job.job_id not in plan.taken and fits(job.family, job.footprint_gb, worker):
+        if (
+            job.job_id not in plan.taken
+            and fits(job.family, job.footprint_gb, worker)
+            and worker.worker_id not in job.request.avoid
+        ):
             return job
     return None
 
@@ -86,7 +90,9 @@ def _warmest(plan: Round, jobs: Iterable[QueuedJob], worker: WorkerView) -> Queu
     fitting = (
         j
         for j in islice(jobs, plan.state.config.max_scan)
-        if j.job_id not in plan.taken and fits(j.family, j.footprint_gb, worker)
+        if j.job_id not in plan.taken
+        and fits(j.family, j.footprint_gb, worker)
+        and worker.worker_id not in j.request.avoid
     )
     for job in islice(fitting, plan.state.config.lookahead):
         level = warm_level(job.request, worker)

@@ -40,8 +40,9 @@ class JobFinished:
 
 
 @dataclass(frozen=True, slots=True)
-class PreemptionRequested:
-    """The scheduler asked a worker to pause a job at its next step boundary."""
+class PreemptionDecided:
+    """The scheduler decided to ask a worker to pause a job at its next step boundary (published
+    as the schema event ``PreemptionRequested``)."""
 
     job_id: str  # the running job to pause (a relax job)
     worker_id: str  # its worker, held for ``for_job_id`` once free
@@ -83,7 +84,7 @@ Event = (
     JobQueued
     | JobAssigned
     | JobFinished
-    | PreemptionRequested
+    | PreemptionDecided
     | JobPreempted
     | JobCancelled
     | WorkerUpdated
@@ -120,10 +121,10 @@ class Preempt:
 Decision = Assign | Preempt
 
 
-def as_event(decision: Decision, at: float) -> JobAssigned | PreemptionRequested:
+def as_event(decision: Decision, at: float) -> JobAssigned | PreemptionDecided:
     """The event that records a decision; apply it with ``evolve`` before deciding again."""
     if isinstance(decision, Assign):
         return JobAssigned(decision.job_id, decision.worker_id, decision.fencing_token, at)
-    return PreemptionRequested(
+    return PreemptionDecided(
         decision.job_id, decision.worker_id, decision.fencing_token, decision.for_job_id, at
     )

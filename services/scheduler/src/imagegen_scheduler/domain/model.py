@@ -75,6 +75,9 @@ class JobRequest:
     batch: int  # images generated together (num_images)
     steps: int  # denoising steps requested
     queued_at: float  # when the job first became schedulable (after prompt moderation)
+    # Workers an earlier attempt failed on; never assigned this job (set only while another
+    # capable worker exists, so a job is never left without a worker by this).
+    avoid: frozenset[str] = frozenset()
 
     @property
     def megapixels(self) -> float:

@@ -79,6 +79,8 @@ class Round:
                 break
             if job.job_id in self.taken or not fits(job.family, job.footprint_gb, worker):
                 continue
+            if worker.worker_id in job.request.avoid:
+                continue
             if not any(job.family in c and job.footprint_gb <= b for b, c in smaller):
                 found = job
                 break
@@ -154,6 +156,7 @@ class Round:
                 job.family in caps
                 and job.footprint_gb <= budget
                 and job.job_id not in self.taken
+                and worker.worker_id not in job.request.avoid
                 and not self.at_cap(job)
                 and not (smaller and self.left_to_smaller(job, smaller, worker))
             ):
@@ -173,6 +176,7 @@ class Round:
                 job.footprint_gb <= worker.budget_gb
                 and job.family in worker.capabilities
                 and job.job_id not in self.taken
+                and worker.worker_id not in job.request.avoid
                 and not self.at_cap(job)
                 and not (smaller and self.left_to_smaller(job, smaller, worker))
             ):

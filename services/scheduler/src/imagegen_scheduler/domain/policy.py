@@ -116,6 +116,8 @@ def _held_job(plan: Round, worker: WorkerView) -> QueuedJob | None:
     job = plan.state.queued.get(job_id) if job_id is not None else None
     if job is None or job.job_id in plan.taken or not fits(job.family, job.footprint_gb, worker):
         return None
+    if worker.worker_id in job.request.avoid:
+        return None
     return job
 
 

@@ -88,4 +88,8 @@ def preemptions(plan: Round) -> list[Preempt]:
 
 def _fits_on(state: SchedulerState, job: QueuedJob, worker_id: str) -> bool:
     worker = state.workers.get(worker_id)
-    return worker is not None and fits(job.family, job.footprint_gb, worker)
+    return (
+        worker is not None
+        and fits(job.family, job.footprint_gb, worker)
+        and worker_id not in job.request.avoid
+    )

@@ -18,11 +18,11 @@ from .events import (
     JobFinished,
     JobPreempted,
     JobQueued,
-    PreemptionRequested,
+    PreemptionDecided,
     WorkerLost,
     WorkerUpdated,
 )
-from .fleet import forget_worker, record_worker
+from .fleet import Fleet
 from .model import TIERS, ModelCatalog, Tier, WorkerView, denoise_s, footprint_gb, load_estimate_s
 from .queues import QueuedJob, TierQueue
 
@@ -40,7 +40,8 @@ class SchedulerState:
     def __init__(self, config: SchedulerConfig, catalog: ModelCatalog) -> None:
         self.config = config
         self.catalog = catalog
-        self.workers: dict[str, WorkerView] = {}
+        self.fleet = Fleet()
+        self.workers: dict[str, WorkerView] = self.fleet.workers  # the same dict, read-only here
         self.idle: set[str] = set()  # accepting workers with nothing running
         self.queues: dict[Tier, TierQueue] = {tier: TierQueue() for tier in TIERS}
         self.queued: dict[str, QueuedJob] = {}
@@ -51,12 +52,11 @@ class SchedulerState:
         self.last_token = 0  # highest fencing token issued
         self.preempting: dict[str, str] = {}  # running job being paused -> job it makes room for
         self.held: dict[str, str] = {}  # worker id -> queued job it is held for
-        self.holders: dict[str, set[str]] = {}  # model or adapter id -> workers it is resident on
+        self.holders: dict[str, set[str]] = self.fleet.holders  # the same dict, read-only here
         self.seq = 0
-        self.accepting = 0  # workers that accept new work
 
     def accepting_workers(self) -> int:
-        return self.accepting
+        return self.fleet.accepting
 
 
 def evolve(state: SchedulerState, event: Event) -> SchedulerState:
@@ -98,7 +98,7 @@ def evolve(state: SchedulerState, event: Event) -> SchedulerState:
             state.held = {w: j for w, j in state.held.items() if j != job_id and w != worker_id}
         case JobFinished(job_id, worker_id, token, at):
             _stop(state, job_id, token)
-        case PreemptionRequested(job_id, worker_id, token, for_job_id, at):
+        case PreemptionDecided(job_id, worker_id, token, for_job_id, at):
             running = state.running.get(job_id)
             if running is not None and running.fencing_token == token:
                 state.preempting[job_id] = for_job_id
@@ -113,7 +113,7 @@ def evolve(state: SchedulerState, event: Event) -> SchedulerState:
             if queued is not None:
                 state.queues[queued.request.tier].remove(job_id, queued.request.user_id)
         case WorkerUpdated(worker, at):
-            record_worker(state, worker)
+            state.fleet.record(worker)
             if worker.accepting and worker.worker_id not in state.running_on:
                 state.idle.add(worker.worker_id)
             else:
@@ -121,7 +121,7 @@ def evolve(state: SchedulerState, event: Event) -> SchedulerState:
             if not worker.accepting:
                 state.held.pop(worker.worker_id, None)
         case WorkerLost(worker_id, at):
-            forget_worker(state, worker_id)
+            state.fleet.forget(worker_id)
             state.idle.discard(worker_id)
             state.held.pop(worker_id, None)
             orphan = state.running_on.get(worker_id)

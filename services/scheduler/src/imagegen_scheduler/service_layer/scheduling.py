@@ -1,21 +1,14 @@
-"""The scheduler service: translates log events into policy events, decides, publishes.
+"""The scheduler service: folds the log, decides once caught up, publishes its decisions.
 
-State is a fold of the log (``ReplayingConsumer`` replays from offset 0 at start), so a restart
-rebuilds it, including the scheduler's own past assignments (``JobScheduled`` read back), and
-nothing is scheduled twice. Decisions are made only once caught up, and each assignment's event
-id is derived from (job, fencing token): a decision repeated after a crash is the same event.
+State is one fold of the log (``domain.log.fold``), the same for replay and live: at start
+``ReplayingConsumer`` replays every topic from offset 0 through ``on_event``, and the service
+decides only once caught up. Its own past decisions (``JobScheduled``, ``PreemptionRequested``)
+are folded back like any event, so a restart rebuilds them and nothing is scheduled twice; each
+decision's event id is derived from (job, fencing token): a decision repeated after a crash is
+the same event. Decisions are folded at once, through the same ``fold``, when made.
 
-Translation (Kafka event -> policy event):
-- ``GenerationRequested`` + allowed ``PromptModerated`` (either order) -> ``JobQueued``
-- ``WorkerHeartbeat`` -> ``WorkerUpdated``; ``JobScheduled`` -> ``JobAssigned``
-- ``ImageGenerated`` / ``GenerationCancelled`` -> ``JobFinished``
-- ``GenerationFailed`` (attempt failed) -> ``JobFinished`` then ``JobQueued`` again, or a terminal
-  ``GenerationFailed`` after ``max_attempts``; ``worker_lost`` -> ``WorkerLost`` (re-queues)
-- ``CancellationRequested`` of a queued job -> ``JobCancelled`` + ``GenerationCancelled``
-- ``PreemptionRequested`` (its own, read back) -> ``PreemptionRequested``; ``GenerationPaused``
-  of the running assignment (same fencing token) -> ``JobPreempted`` (re-queued with the steps
-  left, its worker free); the saved state goes into the job's next ``JobScheduled.resume``.
-  A pause or result of a superseded assignment (older token) is ignored.
+What the fold implies must be published (a queued job's cancellation, a terminal failure after
+the last attempt) is published when live; on replay it is in the log already.
 
 Preemption (ADR 0111) is on unless ``IMAGEGEN_SCHEDULER_PREEMPTION=false``: each ``Preempt``
 decision is published as ``PreemptionRequested`` with an id derived from (job, token, type), so a
@@ -27,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -35,44 +29,25 @@ from imagegen_runtime.publishing import Publisher, derived_event_id
 from imagegen_runtime.waiting import sleep_or_stop
 from imagegen_schemas import Envelope, Payload
 from imagegen_schemas import jobs as ev
-from imagegen_schemas.workers import WorkerHeartbeat, WorkerStatus
 
 from ..domain import (
-    JobAssigned,
-    JobCancelled,
-    JobFinished,
-    JobPreempted,
-    JobQueued,
-    JobRequest,
+    FleetCapabilities,
     ModelCatalog,
     Preempt,
-    PreemptionRequested,
     SchedulerConfig,
     SchedulerState,
     Tier,
-    WorkerLost,
-    WorkerUpdated,
-    WorkerView,
-    as_event,
     decide,
-    evolve,
+    estimate_waits,
 )
+from ..domain.faults import Deadlines, overdue, unservable
+from ..domain.log import Log, fold
 
+__all__ = ["DEFAULT_DEADLINES", "Scheduler"]
 log = logging.getLogger(__name__)
-GB = 1e9
-
-
-def worker_view(hb: WorkerHeartbeat, budget_fraction: float) -> WorkerView:
-    """The policy's view of a worker from its heartbeat."""
-    return WorkerView(
-        worker_id=hb.worker_id,
-        gpu_type=hb.gpu_type,
-        budget_gb=hb.memory_total_bytes * budget_fraction / GB,
-        speed=1.0,
-        capabilities=frozenset(hb.capabilities),
-        resident=frozenset(m.model_id for m in hb.loaded),
-        accepting=hb.status in (WorkerStatus.IDLE, WorkerStatus.BUSY),
-    )
+DEFAULT_DEADLINES = Deadlines(
+    queue_s={Tier.TURBO: 900.0, Tier.FAST: 1800.0, Tier.RELAX: 7200.0}, run_s=1800.0
+)
 
 
 class Scheduler:
@@ -85,60 +60,65 @@ class Scheduler:
         budget_fraction: float = 0.8,
         config: SchedulerConfig | None = None,
         clock: Callable[[], float] = time.time,
+        deadlines: Deadlines = DEFAULT_DEADLINES,
+        admission_grace_s: float = 30.0,
+        eta_every_s: float = 5.0,
     ) -> None:
-        self.state = SchedulerState(config or SchedulerConfig(), catalog)
+        self.log = Log(
+            config or SchedulerConfig(),
+            catalog,
+            max_attempts=max_attempts,
+            budget_fraction=budget_fraction,
+        )
         self.publisher = publisher
-        self.max_attempts = max_attempts
-        self.budget_fraction = budget_fraction
         self.clock = clock
-        self.requests: dict[str, ev.GenerationRequested] = {}
-        self.allowed: set[str] = set()
-        self.attempts: dict[str, int] = {}  # job id -> assignments made so far
-        self.ended: set[str] = set()  # jobs that ended for good (no more scheduling)
-        # Replay collects facts first (topics interleave in any order), then rebuilds once.
-        self.assignments: dict[str, ev.JobScheduled] = {}  # latest assignment per job
-        self.failed_attempt: dict[str, int] = {}  # highest attempt that failed, per job
-        self.heartbeats: dict[str, tuple[WorkerHeartbeat, float]] = {}
-        self.pauses: dict[str, ev.GenerationPaused] = {}  # latest pause per job (replay)
-        self.preempts: dict[str, tuple[ev.PreemptionRequested, float]] = {}  # latest per job
-        self.resume: dict[str, ev.ResumeFrom] = {}  # job id -> where its next run continues
-        self.paused: set[str] = set()  # jobs whose last assignment paused (its attempt goes on)
-        self.live = False
+        self.deadlines = deadlines
+        self.admission_grace_s = admission_grace_s
+        self.eta_every_s = eta_every_s
+        self.live_since: float | None = None  # when it caught up (admission waits a grace)
         self._lock = asyncio.Lock()
+        self._fleet: FleetCapabilities | None = None  # the fleet the admitted set was judged on
+        self._admitted: set[str] = set()  # queued jobs some worker of that fleet can run
+        self._checked_at = float("-inf")  # last deadline and admission check
+        self._estimated_at = float("-inf")  # last wait estimate
+        self._estimated_seq = 0  # state.seq then: it moves whenever a job is (re-)queued
+        self._eta: dict[str, float] = {}  # job id -> expected start last published
 
-    # ---- fold ----------------------------------------------------------------------------------
-    def _queue(self, job_id: str, at: float) -> None:
-        req = self.requests.get(job_id)
-        if req is None or job_id not in self.allowed or job_id in self.ended:
-            return
-        p = req.params
-        if p.model not in self.state.catalog.models:
-            return  # refused at the API edge; an old event for a removed model stays queued out
-        adapters = tuple(f"lora/{lo.name}" for lo in p.loras) + tuple(
-            f"cn/{c.type}" for c in p.controlnets
-        )
-        request = JobRequest(
-            job_id=job_id,
-            user_id=req.user_id,
-            tier=Tier(req.tier.value),
-            model_id=p.model,
-            adapters=adapters,
-            width=p.width,
-            height=p.height,
-            batch=p.num_images,
-            steps=p.steps,
-            queued_at=at,
-        )
-        evolve(self.state, JobQueued(request, at))
+    @property
+    def live(self) -> bool:
+        """Caught up: decisions are made and what the fold implies is published."""
+        return self.live_since is not None
+
+    @live.setter
+    def live(self, value: bool) -> None:
+        if value and self.live_since is None:
+            self.live_since = self.clock()
+        elif not value:
+            self.live_since = None
+
+    @property
+    def state(self) -> SchedulerState:
+        """The policy state (derived by the fold; policies only read it)."""
+        return self.log.state
+
+    @property
+    def resume(self) -> dict[str, ev.ResumeFrom]:
+        """Job id -> saved state its next run continues from (jobs still to run)."""
+        out = {}
+        for job_id, f in self.log.jobs.items():
+            resume = f.resume()
+            if resume is not None and not f.gone():
+                out[job_id] = resume
+        return out
 
     async def on_event(
         self, env: Envelope, payload: Payload, meta: RecordMeta | None, live: bool
     ) -> None:
         async with self._lock:
-            if not self.live:
-                self._collect(payload, env.occurred_at.timestamp())
-                return
-            await self._apply(env, payload, live=True)
+            implied = fold(self.log, payload, env.occurred_at.timestamp())
+            if self.live:
+                for event in implied:
+                    await self._publish(event, env)
 
     async def after_batch(self) -> None:
         """Decide once per consumed batch (deciding per record would rescan idle workers)."""
@@ -146,193 +126,22 @@ class Scheduler:
             if self.live:
                 await self._decide()
 
-    def _collect(self, payload: Payload, at: float) -> None:
-        """Replay: remember the facts; the order of topics does not matter."""
-        match payload:
-            case ev.GenerationRequested():
-                self.requests[payload.job_id] = payload
-            case ev.PromptModerated(verdict=ev.Verdict.ALLOWED):
-                self.allowed.add(payload.job_id)
-            case ev.PromptModerated() | ev.ImageGenerated() | ev.GenerationCancelled():
-                self.ended.add(payload.job_id)
-            case ev.GenerationFailed(terminal=True):
-                self.ended.add(payload.job_id)
-            case ev.GenerationFailed():
-                self.failed_attempt[payload.job_id] = max(
-                    self.failed_attempt.get(payload.job_id, 0), payload.attempt
-                )
-            case ev.CancellationRequested():
-                self.ended.add(payload.job_id)  # queued: cancelled; running: the worker stops it
-            case ev.JobScheduled():
-                held = self.assignments.get(payload.job_id)
-                if held is None or payload.fencing_token > held.fencing_token:
-                    self.assignments[payload.job_id] = payload
-            case ev.GenerationPaused():
-                seen = self.pauses.get(payload.job_id)
-                if seen is None or payload.fencing_token > seen.fencing_token:
-                    self.pauses[payload.job_id] = payload
-            case ev.PreemptionRequested():
-                held_pr = self.preempts.get(payload.job_id)
-                if held_pr is None or payload.fencing_token > held_pr[0].fencing_token:
-                    self.preempts[payload.job_id] = (payload, at)
-            case WorkerHeartbeat():
-                held_hb = self.heartbeats.get(payload.worker_id)
-                if held_hb is None or at >= held_hb[1]:
-                    self.heartbeats[payload.worker_id] = (payload, at)
-
     def rebuild(self) -> None:
-        """Build the policy state from the collected facts (once, when caught up)."""
-        for hb, at in self.heartbeats.values():
-            evolve(self.state, WorkerUpdated(worker_view(hb, self.budget_fraction), at))
-        for token in (a.fencing_token for a in self.assignments.values()):
-            self.state.last_token = max(self.state.last_token, token)
-        for job_id in self.requests:
-            if job_id in self.ended or job_id not in self.allowed:
-                continue
-            self._queue(job_id, self.clock())
-            a = self.assignments.get(job_id)
-            if a is None:
-                continue
-            self.attempts[job_id] = a.attempt
-            paused = self.pauses.get(job_id)
-            if paused is not None and paused.fencing_token <= a.fencing_token:
-                self.resume[job_id] = _resume_from(paused)
-            if a.attempt > self.failed_attempt.get(job_id, 0):
-                evolve(self.state, JobAssigned(job_id, a.worker_id, a.fencing_token, self.clock()))
-                if paused is not None and paused.fencing_token == a.fencing_token:
-                    self._paused(paused, self.clock())
-        for request, at in self.preempts.values():  # pending pauses hold their workers again
-            self._preempting(request, at)
+        """Nothing to rebuild: replay folds with the same ``fold`` as live. Kept so callers that
+        go live by hand (tests, the bench) read as before."""
 
-    async def _apply(self, env: Envelope, payload: Payload, live: bool) -> None:  # noqa: C901
-        at = env.occurred_at.timestamp()
-        state = self.state
-        match payload:
-            case ev.GenerationRequested():
-                self.requests[payload.job_id] = payload
-                self._queue(payload.job_id, at)
-            case ev.PromptModerated(verdict=ev.Verdict.ALLOWED):
-                self.allowed.add(payload.job_id)
-                self._queue(payload.job_id, at)
-            case ev.PromptModerated():
-                self.ended.add(payload.job_id)
-            case WorkerHeartbeat():
-                evolve(state, WorkerUpdated(worker_view(payload, self.budget_fraction), at))
-            case ev.JobScheduled():
-                self.attempts[payload.job_id] = max(
-                    self.attempts.get(payload.job_id, 0), payload.attempt
-                )
-                evolve(
-                    state, JobAssigned(payload.job_id, payload.worker_id, payload.fencing_token, at)
-                )
-            case ev.PreemptionRequested():
-                self._preempting(payload, at)  # our own decision, read back
-            case ev.GenerationPaused():
-                self._paused(payload, at)
-            case ev.ImageGenerated() | ev.GenerationCancelled():
-                running = state.running.get(payload.job_id)
-                token = getattr(payload, "fencing_token", None)
-                if running is not None and token is not None and token != running.fencing_token:
-                    return  # a revoked assignment's late result
-                self.ended.add(payload.job_id)
-                self.resume.pop(payload.job_id, None)
-                if running is not None:
-                    evolve(
-                        state,
-                        JobFinished(payload.job_id, running.worker_id, running.fencing_token, at),
-                    )
-                evolve(state, JobCancelled(payload.job_id, at))
-            case ev.GenerationFailed(terminal=True):
-                self.ended.add(payload.job_id)
-                self.resume.pop(payload.job_id, None)
-                running = state.running.get(payload.job_id)
-                if running is not None:
-                    evolve(
-                        state,
-                        JobFinished(payload.job_id, running.worker_id, running.fencing_token, at),
-                    )
-                evolve(state, JobCancelled(payload.job_id, at))
-            case ev.GenerationFailed():
-                await self._attempt_failed(env, payload, at, live)
-            case ev.CancellationRequested():
-                if payload.job_id in state.queued:
-                    evolve(state, JobCancelled(payload.job_id, at))
-                    self.ended.add(payload.job_id)
-                    if live:
-                        await self._publish(
-                            ev.GenerationCancelled(job_id=payload.job_id), env, payload.job_id
-                        )
-
-    def _preempting(self, request: ev.PreemptionRequested, at: float) -> None:
-        if request.for_job_id is not None:
-            evolve(
-                self.state,
-                PreemptionRequested(
-                    request.job_id, request.worker_id, request.fencing_token, request.for_job_id, at
-                ),
-            )
-
-    def _paused(self, paused: ev.GenerationPaused, at: float) -> None:
-        """The running assignment paused: re-queue the job with the steps left, free its
-        worker, keep the saved state for the next assignment. A stale token changes nothing."""
-        running = self.state.running.get(paused.job_id)
-        if running is None or running.fencing_token != paused.fencing_token:
-            return  # a superseded assignment's late pause
-        steps = running.job.request.steps
-        # steps_done counts sampler steps; most samplers take one per denoising step, PNDM more
-        left = max(1, -(-steps * (paused.total_steps - paused.steps_done) // paused.total_steps))
-        completed = max(0, running.job.remaining_steps - left)
-        evolve(
-            self.state,
-            JobPreempted(paused.job_id, running.worker_id, paused.fencing_token, completed, at),
-        )
-        self.resume[paused.job_id] = _resume_from(paused)
-        self.paused.add(paused.job_id)
-
-    async def _attempt_failed(
-        self, env: Envelope, failed: ev.GenerationFailed, at: float, live: bool
-    ) -> None:
-        running = self.state.running.get(failed.job_id)
-        if running is None or (failed.worker_id and running.worker_id != failed.worker_id):
-            return  # stale: about an assignment that is no longer current
-        if self.attempts.get(failed.job_id, 1) >= self.max_attempts:
-            evolve(
-                self.state, JobFinished(failed.job_id, running.worker_id, running.fencing_token, at)
-            )
-            self.ended.add(failed.job_id)
-            if live:
-                terminal = ev.GenerationFailed(
-                    job_id=failed.job_id,
-                    reason=ev.FailureReason.RETRIES_EXHAUSTED,
-                    message=f"{self.max_attempts} attempts failed; last: {failed.reason.value}: "
-                    f"{failed.message}"[:4000],
-                    attempt=failed.attempt,
-                    terminal=True,
-                    worker_id=failed.worker_id,
-                )
-                await self._publish(terminal, env, failed.job_id)
-            return
-        if failed.reason == ev.FailureReason.WORKER_LOST:
-            evolve(self.state, WorkerLost(running.worker_id, at))  # re-queues the orphan
-        else:
-            evolve(
-                self.state, JobFinished(failed.job_id, running.worker_id, running.fencing_token, at)
-            )
-            self._queue(failed.job_id, at)
-
-    # ---- decide --------------------------------------------------------------------------------
-    async def _publish(
-        self, payload: ev.Payload, cause: Envelope, job_id: str, *parts: object
-    ) -> None:
+    async def _publish(self, payload: Payload, cause: Envelope | None) -> None:
+        job_id = getattr(payload, "job_id", "")
         await self.publisher.publish(
             payload,
             key=job_id,
-            causation_id=cause.event_id,
-            event_id=derived_event_id(cause.event_id, payload.event_type, *parts),
+            causation_id=None if cause is None else cause.event_id,
+            event_id=derived_event_id(job_id, payload.event_type, "scheduler"),
         )
 
     async def _decide(self) -> int:
         now = self.clock()
+        await self._housekeep(now)
         out: list[tuple[ev.JobScheduled | ev.PreemptionRequested, str]] = []
         for decision in decide(self.state, now):
             if isinstance(decision, Preempt):
@@ -343,7 +152,7 @@ class Scheduler:
                     for_job_id=decision.for_job_id,
                     reason=f"turbo job {decision.for_job_id} would miss its wait target",
                 )
-                evolve(self.state, as_event(decision, now))
+                fold(self.log, request, now)
                 out.append(
                     (
                         request,
@@ -354,12 +163,12 @@ class Scheduler:
                 )
                 continue
             queued = self.state.queued[decision.job_id]
-            req = self.requests[decision.job_id]
-            resume = self.resume.get(decision.job_id)
+            facts = self.log.jobs[decision.job_id]
+            req = facts.request
+            assert req is not None  # only requested jobs are queued
+            resume = facts.resume()
             # A resumed run continues the paused attempt: a pause is not a failed attempt.
-            attempt = self.attempts.get(decision.job_id, 0) + (
-                0 if decision.job_id in self.paused else 1
-            )
+            attempt = facts.next_attempt()
             scheduled = ev.JobScheduled(
                 job_id=decision.job_id,
                 worker_id=decision.worker_id,
@@ -371,9 +180,7 @@ class Scheduler:
                 webhook_url=req.webhook_url,
                 resume=resume,
             )
-            evolve(self.state, as_event(decision, now))
-            self.attempts[decision.job_id] = attempt
-            self.paused.discard(decision.job_id)
+            fold(self.log, scheduled, now)
             out.append(
                 (
                     scheduled,
@@ -385,21 +192,65 @@ class Scheduler:
         await asyncio.gather(*(self.publisher.publish(s, key=s.job_id, event_id=i) for s, i in out))
         return len(out)
 
+    async def _housekeep(self, now: float) -> None:
+        """Deadlines, admission and wait estimates (ADR 0112), at most once a second."""
+        if now - self._checked_at >= 1.0:
+            self._checked_at = now
+            ended: list[Payload] = [*overdue(self.log, now, self.deadlines)]
+            ended += self._unservable(now)
+            # Folded at once: out of the queue, its worker free. The failure first: the worker of
+            # a timed-out run is not lost (a revocation folded first would forget it).
+            for event in sorted(ended, key=lambda e: isinstance(e, ev.AssignmentRevoked)):
+                fold(self.log, event, now)
+            for event in ended:
+                await self._publish(event, None)
+        since = now - self._estimated_at
+        if since >= self.eta_every_s or (self.state.seq != self._estimated_seq and since >= 1.0):
+            self._estimated_at, self._estimated_seq = now, self.state.seq
+            await self._estimate(now)
+
+    def _unservable(self, now: float) -> list[ev.GenerationFailed]:
+        """Queued jobs no worker of the fleet can run, once the fleet had time to show itself:
+        the grace after catching up, and at least one worker seen (an empty fleet proves
+        nothing; such jobs wait for workers, bounded by their queue deadline)."""
+        if self.live_since is None or now - self.live_since < self.admission_grace_s:
+            return []
+        if not self.log.seen:
+            return []
+        fleet = FleetCapabilities.of(self.log.seen.values())
+        if fleet != self._fleet:
+            self._fleet, self._admitted = fleet, set()
+        self._admitted &= self.state.queued.keys()
+        refused, admitted = unservable(self.log, fleet, self._admitted)
+        self._admitted.update(admitted)
+        return refused
+
+    async def _estimate(self, now: float) -> None:
+        """Publish ``WaitEstimated`` for a job first queued (within a second), or whose expected
+        start moved by more than 20% of its wait (at least 5 s); every ``eta_every_s``."""
+        etas = estimate_waits(self.state, now)
+        self._eta = {j: t for j, t in self._eta.items() if j in etas}
+        ordered = sorted((eta, job_id) for job_id, eta in etas.items() if math.isfinite(eta))
+        out = []
+        for position, (eta, job_id) in enumerate(ordered):
+            start = now + eta
+            last = self._eta.get(job_id)
+            if last is not None and abs(start - last) <= max(5.0, 0.2 * eta):
+                continue
+            self._eta[job_id] = start
+            estimate = ev.WaitEstimated(job_id=job_id, eta_s=round(eta, 1), queue_position=position)
+            event_id = derived_event_id(job_id, estimate.event_type, round(start, 1))
+            out.append(self.publisher.publish(estimate, key=job_id, event_id=event_id))
+        await asyncio.gather(*out)
+
     async def tick_loop(
         self, caught_up: asyncio.Event, stop: asyncio.Event, every_s: float = 0.5
     ) -> None:
         """Decide once caught up, then on a timer (aging changes priorities without events)."""
         await caught_up.wait()
         async with self._lock:
-            self.rebuild()
             self.live = True
         while not stop.is_set():
             async with self._lock:
                 await self._decide()
             await sleep_or_stop(stop, every_s)
-
-
-def _resume_from(paused: ev.GenerationPaused) -> ev.ResumeFrom:
-    return ev.ResumeFrom(
-        steps_done=paused.steps_done, state_uri=paused.state_uri, state_sha256=paused.state_sha256
-    )

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from imagegen_fleet_sim import POLICIES, seed_peak, simulate
+from imagegen_fleet_sim.bound import _forgiven
+from imagegen_fleet_sim.cli import main
+from imagegen_fleet_sim.plot import p95_per_bin
+from imagegen_fleet_sim.scenario import seed_catalog
+from imagegen_fleet_sim.workload import RequestSampler, arrivals, daily_factor
 from imagegen_scheduler.domain import Tier
-from imagegen_scheduler.simulator import POLICIES, seed_peak, simulate
-from imagegen_scheduler.simulator.bound import _forgiven
-from imagegen_scheduler.simulator.cli import main
-from imagegen_scheduler.simulator.plot import p95_per_bin
-from imagegen_scheduler.simulator.scenario import seed_catalog
-from imagegen_scheduler.simulator.workload import RequestSampler, arrivals, daily_factor
 
 
 @pytest.mark.unit
@@ -156,9 +156,9 @@ def test_a_simulated_worker_evicts_only_what_must_go() -> None:
     depth ControlNet: only canny goes (plain LRU would unload both LoRAs first, for nothing)."""
     import random
 
+    from imagegen_fleet_sim.fleet import SimWorker
+    from imagegen_fleet_sim.scenario import A10G
     from imagegen_scheduler.domain import JobRequest
-    from imagegen_scheduler.simulator.fleet import SimWorker
-    from imagegen_scheduler.simulator.scenario import A10G
 
     def job(job_id: str, *adapters: str) -> JobRequest:
         return JobRequest(
