@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import secrets
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, select, update
@@ -15,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagegen_schemas import Plan
 
+from ..domain.plans import Caller
 from .tables import api_keys, idempotency, metadata
 
 
@@ -22,10 +22,9 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class Caller:
-    user_id: str
-    plan: Plan
+def new_key() -> str:
+    """A fresh API key (printed once; only its hash is stored)."""
+    return "igk_" + secrets.token_urlsafe(24)
 
 
 class PgAccounts:
@@ -38,7 +37,7 @@ class PgAccounts:
 
     async def create_key(self, user_id: str, plan: Plan) -> str:
         """A new API key for ``user_id``; only its hash is stored, so print it now."""
-        key = "igk_" + secrets.token_urlsafe(24)
+        key = new_key()
         async with self.engine.begin() as conn:
             await conn.execute(
                 api_keys.insert().values(

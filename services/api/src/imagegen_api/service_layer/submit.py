@@ -16,8 +16,8 @@ from imagegen_runtime.publishing import Publisher
 from imagegen_schemas import GenerationParams
 from imagegen_schemas.jobs import GenerationRequested
 
-from ..adapters.accounts import Caller, PgAccounts
-from ..domain.plans import PLANS
+from ..domain.plans import PLANS, Caller
+from .ports import Accounts
 
 _NS = uuid.UUID("8f0d7f43-3c1e-4a86-9a3b-0c6f2b9f7e11")
 
@@ -46,7 +46,7 @@ async def submit(
     params: GenerationParams,
     webhook_url: str | None,
     idempotency_key: str | None,
-    accounts: PgAccounts,
+    accounts: Accounts,
     publisher: Publisher,
 ) -> Accepted:
     limits = PLANS[caller.plan]
