@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import httpx
 from fastapi import FastAPI
@@ -21,6 +22,16 @@ CATALOG = Catalog(
 )
 
 
+class Clock:
+    """A wall clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
 @dataclass
 class Api:
     """A client of the app, its fakes, and one API key per plan."""
@@ -29,6 +40,7 @@ class Api:
     deps: Deps
     publisher: InMemoryPublisher
     key: str  # a pro user's key
+    clock: Clock | None = None  # the app's clock, when the test controls it
 
     def auth(self, key: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.key}"}

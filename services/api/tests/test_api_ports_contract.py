@@ -15,6 +15,7 @@ import pytest
 from imagegen_api.adapters.accounts import PgAccounts
 from imagegen_api.adapters.jobstore import PgJobStore
 from imagegen_api.adapters.memory import InMemoryAccounts, InMemoryJobStore
+from imagegen_api.domain.idempotency import CLAIM_LEASE, KEY_TTL, Claim, HeldKey
 from imagegen_api.service_layer.ports import Accounts, JobStore
 from imagegen_runtime.db import make_engine
 from imagegen_schemas import Envelope, GenerationParams, Plan, Tier
@@ -81,28 +82,70 @@ async def test_a_created_key_names_its_caller(accounts: Accounts) -> None:
     assert await accounts.caller(key + "x") is None
 
 
+def entry(
+    request_hash: str = "h1", job_id: str = "job-1", at: datetime = T0, seed: int = 7
+) -> HeldKey:
+    return HeldKey(request_hash, {"id": job_id, "seed": seed}, False, at, at)
+
+
 async def test_the_first_claim_of_a_key_wins_and_later_ones_see_the_holder(
     accounts: Accounts,
 ) -> None:
     who = user()
-    assert await accounts.claim(who, "k", "job-1", "h1") == (True, "job-1", "h1")
-    assert await accounts.claim(who, "k", "job-2", "h2") == (False, "job-1", "h1")
-    assert await accounts.claim(user(), "k", "job-3", "h1") == (True, "job-3", "h1")
-
-
-async def test_a_released_key_can_be_claimed_again(accounts: Accounts) -> None:
-    who = user()
-    await accounts.claim(who, "k", "job-1", "h1")
-    await accounts.release(who, "k")
-    assert await accounts.claim(who, "k", "job-2", "h2") == (True, "job-2", "h2")
+    first = entry()
+    assert await accounts.claim(who, "k", first) == Claim(True, first)
+    assert await accounts.claim(who, "k", entry("h2", "job-2")) == Claim(False, first)
+    other = entry(job_id="job-3")
+    assert await accounts.claim(user(), "k", other) == Claim(True, other)
 
 
 async def test_a_published_key_reads_as_published(accounts: Accounts) -> None:
     who = user()
-    await accounts.claim(who, "k", "job-1", "h1")
-    await accounts.mark_published(who, "k")
-    assert await accounts.wait_published(who, "k", timeout_s=1) is True
-    assert await accounts.wait_published(who, "never-claimed", timeout_s=1) is None
+    await accounts.claim(who, "k", entry())
+    await accounts.mark_published(who, "k", "job-1")
+    later = await accounts.claim(who, "k", entry(job_id="job-2", at=T0 + timedelta(hours=1)))
+    assert later.won is False
+    assert later.held.published is True and later.held.answer == {"id": "job-1", "seed": 7}
+
+
+async def test_a_released_key_can_be_claimed_again(accounts: Accounts) -> None:
+    who = user()
+    await accounts.claim(who, "k", entry())
+    await accounts.release(who, "k", T0)
+    again = entry("h2", "job-2", T0 + timedelta(seconds=1))
+    assert await accounts.claim(who, "k", again) == Claim(True, again)
+
+
+async def test_release_leaves_a_published_or_taken_over_key(accounts: Accounts) -> None:
+    who = user()
+    await accounts.claim(who, "k", entry())
+    await accounts.mark_published(who, "k", "job-1")
+    await accounts.release(who, "k", T0)
+    assert (await accounts.claim(who, "k", entry(job_id="job-2"))).held.answer["id"] == "job-1"
+
+
+async def test_a_key_expires_24_hours_after_its_first_use(accounts: Accounts) -> None:
+    who = user()
+    await accounts.claim(who, "k", entry())
+    await accounts.mark_published(who, "k", "job-1")
+    just_before = entry("h2", "job-2", T0 + KEY_TTL - timedelta(seconds=1))
+    assert (await accounts.claim(who, "k", just_before)).won is False
+    after = entry("h2", "job-3", T0 + KEY_TTL)
+    assert await accounts.claim(who, "k", after) == Claim(True, after)
+
+
+async def test_a_dead_holders_claim_is_taken_over_with_its_answer(accounts: Accounts) -> None:
+    who = user()
+    await accounts.claim(who, "k", entry())  # never published: the holder died
+    soon = T0 + CLAIM_LEASE - timedelta(seconds=1)
+    assert (await accounts.claim(who, "k", entry(job_id="job-2", at=soon))).won is False
+    late = T0 + CLAIM_LEASE
+    other_body = await accounts.claim(who, "k", entry("h2", "job-3", late))
+    assert other_body.won is False
+    same = await accounts.claim(who, "k", entry(job_id="job-4", at=late, seed=9))
+    assert same.won is True
+    assert same.held.answer == {"id": "job-1", "seed": 7} and same.held.claimed_at == late
+    assert same.held.created_at == T0
 
 
 # ---- job store ----------------------------------------------------------------------------------
@@ -173,3 +216,15 @@ async def test_all_states_holds_every_job(jobs: JobStore) -> None:
     states = await jobs.all_states()
     assert set(states) == {"a", "b"}
     assert states["a"]["status"] == "moderating"
+
+
+async def test_strings_postgresql_cannot_hold_are_stored_replaced(jobs: JobStore) -> None:
+    """NUL (and a lone surrogate) cannot be stored in PostgreSQL: U+FFFD stands in, so one such
+    event already in the log never blocks the projection."""
+    p = requested("job-1")
+    p = p.model_copy(update={"params": p.params.model_copy(update={"prompt": "a\x00b\ud800c"})})
+    assert await jobs.apply(envelope(p, T0), p, "t", 0, 0) is True
+    job = await jobs.get("job-1")
+    assert job is not None and job.params["prompt"] == "a\ufffdb\ufffdc"
+    [row] = await jobs.timeline("job-1")
+    assert row["data"]["params"]["prompt"] == "a\ufffdb\ufffdc"

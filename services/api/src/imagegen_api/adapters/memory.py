@@ -7,34 +7,27 @@ timeline is ordered by a sequence number like the ``job_events`` table's identit
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from imagegen_schemas import Envelope, Payload, Plan
 
+from ..domain.idempotency import Claim, HeldKey, take_over
 from ..domain.job import JobView, evolve
 from ..domain.plans import Caller
 from .accounts import hash_key, new_key
-from .jobstore import from_json, to_json
-
-
-@dataclass
-class _HeldKey:
-    job_id: str
-    request_hash: str
-    published: bool
+from .jobstore import from_json, storable, to_json
 
 
 class InMemoryAccounts:
-    """API keys and idempotency keys in dictionaries (one event loop; no threads)."""
+    """API keys and idempotency keys in dictionaries (one event loop, no await inside a claim:
+    each method is atomic like the PostgreSQL adapter's transaction)."""
 
     def __init__(self) -> None:
         self.keys: dict[str, tuple[Caller, bool]] = {}  # key hash -> (caller, revoked)
-        self.idempotency: dict[tuple[str, str], _HeldKey] = {}
+        self.idempotency: dict[tuple[str, str], HeldKey] = {}
 
     async def create_key(self, user_id: str, plan: Plan) -> str:
         key = new_key()
@@ -45,31 +38,24 @@ class InMemoryAccounts:
         found = self.keys.get(hash_key(key))
         return found[0] if found and not found[1] else None
 
-    async def claim(
-        self, user_id: str, key: str, job_id: str, request_hash: str
-    ) -> tuple[bool, str, str]:
+    async def claim(self, user_id: str, key: str, proposal: HeldKey) -> Claim:
         held = self.idempotency.get((user_id, key))
-        if held is None:
-            self.idempotency[(user_id, key)] = _HeldKey(job_id, request_hash, False)
-            return True, job_id, request_hash
-        return False, held.job_id, held.request_hash
+        taken = take_over(held, proposal)
+        if taken is None:
+            assert held is not None
+            return Claim(False, held)
+        self.idempotency[(user_id, key)] = taken
+        return Claim(True, taken)
 
-    async def mark_published(self, user_id: str, key: str) -> None:
-        self.idempotency[(user_id, key)].published = True
+    async def mark_published(self, user_id: str, key: str, job_id: str) -> None:
+        held = self.idempotency.get((user_id, key))
+        if held is not None and held.answer["id"] == job_id:
+            self.idempotency[(user_id, key)] = replace(held, published=True)
 
-    async def release(self, user_id: str, key: str) -> None:
-        self.idempotency.pop((user_id, key), None)
-
-    async def wait_published(self, user_id: str, key: str, timeout_s: float = 30.0) -> bool | None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            held = self.idempotency.get((user_id, key))
-            if held is None:
-                return None
-            if held.published:
-                return True
-            await asyncio.sleep(0.02)  # between looks at the holder's entry
-        return False
+    async def release(self, user_id: str, key: str, claimed_at: datetime) -> None:
+        held = self.idempotency.get((user_id, key))
+        if held is not None and held.claimed_at == claimed_at and not held.published:
+            del self.idempotency[(user_id, key)]
 
 
 class InMemoryJobStore:
@@ -84,20 +70,23 @@ class InMemoryJobStore:
         self, env: Envelope, payload: Payload, topic: str, partition: int, offset: int
     ) -> bool:
         job_id = getattr(payload, "job_id", None)
-        if job_id is None or env.event_id in self.processed:
+        if job_id is None:
+            return False
+        job_id, event_id = storable(job_id), storable(env.event_id)
+        if event_id in self.processed:
             return False
         before = self.states.get(job_id)
         after = evolve(from_json(before) if before else JobView(job_id=job_id), env, payload)
-        self.processed.add(env.event_id)
+        self.processed.add(event_id)
         self.states[job_id] = to_json(after)
         self.events.append(
             {
                 "seq": len(self.events) + 1,
                 "job_id": job_id,
-                "type": env.type,
+                "type": storable(env.type),
                 "occurred_at": env.occurred_at,
-                "data": json.loads(json.dumps(env.data)),  # as JSONB gives it back
-                "event_id": env.event_id,
+                "data": json.loads(json.dumps(storable(env.data))),  # as JSONB gives it back
+                "event_id": event_id,
             }
         )
         return True

@@ -7,10 +7,12 @@ PgJobStore``) and an in-memory fake (``adapters.memory``); both pass the same co
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Protocol
 
 from imagegen_schemas import Envelope, Payload, Plan
 
+from ..domain.idempotency import Claim, HeldKey
 from ..domain.job import JobView
 from ..domain.plans import Caller
 
@@ -26,20 +28,21 @@ class Accounts(Protocol):
         """The owner of a live (not revoked) key, else None."""
         ...
 
-    async def claim(
-        self, user_id: str, key: str, job_id: str, request_hash: str
-    ) -> tuple[bool, str, str]:
-        """Claim an idempotency key. Returns (won, job_id, request_hash of the holder)."""
+    async def claim(self, user_id: str, key: str, proposal: HeldKey) -> Claim:
+        """Claim an idempotency key atomically, as ``domain.idempotency.take_over`` decides.
+
+        ``proposal`` is this request's entry; the answer says whether it won and the key's entry
+        as it stands (the holder's, when it did not win).
+        """
         ...
 
-    async def mark_published(self, user_id: str, key: str) -> None: ...
-
-    async def release(self, user_id: str, key: str) -> None:
-        """The holder could not publish: free the key so a retry can succeed."""
+    async def mark_published(self, user_id: str, key: str, job_id: str) -> None:
+        """The job of the key's answer was published: later requests get the answer."""
         ...
 
-    async def wait_published(self, user_id: str, key: str, timeout_s: float = 30.0) -> bool | None:
-        """Wait for the holder of a key to publish: True published, None released, False timeout."""
+    async def release(self, user_id: str, key: str, claimed_at: datetime) -> None:
+        """The holder that claimed at ``claimed_at`` could not publish: free the key (unless
+        it was published or taken over meanwhile) so a retry can succeed."""
         ...
 
 

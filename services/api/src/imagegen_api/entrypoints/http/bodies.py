@@ -1,29 +1,54 @@
-"""Request bodies: bounds that need no catalog; catalog and plan checks are domain.validation."""
+"""Request bodies and the edge rules for every field (ADR 0601).
+
+Bounds that need no catalog are checked here, on every request, before anything is stored or
+published: number ranges, finite numbers (no NaN or Infinity), and text that PostgreSQL and every
+consumer can take (``domain.validation.text_problem``: no control character, no lone surrogate).
+Catalog and plan checks follow in ``domain.validation.check_request``.
+"""
 
 from __future__ import annotations
 
 import random
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import HTTPException
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 from imagegen_schemas import ControlNetSpec, GenerationParams, LoraSpec
 
 from ...domain.plans import PLANS, Caller
-from ...domain.validation import Catalog, Problem, check_request
+from ...domain.validation import Catalog, Problem, check_request, text_problem
+
+
+def _free_text(value: str) -> str:
+    if (problem := text_problem(value)) is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _name(value: str) -> str:
+    if (problem := text_problem(value, multiline=False)) is not None:
+        raise ValueError(problem)
+    return value
+
+
+FreeText = Annotated[str, AfterValidator(_free_text)]  # a prompt: tab and newlines allowed
+Name = Annotated[str, AfterValidator(_name)]  # an identifier or URI: one line, printable
+
+# Every body: unknown fields refused, NaN and Infinity refused wherever a number goes.
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class LoraIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=128)
+    model_config = STRICT
+    name: Name = Field(min_length=1, max_length=128)
     weight: float = Field(default=1.0, ge=-4.0, le=4.0)
 
 
 class ControlNetIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: str = Field(min_length=1, max_length=64)
-    image: str = Field(min_length=1, max_length=2048, description="Control image URI.")
+    model_config = STRICT
+    type: Name = Field(min_length=1, max_length=64)
+    image: Name = Field(min_length=1, max_length=2048, description="Control image URI.")
     weight: float = Field(default=1.0, ge=0.0, le=2.0)
     start_percent: float = Field(default=0.0, ge=0.0, le=1.0)
     end_percent: float = Field(default=1.0, ge=0.0, le=1.0)
@@ -38,15 +63,15 @@ class ControlNetIn(BaseModel):
 class GenerationIn(BaseModel):
     """POST /v1/generations body."""
 
-    model_config = ConfigDict(extra="forbid")
-    prompt: str = Field(min_length=1, max_length=2000)
-    negative_prompt: str = Field(default="", max_length=2000)
-    model: str | None = Field(default=None, max_length=128, description="Default: the server's.")
+    model_config = STRICT
+    prompt: FreeText = Field(min_length=1, max_length=2000)
+    negative_prompt: FreeText = Field(default="", max_length=2000)
+    model: Name | None = Field(default=None, max_length=128, description="Default: the server's.")
     width: int | None = Field(default=None, ge=8, le=4096)
     height: int | None = Field(default=None, ge=8, le=4096)
     steps: int = Field(default=25, ge=1, le=150)
     guidance_scale: float = Field(default=5.0, ge=0.0, le=30.0)
-    scheduler: str = Field(default="ddim", max_length=64)
+    scheduler: Name = Field(default="ddim", max_length=64)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     num_images: int = Field(default=1, ge=1, le=4)
     loras: list[LoraIn] = Field(default_factory=list, max_length=8)
@@ -57,13 +82,13 @@ class GenerationIn(BaseModel):
 class OpenAIImagesIn(BaseModel):
     """The OpenAI Images API request; fields we do not use are accepted and ignored."""
 
-    model_config = ConfigDict(extra="ignore")
-    prompt: str = Field(min_length=1, max_length=2000)
-    model: str | None = None
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    prompt: FreeText = Field(min_length=1, max_length=2000)
+    model: Name | None = Field(default=None, max_length=128)
     n: int | None = Field(default=1, ge=1, le=4)
-    size: str | None = None
+    size: Name | None = Field(default=None, max_length=16)
     response_format: Literal["url", "b64_json"] = "url"
-    seed: int | None = Field(default=None, ge=0)  # extension: reproducible results
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)  # extension: reproducible results
     steps: int | None = Field(default=None, ge=1, le=150)  # extension
 
 
@@ -75,6 +100,7 @@ def unprocessable(problems: list[Problem]) -> HTTPException:
 def to_params(
     body: GenerationIn, catalog: Catalog, default_model: str, caller: Caller
 ) -> GenerationParams:
+    """The job's parameters (a fresh random seed when the client gave none), or 422."""
     model = body.model or default_model
     info = catalog.models.get(model)
     size = info.default_size if info else 64
@@ -115,3 +141,15 @@ def to_params(
             for c in body.controlnets
         ),
     )
+
+
+def normalised(
+    body: GenerationIn, params: GenerationParams, webhook_url: str | None
+) -> dict[str, Any]:
+    """The client's request as sent, with every default filled in: what an Idempotency-Key
+    names (ADR 0600). The server's seed is left out; the client's, if any, is in."""
+    return {
+        "params": params.model_dump(mode="json", exclude={"seed"}),
+        "seed": body.seed,
+        "webhook_url": webhook_url,
+    }

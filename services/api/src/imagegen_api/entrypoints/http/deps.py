@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, Header, HTTPException, Path, Request
 
 from imagegen_runtime.publishing import Publisher
 
@@ -15,6 +17,10 @@ from ...domain.job import JobView
 from ...domain.plans import Caller
 from ...domain.validation import Catalog
 from ...service_layer.ports import Accounts, JobStore
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -29,6 +35,7 @@ class Deps:
     public_base_url: str  # base of the links in answers
     openai_timeout_s: float  # how long POST /v1/images/generations waits for the image
     avg_job_s: float = 2.0  # the placeholder per-job time behind eta_s
+    clock: Callable[[], datetime] = field(default=utcnow)  # now, in UTC (tests pass their own)
 
     def __post_init__(self) -> None:
         self.public_base_url = self.public_base_url.rstrip("/")
@@ -60,6 +67,11 @@ async def current_caller(
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]
+
+# Job ids are UUIDs; anything else (a NUL, a space, 65 characters) is refused before a lookup.
+JobIdPath = Annotated[
+    str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The id POST answered.")
+]
 
 
 async def owned_job(deps: Deps, job_id: str, who: Caller, wait_s: float = 1.0) -> JobView:

@@ -9,24 +9,37 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
+from pydantic import AfterValidator
 
-from .deps import CallerDep, Deps, DepsDep, owned_job
+from .deps import CallerDep, Deps, DepsDep, JobIdPath, owned_job
 
 router = APIRouter(prefix="/v1/generations", tags=["events"])
 
 TERMINAL_EVENTS = ("delivered", "failed", "cancelled", "rejected")
 
 
+def _event_id(value: str | None) -> str | None:
+    # The ids this stream sends are timeline sequence numbers (PostgreSQL bigint).
+    if value is not None and not (value.isascii() and value.isdigit() and len(value) <= 18):
+        raise ValueError("must be the id of an event this stream sent: 1 to 18 digits 0-9")
+    return value
+
+
+LastEventId = Annotated[str | None, Header(), AfterValidator(_event_id)]
+
+
 @router.get("/{job_id}/events")
 async def events(
-    job_id: str,
+    job_id: JobIdPath,
     who: CallerDep,
     deps: DepsDep,
     request: Request,
-    last_event_id: Annotated[str | None, Header()] = None,
+    last_event_id: LastEventId = None,
 ) -> StreamingResponse:
+    """The job's events from the start, or after ``Last-Event-ID`` (an ``id:`` this stream
+    sent) when an EventSource reconnects."""
     await owned_job(deps, job_id, who)
-    start = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    start = int(last_event_id) if last_event_id else 0
     return StreamingResponse(
         stream(deps, job_id, start, request),
         media_type="text/event-stream",

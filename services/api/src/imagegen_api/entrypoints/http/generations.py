@@ -6,15 +6,26 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException
 from fastapi.responses import JSONResponse
+from pydantic import AfterValidator
 
 from imagegen_schemas.jobs import CancellationRequested
 
-from ...domain.job import stage_timings
-from ...service_layer.submit import IdempotencyConflict, Unavailable, submit
-from .bodies import GenerationIn, to_params, unprocessable
-from .deps import CallerDep, DepsDep, links, owned_job
+from ...domain.idempotency import request_hash
+from ...domain.job import eta_s, stage_timings
+from ...service_layer.submit import IdempotencyConflict, IdempotentRequest, InFlight, submit
+from .bodies import GenerationIn, normalised, to_params
+from .deps import CallerDep, DepsDep, JobIdPath, links, owned_job
 
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
+
+
+def _key(value: str | None) -> str | None:
+    if value is not None and not (value.isascii() and value.isprintable()):
+        raise ValueError("must be printable ASCII (letters, digits, punctuation, space)")
+    return value
+
+
+IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=255), AfterValidator(_key)]
 
 
 @router.post("", status_code=202)
@@ -22,34 +33,51 @@ async def create(
     body: GenerationIn,
     who: CallerDep,
     deps: DepsDep,
-    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
+    """Accept a generation (202) once the broker has its request; with an ``Idempotency-Key``
+    a retry of the same request gets the same answer (ADR 0600)."""
     params = to_params(body, deps.catalog, deps.default_model, who)
     webhook = str(body.webhook_url) if body.webhook_url else None
+    idempotent = None
+    if idempotency_key is not None:
+        digest = request_hash(normalised(body, params, webhook))
+        idempotent = IdempotentRequest(idempotency_key, digest, deps.clock())
     try:
-        accepted = await submit(
-            who, params, webhook, idempotency_key, deps.accounts, deps.publisher
-        )
+        accepted = await submit(who, params, webhook, deps.accounts, deps.publisher, idempotent)
     except IdempotencyConflict:
-        raise unprocessable(
-            [(("Idempotency-Key",), "already used with a different request body")]
+        raise HTTPException(
+            422,
+            [
+                {
+                    "type": "value_error",
+                    "loc": ["header", "Idempotency-Key"],
+                    "msg": f"{idempotency_key!r} was already used with a different request "
+                    "in the last 24 h: use a new key for a new request",
+                }
+            ],
         ) from None
-    except Unavailable as exc:
-        raise HTTPException(503, f"not accepted, retry: {exc}") from None
+    except InFlight:
+        raise HTTPException(
+            409,
+            f"the first request with Idempotency-Key {idempotency_key!r} is still in flight; "
+            "retry the same request shortly",
+            headers={"Retry-After": "1"},
+        ) from None
     return JSONResponse(
         status_code=202,
         content={
             "id": accepted.job_id,
             "status": "accepted",
-            "replayed": accepted.replayed,
-            "seed": params.seed,
+            "seed": accepted.seed,
             "links": links(deps, accepted.job_id),
         },
+        headers={"Idempotent-Replayed": "true"} if accepted.replayed else None,
     )
 
 
 @router.get("/{job_id}")
-async def read(job_id: str, who: CallerDep, deps: DepsDep) -> dict[str, Any]:
+async def read(job_id: JobIdPath, who: CallerDep, deps: DepsDep) -> dict[str, Any]:
     job = await owned_job(deps, job_id, who)
     position = (
         await deps.jobs.queue_position(job) if job.status in ("moderating", "queued") else None
@@ -61,7 +89,7 @@ async def read(job_id: str, who: CallerDep, deps: DepsDep) -> dict[str, Any]:
         "tier": job.tier,
         "params": job.params,
         "queue_position": position,
-        "eta_s": None if position is None else round((position + 1) * deps.avg_job_s, 1),
+        "eta_s": eta_s(job, position, deps.avg_job_s),
         "progress": {"step": job.step, "total_steps": job.total_steps},
         "attempt": job.attempt,
         "worker_id": job.worker_id,
@@ -83,7 +111,7 @@ async def read(job_id: str, who: CallerDep, deps: DepsDep) -> dict[str, Any]:
 
 
 @router.delete("/{job_id}", status_code=202)
-async def cancel(job_id: str, who: CallerDep, deps: DepsDep) -> dict[str, Any]:
+async def cancel(job_id: JobIdPath, who: CallerDep, deps: DepsDep) -> dict[str, Any]:
     job = await owned_job(deps, job_id, who)
     if job.terminal:
         raise HTTPException(409, f"generation already {job.status}")
