@@ -21,7 +21,10 @@ from imagegen_runtime.db import make_engine
 from imagegen_schemas import Envelope, GenerationParams, Plan, Tier
 from imagegen_schemas import jobs as ev
 
-BACKENDS = ["memory", pytest.param("postgres", marks=pytest.mark.integration)]
+BACKENDS = [
+    pytest.param("memory", marks=pytest.mark.unit),
+    pytest.param("postgres", marks=pytest.mark.integration),
+]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
