@@ -40,7 +40,8 @@ def to_json(job: JobView) -> dict[str, Any]:
     doc = dataclasses.asdict(job)
     for k in ("created_at", "updated_at"):
         doc[k] = doc[k].isoformat() if doc[k] else None
-    return storable(json.loads(json.dumps(doc, default=str)))
+    state: dict[str, Any] = storable(json.loads(json.dumps(doc, default=str)))
+    return state
 
 
 def from_json(doc: dict[str, Any]) -> JobView:

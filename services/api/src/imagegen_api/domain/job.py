@@ -112,7 +112,9 @@ def _attempt(job: JobView, token: int, **changes: Any) -> dict[str, Attempt]:
 
 
 def _fact(job: JobView, at: datetime, payload: Payload) -> JobView:  # noqa: C901 - flat match
-    a = lambda t: job.attempts.get(str(t), Attempt())  # noqa: E731
+    def a(token: int) -> Attempt:
+        return job.attempts.get(str(token), Attempt())
+
     match payload:
         case ev.GenerationRequested():
             return replace(

@@ -92,15 +92,25 @@ class OpenAIImagesIn(BaseModel):
     steps: int | None = Field(default=None, ge=1, le=150)  # extension
 
 
-def unprocessable(problems: list[Problem]) -> HTTPException:
-    detail = [{"type": "value_error", "loc": ["body", *loc], "msg": msg} for loc, msg in problems]
-    return HTTPException(status_code=422, detail=detail)
+class Unprocessable(Exception):
+    """The request cannot be served as asked: each problem names a body field and the reason."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems))
+        self.problems = problems
+
+    def as_http(self) -> HTTPException:
+        detail = [
+            {"type": "value_error", "loc": ["body", *loc], "msg": msg} for loc, msg in self.problems
+        ]
+        return HTTPException(status_code=422, detail=detail)
 
 
 def to_params(
     body: GenerationIn, catalog: Catalog, default_model: str, caller: Caller
 ) -> GenerationParams:
-    """The job's parameters (a fresh random seed when the client gave none), or 422."""
+    """The job's parameters (a fresh random seed when the client gave none); raises
+    :class:`Unprocessable` naming every problem."""
     model = body.model or default_model
     info = catalog.models.get(model)
     size = info.default_size if info else 64
@@ -117,7 +127,7 @@ def to_params(
         limits=PLANS[caller.plan],
     )
     if problems:
-        raise unprocessable(problems)
+        raise Unprocessable(problems)
     return GenerationParams(
         prompt=body.prompt,
         negative_prompt=body.negative_prompt,

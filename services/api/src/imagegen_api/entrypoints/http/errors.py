@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Mapping
 from typing import Any, TypeVar, cast
 
 import asyncpg
@@ -111,11 +112,11 @@ def openai_error(
     param: str | None = None,
     code: str | None = None,
     kind: str = "invalid_request_error",
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     """An OpenAI-style error body: ``{"error": {"message", "type", "param", "code"}}``."""
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(status_code=status, content=body, headers=headers)
+    return JSONResponse(status_code=status, content=body, headers=dict(headers or {}))
 
 
 async def dependency_down(request: Request, exc: Exception) -> JSONResponse:

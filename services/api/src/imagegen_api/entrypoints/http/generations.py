@@ -13,7 +13,7 @@ from imagegen_schemas.jobs import CancellationRequested
 from ...domain.idempotency import request_hash
 from ...domain.job import eta_s, stage_timings
 from ...service_layer.submit import IdempotencyConflict, IdempotentRequest, InFlight, submit
-from .bodies import GenerationIn, normalised, to_params
+from .bodies import GenerationIn, Unprocessable, normalised, to_params
 from .deps import CallerDep, DepsDep, JobIdPath, links, owned_job
 
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
@@ -37,7 +37,10 @@ async def create(
 ) -> JSONResponse:
     """Accept a generation (202) once the broker has its request; with an ``Idempotency-Key``
     a retry of the same request gets the same answer (ADR 0600)."""
-    params = to_params(body, deps.catalog, deps.default_model, who)
+    try:
+        params = to_params(body, deps.catalog, deps.default_model, who)
+    except Unprocessable as exc:
+        raise exc.as_http() from None
     webhook = str(body.webhook_url) if body.webhook_url else None
     idempotent = None
     if idempotency_key is not None:

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import httpx
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -22,14 +22,14 @@ from imagegen_schemas import GenerationParams
 
 from ...domain.plans import Caller
 from ...service_layer.submit import submit
-from .bodies import GenerationIn, OpenAIImagesIn, to_params
+from .bodies import GenerationIn, OpenAIImagesIn, Unprocessable, to_params
 from .deps import CallerDep, Deps, DepsDep, owned_job
 from .errors import openai_error
 
 router = APIRouter(prefix="/v1/images", tags=["openai"])
 SIZE = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})$")
 # Our field names where OpenAI's differ, for the ``param`` of an error.
-OPENAI_PARAM = {"num_images": "n", "width": "size", "height": "size", "scheduler": "model"}
+OPENAI_PARAM = {"num_images": "n", "width": "size", "height": "size"}
 
 
 class Refused(Exception):
@@ -90,10 +90,10 @@ def params_of(req: OpenAIImagesIn, deps: Deps, who: Caller) -> GenerationParams:
         first = exc.errors()[0]
         param = OPENAI_PARAM.get(str(first["loc"][0]), str(first["loc"][0]))
         raise Refused(400, f"{param}: {first['msg']}", param) from None
-    except HTTPException as exc:  # check_request's problems: the first names the field
-        loc, msg = exc.detail[0]["loc"], exc.detail[0]["msg"]
-        param = OPENAI_PARAM.get(str(loc[1]), str(loc[1]))
-        raise Refused(400, f"{loc[1]} {msg}", param) from None
+    except Unprocessable as exc:  # check_request's problems: the first names the field
+        loc, msg = exc.problems[0]
+        param = OPENAI_PARAM.get(str(loc[0]), str(loc[0]))
+        raise Refused(400, f"{loc[0]} {msg}", param) from None
 
 
 @router.post("/generations")
