@@ -104,11 +104,13 @@ def read_raw(
         msg = c.poll(1.0)
         if msg is None or msg.error():
             continue
-        tp = (msg.topic(), msg.partition())
-        if tp not in left or msg.offset() >= until[tp]:
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        assert topic is not None and partition is not None and offset is not None  # consumed
+        tp = (topic, partition)
+        if tp not in left or offset >= until[tp]:
             continue
-        yield Raw(msg.topic(), msg.partition(), msg.offset(), msg.value())
-        if msg.offset() + 1 >= until[tp]:
+        yield Raw(topic, partition, offset, msg.value())
+        if offset + 1 >= until[tp]:
             left.discard(tp)
             c.incremental_unassign([TopicPartition(*tp)])
     c.close()
