@@ -130,6 +130,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
     for line in report.differences[:20]:
         print("  DIFF", line)
+    if report.unreplayable:
+        print(f"{len(report.unreplayable)} records could not be replayed (left out, as live):")
+        for line in report.unreplayable[:20]:
+            print("  SKIP", line)
     print("side effects sent: 0 (replay has no publisher, blob store or HTTP client)")
     if args.verify:
         print(

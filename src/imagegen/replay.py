@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, TopicPartition
 
 from imagegen_schemas import Envelope, parse
+
+if TYPE_CHECKING:
+    from imagegen_api.service_layer.ports import JobStore
 
 JOB_TOPICS = (
     "imagegen.jobs.requested",
@@ -40,6 +43,20 @@ class Record:
     envelope: Envelope
 
 
+@dataclass(frozen=True)
+class Raw:
+    """A record as it sits in the log: bytes that may or may not be an event."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+    @property
+    def where(self) -> str:
+        return f"{self.topic}/{self.partition}@{self.offset}"
+
+
 def high_watermarks(bootstrap: str, topics: tuple[str, ...]) -> dict[tuple[str, int], int]:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "imagegen-replay-probe"})
     md = c.list_topics(timeout=10)
@@ -56,7 +73,22 @@ def read(
     until: dict[tuple[str, int], int],
     start: dict[tuple[str, int], int] | None = None,
 ) -> Iterator[Record]:
-    """Records of every (topic, partition) from ``start`` (default 0) up to ``until``."""
+    """Well-formed events of every (topic, partition) from ``start`` (default 0) up to ``until``.
+
+    Malformed records are the dead-letter topic's business, not the timeline's: they are left out
+    here; ``rebuild`` reads ``read_raw`` and reports them."""
+    for raw in read_raw(bootstrap, until, start):
+        envelope = _envelope_or_none(raw.value)
+        if envelope is not None:
+            yield Record(raw.topic, raw.partition, raw.offset, envelope)
+
+
+def read_raw(
+    bootstrap: str,
+    until: dict[tuple[str, int], int],
+    start: dict[tuple[str, int], int] | None = None,
+) -> Iterator[Raw]:
+    """Every record of every (topic, partition) from ``start`` (default 0) up to ``until``."""
     c = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -72,14 +104,13 @@ def read(
         msg = c.poll(1.0)
         if msg is None or msg.error():
             continue
-        tp = (msg.topic(), msg.partition())
-        if tp not in left or msg.offset() >= until[tp]:
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        assert topic is not None and partition is not None and offset is not None  # consumed
+        tp = (topic, partition)
+        if tp not in left or offset >= until[tp]:
             continue
-        # Malformed records are the dead-letter topic's business, not the timeline's.
-        envelope = _envelope_or_none(msg.value())
-        if envelope is not None:
-            yield Record(msg.topic(), msg.partition(), msg.offset(), envelope)
-        if msg.offset() + 1 >= until[tp]:
+        yield Raw(topic, partition, offset, msg.value())
+        if offset + 1 >= until[tp]:
             left.discard(tp)
             c.incremental_unassign([TopicPartition(*tp)])
     c.close()
@@ -90,7 +121,7 @@ def read(
 def _envelope_or_none(value: bytes | None) -> Envelope | None:
     try:
         return Envelope.from_json(value or b"")
-    except ValueError:
+    except ValueError:  # pydantic's ValidationError and UnicodeDecodeError are ValueErrors
         return None
 
 
@@ -116,12 +147,63 @@ def print_timeline(records: list[Record]) -> None:
 
 
 @dataclass
+class Rebuilt:
+    """What ``rebuild`` did with the records it read."""
+
+    records: int = 0  # records read
+    applied: int = 0  # events applied to the store (redeliveries and job-less events are not)
+    unreplayable: list[str] = field(default_factory=list)  # "where: why", one per record left out
+
+
+async def rebuild(records: Iterable[Raw], store: JobStore) -> Rebuilt:
+    """Fold ``records`` into ``store``, whatever they hold.
+
+    A record that is not an event (not JSON, not an envelope, an unknown type, a payload that
+    breaks its contract) or that the store refuses (a value it cannot hold) is reported in
+    ``unreplayable`` and skipped, as the live projector dead-letters it. A store that cannot be
+    reached is not a property of the record: that error is raised.
+    """
+    done = Rebuilt()
+    for raw in records:
+        done.records += 1
+        try:
+            envelope = Envelope.from_json(raw.value or b"")
+            payload = parse(envelope)
+        except ValueError as exc:  # ValidationError, UnknownEventType, UnicodeDecodeError
+            done.unreplayable.append(f"{raw.where}: not an event: {_first_line(exc)}")
+            continue
+        try:
+            applied = await store.apply(envelope, payload, raw.topic, raw.partition, raw.offset)
+        except Exception as exc:
+            if _unreachable(exc):
+                raise
+            done.unreplayable.append(
+                f"{raw.where}: {envelope.type} {envelope.event_id} not applied: "
+                f"{type(exc).__name__}: {_first_line(exc)}"
+            )
+            continue
+        done.applied += int(applied)
+    return done
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0][:200]
+
+
+def _unreachable(exc: BaseException) -> bool:
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return isinstance(exc, OSError | TimeoutError | OperationalError | InterfaceError)
+
+
+@dataclass
 class Verification:
     compared: int = 0
     equal: int = 0
     differences: list[str] = field(default_factory=list)
     skipped_moving: int = 0  # jobs with events after the snapshot (still changing)
     records: int = 0
+    unreplayable: list[str] = field(default_factory=list)  # records left out, and why
 
     @property
     def ok(self) -> bool:
@@ -163,9 +245,8 @@ async def rebuild_and_verify(
     await fresh.create()
     report = Verification()
     try:
-        for r in read(bootstrap, marks):
-            report.records += 1
-            await fresh.apply(r.envelope, parse(r.envelope), r.topic, r.partition, r.offset)
+        rebuilt = await rebuild(read_raw(bootstrap, marks), fresh)
+        report.records, report.unreplayable = rebuilt.records, rebuilt.unreplayable
         # Jobs that received events after the snapshot differ legitimately: leave them out.
         now = high_watermarks(bootstrap, topics)
         moving = {r.envelope.correlation_id for r in read(bootstrap, now, start=marks)}

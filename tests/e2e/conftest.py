@@ -80,7 +80,8 @@ class RunningStack:
                     )
                     if r.status_code == 202:
                         return str(r.json()["id"])
-                    assert r.status_code >= 500, r.text
+                    # 409: the first request with this key is in flight; 5xx: a restart
+                    assert r.status_code == 409 or r.status_code >= 500, r.text
                 except httpx.TransportError:
                     pass
                 assert time.monotonic() < deadline, "the API did not come back"

@@ -14,7 +14,7 @@ from .adapters.accounts import PgAccounts
 from .adapters.catalog import load_catalog
 from .adapters.jobstore import PgJobStore, projector_group
 from .config import SERVICE, SUBSCRIBES, ApiSettings
-from .entrypoints.http import Deps, build_router
+from .entrypoints.http import Deps, mount
 from .projections.jobs import projector
 
 
@@ -26,13 +26,13 @@ def bootstrap(settings: ApiSettings, *, publisher: Publisher | None = None) -> S
     engine = make_engine(settings.database_url, pool_size=10)
     accounts, jobs = PgAccounts(engine), PgJobStore(engine)
     deps = Deps(
-        accounts,
-        jobs,
-        publisher,
-        load_catalog(settings.models_dir),
-        settings.default_model,
-        settings.public_base_url,
-        settings.openai_timeout_s,
+        accounts=accounts,
+        jobs=jobs,
+        publisher=publisher,
+        catalog=load_catalog(settings.models_dir),
+        default_model=settings.default_model,
+        public_base_url=settings.public_base_url,
+        openai_timeout_s=settings.openai_timeout_s,
     )
 
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
@@ -42,7 +42,7 @@ def bootstrap(settings: ApiSettings, *, publisher: Publisher | None = None) -> S
         await engine.dispose()
 
     http = FastAPI(title="imagegen API", version="0.1.0", lifespan=lifespan)
-    http.include_router(build_router(deps))
+    mount(http, deps)
     app = consumer_service(
         settings,
         SERVICE,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..domain.validation import FAMILY_SIZE_RANGE, Catalog, ModelInfo
+from ..domain.validation import DEFAULT_SAMPLERS, FAMILY_SIZE_RANGE, Catalog, ModelInfo
 
 
 def load_catalog(models_dir: Path) -> Catalog:
@@ -19,5 +19,7 @@ def load_catalog(models_dir: Path) -> Catalog:
             min_size=int(doc.get("min_size", lo)),
             max_size=int(doc.get("max_size", hi)),
             default_size=int(doc.get("default_size", lo)),
+            # model.json may list the schedulers the model runs; else the proven default set.
+            samplers=frozenset(doc["samplers"]) if "samplers" in doc else DEFAULT_SAMPLERS,
         )
     return Catalog(models=models)

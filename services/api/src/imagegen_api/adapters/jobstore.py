@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from datetime import datetime
 from typing import Any
 
@@ -16,12 +17,31 @@ from imagegen_schemas import Envelope, Payload
 from ..domain.job import Attempt, JobView, evolve
 from .tables import job_tables
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(value: Any) -> Any:
+    """``value`` with every string PostgreSQL can hold: NUL (which no text or JSONB value may
+    contain) and lone surrogates (not UTF-8) become U+FFFD.
+
+    The API refuses both at the edge (ADR 0601); this keeps an event already in the log from
+    blocking the projection forever (a database error is retried, never dead-lettered).
+    """
+    if isinstance(value, str):
+        return _UNSTORABLE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(v) for v in value]
+    return value
+
 
 def to_json(job: JobView) -> dict[str, Any]:
     doc = dataclasses.asdict(job)
     for k in ("created_at", "updated_at"):
         doc[k] = doc[k].isoformat() if doc[k] else None
-    return json.loads(json.dumps(doc, default=str))
+    state: dict[str, Any] = storable(json.loads(json.dumps(doc, default=str)))
+    return state
 
 
 def from_json(doc: dict[str, Any]) -> JobView:
@@ -95,10 +115,11 @@ class PgJobStore:
         job_id = getattr(payload, "job_id", None)
         if job_id is None:
             return False
+        job_id, event_id = storable(job_id), storable(env.event_id)
         async with self.engine.begin() as conn:
             claimed = await conn.execute(
                 pg_insert(self.processed)
-                .values(event_id=env.event_id, topic=topic, partition=partition, offset=offset)
+                .values(event_id=event_id, topic=topic, partition=partition, offset=offset)
                 .on_conflict_do_nothing()
                 .returning(self.processed.c.event_id)
             )
@@ -111,11 +132,12 @@ class PgJobStore:
             ).first()
             before = from_json(row.state) if row else JobView(job_id=job_id)
             after = evolve(before, env, payload)
+            state = to_json(after)
             values = dict(
-                user_id=after.user_id,
-                tier=after.tier,
-                status=after.status,
-                state=to_json(after),
+                user_id=state["user_id"],
+                tier=state["tier"],
+                status=state["status"],
+                state=state,
                 created_at=after.created_at,
                 updated_at=after.updated_at,
             )
@@ -128,10 +150,10 @@ class PgJobStore:
             await conn.execute(
                 insert(self.events).values(
                     job_id=job_id,
-                    event_id=env.event_id,
-                    type=env.type,
+                    event_id=event_id,
+                    type=storable(env.type),
                     occurred_at=env.occurred_at,
-                    data=env.data,
+                    data=storable(env.data),
                 )
             )
         return True

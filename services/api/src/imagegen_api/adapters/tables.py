@@ -36,10 +36,18 @@ idempotency = Table(
     metadata,
     Column("user_id", String(128), primary_key=True),
     Column("key", String(256), primary_key=True),
-    Column("job_id", String(64), nullable=False),
+    Column("job_id", String(64), nullable=False),  # answer["id"], kept as a column for lookups
     Column("request_hash", String(64), nullable=False),  # same key, other body -> 422
     Column("published", Boolean, nullable=False, default=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),  # first use: expiry from here
+    Column("answer", J),  # {"id", "seed"}; NULL only in rows from before ADR 0600 (expired)
+    Column("claimed_at", DateTime(timezone=True)),  # the current holder's claim (its lease)
+)
+
+# Columns added after the table first shipped (create_all does not alter an existing table).
+IDEMPOTENCY_MIGRATION = (
+    "alter table idempotency_keys add column if not exists answer jsonb, "
+    "add column if not exists claimed_at timestamptz"
 )
 
 

@@ -112,7 +112,9 @@ def _attempt(job: JobView, token: int, **changes: Any) -> dict[str, Attempt]:
 
 
 def _fact(job: JobView, at: datetime, payload: Payload) -> JobView:  # noqa: C901 - flat match
-    a = lambda t: job.attempts.get(str(t), Attempt())  # noqa: E731
+    def a(token: int) -> Attempt:
+        return job.attempts.get(str(token), Attempt())
+
     match payload:
         case ev.GenerationRequested():
             return replace(
@@ -252,3 +254,15 @@ def stage_timings(job: JobView) -> dict[str, float]:
     if len(reached) >= 2:
         out["total"] = (reached[-1][1] - reached[0][1]).total_seconds() * 1000
     return out
+
+
+def eta_s(job: JobView, queue_position: int | None, avg_job_s: float) -> float | None:
+    """Seconds until the job is expected to start, for a waiting job; None once it runs.
+
+    Today a placeholder: jobs ahead of it (plus itself) times an average job time. When the
+    scheduler publishes its own estimate (an additive field of a lifecycle event), the fold keeps
+    it on ``JobView`` and this function answers that instead.
+    """
+    if queue_position is None:
+        return None
+    return round((queue_position + 1) * avg_job_s, 1)

@@ -20,3 +20,11 @@ PLANS: dict[Plan, PlanLimits] = {
     Plan.PRO: PlanLimits(Tier.FAST, max_loras=3, max_controlnets=2, max_images=4),
     Plan.TURBO: PlanLimits(Tier.TURBO, max_loras=3, max_controlnets=3, max_images=4),
 }
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the owner of an API key and the plan it is on."""
+
+    user_id: str
+    plan: Plan

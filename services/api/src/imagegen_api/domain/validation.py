@@ -2,11 +2,13 @@
 
 Each problem is reported as ``(field path, reason)`` so the API can answer 422 naming the field.
 Bounds that need no catalog (steps 1..150, guidance 0..30, images 1..4, prompt length) are
-enforced by the request model itself.
+enforced by the request model itself; ``text_problem`` is the edge rule for every string a client
+sends (ADR 0601).
 """
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 
 from imagegen_schemas.common import SCHEDULERS
@@ -21,6 +23,31 @@ FAMILY_SIZE_RANGE: dict[str, tuple[int, int]] = {
 }
 
 
+# Samplers a model runs when its model.json lists none: every one the platform knows but
+# dpmpp_2m_karras, which fails on the shipped demo model (IndexError inside diffusers'
+# DPMSolverMultistepScheduler with karras sigmas on its schedule, at every step count tried).
+DEFAULT_SAMPLERS: frozenset[str] = frozenset(SCHEDULERS) - {"dpmpp_2m_karras"}
+
+# Control characters a free text field may hold; every other one is refused (a NUL cannot even be
+# stored by PostgreSQL, and the rest are never part of a prompt).
+TEXT_WHITESPACE = frozenset("\t\n\r")
+
+
+def text_problem(value: str, *, multiline: bool = True) -> str | None:
+    """Why ``value`` cannot be taken as text, else None.
+
+    Refused: a lone surrogate (not Unicode: it cannot be encoded as UTF-8) and any control
+    character (Unicode category Cc), except tab, newline and carriage return in free text
+    (``multiline``). The reason names the first offending character and its position.
+    """
+    for i, ch in enumerate(value):
+        if "\ud800" <= ch <= "\udfff":
+            return f"must be valid unicode: lone surrogate U+{ord(ch):04X} at position {i}"
+        if unicodedata.category(ch) == "Cc" and not (multiline and ch in TEXT_WHITESPACE):
+            return f"must not contain control characters: U+{ord(ch):04X} at position {i}"
+    return None
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     id: str  # model id clients name
@@ -28,6 +55,7 @@ class ModelInfo:
     min_size: int  # smallest width/height, pixels
     max_size: int  # largest width/height, pixels
     default_size: int  # used when the client gives none
+    samplers: frozenset[str] = DEFAULT_SAMPLERS  # the schedulers this model runs with
 
 
 @dataclass(frozen=True)
@@ -72,6 +100,14 @@ def check_request(
     if scheduler not in SCHEDULERS:
         problems.append(
             (("scheduler",), f"unknown scheduler {scheduler!r}; known: {', '.join(SCHEDULERS)}")
+        )
+    elif info is not None and scheduler not in info.samplers:
+        runs = ", ".join(s for s in SCHEDULERS if s in info.samplers)
+        problems.append(
+            (
+                ("scheduler",),
+                f"scheduler {scheduler!r} cannot run on model {model!r}; it runs: {runs}",
+            )
         )
     if num_images > limits.max_images:
         problems.append((("num_images",), f"your plan allows at most {limits.max_images}"))

@@ -5,10 +5,10 @@ from __future__ import annotations
 from imagegen_runtime.kafka import Handler, RecordMeta
 from imagegen_schemas import Envelope, Payload
 
-from ..adapters.jobstore import PgJobStore
+from ..service_layer.ports import JobStore
 
 
-def projector(store: PgJobStore) -> Handler:
+def projector(store: JobStore) -> Handler:
     async def handle(env: Envelope, payload: Payload, meta: RecordMeta) -> None:
         await store.apply(env, payload, meta.topic, meta.partition, meta.offset)
 

@@ -1,0 +1,36 @@
+"""The public HTTP API (FastAPI), one module per resource.
+
+- ``generations``: submit, read, cancel (``/v1/generations``);
+- ``events``: the job's Server-Sent Events stream (``/v1/generations/{id}/events``);
+- ``openai``: the OpenAI-compatible Images endpoint (``/v1/images/generations``);
+- ``deps``: what the routes depend on, as typed aliases (``DepsDep``, ``CallerDep``, ...);
+- ``bodies``: the request bodies and the edge rules for every field (ADR 0601);
+- ``errors``: 422 naming the field, 503 naming the dependency that is down.
+
+``mount(app, deps)`` adds every route to an app; bootstrap and the tests both use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from fastapi import FastAPI
+
+from . import errors, events, generations, openai
+from .deps import Deps
+
+__all__ = ["Deps", "mount"]
+
+
+def mount(app: FastAPI, deps: Deps) -> None:
+    """Serve the API on ``app`` with ``deps`` (read by the routes from ``app.state``)."""
+    app.state.deps = replace(
+        deps,
+        accounts=errors.guarded(deps.accounts, errors.POSTGRESQL),
+        jobs=errors.guarded(deps.jobs, errors.POSTGRESQL),
+        publisher=errors.guarded(deps.publisher, errors.KAFKA),
+    )
+    errors.install(app)
+    app.include_router(generations.router)
+    app.include_router(events.router)
+    app.include_router(openai.router)

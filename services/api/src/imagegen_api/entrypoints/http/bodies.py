@@ -1,0 +1,165 @@
+"""Request bodies and the edge rules for every field (ADR 0601).
+
+Bounds that need no catalog are checked here, on every request, before anything is stored or
+published: number ranges, finite numbers (no NaN or Infinity), and text that PostgreSQL and every
+consumer can take (``domain.validation.text_problem``: no control character, no lone surrogate).
+Catalog and plan checks follow in ``domain.validation.check_request``.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Annotated, Any, Literal
+
+from fastapi import HTTPException
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, model_validator
+
+from imagegen_schemas import ControlNetSpec, GenerationParams, LoraSpec
+
+from ...domain.plans import PLANS, Caller
+from ...domain.validation import Catalog, Problem, check_request, text_problem
+
+
+def _free_text(value: str) -> str:
+    if (problem := text_problem(value)) is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _name(value: str) -> str:
+    if (problem := text_problem(value, multiline=False)) is not None:
+        raise ValueError(problem)
+    return value
+
+
+FreeText = Annotated[str, AfterValidator(_free_text)]  # a prompt: tab and newlines allowed
+Name = Annotated[str, AfterValidator(_name)]  # an identifier or URI: one line, printable
+
+# Every body: unknown fields refused, NaN and Infinity refused wherever a number goes.
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class LoraIn(BaseModel):
+    model_config = STRICT
+    name: Name = Field(min_length=1, max_length=128)
+    weight: float = Field(default=1.0, ge=-4.0, le=4.0)
+
+
+class ControlNetIn(BaseModel):
+    model_config = STRICT
+    type: Name = Field(min_length=1, max_length=64)
+    image: Name = Field(min_length=1, max_length=2048, description="Control image URI.")
+    weight: float = Field(default=1.0, ge=0.0, le=2.0)
+    start_percent: float = Field(default=0.0, ge=0.0, le=1.0)
+    end_percent: float = Field(default=1.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ControlNetIn:
+        if self.start_percent > self.end_percent:
+            raise ValueError("start_percent must not exceed end_percent")
+        return self
+
+
+class GenerationIn(BaseModel):
+    """POST /v1/generations body."""
+
+    model_config = STRICT
+    prompt: FreeText = Field(min_length=1, max_length=2000)
+    negative_prompt: FreeText = Field(default="", max_length=2000)
+    model: Name | None = Field(default=None, max_length=128, description="Default: the server's.")
+    width: int | None = Field(default=None, ge=8, le=4096)
+    height: int | None = Field(default=None, ge=8, le=4096)
+    steps: int = Field(default=25, ge=1, le=150)
+    guidance_scale: float = Field(default=5.0, ge=0.0, le=30.0)
+    scheduler: Name = Field(default="ddim", max_length=64)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    num_images: int = Field(default=1, ge=1, le=4)
+    loras: list[LoraIn] = Field(default_factory=list, max_length=8)
+    controlnets: list[ControlNetIn] = Field(default_factory=list, max_length=4)
+    webhook_url: HttpUrl | None = None
+
+
+class OpenAIImagesIn(BaseModel):
+    """The OpenAI Images API request; fields we do not use are accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    prompt: FreeText = Field(min_length=1, max_length=2000)
+    model: Name | None = Field(default=None, max_length=128)
+    n: int | None = Field(default=1, ge=1, le=4)
+    size: Name | None = Field(default=None, max_length=16)
+    response_format: Literal["url", "b64_json"] = "url"
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)  # extension: reproducible results
+    steps: int | None = Field(default=None, ge=1, le=150)  # extension
+
+
+class Unprocessable(Exception):
+    """The request cannot be served as asked: each problem names a body field and the reason."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems))
+        self.problems = problems
+
+    def as_http(self) -> HTTPException:
+        detail = [
+            {"type": "value_error", "loc": ["body", *loc], "msg": msg} for loc, msg in self.problems
+        ]
+        return HTTPException(status_code=422, detail=detail)
+
+
+def to_params(
+    body: GenerationIn, catalog: Catalog, default_model: str, caller: Caller
+) -> GenerationParams:
+    """The job's parameters (a fresh random seed when the client gave none); raises
+    :class:`Unprocessable` naming every problem."""
+    model = body.model or default_model
+    info = catalog.models.get(model)
+    size = info.default_size if info else 64
+    width, height = body.width or size, body.height or size
+    problems = check_request(
+        model=model,
+        width=width,
+        height=height,
+        scheduler=body.scheduler,
+        num_images=body.num_images,
+        loras=[lo.name for lo in body.loras],
+        controlnets=[c.type for c in body.controlnets],
+        catalog=catalog,
+        limits=PLANS[caller.plan],
+    )
+    if problems:
+        raise Unprocessable(problems)
+    return GenerationParams(
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt,
+        model=model,
+        width=width,
+        height=height,
+        steps=body.steps,
+        guidance_scale=body.guidance_scale,
+        scheduler=body.scheduler,
+        seed=body.seed if body.seed is not None else random.SystemRandom().randrange(2**31),
+        num_images=body.num_images,
+        loras=tuple(LoraSpec(name=lo.name, weight=lo.weight) for lo in body.loras),
+        controlnets=tuple(
+            ControlNetSpec(
+                type=c.type,
+                image_uri=c.image,
+                weight=c.weight,
+                start_percent=c.start_percent,
+                end_percent=c.end_percent,
+            )
+            for c in body.controlnets
+        ),
+    )
+
+
+def normalised(
+    body: GenerationIn, params: GenerationParams, webhook_url: str | None
+) -> dict[str, Any]:
+    """The client's request as sent, with every default filled in: what an Idempotency-Key
+    names (ADR 0600). The server's seed is left out; the client's, if any, is in."""
+    return {
+        "params": params.model_dump(mode="json", exclude={"seed"}),
+        "seed": body.seed,
+        "webhook_url": webhook_url,
+    }
