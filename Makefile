@@ -6,13 +6,13 @@ UV_VERSION := 0.9.30
 PYTEST := $(PY) -m pytest
 
 .PHONY: help venv setup up down logs status schemas test test-unit test-integration test-e2e \
-        test-slow test-all demo train-demo-model eval-demo-model lint typecheck bench clean
+        test-slow test-all chaos demo train-demo-model eval-demo-model lint typecheck bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 venv: .venv/.synced ## Python 3.11 workspace (uv, locked versions)
-.venv/.synced: pyproject.toml uv.lock schemas/pyproject.toml libs/runtime/pyproject.toml services/*/pyproject.toml
+.venv/.synced: pyproject.toml uv.lock schemas/pyproject.toml libs/runtime/pyproject.toml services/*/pyproject.toml tools/*/pyproject.toml
 	@command -v uv >/dev/null || python3 -m pip install -q "uv==$(UV_VERSION)"
 	uv sync --all-packages --frozen
 	@touch $@
@@ -55,6 +55,11 @@ test-slow: venv infra-up ## slow suites (long simulations, model quality)
 
 test-all: venv infra-up ## everything
 	$(PYTEST)
+
+CHAOS_VAR ?= var/chaos
+CHAOS_ARGS ?=
+chaos: venv ## soak a separate stack (var/chaos, ports +100) under faults: 2,000 jobs, then check
+	IMAGEGEN_CHAOS_VAR=$(CHAOS_VAR) $(PY) -m imagegen_chaos run $(CHAOS_ARGS)
 
 demo: venv ## set up everything and run the main job: a prompt in, out/demo.png out
 	$(PY) deploy/demo.py
