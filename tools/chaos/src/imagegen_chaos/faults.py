@@ -137,6 +137,7 @@ class FaultInjector:
     plan: FaultPlan
     seed: int
     clock: Callable[[], float] = time.time
+    on_fault: Callable[[Fault], None] | None = None  # told of each fault (the soak prints it)
     faults: list[Fault] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     _active: list[_Active] = field(default_factory=list)
@@ -177,7 +178,9 @@ class FaultInjector:
             except OSError as exc:
                 fault = Fault(now, target, "skipped", 0.0, f"{kind} failed: {exc}")
             self.faults.append(fault)
-            return fault
+        if self.on_fault is not None:
+            self.on_fault(fault)
+        return fault
 
     def _do(self, target: str, kind: str, duration: float, now: float) -> Fault:
         if kind == "unwritable":

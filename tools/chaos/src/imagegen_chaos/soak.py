@@ -7,13 +7,14 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .checker import check, render
 from .clients import PLAN_TIER, Soak, Tracker, User, Workload, final_reads
 from .faults import BlobFault, FaultInjector, FaultPlan
-from .history import History
+from .history import Fault, History
 from .recorder import read_topics, verify_projection
 from .stack import ChaosStack
 from .webhooks import WebhookReceiver
@@ -70,20 +71,33 @@ def run(cfg: SoakConfig) -> int:
         )
         started = time.time()
         if cfg.faults is not None:
-            injector = FaultInjector(st.supervisor, blobs, cfg.faults, cfg.seed)
+            injector = FaultInjector(
+                st.supervisor, blobs, cfg.faults, cfg.seed, on_fault=_say_fault(started)
+            )
             injector.start()
         say(f"submitting {cfg.workload.jobs} jobs, at most {cfg.workload.max_in_flight} in flight")
-        asyncio.run(_submit_with_progress(soak))
+        notes: list[str] = []
+        try:
+            asyncio.run(_submit_with_progress(soak))
+        except KeyboardInterrupt:  # the operator cut the load short: still heal, drain, check
+            notes.append(f"interrupted after {len(soak.submissions)} submissions")
+            say(notes[-1] + "; Ctrl-C again to skip the drain")
         if injector is not None:
             injector.heal()
             say(f"faults stopped after {len(injector.faults)}; all paused processes resumed")
         bad = st.wait_ready(180)
-        notes = [f"not ready after the faults stopped: {bad}"] if bad else []
+        if bad:
+            notes.append(f"not ready 180 s after the faults stopped: {bad}")
         drain = max(cfg.deadlines_s.values())
         say(f"draining: waiting up to {drain:.0f}s for accepted jobs to end")
         deadline = time.monotonic() + drain
-        while time.monotonic() < deadline and set(soak.accepted) - tracker.terminal:
-            time.sleep(1.0)  # between looks at the tracker's terminal set
+        try:
+            while time.monotonic() < deadline and set(soak.accepted) - tracker.terminal:
+                time.sleep(1.0)  # between looks at the tracker's terminal set
+        except KeyboardInterrupt:
+            notes.append("drain skipped by the operator")
+        left = len(set(soak.accepted) - tracker.terminal)
+        say(f"drained: {left} accepted jobs without a terminal state")
         say("reading the topics from offset 0")
         records = read_topics(st.bootstrap)
         owners = {u.user_id: u.key for u in users}
@@ -140,6 +154,14 @@ def report(history: History, out: Path) -> int:
         print("note:", note)
     print(f"history: {out / 'history.json'}  summary: {out / 'summary.json'}")
     return 0 if result.ok else 1
+
+
+def _say_fault(t0: float) -> Callable[[Fault], None]:
+    def show(f: Fault) -> None:
+        length = f" {f.duration_s:.0f}s" if f.duration_s else ""
+        say(f"fault +{f.at - t0:.0f}s {f.kind}{length} {f.target} ({f.detail})")
+
+    return show
 
 
 async def _submit_with_progress(soak: Soak) -> None:
