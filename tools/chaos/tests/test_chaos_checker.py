@@ -236,3 +236,10 @@ def test_a_history_survives_its_json() -> None:
         notes=("a note",),
     )
     assert History.from_json(h.to_json()) == h
+
+
+def test_terminal_states_per_job_from_the_log() -> None:
+    from imagegen_chaos.checker import terminal_states
+
+    recs = [*delivered_job("j1"), *delivered_job("j2")[:3]]
+    assert terminal_states(recs) == {"j1": {"delivered"}, "j2": set()}

@@ -109,6 +109,14 @@ def _terminal_facts(recs: list[LogRecord]) -> dict[str, float]:
     return found
 
 
+def terminal_states(records: tuple[LogRecord, ...] | list[LogRecord]) -> dict[str, set[str]]:
+    """Job id -> terminal states on the log (empty set: none yet)."""
+    by_job: dict[str, list[LogRecord]] = defaultdict(list)
+    for r in records:
+        by_job[r.job_id].append(r)
+    return {job: set(_terminal_facts(recs)) for job, recs in by_job.items()}
+
+
 def _delivery_violations(job_id: str, recs: list[LogRecord]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     delivered = {r.event_id: r for r in recs if r.type == DELIVERED}
