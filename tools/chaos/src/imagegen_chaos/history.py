@@ -52,6 +52,7 @@ class LogRecord:
     job_id: str  # correlation id; for a dead-lettered record, the original record's key
     causation_id: str | None
     data: dict[str, Any]
+    producer: str = ""  # service (and instance) that published it
 
 
 @dataclass(frozen=True)

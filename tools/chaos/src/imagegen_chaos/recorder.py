@@ -49,6 +49,7 @@ def to_record(
             job_id,
             env.get("causation_id"),
             data,
+            str(env.get("producer") or ""),
         )
     except (ValueError, KeyError, TypeError):  # malformed: kept, typed as such
         return LogRecord(
