@@ -27,7 +27,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from .history import Fault, History, LogRecord
+from .history import Fault, History, LogRecord, WebhookCall
 
 REQUESTED = "imagegen.generation.requested"
 PROMPT_MODERATED = "imagegen.prompt.moderated"
@@ -144,7 +144,7 @@ def _delivery_violations(job_id: str, recs: list[LogRecord]) -> list[tuple[str, 
 
 
 def _webhook_violations(
-    job_id: str, recs: list[LogRecord], calls: list, wanted: bool
+    job_id: str, recs: list[LogRecord], calls: list[WebhookCall], wanted: bool
 ) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     delivered = {r.event_id for r in recs if r.type == DELIVERED}
@@ -226,7 +226,7 @@ def check(h: History) -> Report:  # noqa: C901 - one pass per invariant, in the 
                 Violation("idempotency_split", None, f"key {key}: jobs {sorted(jobs)}")
             )
 
-    calls: dict[str | None, list] = defaultdict(list)
+    calls: dict[str | None, list[WebhookCall]] = defaultdict(list)
     for c in h.webhooks:
         calls[c.job_id].append(c)
     deadline_max = max(h.deadlines_s.values(), default=0.0)
@@ -280,9 +280,9 @@ def check(h: History) -> Report:  # noqa: C901 - one pass per invariant, in the 
             violations.append(
                 Violation(kind, job_id, detail, _faults_around(h, out.accepted_at, end))
             )
-    for job_id, cs in calls.items():  # calls for jobs that are not this run's accepted jobs
+    for unknown, cs in calls.items():  # calls for jobs that are not this run's accepted jobs
         violations.append(
-            Violation("webhook_without_delivery", job_id, f"{len(cs)} call(s) for an unknown job")
+            Violation("webhook_without_delivery", unknown, f"{len(cs)} call(s) for an unknown job")
         )
 
     v = h.verification
@@ -299,10 +299,12 @@ def check(h: History) -> Report:  # noqa: C901 - one pass per invariant, in the 
     for f in h.faults:
         faults[f.kind][f.target] = faults[f.kind].get(f.target, 0) + 1
     states = Counter("/".join(o.terminal) or "stuck" for o in outcomes)
-    took = [
-        (o.first_terminal_at - o.accepted_at, o.job_id) for o in outcomes if o.first_terminal_at
+    to_end = [
+        (o.first_terminal_at - o.accepted_at, o.job_id)
+        for o in outcomes
+        if o.first_terminal_at is not None
     ]
-    longest = max(took, default=None)
+    longest = max(to_end, default=None)
     ours = set(accepted_at)
     return Report(
         submissions=len(h.submissions),

@@ -97,10 +97,11 @@ class Tracker:
         )
         while not self._stop.is_set():
             for msg in c.consume(200, 0.5):
-                if msg.error() or not msg.value():
+                value = msg.value()
+                if msg.error() or not value:
                     continue
                 try:
-                    env = json.loads(msg.value())
+                    env = json.loads(value)
                 except ValueError:
                     continue
                 t, data = env.get("type"), env.get("data") or {}

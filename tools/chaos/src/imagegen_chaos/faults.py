@@ -196,9 +196,12 @@ class FaultInjector:
         pids = process_tree(pid)
         for p in pids:
             _signal(p, signal.SIGSTOP)
-        self._active.append(
-            _Active(target, now + duration, lambda: [_signal(p, signal.SIGCONT) for p in pids])
-        )
+
+        def resume() -> None:
+            for p in pids:
+                _signal(p, signal.SIGCONT)
+
+        self._active.append(_Active(target, now + duration, resume))
         return Fault(now, target, kind, duration, f"pids {pids}")
 
     def _undo_due(self) -> None:

@@ -86,13 +86,14 @@ def read_topics(bootstrap: str, timeout_s: float = 300) -> list[LogRecord]:
         deadline = time.monotonic() + timeout_s
         while left and time.monotonic() < deadline:
             for msg in c.consume(500, 1.0):
-                if msg.error():
+                topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+                if msg.error() or topic is None or partition is None or offset is None:
                     continue
-                tp = (msg.topic(), msg.partition())
-                if tp not in left or msg.offset() >= ends[tp]:
+                tp = (topic, partition)
+                if tp not in left or offset >= ends[tp]:
                     continue
-                out.append(to_record(tp[0], tp[1], msg.offset(), msg.key(), msg.value() or b""))
-                if msg.offset() + 1 >= ends[tp]:
+                out.append(to_record(topic, partition, offset, msg.key(), msg.value() or b""))
+                if offset + 1 >= ends[tp]:
                     left.discard(tp)
         if left:
             raise TimeoutError(f"could not read {sorted(left)} to their end")

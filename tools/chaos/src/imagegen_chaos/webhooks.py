@@ -13,7 +13,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from imagegen_delivery.domain.webhook import (
+from imagegen_delivery.domain.webhook import (  # type: ignore[import-untyped]
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
     derive_webhook_key,
