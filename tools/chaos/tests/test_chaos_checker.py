@@ -168,6 +168,20 @@ def test_images_of_a_revoked_assignment_delivered_are_caught() -> None:
     assert kinds(h) == {"stale_result_delivered": 1}
 
 
+def test_an_assignment_revoked_only_after_the_delivery_is_no_stale_delivery() -> None:
+    # But deciding about a job that had already ended is: the deciders lost track of it.
+    revoked = rec("j1", "imagegen.assignment.revoked", 50, fencing_token=1)
+    failed = rec("j1", "imagegen.generation.failed", 51, reason="worker_lost", terminal=False)
+    report = check(history(records=(*delivered_job("j1"), revoked, failed)))
+    assert report.violation_counts() == {"work_after_terminal": 1}
+    assert "revoked token 1" in report.violations[0].detail
+
+
+def test_a_job_assigned_again_after_it_ended_is_caught() -> None:
+    again = rec("j1", "imagegen.job.scheduled", 9, fencing_token=2)
+    assert kinds(history(records=(*delivered_job("j1"), again))) == {"work_after_terminal": 1}
+
+
 def test_a_delivered_job_whose_webhook_never_came_is_caught() -> None:
     assert kinds(history(webhooks=())) == {"webhook_missing": 1}
 
@@ -227,7 +241,7 @@ def test_a_projection_that_differs_from_the_rebuild_is_caught_per_job() -> None:
     report = check(history(verification=Verification(True, False, out, 1)))
     assert [(v.kind, v.job_id) for v in report.violations] == [("projection_mismatch", "j1")]
     crashed = check(history(verification=Verification(True, False, "Traceback ...", 1)))
-    assert crashed.violation_counts() == {"projection_mismatch": 1}
+    assert crashed.violation_counts() == {"projection_unverified": 1}
 
 
 def test_a_history_survives_its_json() -> None:

@@ -9,7 +9,10 @@ Invariants, each a violation kind (one per job and kind, with the faults around 
 - ``conflicting_terminal``: more than one terminal state (delivered and failed, ...).
 - ``duplicate_delivery``: two ImageDelivered with different event ids, or deliveries caused by
   the images of two different fencing tokens.
-- ``stale_result_delivered``: the delivered images come from an assignment that was revoked.
+- ``stale_result_delivered``: the delivered images come from an assignment revoked before the
+  delivery.
+- ``work_after_terminal``: the job was assigned, revoked or had an attempt failed after it had
+  ended: a decider lost track of a finished job.
 - ``webhook_missing`` / ``webhook_id_mismatch`` / ``webhook_bad_signature`` /
   ``webhook_without_delivery``: a delivered job with a webhook got no call carrying its
   ImageDelivered event id, or calls with other ids, or an invalid signature, or a call for a job
@@ -18,7 +21,7 @@ Invariants, each a violation kind (one per job and kind, with the faults around 
 - ``idempotency_split``: one Idempotency-Key led to more than one job.
 - ``submission_refused``: a valid submission was answered 4xx (other than 409 and 429).
 - ``projection_mismatch``: ``imagegen replay --rebuild --verify`` found the live projection
-  different from a rebuild from the log (or could not finish).
+  different from a rebuild from the log; ``projection_unverified`` when it could not finish.
 """
 
 from __future__ import annotations
@@ -131,7 +134,13 @@ def _delivery_violations(job_id: str, recs: list[LogRecord]) -> list[tuple[str, 
     }
     if len(tokens) > 1 and len(delivered) <= 1:
         out.append(("duplicate_delivery", f"images of fencing tokens {sorted(tokens)} delivered"))
-    revoked = [int(r.data["fencing_token"]) for r in recs if r.type == REVOKED]
+    # Revocations the delivery could have known of: published before the first delivery.
+    first_delivery = min((d.occurred_at for d in delivered.values()), default=None)
+    revoked = [
+        int(r.data["fencing_token"])
+        for r in recs
+        if r.type == REVOKED and first_delivery is not None and r.occurred_at < first_delivery
+    ]
     stale = sorted(t for t in tokens if revoked and t <= max(revoked))
     if stale:
         out.append(
@@ -141,6 +150,20 @@ def _delivery_violations(job_id: str, recs: list[LogRecord]) -> list[tuple[str, 
             )
         )
     return out
+
+
+def _work_after_terminal(recs: list[LogRecord], first_terminal: float | None) -> list[str]:
+    """Lifecycle decisions taken about a job after it had ended (assigned, revoked, an
+    attempt failed): the deciders lost track of a finished job."""
+    if first_terminal is None:
+        return []
+    return [
+        f"{r.type.rsplit('.', 1)[-1]} token {r.data.get('fencing_token', '-')}"
+        f" by {r.producer or '?'} +{r.occurred_at - first_terminal:.1f}s after the end"
+        for r in recs
+        if r.occurred_at > first_terminal
+        and (r.type in (SCHEDULED, REVOKED) or (r.type == FAILED and not r.data.get("terminal")))
+    ]
 
 
 def _webhook_violations(
@@ -265,6 +288,9 @@ def check(h: History) -> Report:  # noqa: C901 - one pass per invariant, in the 
                 )
             if len(facts) > 1:
                 found.append(("conflicting_terminal", "states " + ", ".join(out.terminal)))
+        after = _work_after_terminal(recs, first)
+        if after:
+            found.append(("work_after_terminal", "; ".join(after[:3])))
         delivery = _delivery_violations(job_id, recs)
         if any(k == "duplicate_delivery" for k, _ in delivery):
             duplicated.add(job_id)
@@ -290,9 +316,9 @@ def check(h: History) -> Report:  # noqa: C901 - one pass per invariant, in the 
         diffs = re.findall(r"DIFF (\S+): (.*)", v.output)
         for job_id, detail in diffs:
             violations.append(Violation("projection_mismatch", job_id, detail.strip()))
-        if not diffs:
+        if not diffs:  # it did not get as far as comparing
             violations.append(
-                Violation("projection_mismatch", None, f"replay --verify: {v.output[-400:]}")
+                Violation("projection_unverified", None, f"replay --verify: {v.output[-300:]}")
             )
 
     faults: dict[str, dict[str, int]] = defaultdict(dict)
