@@ -196,9 +196,10 @@ def _fault_line(f: Fault, t0: float) -> str:
 
 
 def _faults_around(h: History, start: float, end: float, n: int = 4) -> tuple[str, ...]:
-    """The last ``n`` faults from shortly before ``start`` to shortly after ``end``."""
+    """Up to ``n`` faults from shortly before ``start`` to shortly after ``end``."""
     near = [f for f in h.faults if start - 5 <= f.at <= end + 15]
-    near = [f for f in near if f.at <= end + 15][-n:]
+    if len(near) > n:  # the first ones (what started the trouble) and the last ones
+        near = near[: n // 2] + near[-(n - n // 2) :]
     return tuple(_fault_line(f, h.started_at) for f in near)
 
 
@@ -301,11 +302,13 @@ def check(h: History) -> Report:  # noqa: C901 - one pass per invariant, in the 
         if len(facts) == 1 and api_status != out.terminal[0]:
             seen = api_status or (f"HTTP {read.status}" if read else "no read")
             found.append(("api_disagrees", f"log says {out.terminal[0]}, API says {seen}"))
-        end = out.last_event_at
         for kind, detail in found:
-            violations.append(
-                Violation(kind, job_id, detail, _faults_around(h, out.accepted_at, end))
-            )
+            # Faults while the job was on its way; for a stuck job or work after its end, up
+            # to its last event.
+            late_kinds = ("stuck", "work_after_terminal")
+            end = out.last_event_at if kind in late_kinds or first is None else first
+            start = first if kind == "work_after_terminal" and first else out.accepted_at
+            violations.append(Violation(kind, job_id, detail, _faults_around(h, start, end)))
     for unknown, cs in calls.items():  # calls for jobs that are not this run's accepted jobs
         violations.append(
             Violation("webhook_without_delivery", unknown, f"{len(cs)} call(s) for an unknown job")
