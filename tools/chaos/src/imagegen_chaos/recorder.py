@@ -120,7 +120,7 @@ def verify_projection(bootstrap: str, database_url: str, env: dict[str, str]) ->
             env=env,
             capture_output=True,
             text=True,
-            timeout=600,
+            timeout=1800,  # a rebuild writes each record to PostgreSQL: long logs take minutes
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
