@@ -71,7 +71,7 @@ eval-demo-model: venv ## score the demo model on 40 held-out captions (guidance 
 	$(PY) -m imagegen_gpu_worker.demo.evaluate --grid out/demo-model/grid.png
 
 lint: venv ## ruff
-	.venv/bin/ruff check schemas libs services src tests deploy
+	.venv/bin/ruff check schemas libs services src tests deploy tools
 
 typecheck: venv ## mypy --strict on the contracts
 	.venv/bin/mypy schemas/src
