@@ -7,7 +7,7 @@ PYTEST := $(PY) -m pytest
 
 .PHONY: help venv setup up down logs status schemas test test-unit test-integration test-e2e \
         test-slow test-all demo train-demo-model eval-demo-model lint typecheck imports \
-        check bench clean
+        check chaos bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -56,6 +56,11 @@ test-slow: venv infra-up ## slow suites (long simulations, model quality)
 
 test-all: venv infra-up ## everything
 	$(PYTEST)
+
+CHAOS_VAR ?= var/chaos
+CHAOS_ARGS ?=
+chaos: venv ## soak a separate stack (var/chaos, ports +100) under faults: 2,000 jobs, then check
+	IMAGEGEN_CHAOS_VAR=$(CHAOS_VAR) $(PY) -m imagegen_chaos run $(CHAOS_ARGS)
 
 demo: venv ## set up everything and run the main job: a prompt in, out/demo.png out
 	$(PY) deploy/demo.py

@@ -583,6 +583,18 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _ancestors(pid: int) -> set[int]:
+    """``pid`` and its parents up to init: `down` must never kill the process that called it."""
+    out = set()
+    while pid > 1 and pid not in out:
+        out.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return out
+
+
 def _our_processes(st: Stack) -> list[int]:
     """Live PIDs of this stack (stragglers): a command line that points into this stack's var/
     (Kafka's server.properties, PostgreSQL's data dir, supervisord's config) or the
@@ -591,9 +603,10 @@ def _our_processes(st: Stack) -> list[int]:
     must never touch another stack running beside it."""
     var = str(st.var.resolve())
     marker = f"IMAGEGEN_STACK_VAR={var}".encode()
+    callers = _ancestors(os.getpid())  # whoever ran `down` (e.g. `--var DIR` in its arguments)
     pids = []
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid() or not _alive(int(proc.name)):
+        if not proc.name.isdigit() or int(proc.name) in callers or not _alive(int(proc.name)):
             continue
         try:
             ours = var in (proc / "cmdline").read_bytes().decode(errors="replace")

@@ -99,11 +99,14 @@ def read_raw(
     start = start or {}
     left = {tp for tp, end in until.items() if end > start.get(tp, 0)}
     c.assign([TopicPartition(t, p, start.get((t, p), 0)) for t, p in left])
+    # Give up when the broker sends nothing for 120 s, however long the caller spends on each
+    # record (a rebuild writes every record to PostgreSQL before it asks for the next).
     deadline = time.monotonic() + 120
     while left and time.monotonic() < deadline:
         msg = c.poll(1.0)
         if msg is None or msg.error():
             continue
+        deadline = time.monotonic() + 120
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         assert topic is not None and partition is not None and offset is not None  # consumed
         tp = (topic, partition)

@@ -65,3 +65,25 @@ def test_down_kills_stragglers_and_waits_until_they_are_gone(tmp_path: Path, spa
     stack.down(st, grace_s=0.2)
     assert not stack._alive(straggler)
     assert stack._alive(bystander)
+
+
+def test_down_never_counts_its_caller_even_if_its_arguments_name_the_var(tmp_path: Path) -> None:
+    # The chaos soak runs `stack.py down` from a process started with `--var DIR`: before,
+    # `down` killed that process (and its `timeout` wrapper) as stragglers of the stack.
+    var = (tmp_path / "var").resolve()
+    child = (
+        "import importlib.util, os, sys; from pathlib import Path;"
+        f"spec = importlib.util.spec_from_file_location('s', {str(ROOT / 'deploy/stack.py')!r});"
+        "m = importlib.util.module_from_spec(spec); sys.modules['s'] = m;"
+        "spec.loader.exec_module(m);"
+        f"print(os.getppid(), m._our_processes(m.Stack(var=Path({str(var)!r}))))"
+    )
+    caller = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"
+    out = subprocess.run(
+        [sys.executable, "-c", caller, "--var", str(var)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    parent, found = out.split(" ", 1)
+    assert parent.isdigit() and parent not in found, out

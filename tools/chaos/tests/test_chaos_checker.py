@@ -1,0 +1,259 @@
+"""The checker over small hand-made histories: a clean one passes, and each violation kind is
+caught in a history built to show it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from imagegen_chaos.checker import check, render
+from imagegen_chaos.history import (
+    Answer,
+    Fault,
+    History,
+    LogRecord,
+    Submission,
+    Verification,
+    WebhookCall,
+)
+
+pytestmark = pytest.mark.unit
+
+T0 = 1_000.0
+_offset = iter(range(10_000))
+
+
+def rec(job: str, type_: str, at: float, event_id: str | None = None, **data: Any) -> LogRecord:
+    causation = data.pop("causation_id", None)
+    n = next(_offset)
+    return LogRecord(
+        "imagegen.jobs.x", 0, n, event_id or f"e{n}", type_, T0 + at, job, causation, data
+    )
+
+
+def submission(job: str, key: str | None = None, *answers: Answer) -> Submission:
+    accepted = Answer(T0 + 1, 202, {"id": job, "status": "accepted"})
+    return Submission(key or f"k-{job}", "run-u0", "fast", T0, answers or (accepted,))
+
+
+def delivered_job(job: str, event: str = "d1", token: int = 1) -> list[LogRecord]:
+    """The log of a job that went all the way, image of ``token`` delivered as ``event``."""
+    return [
+        rec(
+            job,
+            "imagegen.generation.requested",
+            1,
+            user_id="run-u0",
+            tier="fast",
+            idempotency_key=f"k-{job}",
+            webhook_url="http://hook",
+        ),
+        rec(job, "imagegen.prompt.moderated", 2, verdict="allowed"),
+        rec(job, "imagegen.job.scheduled", 3, fencing_token=token),
+        rec(job, "imagegen.image.generated", 4, fencing_token=token),
+        rec(
+            job, "imagegen.image.moderated", 5, f"m{token}", verdict="allowed", fencing_token=token
+        ),
+        rec(job, "imagegen.image.delivered", 6, event, causation_id=f"m{token}"),
+    ]
+
+
+def hook(job: str, event: str = "d1", ok: bool | None = True) -> WebhookCall:
+    return WebhookCall(T0 + 6, job, event, event, ok, 200)
+
+
+def history(**kw: Any) -> History:
+    base = History(
+        run_id="run",
+        started_at=T0,
+        ended_at=T0 + 100,
+        deadlines_s={"turbo": 30, "fast": 60, "relax": 90},
+        user_prefix="run-",
+        submissions=(submission("j1"),),
+        final_reads={"j1": Answer(T0 + 90, 200, {"id": "j1", "status": "delivered"})},
+        records=tuple(delivered_job("j1")),
+        webhooks=(hook("j1"),),
+        faults=(Fault(T0 + 2.5, "kafka", "kill"),),
+        verification=Verification(True, True, "VERIFIED"),
+    )
+    return replace(base, **kw)
+
+
+def kinds(h: History) -> dict[str, int]:
+    return check(h).violation_counts()
+
+
+def test_a_clean_history_passes_with_its_figures() -> None:
+    report = check(history())
+    assert report.ok, report.violations
+    assert (report.jobs, report.stuck, report.duplicated) == (1, 0, 0)
+    assert report.by_state == {"delivered": 1}
+    assert report.longest_to_terminal_s == pytest.approx(5.0)
+    assert report.faults == {"kill": {"kafka": 1}}
+    assert render(report)[-1] == "PASS"
+
+
+def test_a_job_without_terminal_fact_is_stuck_and_names_the_fault_before_it() -> None:
+    h = history(records=tuple(delivered_job("j1")[:3]), webhooks=())
+    report = check(h)
+    assert report.violation_counts() == {"stuck": 1}
+    (v,) = report.violations
+    assert v.job_id == "j1" and "imagegen.job.scheduled" in v.detail
+    assert v.faults == ("+2.5s kill kafka",)
+    assert render(report)[-1] == "FAIL"
+
+
+def test_a_job_accepted_on_the_log_but_never_answered_202_is_checked_too() -> None:
+    lost = Submission("k-j2", "run-u0", "fast", T0, (Answer(T0 + 1, None, None, "timeout"),))
+    h = history(
+        submissions=(submission("j1"), lost),
+        records=(*delivered_job("j1"), delivered_job("j2")[0]),
+    )
+    report = check(h)
+    assert report.abandoned == 1
+    assert [(v.kind, v.job_id) for v in report.violations] == [("stuck", "j2")]
+
+
+def test_an_older_runs_jobs_on_the_log_are_not_this_runs() -> None:
+    old = replace(delivered_job("j9")[0], data={"user_id": "other-u0", "tier": "fast"})
+    assert kinds(history(records=(*delivered_job("j1"), old))) == {}
+
+
+def test_a_terminal_state_after_the_deadline_is_late() -> None:
+    late = [*delivered_job("j1")[:-1], replace(delivered_job("j1")[-1], occurred_at=T0 + 70)]
+    assert kinds(history(records=tuple(late))) == {"late": 1}
+
+
+def test_two_terminal_states_conflict() -> None:
+    failed = rec("j1", "imagegen.generation.failed", 7, reason="timeout", terminal=True)
+    assert kinds(history(records=(*delivered_job("j1"), failed))) == {"conflicting_terminal": 1}
+
+
+def test_a_failed_attempt_that_is_not_terminal_is_not_an_end() -> None:
+    attempt = rec("j1", "imagegen.generation.failed", 3.5, reason="worker_lost", terminal=False)
+    assert kinds(history(records=(*delivered_job("j1"), attempt))) == {}
+
+
+def test_a_rejected_prompt_is_a_terminal_failure() -> None:
+    recs = (
+        delivered_job("j1")[0],
+        rec("j1", "imagegen.prompt.moderated", 2, verdict="rejected"),
+    )
+    h = history(
+        records=recs,
+        webhooks=(),
+        final_reads={"j1": Answer(T0 + 90, 200, {"status": "failed"})},
+    )
+    assert check(h).by_state == {"failed": 1} and kinds(h) == {}
+
+
+def test_two_deliveries_with_different_event_ids_are_a_duplicate() -> None:
+    again = rec("j1", "imagegen.image.delivered", 8, "d2", causation_id="m1")
+    h = history(records=(*delivered_job("j1"), again), webhooks=(hook("j1"), hook("j1", "d2")))
+    report = check(h)
+    assert report.violation_counts() == {"duplicate_delivery": 1} and report.duplicated == 1
+
+
+def test_the_same_delivery_event_twice_on_the_log_is_no_duplicate() -> None:
+    again = replace(delivered_job("j1")[-1], offset=999)
+    assert kinds(history(records=(*delivered_job("j1"), again))) == {}
+
+
+def test_images_of_a_revoked_assignment_delivered_are_caught() -> None:
+    revoked = rec("j1", "imagegen.assignment.revoked", 4.5, fencing_token=1)
+    rescheduled = rec("j1", "imagegen.job.scheduled", 4.6, fencing_token=2)
+    h = history(records=(*delivered_job("j1"), revoked, rescheduled))
+    assert kinds(h) == {"stale_result_delivered": 1}
+
+
+def test_an_assignment_revoked_only_after_the_delivery_is_no_stale_delivery() -> None:
+    # But deciding about a job that had already ended is: the deciders lost track of it.
+    revoked = rec("j1", "imagegen.assignment.revoked", 50, fencing_token=1)
+    failed = rec("j1", "imagegen.generation.failed", 51, reason="worker_lost", terminal=False)
+    report = check(history(records=(*delivered_job("j1"), revoked, failed)))
+    assert report.violation_counts() == {"work_after_terminal": 1}
+    assert "revoked token 1" in report.violations[0].detail
+
+
+def test_a_job_assigned_again_after_it_ended_is_caught() -> None:
+    again = rec("j1", "imagegen.job.scheduled", 9, fencing_token=2)
+    assert kinds(history(records=(*delivered_job("j1"), again))) == {"work_after_terminal": 1}
+
+
+def test_a_delivered_job_whose_webhook_never_came_is_caught() -> None:
+    assert kinds(history(webhooks=())) == {"webhook_missing": 1}
+
+
+def test_a_webhook_retried_with_the_same_id_is_fine_but_another_id_is_not() -> None:
+    assert kinds(history(webhooks=(hook("j1"), hook("j1")))) == {}
+    assert kinds(history(webhooks=(hook("j1"), hook("j1", "other")))) == {"webhook_id_mismatch": 1}
+
+
+def test_a_webhook_with_a_bad_signature_is_caught() -> None:
+    assert kinds(history(webhooks=(hook("j1", ok=False),))) == {"webhook_bad_signature": 1}
+
+
+def test_a_webhook_for_a_job_the_log_never_delivered_is_caught() -> None:
+    h = history(records=tuple(delivered_job("j1")[:-1]))
+    assert kinds(h) == {"stuck": 1, "webhook_without_delivery": 1}
+
+
+def test_the_api_showing_another_state_than_the_log_is_caught() -> None:
+    stale = {"j1": Answer(T0 + 90, 200, {"id": "j1", "status": "moderated"})}
+    report = check(history(final_reads=stale))
+    assert report.violation_counts() == {"api_disagrees": 1}
+    assert "API says moderated" in report.violations[0].detail
+
+
+def test_one_idempotency_key_making_two_jobs_is_caught() -> None:
+    first = submission("j1", "k")
+    second = submission("j2", "k")
+    h = history(
+        submissions=(first, second),
+        records=(*delivered_job("j1"), *delivered_job("j2", "d2")),
+        webhooks=(hook("j1"), hook("j2", "d2")),
+        final_reads={
+            "j1": Answer(T0, 200, {"status": "delivered"}),
+            "j2": Answer(T0, 200, {"status": "delivered"}),
+        },
+    )
+    assert kinds(h) == {"idempotency_split": 1}
+
+
+def test_a_retry_refused_with_422_is_caught_but_409_is_a_retry() -> None:
+    refused = submission(
+        "j1",
+        None,
+        Answer(T0 + 1, None, None, "ReadTimeout"),
+        Answer(T0 + 2, 422, {"detail": "already used with a different request body"}),
+    )
+    report = check(history(submissions=(refused,)))
+    assert report.violation_counts() == {"submission_refused": 1}
+    assert "attempt 2, after None" in report.violations[0].detail
+    in_flight = submission("j1", None, Answer(T0 + 1, 409, {}), Answer(T0 + 2, 202, {"id": "j1"}))
+    assert kinds(history(submissions=(in_flight,))) == {}
+
+
+def test_a_projection_that_differs_from_the_rebuild_is_caught_per_job() -> None:
+    out = "replayed 9 records\n  DIFF j1: live=moderated@x rebuilt=delivered@y\nMISMATCH"
+    report = check(history(verification=Verification(True, False, out, 1)))
+    assert [(v.kind, v.job_id) for v in report.violations] == [("projection_mismatch", "j1")]
+    crashed = check(history(verification=Verification(True, False, "Traceback ...", 1)))
+    assert crashed.violation_counts() == {"projection_unverified": 1}
+
+
+def test_a_history_survives_its_json() -> None:
+    h = history(
+        submissions=(replace(submission("j1"), cancel=Answer(T0 + 2, 202, {"status": "x"})),),
+        notes=("a note",),
+    )
+    assert History.from_json(h.to_json()) == h
+
+
+def test_terminal_states_per_job_from_the_log() -> None:
+    from imagegen_chaos.checker import terminal_states
+
+    recs = [*delivered_job("j1"), *delivered_job("j2")[:3]]
+    assert terminal_states(recs) == {"j1": {"delivered"}, "j2": set()}
