@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from imagegen_runtime.publishing import Publisher, derived_event_id
-from imagegen_schemas import Envelope, ImageRef
+from imagegen_schemas import Envelope, ImageRef, Payload
 from imagegen_schemas import jobs as ev
 
 from ..adapters.blobs import BlobStore, StorageUnavailable, read_verified
@@ -187,7 +187,7 @@ class Worker:
         plan = plan_run(msg)
         key = msg.job_id
 
-        async def emit(payload: ev.Payload, *parts: object) -> None:
+        async def emit(payload: Payload, *parts: object) -> None:
             await self.publisher.publish(
                 payload,
                 key=key,
