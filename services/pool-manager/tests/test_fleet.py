@@ -157,3 +157,100 @@ async def test_a_paused_job_is_not_orphaned_when_its_former_worker_goes_silent()
     clock.now = 1020
     assert await pool.sweep() == 1
     assert [e.data["job_id"] for e in pub.on("imagegen.jobs.ended")] == ["j2"]
+
+
+def scheduled(job: str, token: int, attempt: int = 1) -> ev.JobScheduled:
+    return ev.JobScheduled(
+        job_id=job,
+        worker_id="w1",
+        fencing_token=token,
+        attempt=attempt,
+        tier=Tier.FAST,
+        params=PARAMS,
+    )
+
+
+async def sweep_until(pool: PoolManager, clock: Clock, until: float) -> int:
+    """Sweep once a second, as the service does, up to ``until``; the jobs re-queued."""
+    published = 0
+    while clock.now < until:
+        clock.now = min(clock.now + 1, until)
+        published += await pool.sweep()
+    return published
+
+
+async def test_an_outcome_folded_before_its_assignment_still_ends_it() -> None:
+    """Replay reads the topics in no fixed order across them: a job's end (results or ended
+    topic) can be folded before its assignment (scheduled topic). Before the fix every such job
+    stayed in flight, and the worker's loss revoked every job it had ever finished."""
+    pub, clock = InMemoryPublisher(), Clock()
+    pool = PoolManager(pub, timeout_s=10, clock=clock)
+    await feed(pool, beat("w1"), 1000)
+    ends: list[tuple[object, ev.JobScheduled]] = [
+        (
+            ev.ImageGenerated(job_id="g", worker_id="w1", fencing_token=1, images=()),
+            scheduled("g", 1),
+        ),
+        (ev.GenerationCancelled(job_id="c"), scheduled("c", 2)),
+        (ev.GenerationFailed(job_id="t", reason=ev.FailureReason.TIMEOUT), scheduled("t", 3)),
+        (
+            ev.GenerationFailed(
+                job_id="a", reason=ev.FailureReason.OUT_OF_MEMORY, terminal=False, attempt=1
+            ),
+            scheduled("a", 4, attempt=1),
+        ),
+        (
+            ev.GenerationPaused(
+                job_id="p",
+                worker_id="w1",
+                fencing_token=5,
+                steps_done=1,
+                total_steps=2,
+                state_uri="file:///s",
+                state_sha256="0" * 64,
+            ),
+            scheduled("p", 5),
+        ),
+    ]
+    for end, assignment in ends:
+        await feed(pool, end, 1001)
+        await feed(pool, assignment, 1001)
+    # a later assignment of a job whose earlier attempt or assignment ended is in flight
+    await feed(pool, scheduled("a", 6, attempt=2), 1002)
+    await feed(pool, scheduled("p", 7), 1002)
+    await feed(pool, scheduled("g0", 8), 1002)
+    await feed(
+        pool, ev.ImageGenerated(job_id="g0", worker_id="w1", fencing_token=7, images=()), 1003
+    )
+    pool.listening()
+    assert await sweep_until(pool, clock, 1020) == 3
+    assert sorted(e.data["job_id"] for e in pub.on("imagegen.jobs.ended")) == ["a", "g0", "p"]
+
+
+async def test_the_pool_manager_own_pause_is_not_its_workers_silence() -> None:
+    """Chaos (ADR 0010) SIGSTOPs the pool-manager: on resume, its clock has moved on while the
+    heartbeats sent meanwhile still wait in Kafka. It must hear the workers out first."""
+    pub, clock = InMemoryPublisher(), Clock()
+    pool = PoolManager(pub, timeout_s=10, clock=clock)
+    await feed(pool, beat("w1"), 1000)
+    await feed(pool, scheduled("j", 1), 1000)
+    pool.listening()
+    clock.now = 1001
+    assert await pool.sweep() == 0
+    clock.now = 1060  # stopped for a minute; no sweep ran
+    assert await pool.sweep() == 0, "a worker is silent only for time the pool-manager listened"
+    assert await sweep_until(pool, clock, 1065) == 0
+    await feed(pool, beat("w1"), 1059)  # the backlog arrives
+    assert await sweep_until(pool, clock, 1070) == 0
+    assert await sweep_until(pool, clock, 1071) == 1, "silent for 11 s of listening"
+
+
+async def test_after_a_restart_replayed_heartbeats_get_a_timeout_to_be_renewed() -> None:
+    pub, clock = InMemoryPublisher(), Clock()
+    pool = PoolManager(pub, timeout_s=10, clock=clock)
+    await feed(pool, beat("w1"), 900)  # an old heartbeat, replayed
+    await feed(pool, scheduled("j", 1), 900)
+    clock.now = 1000
+    pool.listening()  # caught up with the log
+    assert await sweep_until(pool, clock, 1010) == 0
+    assert await sweep_until(pool, clock, 1011) == 1

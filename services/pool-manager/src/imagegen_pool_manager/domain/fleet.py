@@ -1,8 +1,14 @@
 """Worker state as a fold over heartbeats and assignments, and the loss rule (pure).
 
-A worker is *lost* when its last heartbeat is older than ``timeout_s`` at ``now``. Each job
-assigned to it and not finished is then handed back for re-queueing, once per loss: a worker
-that beats again is alive again, and a later loss is a new loss.
+A worker is *lost* when it has been silent for longer than ``timeout_s`` of the time the
+pool-manager itself was listening (``awake_since``: its start, or its resumption after a stall;
+heartbeats sent while it was stopped are still in Kafka). Each job assigned to it and not
+finished is then handed back for re-queueing, once per loss: a worker that beats again is alive
+again, and a later loss is a new loss.
+
+The fold does not depend on the order of topics: replay reads the scheduled, results and ended
+topics in no fixed order across them, so a job's end may be folded before its assignment. Ends
+are kept as facts (``Ended``) and an assignment they cover is never in flight.
 """
 
 from __future__ import annotations
@@ -30,9 +36,22 @@ class InFlight:
 
 
 @dataclass
+class Ended:
+    """What is known to have ended for one job, whatever order it was folded in."""
+
+    job: bool = False  # the job is over for the pool (images made, cancelled, failed for good)
+    token: int = 0  # assignments up to this fencing token ended (images made or paused)
+    attempt: int = 0  # attempts up to this number failed
+
+    def covers(self, flight: InFlight) -> bool:
+        return self.job or flight.fencing_token <= self.token or flight.attempt <= self.attempt
+
+
+@dataclass
 class Fleet:
     workers: dict[str, Worker] = field(default_factory=dict)
     in_flight: dict[str, InFlight] = field(default_factory=dict)  # job id -> current assignment
+    ended: dict[str, Ended] = field(default_factory=dict)  # job id -> what ended
 
 
 def evolve(fleet: Fleet, payload: object, at: float, event_id: str) -> Fleet:
@@ -41,19 +60,35 @@ def evolve(fleet: Fleet, payload: object, at: float, event_id: str) -> Fleet:
             current = fleet.workers.get(payload.worker_id)
             if current is None or at >= current.last_seen:
                 fleet.workers[payload.worker_id] = Worker(payload.worker_id, at, event_id, payload)
+            return fleet
         case ev.JobScheduled():
             held = fleet.in_flight.get(payload.job_id)
             if held is None or payload.fencing_token > held.fencing_token:
                 fleet.in_flight[payload.job_id] = InFlight(
                     payload.worker_id, payload.fencing_token, payload.attempt
                 )
-        case ev.ImageGenerated() | ev.GenerationCancelled() | ev.GenerationFailed():
-            fleet.in_flight.pop(payload.job_id, None)
-        case ev.GenerationPaused():  # the worker no longer runs it: its loss orphans nothing
-            held = fleet.in_flight.get(payload.job_id)
-            if held is not None and held.fencing_token == payload.fencing_token:
-                del fleet.in_flight[payload.job_id]
+        case ev.ImageGenerated() | ev.GenerationPaused():  # that assignment no longer runs
+            ended = fleet.ended.setdefault(payload.job_id, Ended())
+            ended.token = max(ended.token, payload.fencing_token)
+        case ev.GenerationCancelled():
+            fleet.ended.setdefault(payload.job_id, Ended()).job = True
+        case ev.GenerationFailed():  # terminal: the job is over; else one attempt failed
+            ended = fleet.ended.setdefault(payload.job_id, Ended())
+            if payload.terminal:
+                ended.job = True
+            else:
+                ended.attempt = max(ended.attempt, payload.attempt)
+        case _:
+            return fleet
+    _settle(fleet, payload.job_id)
     return fleet
+
+
+def _settle(fleet: Fleet, job_id: str) -> None:
+    """The job's assignment leaves the in-flight set once a known end covers it."""
+    held, ended = fleet.in_flight.get(job_id), fleet.ended.get(job_id)
+    if held is not None and ended is not None and ended.covers(held):
+        del fleet.in_flight[job_id]
 
 
 @dataclass(frozen=True)
@@ -63,12 +98,15 @@ class Loss:
     jobs: tuple[tuple[str, InFlight], ...]  # (job id, assignment) to re-queue
 
 
-def detect_losses(fleet: Fleet, now: float, timeout_s: float) -> list[Loss]:
-    """Workers newly silent for longer than ``timeout_s``, by worker id; marks them lost."""
+def detect_losses(
+    fleet: Fleet, now: float, timeout_s: float, awake_since: float = float("-inf")
+) -> list[Loss]:
+    """Workers newly silent for longer than ``timeout_s`` of the time since ``awake_since``, by
+    worker id; marks them lost."""
     losses = []
     for wid in sorted(fleet.workers):
         worker = fleet.workers[wid]
-        if worker.lost or now - worker.last_seen <= timeout_s:
+        if worker.lost or now - max(worker.last_seen, awake_since) <= timeout_s:
             continue
         worker.lost = True
         jobs = tuple(sorted((j, f) for j, f in fleet.in_flight.items() if f.worker_id == wid))

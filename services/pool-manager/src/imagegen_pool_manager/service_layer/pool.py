@@ -26,6 +26,15 @@ class PoolManager:
         self.publisher = publisher
         self.timeout_s = timeout_s
         self.clock = clock
+        # Losses count only the time this process was listening: since it caught up with the
+        # log (``listening``), or since it resumed after a stall (SIGSTOP, a frozen VM) longer
+        # than half the timeout, when heartbeats sent meanwhile are still unread in Kafka.
+        self.awake_since = float("-inf")
+        self.last_sweep: float | None = None
+
+    def listening(self) -> None:
+        """Caught up with the log: replayed heartbeats are old, so workers get a timeout."""
+        self.awake_since = self.last_sweep = self.clock()
 
     async def on_event(self, env: Envelope, payload: Payload, meta: RecordMeta, live: bool) -> None:
         evolve(self.fleet, payload, env.occurred_at.timestamp(), env.event_id)
@@ -33,7 +42,15 @@ class PoolManager:
     async def sweep(self) -> int:
         """Declare silent workers lost; their in-flight jobs fail (not terminally) to re-queue."""
         published = 0
-        for loss in detect_losses(self.fleet, self.clock(), self.timeout_s):
+        now = self.clock()
+        if self.last_sweep is not None and now - self.last_sweep > self.timeout_s / 2:
+            log.warning(
+                "pool-manager resumed after a stall; workers get a timeout to be heard",
+                extra={"stalled_s": round(now - self.last_sweep, 1)},
+            )
+            self.awake_since = now
+        self.last_sweep = now
+        for loss in detect_losses(self.fleet, now, self.timeout_s, self.awake_since):
             log.warning(
                 "worker lost",
                 extra={"worker_id": loss.worker_id, "jobs": [j for j, _ in loss.jobs]},
@@ -73,6 +90,7 @@ class PoolManager:
         self, caught_up: asyncio.Event, stop: asyncio.Event, every_s: float = 1.0
     ) -> None:
         await caught_up.wait()
+        self.listening()
         while not stop.is_set():
             await self.sweep()
             await sleep_or_stop(stop, every_s)
