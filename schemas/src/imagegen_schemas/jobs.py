@@ -229,6 +229,12 @@ class GenerationFailed(Payload):
     attempt: int = Field(default=1, ge=1)
     terminal: bool = True
     worker_id: str | None = None
+    fencing_token: int | None = Field(
+        default=None,
+        ge=1,
+        description="Token of the assignment that failed, when one did: a failure naming an "
+        "older token than the job's current assignment is stale and ends nothing (ADR 0112).",
+    )
 
 
 class CancellationRequested(Payload):

@@ -254,3 +254,23 @@ async def test_after_a_restart_replayed_heartbeats_get_a_timeout_to_be_renewed()
     pool.listening()  # caught up with the log
     assert await sweep_until(pool, clock, 1010) == 0
     assert await sweep_until(pool, clock, 1011) == 1
+
+
+async def test_a_failure_naming_an_older_token_leaves_the_current_assignment_in_flight() -> None:
+    pub, clock = InMemoryPublisher(), Clock()
+    pool = PoolManager(pub, timeout_s=10, clock=clock)
+    await feed(pool, beat("w1"), 1000)
+    await feed(pool, scheduled("j", 2), 1000)  # resumed as attempt 1 after a pause of token 1
+    stale = ev.GenerationFailed(
+        job_id="j",
+        reason=ev.FailureReason.STORAGE_UNAVAILABLE,
+        terminal=False,
+        attempt=1,
+        worker_id="w1",
+        fencing_token=1,
+    )
+    await feed(pool, stale, 1001)
+    pool.listening()
+    assert await sweep_until(pool, clock, 1011) == 1
+    [lost] = pub.on("imagegen.jobs.ended")
+    assert (lost.data["job_id"], lost.data["fencing_token"]) == ("j", 2)

@@ -344,3 +344,28 @@ async def test_a_queued_job_gets_the_schedulers_wait_estimate() -> None:
     assert 25 < first.eta_s < 35 and first.queue_position == 0  # when a is expected to end
     await r.at(6.0)  # expected start unchanged: not published again
     assert len([e for e in r.published(ev.WaitEstimated) if e.job_id == "b"]) == 1
+
+
+async def test_a_failure_naming_an_older_assignment_of_the_same_attempt_is_stale() -> None:
+    """A paused run resumes as the same attempt, here on the same worker: the failure of the
+    paused run (token 1) must not end the resumed one (token 2). Before failures named their
+    token, it matched (attempt, worker) and re-queued a job still running (make chaos)."""
+    r = Recorder()
+    await r.feed(beat("w1"), *request("j"))
+    paused = ev.GenerationPaused(
+        job_id="j",
+        worker_id="w1",
+        fencing_token=1,
+        steps_done=2,
+        total_steps=4,
+        state_uri="file:///s",
+        state_sha256=SHA,
+    )
+    await r.feed(paused, beat("w1"))
+    assert r.scheduled("j") == [("w1", 1, 1), ("w1", 2, 1)], "resumed as the same attempt"
+    stale = failed("j", "w1", 1).model_copy(update={"fencing_token": 1})
+    await r.feed(stale, beat("w1"))
+    assert r.scheduled("j") == [("w1", 1, 1), ("w1", 2, 1)], "a stale failure re-queued it"
+    assert r.s.state.running["j"].fencing_token == 2
+    await r.feed(beat("w2"), failed("j", "w1", 1).model_copy(update={"fencing_token": 2}))
+    assert r.scheduled("j")[-1] == ("w2", 3, 2), "the resumed run's own failure is an attempt"

@@ -176,6 +176,7 @@ class Worker:
                 attempt=plan.attempt,
                 terminal=False,
                 worker_id=self.state.worker_id,
+                fencing_token=plan.fencing_token,
             )
         )
 

@@ -40,8 +40,8 @@ class Ended:
     """What is known to have ended for one job, whatever order it was folded in."""
 
     job: bool = False  # the job is over for the pool (images made, cancelled, failed for good)
-    token: int = 0  # assignments up to this fencing token ended (images made or paused)
-    attempt: int = 0  # attempts up to this number failed
+    token: int = 0  # assignments up to this fencing token ended (images, paused, failed)
+    attempt: int = 0  # attempts up to this number failed (failures that name no token)
 
     def covers(self, flight: InFlight) -> bool:
         return self.job or flight.fencing_token <= self.token or flight.attempt <= self.attempt
@@ -76,6 +76,8 @@ def evolve(fleet: Fleet, payload: object, at: float, event_id: str) -> Fleet:
             ended = fleet.ended.setdefault(payload.job_id, Ended())
             if payload.terminal:
                 ended.job = True
+            elif payload.fencing_token is not None:  # names the assignment that failed
+                ended.token = max(ended.token, payload.fencing_token)
             else:
                 ended.attempt = max(ended.attempt, payload.attempt)
         case _:

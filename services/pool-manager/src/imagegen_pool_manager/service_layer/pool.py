@@ -74,6 +74,7 @@ class PoolManager:
                     terminal=False,
                     attempt=flight.attempt,
                     worker_id=loss.worker_id,
+                    fencing_token=flight.fencing_token,
                     message=f"no heartbeat from {loss.worker_id} for {self.timeout_s:.0f}s",
                 )
                 await self.publisher.publish(

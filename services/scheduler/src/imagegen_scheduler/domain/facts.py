@@ -40,7 +40,9 @@ class JobFacts:
     revoked: int = 0  # highest revoked token: results with a token <= this are void
     # Failed attempts by (attempt, worker id or None), with the failure's time. A failure ends
     # the assignment with that attempt number on that worker, whichever is folded first.
-    failures: dict[tuple[int, str | None], tuple[ev.GenerationFailed, float]] = field(
+    # failed attempts by (attempt, worker, fencing token); worker and token when the event names
+    # them (a worker's and the pool-manager's failures name both)
+    failures: dict[tuple[int, str | None, int | None], tuple[ev.GenerationFailed, float]] = field(
         default_factory=dict
     )
     results: set[int] = field(default_factory=set)  # tokens with a result not revoked before it
@@ -69,16 +71,25 @@ class JobFacts:
         return Why.LOST if failed.reason == ev.FailureReason.WORKER_LOST else Why.FAILED
 
     def failure_of(self, a: ev.JobScheduled) -> ev.GenerationFailed | None:
-        """The failure reported for assignment ``a`` (same attempt, same or unnamed worker)."""
-        found = self.failures.get((a.attempt, a.worker_id)) or self.failures.get((a.attempt, None))
-        return None if found is None else found[0]
+        """The failure reported for assignment ``a``: same attempt, same or unnamed worker, same
+        or unnamed token. A failure naming an older token (a revoked or paused run of the same
+        attempt on the same worker) is stale and ends nothing."""
+        for key in (
+            (a.attempt, a.worker_id, a.fencing_token),
+            (a.attempt, a.worker_id, None),
+            (a.attempt, None, None),
+        ):
+            found = self.failures.get(key)
+            if found is not None:
+                return found[0]
+        return None
 
     @property
     def failed_on(self) -> set[str]:
         """Workers an attempt failed on (a lost worker did not fail the job): avoided."""
         return {
             w
-            for (_, w), (failed, _) in self.failures.items()
+            for (_, w, _), (failed, _) in self.failures.items()
             if w is not None and failed.reason != ev.FailureReason.WORKER_LOST
         }
 

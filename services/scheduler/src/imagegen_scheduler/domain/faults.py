@@ -67,6 +67,7 @@ def overdue(log: Log, now: float, deadlines: Deadlines) -> list[Payload]:
                     attempt=_attempt(log, job_id),
                     terminal=True,
                     worker_id=running.worker_id,
+                    fencing_token=running.fencing_token,
                 )
             )
     return out

@@ -124,7 +124,8 @@ def fold(log: Log, payload: object, at: float) -> list[Payload]:  # noqa: C901
         case ev.GenerationFailed(terminal=True):
             f.ended = True
         case ev.GenerationFailed():
-            f.failures.setdefault((payload.attempt, payload.worker_id), (payload, at))
+            key = (payload.attempt, payload.worker_id, payload.fencing_token)
+            f.failures.setdefault(key, (payload, at))
     out += _terminal(log, f, job_id)
     out += _settle(log, job_id, f, at)
     for worker_id in [w for w in log.pending if w not in log.state.running_on]:
@@ -150,6 +151,7 @@ def _terminal(log: Log, f: JobFacts, job_id: str) -> list[Payload]:
             attempt=a.attempt,
             terminal=True,
             worker_id=a.worker_id,
+            fencing_token=a.fencing_token,
         )
     ]
 
