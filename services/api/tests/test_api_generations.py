@@ -55,3 +55,33 @@ async def test_cancel_publishes_cancellation_requested(api: Api) -> None:
     c = await api.client.delete(f"/v1/generations/{r.json()['id']}", headers=api.auth())
     assert c.status_code == 202 and c.json()["status"] == "cancelling"
     assert api.publisher.records[-1].envelope.type == "imagegen.generation.cancellation_requested"
+
+
+async def test_a_waiting_job_shows_the_schedulers_wait_estimate_counted_down(api: Api) -> None:
+    """eta_s is the scheduler's WaitEstimated (newest by occurred_at), less the time since it
+    was made; an older estimate folded later does not replace it."""
+    from datetime import timedelta
+
+    from imagegen_schemas import Envelope
+    from imagegen_schemas.jobs import PromptModerated, Verdict, WaitEstimated
+
+    r = await api.client.post("/v1/generations", json=BODY, headers=api.auth())
+    job_id = r.json()["id"]
+    await api.project()
+    now = api.deps.clock()
+    store = api.deps.jobs
+
+    async def fold(payload: object, at: object) -> None:
+        env = Envelope.wrap(payload, correlation_id=job_id, producer="t", occurred_at=at)  # type: ignore[arg-type]
+        await store.apply(env, payload, "t", 0, 0)  # type: ignore[arg-type]
+
+    await fold(PromptModerated(job_id=job_id, verdict=Verdict.ALLOWED), now)
+    await fold(
+        WaitEstimated(job_id=job_id, eta_s=100.0, queue_position=4), now - timedelta(seconds=30)
+    )
+    await fold(
+        WaitEstimated(job_id=job_id, eta_s=999.0, queue_position=9), now - timedelta(seconds=60)
+    )
+    got = (await api.client.get(f"/v1/generations/{job_id}", headers=api.auth())).json()
+    assert got["status"] == "queued"
+    assert 69.0 <= got["eta_s"] <= 70.0, got["eta_s"]

@@ -20,7 +20,7 @@ depend on how topics interleave, so a rebuild from the log equals the live proje
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from imagegen_schemas import Envelope, Payload
@@ -64,6 +64,10 @@ class JobView:
     cancelled: bool = False
     images: tuple[dict[str, Any], ...] = ()  # delivered: index, url, sha256, expires_at
     stamps: dict[str, str] = field(default_factory=dict)  # stage -> ISO time first reached
+    # the scheduler's latest wait estimate (WaitEstimated): when it was made, and the start time
+    # it expects (ISO); the newest by occurred_at is current
+    estimated_at: str | None = None
+    expected_start: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -189,6 +193,11 @@ def _fact(job: JobView, at: datetime, payload: Payload) -> JobView:  # noqa: C90
             )
         case ev.GenerationCancelled():
             return replace(job, cancelled=True, stamps=_stamp(job, "cancelled", at))
+        case ev.WaitEstimated():
+            if job.estimated_at is not None and datetime.fromisoformat(job.estimated_at) >= at:
+                return job
+            start = at + timedelta(seconds=payload.eta_s)
+            return replace(job, estimated_at=at.isoformat(), expected_start=start.isoformat())
     return job
 
 
@@ -256,13 +265,18 @@ def stage_timings(job: JobView) -> dict[str, float]:
     return out
 
 
-def eta_s(job: JobView, queue_position: int | None, avg_job_s: float) -> float | None:
+def eta_s(
+    job: JobView, queue_position: int | None, avg_job_s: float, now: datetime
+) -> float | None:
     """Seconds until the job is expected to start, for a waiting job; None once it runs.
 
-    Today a placeholder: jobs ahead of it (plus itself) times an average job time. When the
-    scheduler publishes its own estimate (an additive field of a lifecycle event), the fold keeps
-    it on ``JobView`` and this function answers that instead.
+    The scheduler's own estimate (``WaitEstimated``, ADR 0112), counted down from when it was
+    made, when one was folded; before the first one arrives (within a second of queueing), the
+    jobs ahead of it plus itself times an average job time.
     """
     if queue_position is None:
         return None
+    if job.expected_start is not None:
+        left = (datetime.fromisoformat(job.expected_start) - now).total_seconds()
+        return round(max(0.0, left), 1)
     return round((queue_position + 1) * avg_job_s, 1)

@@ -92,7 +92,7 @@ async def read(job_id: JobIdPath, who: CallerDep, deps: DepsDep) -> dict[str, An
         "tier": job.tier,
         "params": job.params,
         "queue_position": position,
-        "eta_s": eta_s(job, position, deps.avg_job_s),
+        "eta_s": eta_s(job, position, deps.avg_job_s, deps.clock()),
         "progress": {"step": job.step, "total_steps": job.total_steps},
         "attempt": job.attempt,
         "worker_id": job.worker_id,
