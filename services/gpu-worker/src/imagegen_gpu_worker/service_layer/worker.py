@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from imagegen_runtime.publishing import Publisher, derived_event_id
+from imagegen_runtime.publishing import Publisher, publish_derived
 from imagegen_schemas import Envelope, ImageRef, Payload
 from imagegen_schemas import jobs as ev
 
@@ -189,12 +189,7 @@ class Worker:
         key = msg.job_id
 
         async def emit(payload: Payload, *parts: object) -> None:
-            await self.publisher.publish(
-                payload,
-                key=key,
-                causation_id=env.event_id,
-                event_id=derived_event_id(env.event_id, payload.event_type, *parts),
-            )
+            await publish_derived(self.publisher, payload, key=key, cause=env, parts=parts)
 
         if msg.job_id in self.state.cancelled:
             await emit(ev.GenerationCancelled(job_id=key, at_step=None))

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 from imagegen_runtime.kafka import RecordMeta
-from imagegen_runtime.publishing import Publisher, derived_event_id
+from imagegen_runtime.publishing import Publisher, publish_derived
 from imagegen_runtime.waiting import sleep_or_stop
 from imagegen_schemas import Envelope, Payload
 from imagegen_schemas import jobs as ev
@@ -62,11 +62,8 @@ class PoolManager:
                     fencing_token=flight.fencing_token,
                     reason="worker lost",
                 )
-                await self.publisher.publish(
-                    revoked,
-                    key=job_id,
-                    causation_id=loss.beat_id,
-                    event_id=derived_event_id(loss.beat_id, revoked.event_type, job_id),
+                await publish_derived(
+                    self.publisher, revoked, key=job_id, cause=loss.beat_id, parts=(job_id,)
                 )
                 failed = ev.GenerationFailed(
                     job_id=job_id,
@@ -77,11 +74,8 @@ class PoolManager:
                     fencing_token=flight.fencing_token,
                     message=f"no heartbeat from {loss.worker_id} for {self.timeout_s:.0f}s",
                 )
-                await self.publisher.publish(
-                    failed,
-                    key=job_id,
-                    causation_id=loss.beat_id,
-                    event_id=derived_event_id(loss.beat_id, failed.event_type, job_id),
+                await publish_derived(
+                    self.publisher, failed, key=job_id, cause=loss.beat_id, parts=(job_id,)
                 )
                 self.fleet.in_flight.pop(job_id, None)
                 published += 1

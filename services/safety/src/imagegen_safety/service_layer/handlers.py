@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from imagegen_runtime.publishing import Publisher, derived_event_id
+from imagegen_runtime.publishing import Publisher, publish_derived
 from imagegen_runtime.standard import PayloadHandler
 from imagegen_schemas import Envelope, Payload
 from imagegen_schemas.common import ImageRef
@@ -65,12 +65,7 @@ def make_handlers(
             scores=scores,
             checker=prompts.checker,
         )
-        await publisher.publish(
-            moderated,
-            key=msg.job_id,
-            causation_id=envelope.event_id,
-            event_id=derived_event_id(envelope.event_id, PromptModerated.event_type),
-        )
+        await publish_derived(publisher, moderated, key=msg.job_id, cause=envelope)
 
     def score_images(refs: Sequence[ImageRef]) -> list[float]:
         return images.score([read_image(ref) for ref in refs])  # sha256 checked before judging
@@ -109,12 +104,7 @@ def make_handlers(
             fencing_token=msg.fencing_token,
             webhook_url=msg.webhook_url,
         )
-        await publisher.publish(
-            moderated,
-            key=msg.job_id,
-            causation_id=envelope.event_id,
-            event_id=derived_event_id(envelope.event_id, ImageModerated.event_type),
-        )
+        await publish_derived(publisher, moderated, key=msg.job_id, cause=envelope)
 
     return {
         GenerationRequested: on_generation_requested,  # type: ignore[dict-item]
