@@ -76,7 +76,8 @@ lint: venv ## ruff check and ruff format --check over the whole tree
 	.venv/bin/ruff format --check .
 
 # mypy --strict ([tool.mypy] in pyproject.toml): the contracts, the shared runtime, and every
-# service's pure core. Adapters and entrypoints are checked through what these import.
+# service's pure core, and each service's composition root (bootstrap) and main. Adapters and
+# HTTP entrypoints are checked through what these import.
 TYPECHECKED := schemas/src libs/runtime/src \
 	services/api/src/imagegen_api/domain services/api/src/imagegen_api/service_layer \
 	services/scheduler/src/imagegen_scheduler/domain \
@@ -87,9 +88,10 @@ TYPECHECKED := schemas/src libs/runtime/src \
 	services/delivery/src/imagegen_delivery/domain \
 	services/delivery/src/imagegen_delivery/service_layer \
 	services/pool-manager/src/imagegen_pool_manager/domain \
-	services/pool-manager/src/imagegen_pool_manager/service_layer
+	services/pool-manager/src/imagegen_pool_manager/service_layer \
+	$(wildcard services/*/src/*/bootstrap.py) $(wildcard services/*/src/*/entrypoints/main.py)
 
-typecheck: venv ## mypy --strict on schemas, the runtime and every service's domain and service layer
+typecheck: venv ## mypy --strict on schemas, the runtime, every service's domain, service layer and bootstrap
 	.venv/bin/mypy $(TYPECHECKED)
 
 imports: venv ## import contracts (import-linter, [tool.importlinter] in pyproject.toml)

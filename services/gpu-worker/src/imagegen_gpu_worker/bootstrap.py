@@ -68,7 +68,7 @@ def bootstrap(
         settings,
         SERVICE,
         ("imagegen.jobs.scheduled",),
-        dispatcher({ev.JobScheduled: worker.on_assignment}),  # type: ignore[dict-item]
+        dispatcher({ev.JobScheduled: worker.on_assignment}),
         publisher,
         group=f"{prefix}imagegen-worker-{settings.worker_id}",
     )
@@ -78,14 +78,14 @@ def bootstrap(
         [prefix + "imagegen.jobs.requested", prefix + "imagegen.jobs.scheduled"],
         dispatcher(
             {
-                ev.CancellationRequested: worker.on_cancel,  # type: ignore[dict-item]
+                ev.CancellationRequested: worker.on_cancel,
                 ev.PreemptionRequested: worker.on_preempt,
             }
-        ),  # type: ignore[dict-item]
+        ),
         publisher,
     )
     app.tasks.append(control.run)
-    app.readiness.add("control", consumer_assigned_check(control))  # type: ignore[arg-type]
+    app.readiness.add("control", consumer_assigned_check(control))
     # Not ready while no image could be stored; jobs that arrive meanwhile fail their attempt
     # with storage_unavailable and are re-queued (service_layer/worker.py).
     app.readiness.add("blob_store_writable", blob_store_check(blobs))

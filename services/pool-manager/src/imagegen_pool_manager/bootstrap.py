@@ -28,9 +28,9 @@ def bootstrap(settings: PoolManagerSettings, *, publisher: Publisher | None = No
         f"{settings.topic_prefix}imagegen-pool-manager",
     )
     readiness = Readiness()
-    readiness.add("kafka", kafka_metadata_check(settings.kafka_bootstrap))  # type: ignore[arg-type]
+    readiness.add("kafka", kafka_metadata_check(settings.kafka_bootstrap))
     check, dispose = database_check(settings.database_url)
-    readiness.add("postgres", check)  # type: ignore[arg-type]
+    readiness.add("postgres", check)
 
     async def caught_up() -> bool:
         return consumer.caught_up.is_set()
@@ -60,4 +60,4 @@ def bootstrap(settings: PoolManagerSettings, *, publisher: Publisher | None = No
 
     return ServiceApp(
         SERVICE, http, readiness, tasks=[consumer.run, sweeps], on_shutdown=[kafka.close, dispose]
-    )  # type: ignore[list-item]
+    )

@@ -39,7 +39,7 @@ def bootstrap(
     prompts = prompt_classifier or MiniLmProfanityClassifier(threads=settings.model_threads)
     images = image_classifier or OpenNsfwClassifier(threads=settings.model_threads)
     handlers = make_handlers(publisher, prompts, images, settings)
-    app = consumer_service(settings, SERVICE, SUBSCRIBES, dispatcher(handlers), publisher)  # type: ignore[arg-type]
+    app = consumer_service(settings, SERVICE, SUBSCRIBES, dispatcher(handlers), publisher)
 
     async def models_loaded() -> bool:
         return prompts.loaded and images.loaded

@@ -46,7 +46,7 @@ def bootstrap(settings: SchedulerSettings, *, publisher: Publisher | None = None
         after_batch=scheduler.after_batch,
     )
     readiness = Readiness()
-    readiness.add("kafka", kafka_metadata_check(settings.kafka_bootstrap))  # type: ignore[arg-type]
+    readiness.add("kafka", kafka_metadata_check(settings.kafka_bootstrap))
 
     async def live() -> bool:
         return scheduler.live

@@ -7,7 +7,7 @@ from ..config import SERVICE, ApiSettings
 
 
 def main() -> None:
-    run_main(SERVICE, ApiSettings, bootstrap)  # type: ignore[arg-type]
+    run_main(SERVICE, ApiSettings, bootstrap)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from ..config import SERVICE, DeliverySettings
 
 
 def main() -> None:
-    run_main(SERVICE, DeliverySettings, bootstrap)  # type: ignore[arg-type]
+    run_main(SERVICE, DeliverySettings, bootstrap)
 
 
 if __name__ == "__main__":

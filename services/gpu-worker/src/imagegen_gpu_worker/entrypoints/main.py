@@ -7,7 +7,7 @@ from ..config import SERVICE, GpuWorkerSettings
 
 
 def main() -> None:
-    run_main(SERVICE, GpuWorkerSettings, bootstrap)  # type: ignore[arg-type]
+    run_main(SERVICE, GpuWorkerSettings, bootstrap)
 
 
 if __name__ == "__main__":

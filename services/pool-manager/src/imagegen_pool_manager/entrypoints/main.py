@@ -7,7 +7,7 @@ from ..config import SERVICE, PoolManagerSettings
 
 
 def main() -> None:
-    run_main(SERVICE, PoolManagerSettings, bootstrap)  # type: ignore[arg-type]
+    run_main(SERVICE, PoolManagerSettings, bootstrap)
 
 
 if __name__ == "__main__":

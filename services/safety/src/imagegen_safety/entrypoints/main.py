@@ -7,7 +7,7 @@ from ..config import SERVICE, SafetySettings
 
 
 def main() -> None:
-    run_main(SERVICE, SafetySettings, bootstrap)  # type: ignore[arg-type]
+    run_main(SERVICE, SafetySettings, bootstrap)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from ..config import SERVICE, SchedulerSettings
 
 
 def main() -> None:
-    run_main(SERVICE, SchedulerSettings, bootstrap)  # type: ignore[arg-type]
+    run_main(SERVICE, SchedulerSettings, bootstrap)
 
 
 if __name__ == "__main__":
