@@ -151,8 +151,3 @@ def topic_for(payload_type: type[Payload]) -> str:
         if payload_type in spec.events:
             return spec.name
     raise KeyError(f"{payload_type.__name__} is in no topic of the catalog")
-
-
-def topic_name(name: str, prefix: str = "") -> str:
-    """A topic name with an optional isolation prefix (tests use a unique prefix per run)."""
-    return f"{prefix}{name}"

@@ -313,16 +313,6 @@ def parse_caption(caption: str) -> CaptionSpec:
     return CaptionSpec(tuple(objects), background)
 
 
-def dataset(seed: int, n: int, split: str = "train") -> list[tuple[Scene, str]]:
-    """``n`` (scene, caption) pairs, deterministic from ``seed``."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        scene = sample_scene(rng, split)
-        out.append((scene, describe(scene, rng)))
-    return out
-
-
 def keywords(scene: Scene, rng: random.Random) -> str:
     """A bare keyword caption that is true of ``scene``: an object's color ("red"), its color
     and shape ("red star"), or the background ("blue background"). Training on a few of these

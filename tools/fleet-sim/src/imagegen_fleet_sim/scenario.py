@@ -64,13 +64,6 @@ def seed_catalog() -> ModelCatalog:
 
 
 @dataclass(frozen=True, slots=True)
-class Burst:
-    start_s: float  # when demand jumps
-    duration_s: float  # how long it lasts
-    factor: float  # arrival rate multiplier meanwhile
-
-
-@dataclass(frozen=True, slots=True)
 class Flood:
     at_s: float  # one user's script submits ...
     tier: Tier  # ... in this tier ...

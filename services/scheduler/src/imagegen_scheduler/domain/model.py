@@ -116,10 +116,6 @@ def footprint_gb(request: JobRequest, catalog: ModelCatalog) -> float:
     return model.weights_gb + adapters + activations
 
 
-def family_of(request: JobRequest, catalog: ModelCatalog) -> str:
-    return catalog.models[request.model_id].family
-
-
 def fits(family: str, need_gb: float, worker: WorkerView) -> bool:
     """A job fits a worker when the worker runs its family and the footprint fits the budget.
 
