@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from imagegen_runtime.kafka import KafkaConsumerLoop, KafkaPublisher, RecordMeta, wait_for_kafka
+from imagegen_runtime.faststream_consumer import FastStreamConsumer
+from imagegen_runtime.kafka import KafkaPublisher, RecordMeta, wait_for_kafka
 from imagegen_schemas import Envelope, Payload
 from imagegen_schemas.jobs import CancellationRequested
 
@@ -92,7 +93,7 @@ async def test_publisher_and_consumer_ride_out_a_broker_restart(infra, topics) -
         if env.correlation_id == job:
             seen.setdefault(env.event_id, asyncio.Event()).set()
 
-    consumer = KafkaConsumerLoop(
+    consumer = FastStreamConsumer(
         infra.kafka_bootstrap, f"{topics}restart-{job[:6]}", [topic], handle, pub
     )
     stop = asyncio.Event()

@@ -18,8 +18,9 @@ import httpx
 import pytest
 from sqlalchemy import exc as sa
 
+from imagegen_runtime.faststream_consumer import FastStreamConsumer
 from imagegen_runtime.health import Readiness, health_app
-from imagegen_runtime.kafka import KafkaConsumerLoop, KafkaPublisher, RecordMeta
+from imagegen_runtime.kafka import KafkaPublisher, RecordMeta
 from imagegen_runtime.standard import consumer_assigned_check
 from imagegen_schemas import Envelope, Payload, parse
 from imagegen_schemas.jobs import CancellationRequested, FailureReason, ImageDelivered
@@ -83,7 +84,7 @@ async def test_database_outage_in_the_projector_is_waited_out_never_dead_lettere
             raise db_down()
         projected.set()
 
-    loop = KafkaConsumerLoop(infra.kafka_bootstrap, group, [topic], project, pub, backoff_s=0.05)
+    loop = FastStreamConsumer(infra.kafka_bootstrap, group, [topic], project, pub, backoff_s=0.05)
     readiness = Readiness()
     readiness.add("consumer", consumer_assigned_check(loop))
     stop = asyncio.Event()
@@ -134,7 +135,7 @@ async def test_poison_record_is_dead_lettered_and_its_job_fails_terminally(infra
         if env.event_id == marker.event_id:
             done.set()
 
-    loop = KafkaConsumerLoop(
+    loop = FastStreamConsumer(
         infra.kafka_bootstrap, group, [topic], handle, pub, max_attempts=3, backoff_s=0.01
     )
     stop = asyncio.Event()
@@ -177,7 +178,7 @@ async def test_member_that_lost_its_group_keeps_running_and_the_record_is_redeli
     group = f"{topics}worker-{job[:6]}"
     sent = await pub.publish(CancellationRequested(job_id=job, requested_by="u"), key=job)
     a_has_it, again = asyncio.Event(), asyncio.Event()
-    b_loop: list[KafkaConsumerLoop] = []
+    b_loop: list[FastStreamConsumer] = []
     deliveries: list[str] = []  # which member got the record, in order
 
     async def slow_a(env: Envelope, payload: Payload, meta: RecordMeta) -> None:
@@ -197,8 +198,8 @@ async def test_member_that_lost_its_group_keeps_running_and_the_record_is_redeli
             again.set()
 
     short = {"session.timeout.ms": 6000, "max.poll.interval.ms": 7000}
-    loop_a = KafkaConsumerLoop(infra.kafka_bootstrap, group, [topic], slow_a, pub, **short)
-    loop_b = KafkaConsumerLoop(infra.kafka_bootstrap, group, [topic], b, pub, **short)
+    loop_a = FastStreamConsumer(infra.kafka_bootstrap, group, [topic], slow_a, pub, **short)
+    loop_b = FastStreamConsumer(infra.kafka_bootstrap, group, [topic], b, pub, **short)
     b_loop.append(loop_b)
     stop_a, stop_b = asyncio.Event(), asyncio.Event()
     task_a = asyncio.create_task(loop_a.run(stop_a))

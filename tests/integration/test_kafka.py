@@ -8,7 +8,8 @@ import uuid
 import pytest
 from confluent_kafka import Consumer
 
-from imagegen_runtime.kafka import KafkaConsumerLoop, KafkaPublisher, RecordMeta
+from imagegen_runtime.faststream_consumer import FastStreamConsumer
+from imagegen_runtime.kafka import KafkaPublisher, RecordMeta
 from imagegen_schemas import Envelope, Payload, header_map
 from imagegen_schemas.jobs import CancellationRequested
 from imagegen_schemas.workers import DeadLettered
@@ -19,7 +20,7 @@ REQUESTED = "imagegen.jobs.requested"
 DLQ = "imagegen.deadletter"
 
 
-async def consume_until(loop: KafkaConsumerLoop, done: asyncio.Event, timeout: float = 60) -> None:
+async def consume_until(loop: FastStreamConsumer, done: asyncio.Event, timeout: float = 60) -> None:
     """Run ``loop`` until ``done`` is set by its handler (or fail after ``timeout``)."""
     stop = asyncio.Event()
     task = asyncio.create_task(loop.run(stop))
@@ -75,7 +76,7 @@ async def test_publish_consume_commit_and_resume_from_committed_offset(infra, to
         return handle
 
     first_done = asyncio.Event()
-    first = KafkaConsumerLoop(
+    first = FastStreamConsumer(
         infra.kafka_bootstrap, group, [topics + REQUESTED], handler_stopping_at(8, first_done), pub
     )
     await consume_until(first, first_done)
@@ -83,7 +84,7 @@ async def test_publish_consume_commit_and_resume_from_committed_offset(infra, to
 
     # A new member of the same group resumes right after the last committed offset.
     second_done = asyncio.Event()
-    second = KafkaConsumerLoop(
+    second = FastStreamConsumer(
         infra.kafka_bootstrap,
         group,
         [topics + REQUESTED],
@@ -114,7 +115,7 @@ async def test_malformed_record_is_dead_lettered_and_consumer_goes_on(infra, top
         handled.append(env.event_id)
         done.set()
 
-    loop = KafkaConsumerLoop(infra.kafka_bootstrap, f"{topics}dlq-{job[:6]}", [topic], handle, pub)
+    loop = FastStreamConsumer(infra.kafka_bootstrap, f"{topics}dlq-{job[:6]}", [topic], handle, pub)
     await consume_until(loop, done)
     assert handled == [good.event_id]
     assert loop.dead_lettered == 2
@@ -146,7 +147,7 @@ async def test_failing_handler_is_retried_then_dead_lettered(infra, topics) -> N
             raise RuntimeError("effect failed")
         done.set()
 
-    loop = KafkaConsumerLoop(
+    loop = FastStreamConsumer(
         infra.kafka_bootstrap,
         f"{topics}retry-{job[:6]}",
         [topic],

@@ -1,17 +1,15 @@
-"""Kafka adapters over confluent-kafka: readiness, topic creation, publisher, consumer loop.
+"""Kafka adapters over confluent-kafka: readiness, topic creation, publisher, replaying consumer.
 
 Delivery guarantees (ADR 0003) and the fault model (ADR 0008, :mod:`imagegen_runtime.faults`):
 - the publisher is idempotent with ``acks=all`` and ``publish`` returns only after the broker
   acknowledged the record; a transient failure (broker away, ``_MSG_TIMED_OUT``) is retried with
   backoff for ``retry_for_s`` before it is raised;
-- the consumer commits a record's offset synchronously *after* its handler's effect, so a crash
-  means redelivery (handlers are idempotent), never loss; a commit refused because this member
-  lost its group membership is logged, not fatal: the partition's next owner handles it again;
-- a transient fault in a handler is retried with capped exponential backoff for as long as it
-  takes, with the consumer's partitions paused and ``/readyz`` naming the fault;
+- the services' consumers run on FastStream (:mod:`imagegen_runtime.faststream_consumer`); the
+  stateful deciders' :class:`ReplayingConsumer` replays every topic from offset 0 and applies
+  the same fault model live;
 - a poison record (unparseable, or a handler that keeps failing with a non-transient error) goes
-  to the dead-letter topic with the error and the original bytes, its job gets a terminal
-  ``GenerationFailed(poison_event)``, and the consumer goes on.
+  to the dead-letter topic with the error and the original bytes (:func:`dead_letter`), and its
+  job gets a terminal ``GenerationFailed(poison_event)`` (:func:`fail_poisoned_job`).
 """
 
 from __future__ import annotations
@@ -39,12 +37,11 @@ from imagegen_schemas.jobs import (
 )
 from imagegen_schemas.workers import DeadLettered
 
-from .faults import Backoff, describe, is_lost_membership, is_transient
+from .faults import Backoff, describe, is_transient
 from .health import CheckResult
 from .logs import job_id_var
-from .metrics import DEAD_LETTERED, EVENTS_CONSUMED, EVENTS_PUBLISHED, HANDLER_SECONDS
+from .metrics import DEAD_LETTERED, EVENTS_PUBLISHED
 from .publishing import Publisher, build_record, derived_event_id
-from .tracing import context_from_headers
 from .waiting import sleep_or_stop
 
 log = logging.getLogger(__name__)
@@ -274,7 +271,7 @@ def decode(msg: Message) -> tuple[Envelope, Payload]:
     return envelope, parse(envelope)
 
 
-class _Hold:
+class Hold:
     """A transient fault that holds a consumer: what, where, since when (for ``/readyz``)."""
 
     def __init__(self) -> None:
@@ -303,219 +300,6 @@ class _Hold:
             f"retrying transient fault on {self.where} for {held:.0f} s "
             f"({self.attempts} attempts): {self.error}",
         )
-
-
-class KafkaConsumerLoop:
-    """Consumes topics in a group; handles each record, then commits its offset.
-
-    Order per partition is kept: one record at a time. Faults follow ADR 0008:
-    - a record that fails to parse is poison at once;
-    - a handler error that :func:`~imagegen_runtime.faults.is_transient` calls transient is
-      retried with capped exponential backoff for as long as it takes; meanwhile the assigned
-      partitions are paused (no new work) while ``poll`` keeps the group membership, and
-      :meth:`health` reports the fault;
-    - any other handler error is retried ``max_attempts`` times, then the record is poison.
-    Poison goes to the dead-letter topic and its job gets a terminal ``GenerationFailed``
-    (:func:`fail_poisoned_job`). The offset is committed after the record is settled; a commit
-    refused because this member lost its membership is logged and the loop goes on.
-    ``client`` replaces the confluent consumer (tests only).
-    """
-
-    def __init__(
-        self,
-        bootstrap: str,
-        group_id: str,
-        topics: Iterable[str],
-        handler: Handler,
-        deadletter: Publisher,
-        *,
-        max_attempts: int = 3,
-        backoff_s: float = 0.2,
-        backoff_cap_s: float = 30.0,
-        client: Consumer | None = None,
-        **extra: Any,
-    ) -> None:
-        self.group_id = group_id
-        self.topics = list(topics)
-        self.handler = handler
-        self.deadletter = deadletter
-        self.max_attempts = max_attempts
-        self.backoff = Backoff(initial_s=backoff_s, cap_s=backoff_cap_s)
-        self.assigned = asyncio.Event()
-        self._consumer = client or Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": group_id,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                "session.timeout.ms": 10000,
-                "heartbeat.interval.ms": 1000,
-                **extra,
-            }
-        )
-        self.handled = 0
-        self.dead_lettered = 0
-        self.commits_refused = 0
-        self._hold = _Hold()
-        self._paused = False
-
-    def health(self) -> CheckResult:
-        """Not ready while a transient fault holds the loop (the reason names it)."""
-        if not self.assigned.is_set():
-            return CheckResult(False, "waiting for the consumer group to assign partitions")
-        return self._hold.check()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-
-        def on_assign(consumer: Consumer, partitions: list[TopicPartition]) -> None:
-            loop.call_soon_threadsafe(self.assigned.set)
-
-        self._consumer.subscribe(self.topics, on_assign=on_assign)
-        try:
-            while not stop.is_set():
-                msg = await asyncio.to_thread(self._consumer.poll, 0.2)
-                if msg is None:
-                    continue
-                error = msg.error()
-                if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:
-                        log.warning("kafka consumer error", extra={"error": str(error)})
-                    continue
-                if await self._process(msg, stop):
-                    await self._commit(msg)
-        finally:
-            await asyncio.to_thread(self._consumer.close)
-
-    async def _commit(self, msg: Message) -> None:
-        try:
-            await asyncio.to_thread(self._consumer.commit, message=msg, asynchronous=False)
-        except KafkaException as exc:
-            if not is_lost_membership(exc):
-                raise
-            # The group moved on without this member (a broker restart, a long handler): the
-            # partition's new owner reads from the last committed offset and handles the record
-            # again (handlers are idempotent). The next poll re-joins the group.
-            self.commits_refused += 1
-            log.warning(
-                "commit refused; membership lost, re-joining",
-                extra={"topic": msg.topic(), "offset": msg.offset(), "error": describe(exc)},
-            )
-
-    async def _process(self, msg: Message, stop: asyncio.Event) -> bool:
-        """Handle one record until it is settled (True: commit it) or we are stopping (False)."""
-        meta = record_meta(msg)
-        try:
-            envelope, payload = decode(msg)
-        except Exception as exc:  # malformed: no retry can fix it
-            return await self._poison(msg, None, None, f"unparseable record: {exc}", stop)
-        token = job_id_var.set(envelope.correlation_id)
-        try:
-            with (
-                tracer.start_as_current_span(
-                    f"consume {envelope.type}", context=context_from_headers(meta.headers)
-                ),
-                HANDLER_SECONDS.labels(meta.topic, self.group_id).time(),
-            ):
-                return await self._handle(msg, envelope, payload, meta, stop)
-        finally:
-            job_id_var.reset(token)
-
-    async def _handle(
-        self,
-        msg: Message,
-        envelope: Envelope,
-        payload: Payload,
-        meta: RecordMeta,
-        stop: asyncio.Event,
-    ) -> bool:
-        failures = 0
-        while True:
-            try:
-                await self.handler(envelope, payload, meta)
-            except Exception as exc:
-                if is_transient(exc):
-                    if not await self._wait_out(exc, meta, stop):
-                        return False
-                    continue
-                failures += 1
-                log.warning("handler failed", extra={"attempt": failures, "error": repr(exc)})
-                if failures >= self.max_attempts:
-                    error = f"handler failed {failures} times: {exc!r}"
-                    return await self._poison(msg, envelope, payload, error, stop)
-                if await sleep_or_stop(stop, self.backoff.delay(failures)):
-                    return False
-                continue
-            self._release()
-            self.handled += 1
-            EVENTS_CONSUMED.labels(meta.topic, self.group_id).inc()
-            return True
-
-    async def _poison(
-        self,
-        msg: Message,
-        envelope: Envelope | None,
-        payload: Payload | None,
-        error: str,
-        stop: asyncio.Event,
-    ) -> bool:
-        """Dead-letter ``msg`` and fail its job; a transient fault while doing so is waited out."""
-        meta = record_meta(msg)
-        while True:
-            try:
-                await dead_letter(self.deadletter, msg, self.group_id, error)
-                await fail_poisoned_job(self.deadletter, meta, envelope, payload, error)
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                if not await self._wait_out(exc, meta, stop):
-                    return False
-                continue
-            self._release()
-            self.dead_lettered += 1
-            return True
-
-    async def _wait_out(self, exc: BaseException, meta: RecordMeta, stop: asyncio.Event) -> bool:
-        """Back off after a transient fault, taking no new work; False if stopping."""
-        self._hold.hit(exc, meta)
-        delay = self.backoff.delay(self._hold.attempts)
-        log.warning(
-            "transient fault; retrying",
-            extra={"where": self._hold.where, "attempt": self._hold.attempts, "delay_s": delay},
-        )
-        if not self._paused:
-            await asyncio.to_thread(self._pause, self._consumer.assignment())
-            self._paused = True
-        deadline = time.monotonic() + delay
-        while not stop.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return True
-            # Polling keeps this member in its group (max.poll.interval.ms) and runs rebalances;
-            # paused partitions deliver nothing.
-            got = await asyncio.to_thread(self._consumer.poll, min(0.2, left))
-            if got is not None and not got.error():
-                # From a partition a rebalance gave us during the hold: put it back for later.
-                tp = TopicPartition(got.topic() or "", _int(got.partition()), _int(got.offset()))
-                await asyncio.to_thread(self._pause, [tp])
-                await asyncio.to_thread(self._consumer.seek, tp)
-        return False
-
-    def _pause(self, partitions: list[TopicPartition]) -> None:
-        if partitions:
-            self._consumer.pause(partitions)
-
-    def _release(self) -> None:
-        if self._hold.error is not None:
-            log.info("transient fault over", extra={"where": self._hold.where})
-        self._hold.clear()
-        if self._paused:
-            self._paused = False
-            try:
-                self._consumer.resume(self._consumer.assignment())
-            except KafkaException as exc:  # the assignment changed under us: nothing to resume
-                log.warning("resume failed", extra={"error": describe(exc)})
 
 
 async def dead_letter(publisher: Publisher, msg: Message, group: str, error: str) -> None:
@@ -634,7 +418,7 @@ class ReplayingConsumer:
         self.caught_up = asyncio.Event()
         self.records = 0
         self.backoff = backoff or Backoff(initial_s=0.2, cap_s=30.0)
-        self._hold = _Hold()
+        self._hold = Hold()
 
     async def run(self, stop: asyncio.Event) -> None:
         from confluent_kafka import OFFSET_BEGINNING

@@ -12,8 +12,9 @@ from fastapi import FastAPI
 
 from imagegen_schemas import Envelope, Payload
 
+from .faststream_consumer import FastStreamConsumer
 from .health import CheckResult, Readiness, ReadinessCheck, add_health_routes, health_app
-from .kafka import Handler, KafkaConsumerLoop, RecordMeta, ReplayingConsumer
+from .kafka import Handler, RecordMeta, ReplayingConsumer
 from .logs import configure_logging
 from .publishing import Publisher
 from .service import ServiceApp, serve
@@ -42,7 +43,7 @@ def kafka_metadata_check(bootstrap: str) -> ReadinessCheck:
     return check
 
 
-def consumer_assigned_check(consumer: KafkaConsumerLoop | ReplayingConsumer) -> ReadinessCheck:
+def consumer_assigned_check(consumer: FastStreamConsumer | ReplayingConsumer) -> ReadinessCheck:
     """A readiness check: the group gave this member its partitions and no transient fault
     holds the consumer (ADR 0008); when failing, the reason names the fault and the record."""
 
@@ -94,7 +95,8 @@ def consumer_service(
     http: FastAPI | None = None,
     group: str | None = None,
 ) -> ServiceApp:
-    """A service that consumes ``subscribes`` in group ``imagegen-<service>`` with ``handler``.
+    """A service that consumes ``subscribes`` in group ``imagegen-<service>`` with ``handler``,
+    on FastStream with the fault model as its middleware (:mod:`.faststream_consumer`).
 
     Readiness: the broker answers metadata, the group assigned this member its partitions and
     no transient fault holds the consumer. ``publisher`` also sends dead letters and the
@@ -108,7 +110,7 @@ def consumer_service(
         add_health_routes(http, service, readiness)
     app = ServiceApp(service, http, readiness)
     if subscribes:
-        consumer = KafkaConsumerLoop(
+        consumer = FastStreamConsumer(
             settings.kafka_bootstrap,
             group or f"{settings.topic_prefix}imagegen-{service}",
             [settings.topic_prefix + t for t in subscribes],

@@ -6,7 +6,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from imagegen_runtime.kafka import KafkaConsumerLoop, KafkaPublisher
+from imagegen_runtime.faststream_consumer import FastStreamConsumer
+from imagegen_runtime.kafka import KafkaPublisher
 from imagegen_runtime.service import ServiceApp
 from imagegen_runtime.standard import consumer_assigned_check, consumer_service, dispatcher
 from imagegen_schemas import jobs as ev
@@ -72,7 +73,7 @@ def bootstrap(
         publisher,
         group=f"{prefix}imagegen-worker-{settings.worker_id}",
     )
-    control = KafkaConsumerLoop(
+    control = FastStreamConsumer(
         settings.kafka_bootstrap,
         f"{prefix}imagegen-worker-{settings.worker_id}-control",
         [prefix + "imagegen.jobs.requested", prefix + "imagegen.jobs.scheduled"],
