@@ -1,5 +1,8 @@
 """The Kafka publisher during a broker outage (ADR 0008), over a stand-in for librdkafka.
 
+The publisher runs on FastStream's confluent producer; the stand-in replaces the confluent
+``Producer`` that FastStream builds, so FastStream's produce-and-await path runs as in production.
+
 Regression: with the broker away, a delivery report of ``_MSG_TIMED_OUT`` made ``publish``
 raise at once, so the consuming handler failed and its record was dead-lettered. The real-broker
 version of this test is in ``tests/integration/test_broker_crash.py``.
@@ -13,6 +16,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Message
+from faststream.confluent.helpers import client as faststream_client
 
 from imagegen_runtime.faults import Backoff
 from imagegen_runtime.kafka import KafkaPublisher
@@ -47,25 +51,29 @@ class FakeProducer:
         threading.Event().wait(0.001)
         return len(pending)
 
-    def flush(self, timeout: float) -> int:
+    def flush(self, timeout: float = -1) -> int:
         return 0
 
 
+@pytest.fixture
 def publisher(
-    failures: list[int], retry_for_s: float = 30.0
-) -> tuple[KafkaPublisher, FakeProducer]:
-    fake = FakeProducer(failures)
-    pub = KafkaPublisher(
-        "unused:9092",
-        "test",
-        retry_for_s=retry_for_s,
-        backoff=Backoff(initial_s=0.001, cap_s=0.01),
-        client=fake,  # type: ignore[arg-type]
-    )
-    return pub, fake
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[..., tuple[KafkaPublisher, FakeProducer]]:
+    def make(failures: list[int], retry_for_s: float = 30.0) -> tuple[KafkaPublisher, FakeProducer]:
+        fake = FakeProducer(failures)
+        monkeypatch.setattr(faststream_client, "Producer", lambda config, logger=None: fake)
+        pub = KafkaPublisher(
+            "unused:9092",
+            "test",
+            retry_for_s=retry_for_s,
+            backoff=Backoff(initial_s=0.001, cap_s=0.01),
+        )
+        return pub, fake
+
+    return make
 
 
-async def test_publish_retries_message_timeouts_until_the_broker_acknowledges() -> None:
+async def test_publish_retries_message_timeouts_until_the_broker_acknowledges(publisher) -> None:
     pub, fake = publisher([KafkaError._MSG_TIMED_OUT, KafkaError._TRANSPORT] * 2)
     env = await pub.publish(CancellationRequested(job_id="j", requested_by="u"), key="j")
     await pub.close()
@@ -73,7 +81,7 @@ async def test_publish_retries_message_timeouts_until_the_broker_acknowledges() 
     assert fake.produced == 5 and pub.retries == 4
 
 
-async def test_publish_gives_up_after_retry_for_s_with_the_transient_error() -> None:
+async def test_publish_gives_up_after_retry_for_s_with_the_transient_error(publisher) -> None:
     pub, fake = publisher([KafkaError._MSG_TIMED_OUT] * 10_000, retry_for_s=0.05)
     with pytest.raises(KafkaException) as got:
         await pub.publish(CancellationRequested(job_id="j", requested_by="u"), key="j")
@@ -82,7 +90,7 @@ async def test_publish_gives_up_after_retry_for_s_with_the_transient_error() -> 
     assert fake.produced > 1
 
 
-async def test_publish_does_not_retry_a_permanent_error() -> None:
+async def test_publish_does_not_retry_a_permanent_error(publisher) -> None:
     pub, fake = publisher([KafkaError.MSG_SIZE_TOO_LARGE])
     with pytest.raises(KafkaException):
         await pub.publish(CancellationRequested(job_id="j", requested_by="u"), key="j")

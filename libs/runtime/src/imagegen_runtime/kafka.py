@@ -17,14 +17,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from faststream.confluent import KafkaBroker
+from faststream.confluent.helpers.config import ConfluentConfig
 from opentelemetry import trace
 
 from imagegen_schemas import TOPICS, Envelope, Payload, header_map, parse
@@ -98,10 +99,9 @@ def ensure_topics(bootstrap: str, prefix: str = "", timeout_s: float = 30.0) -> 
     return created
 
 
-def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
-    """Idempotent producer, acks from every in-sync replica, ordered per key."""
+def producer_config(**extra: Any) -> dict[str, Any]:
+    """Idempotent producer, acks from every in-sync replica, ordered per key (librdkafka names)."""
     return {
-        "bootstrap.servers": bootstrap,
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 2,
@@ -112,12 +112,16 @@ def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
 
 
 class KafkaPublisher:
-    """Publishes payloads in envelopes; ``publish`` resolves once the broker acknowledged.
+    """Publishes payloads in envelopes on FastStream; ``publish`` resolves once acknowledged.
 
-    A transient failure (the broker away: ``_MSG_TIMED_OUT``, ``_TRANSPORT`` ...) is retried with
-    capped exponential backoff for up to ``retry_for_s`` seconds, then raised; the record keeps
-    its event id, so a retry that duplicates it is dropped by consumers like any redelivery.
-    ``client`` replaces the confluent producer (tests only).
+    The transport is FastStream's confluent producer (a ``KafkaBroker`` used only to publish,
+    connected on the first publish): it produces and awaits the broker's delivery report. Ours
+    on top: the envelope, key and CloudEvents headers (:func:`build_record`, shared with the
+    in-memory fake), and the fault model's retry (ADR 0008): a transient failure (the broker
+    away: ``_MSG_TIMED_OUT``, ``_TRANSPORT`` ...) is retried with capped exponential backoff for
+    up to ``retry_for_s`` seconds, then raised; the record keeps its event id, so a retry that
+    duplicates it is dropped by consumers like any redelivery. ``extra`` holds librdkafka
+    settings for the producer (``message.timeout.ms`` ...).
     """
 
     def __init__(
@@ -128,7 +132,6 @@ class KafkaPublisher:
         *,
         retry_for_s: float = 120.0,
         backoff: Backoff | None = None,
-        client: Producer | None = None,
         **extra: Any,
     ) -> None:
         self.producer_name = producer
@@ -136,18 +139,16 @@ class KafkaPublisher:
         self.retry_for_s = retry_for_s
         self.backoff = backoff or Backoff(initial_s=0.2, cap_s=5.0)
         self.retries = 0  # transient failures retried so far (exposed for operators' metrics)
-        self._producer = client or Producer(producer_config(bootstrap, **extra))
-        self._stop = threading.Event()
-        self._closed = False
-        # librdkafka runs delivery callbacks inside poll(); one thread keeps polling.
-        self._poller = threading.Thread(
-            target=self._poll_loop, name="kafka-producer-poll", daemon=True
+        self._broker = KafkaBroker(
+            bootstrap,
+            config=cast(ConfluentConfig, producer_config(**extra)),
+            allow_auto_create_topics=False,
+            client_id=f"imagegen-{producer}",
+            logger=logging.getLogger("imagegen.faststream"),
+            log_level=logging.DEBUG,
         )
-        self._poller.start()
-
-    def _poll_loop(self) -> None:
-        while not self._stop.is_set():
-            self._producer.poll(0.05)
+        self._connected: asyncio.Task[Any] | None = None
+        self._closed = False
 
     async def publish(
         self,
@@ -198,36 +199,31 @@ class KafkaPublisher:
     ) -> tuple[int, int]:
         if self._closed:
             raise RuntimeError("publisher is closed")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[tuple[int, int]] = loop.create_future()
-
-        def on_delivery(err: KafkaError | None, msg: Message) -> None:
-            def settle() -> None:
-                if fut.done():
-                    return
-                if err is not None:
-                    fut.set_exception(KafkaException(err))
-                else:
-                    fut.set_result((_int(msg.partition()), _int(msg.offset())))
-
-            loop.call_soon_threadsafe(settle)
-
-        kafka_headers: list[tuple[str, str | bytes | None]] = list(headers)
+        if self._connected is None:  # one connect, however many publish at once
+            self._connected = asyncio.ensure_future(self._broker.connect())
+        await asyncio.shield(self._connected)
+        text = header_map(list(headers))
         while True:
             try:
-                self._producer.produce(
-                    topic, value=value, key=key, headers=kafka_headers, on_delivery=on_delivery
+                msg = await self._broker.publish(
+                    value,
+                    topic,
+                    key=key,
+                    headers=text,
+                    correlation_id=text.get("ce_subject"),
                 )
                 break
             except BufferError:  # local queue full: let deliveries drain, then retry
                 await asyncio.sleep(0.01)
-        return await fut
+        if msg is None:
+            raise RuntimeError(f"no delivery report for a record on {topic}")
+        return _int(msg.partition()), _int(msg.offset())
 
     async def close(self) -> None:
+        """Flush what is in flight (FastStream's producer stop) and stop publishing."""
         self._closed = True
-        await asyncio.to_thread(self._producer.flush, 10.0)
-        self._stop.set()
-        self._poller.join(timeout=2)
+        if self._connected is not None:
+            await self._broker.stop()
 
 
 @dataclass(frozen=True)
