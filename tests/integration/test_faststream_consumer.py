@@ -24,7 +24,7 @@ from imagegen_runtime.kafka import KafkaPublisher, RecordMeta
 from imagegen_schemas import Envelope, Payload
 from imagegen_schemas.jobs import CancellationRequested
 
-from .test_kafka import read_all
+from .test_kafka import consume_until, read_all
 
 pytestmark = pytest.mark.integration
 
@@ -87,13 +87,9 @@ async def test_order_per_key_across_transient_retries_and_commit_after_the_effec
     after: list[str] = []
     got: dict[str, asyncio.Event] = {"r4": asyncio.Event()}
     second = FastStreamConsumer(infra.kafka_bootstrap, group, [topic], mine(job, after, got), pub)
-    stop = asyncio.Event()
-    task = asyncio.create_task(second.run(stop))
     try:
-        await wait(got["r4"], 60, "r4 in the same group")
+        await consume_until(second, got["r4"])
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
         await pub.close()
     assert after == ["r4"], "records handled through FastStream were not committed"
     letters = [
@@ -133,12 +129,8 @@ async def test_a_stop_during_a_transient_fault_commits_nothing(infra, topics) ->
     again: list[str] = []
     got: dict[str, asyncio.Event] = {"held": asyncio.Event()}
     second = FastStreamConsumer(infra.kafka_bootstrap, group, [topic], mine(job, again, got), pub)
-    stop = asyncio.Event()
-    task = asyncio.create_task(second.run(stop))
     try:
-        await wait(got["held"], 60, "the held record in the next member")
+        await consume_until(second, got["held"])
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
         await pub.close()
     assert again == ["held"]
