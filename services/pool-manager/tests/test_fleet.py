@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from imagegen_pool_manager.service_layer.pool import PoolManager
@@ -274,3 +276,14 @@ async def test_a_failure_naming_an_older_token_leaves_the_current_assignment_in_
     assert await sweep_until(pool, clock, 1011) == 1
     [lost] = pub.on("imagegen.jobs.ended")
     assert (lost.data["job_id"], lost.data["fencing_token"]) == ("j", 2)
+
+
+async def test_the_sweep_loop_stops_when_its_consumer_never_caught_up() -> None:
+    """Regression (chaos soak), as for the scheduler: a sweep loop waiting on ``caught_up``
+    alone kept a stopping pool-manager alive for good. Failed before the fix."""
+    pool = PoolManager(InMemoryPublisher(), timeout_s=10, clock=Clock())
+    stop = asyncio.Event()
+    task = asyncio.create_task(pool.sweep_loop(asyncio.Event(), stop))
+    await asyncio.sleep(0)
+    stop.set()
+    await asyncio.wait_for(task, 5)

@@ -7,6 +7,7 @@ which records every event it folded, so the same log can be replayed into a fres
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import UTC, datetime
 from typing import Any
@@ -369,3 +370,16 @@ async def test_a_failure_naming_an_older_assignment_of_the_same_attempt_is_stale
     assert r.s.state.running["j"].fencing_token == 2
     await r.feed(beat("w2"), failed("j", "w1", 1).model_copy(update={"fencing_token": 2}))
     assert r.scheduled("j")[-1] == ("w2", 3, 2), "the resumed run's own failure is an attempt"
+
+
+async def test_the_decision_loop_stops_when_its_consumer_never_caught_up() -> None:
+    """Regression (chaos soak): the scheduler's consumer crashed on a leader move before it
+    caught up; ``tick_loop`` waited on ``caught_up`` alone, so the process never finished
+    stopping and was never restarted. Failed before the fix: the wait timed out."""
+    s = Scheduler(InMemoryPublisher(), CATALOG, clock=lambda: 0.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(s.tick_loop(asyncio.Event(), stop))
+    await asyncio.sleep(0)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert not s.live

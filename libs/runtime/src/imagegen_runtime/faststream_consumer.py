@@ -93,7 +93,7 @@ class FastStreamConsumer:
         self.dead_lettered = 0
         self.commits_refused = 0
         self.hold = Hold()
-        self._extra = {"session.timeout.ms": 10000, "heartbeat.interval.ms": 1000, **extra}
+        self._extra = dict(extra)  # librdkafka names; they win over the settings below
         self._failed: BaseException | None = None
         self._failed_event = asyncio.Event()
 
@@ -115,7 +115,7 @@ class FastStreamConsumer:
             # Topics are made by ensure_topics with their partitions and configs (ADR 0003),
             # never by a subscriber with the broker's defaults.
             allow_auto_create_topics=False,
-            config=cast(ConfluentConfig, self._extra),  # librdkafka names, as our loop had
+            config=cast(ConfluentConfig, self._extra) if self._extra else None,
             middlewares=[fault_model_middleware(self)],
             logger=logging.getLogger("imagegen.faststream"),
             log_level=logging.DEBUG,  # FastStream's per-record lines; ours are in the middleware
@@ -125,6 +125,8 @@ class FastStreamConsumer:
             group_id=self.group_id,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
+            session_timeout_ms=10000,
+            heartbeat_interval_ms=1000,
             ack_policy=AckPolicy.MANUAL,
             on_assign=on_assign,
         )

@@ -403,8 +403,10 @@ class ReplayingConsumer:
         after_batch: Callable[[], Awaitable[None]] | None = None,
         batch_size: int = 500,
         backoff: Backoff | None = None,
+        client: Consumer | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self._client = client  # replaces the confluent consumer (tests only)
         self.topics = list(topics)
         self.handler = handler
         self.after_batch = after_batch  # e.g. decide once per batch, not once per record
@@ -417,9 +419,7 @@ class ReplayingConsumer:
         self._hold = Hold()
 
     async def run(self, stop: asyncio.Event) -> None:
-        from confluent_kafka import OFFSET_BEGINNING
-
-        consumer = Consumer(
+        consumer = self._client or Consumer(
             {
                 "bootstrap.servers": self.bootstrap,
                 "group.id": self.name,
@@ -427,17 +427,20 @@ class ReplayingConsumer:
                 "isolation.level": "read_committed",
             }
         )
-        md = await asyncio.to_thread(consumer.list_topics, timeout=10)
-        parts = [
-            TopicPartition(t, p, OFFSET_BEGINNING)
-            for t in self.topics
-            for p in sorted(md.topics[t].partitions)
-        ]
-        remaining: dict[tuple[str, int], int] = {}
-        for tp in parts:
-            _, high = await asyncio.to_thread(consumer.get_watermark_offsets, tp, 10)
-            if high > 0:
-                remaining[(tp.topic, tp.partition)] = high
+        while True:  # a broker that is away or moving leaders is waited out (ADR 0008)
+            try:
+                parts, remaining = await self._plan(consumer)
+                break
+            except KafkaException as exc:
+                if not is_transient(exc):
+                    await asyncio.to_thread(consumer.close)
+                    raise
+                self._hold.hit(exc, RecordMeta(",".join(self.topics), -1, -1, None, {}))
+                log.warning("transient fault at start; retrying", extra={"error": describe(exc)})
+                if await sleep_or_stop(stop, self.backoff.delay(self._hold.attempts)):
+                    await asyncio.to_thread(consumer.close)
+                    return
+        self._hold.clear()
         consumer.assign(parts)
         if not remaining:
             self.caught_up.set()
@@ -474,6 +477,25 @@ class ReplayingConsumer:
         if first is None:
             return []
         return [first, *consumer.consume(self.batch_size - 1, 0)]
+
+    async def _plan(
+        self, consumer: Consumer
+    ) -> tuple[list[TopicPartition], dict[tuple[str, int], int]]:
+        """Every partition of the topics from offset 0, and the end offset replay must reach."""
+        from confluent_kafka import OFFSET_BEGINNING
+
+        md = await asyncio.to_thread(consumer.list_topics, timeout=10)
+        parts = [
+            TopicPartition(t, p, OFFSET_BEGINNING)
+            for t in self.topics
+            for p in sorted(md.topics[t].partitions)
+        ]
+        remaining: dict[tuple[str, int], int] = {}
+        for tp in parts:
+            _, high = await asyncio.to_thread(consumer.get_watermark_offsets, tp, 10)
+            if high > 0:
+                remaining[(tp.topic, tp.partition)] = high
+        return parts, remaining
 
     def health(self) -> CheckResult:
         """Not ready while a transient fault holds the replay (the reason names it)."""

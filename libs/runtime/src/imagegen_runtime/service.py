@@ -46,8 +46,12 @@ async def _announce_ready(app: ServiceApp, stop: asyncio.Event) -> None:
         await sleep_or_stop(stop, 0.2)
 
 
-async def serve(app: ServiceApp, host: str, port: int) -> int:
-    """Run until SIGTERM/SIGINT (exit 0) or a task crashes (exit 1, so the supervisor restarts)."""
+async def serve(app: ServiceApp, host: str, port: int, *, stop_grace_s: float = 30.0) -> int:
+    """Run until SIGTERM/SIGINT (exit 0) or a task crashes (exit 1, so the supervisor restarts).
+
+    Once stopping, the tasks get ``stop_grace_s`` to finish; any still running then is
+    cancelled (and logged), so a service always exits and its supervisor can restart it.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -68,7 +72,9 @@ async def serve(app: ServiceApp, host: str, port: int) -> int:
             log.error("task crashed; stopping", exc_info=error)
             stop.set()
 
-    running: list[asyncio.Task[None]] = [asyncio.create_task(t(stop)) for t in app.tasks]
+    running: list[asyncio.Task[None]] = [
+        asyncio.create_task(t(stop), name=getattr(t, "__qualname__", repr(t))) for t in app.tasks
+    ]
     running.append(asyncio.create_task(_announce_ready(app, stop)))
     for task in running:
         task.add_done_callback(watch)
@@ -77,6 +83,14 @@ async def serve(app: ServiceApp, host: str, port: int) -> int:
     await stop.wait()
     stop.set()
     server.should_exit = True
+    _, late = await asyncio.wait([*running, http_task], timeout=stop_grace_s)
+    for task in late:
+        log.error(
+            "task did not stop within %.0f s; cancelled",
+            stop_grace_s,
+            extra={"task": task.get_name()},
+        )
+        task.cancel()
     await asyncio.gather(*running, http_task, return_exceptions=True)
     for close in app.on_shutdown:
         await close()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from imagegen_runtime.kafka import RecordMeta
 from imagegen_runtime.publishing import Publisher, publish_derived
-from imagegen_runtime.waiting import sleep_or_stop
+from imagegen_runtime.waiting import sleep_or_stop, wait_or_stop
 from imagegen_schemas import Envelope, Payload
 from imagegen_schemas import jobs as ev
 
@@ -84,7 +84,8 @@ class PoolManager:
     async def sweep_loop(
         self, caught_up: asyncio.Event, stop: asyncio.Event, every_s: float = 1.0
     ) -> None:
-        await caught_up.wait()
+        if not await wait_or_stop(caught_up, stop):
+            return
         self.listening()
         while not stop.is_set():
             await self.sweep()

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from imagegen_runtime.kafka import RecordMeta
 from imagegen_runtime.publishing import Publisher, derived_event_id
-from imagegen_runtime.waiting import sleep_or_stop
+from imagegen_runtime.waiting import sleep_or_stop, wait_or_stop
 from imagegen_schemas import Envelope, Payload
 from imagegen_schemas import jobs as ev
 
@@ -247,7 +247,8 @@ class Scheduler:
         self, caught_up: asyncio.Event, stop: asyncio.Event, every_s: float = 0.5
     ) -> None:
         """Decide once caught up, then on a timer (aging changes priorities without events)."""
-        await caught_up.wait()
+        if not await wait_or_stop(caught_up, stop):
+            return
         async with self._lock:
             self.live = True
         while not stop.is_set():
