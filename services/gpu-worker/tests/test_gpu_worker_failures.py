@@ -26,6 +26,7 @@ from imagegen_gpu_worker.adapters.blobs import (
 from imagegen_gpu_worker.domain.plan import RunPlan
 from imagegen_gpu_worker.domain.run import ModelUnavailable, RunResult
 from imagegen_gpu_worker.service_layer.worker import Worker, WorkerState
+from imagegen_runtime.faults import Backoff
 from imagegen_runtime.publishing import InMemoryPublisher
 from imagegen_schemas import Envelope, GenerationParams, Payload, Tier
 from imagegen_schemas import jobs as ev
@@ -91,8 +92,18 @@ def assignment(job_id: str) -> tuple[Envelope, ev.JobScheduled]:
     return Envelope.wrap(msg, correlation_id=job_id, producer="test"), msg
 
 
-def make_worker(blobs: BlobStore, runner: OneImageRunner | None = None) -> Worker:
-    return Worker(WorkerState(WORKER), runner or OneImageRunner(), blobs, InMemoryPublisher())
+def make_worker(
+    blobs: BlobStore, runner: OneImageRunner | None = None, store_retry_s: float = 0.05
+) -> Worker:
+    """A worker whose blob writes are retried for ``store_retry_s`` (a short outage's budget)."""
+    return Worker(
+        WorkerState(WORKER),
+        runner or OneImageRunner(),
+        blobs,
+        InMemoryPublisher(),
+        store_retry_s=store_retry_s,
+        store_backoff=Backoff(initial_s=0.001, cap_s=0.01),
+    )
 
 
 def outcome(publisher: InMemoryPublisher, job_id: str) -> Payload:
@@ -119,6 +130,36 @@ async def test_a_full_disk_fails_the_attempt_and_the_next_job_succeeds_once_it_h
     done = await run_job(worker, "j3")
     assert isinstance(done, ev.ImageGenerated) and len(done.images) == 1
     assert worker.state.running_job is None
+
+
+class BriefOutage(FullDisk):
+    """A store that refuses the first ``n`` writes, then takes them (an outage that ends)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.refusals = n
+
+    def put(self, name: str, data: bytes) -> tuple[str, str]:
+        self.full = self.refusals > 0
+        self.refusals -= 1
+        return super().put(name, data)
+
+
+async def test_a_brief_blob_store_outage_delays_the_image_without_failing_the_attempt() -> None:
+    """Regression (chaos soak): 16 outages of 5-20 s made 585 attempt failures and 136 jobs
+    failed with retries_exhausted; each write failed at once. Failed before the fix: the first
+    refused write published GenerationFailed(storage_unavailable)."""
+    blobs = BriefOutage(n=3)
+    worker = make_worker(blobs, store_retry_s=30.0)
+    done = await run_job(worker, "j1")
+    assert isinstance(done, ev.ImageGenerated) and len(done.images) == 1
+    assert assert_no_failure(worker, "j1") and blobs.refusals == -1
+
+
+def assert_no_failure(worker: Worker, job_id: str) -> bool:
+    assert isinstance(worker.publisher, InMemoryPublisher)
+    events = [parse(r.envelope) for r in worker.publisher.records if r.key == job_id.encode()]
+    return not any(isinstance(e, ev.GenerationFailed) for e in events)
 
 
 async def test_an_unwritable_blob_folder_fails_the_attempt_until_it_is_restored(

@@ -162,17 +162,47 @@ def test_the_same_delivery_event_twice_on_the_log_is_no_duplicate() -> None:
 
 
 def test_images_of_a_revoked_assignment_delivered_are_caught() -> None:
-    revoked = rec("j1", "imagegen.assignment.revoked", 4.5, fencing_token=1)
+    job = delivered_job("j1")
+    # The revocation is on the log before the image it should have stopped.
+    revoked = replace(
+        rec("j1", "imagegen.assignment.revoked", 3.5, fencing_token=1), offset=job[3].offset - 1
+    )
     rescheduled = rec("j1", "imagegen.job.scheduled", 4.6, fencing_token=2)
-    h = history(records=(*delivered_job("j1"), revoked, rescheduled))
+    h = history(records=(*job, revoked, rescheduled))
     assert kinds(h) == {"stale_result_delivered": 1}
+
+
+def test_a_result_on_the_log_before_its_revocation_is_not_stale() -> None:
+    """The chaos soak's case: the pool-manager decided the worker lost (t=3.5) while the broker
+    was away; its revocation was written after the worker's image (by offset), and its
+    ``GenerationFailed(worker_lost)`` after the delivery. Log order makes the image the result;
+    the failure finishes a decision taken before the end."""
+    job = delivered_job("j1")
+    late_revocation = replace(
+        rec("j1", "imagegen.assignment.revoked", 3.5, fencing_token=1, reason="worker lost"),
+        offset=job[3].offset + 1,
+        producer="pool-manager-1",
+    )
+    its_failure = replace(
+        rec(
+            "j1",
+            "imagegen.generation.failed",
+            6.1,
+            reason="worker_lost",
+            terminal=False,
+            fencing_token=1,
+        ),
+        producer="pool-manager-1",
+    )
+    assert kinds(history(records=(*job, late_revocation, its_failure))) == {}
 
 
 def test_an_assignment_revoked_only_after_the_delivery_is_no_stale_delivery() -> None:
     # But deciding about a job that had already ended is: the deciders lost track of it.
+    job = delivered_job("j1")  # on the log first
     revoked = rec("j1", "imagegen.assignment.revoked", 50, fencing_token=1)
     failed = rec("j1", "imagegen.generation.failed", 51, reason="worker_lost", terminal=False)
-    report = check(history(records=(*delivered_job("j1"), revoked, failed)))
+    report = check(history(records=(*job, revoked, failed)))
     assert report.violation_counts() == {"work_after_terminal": 1}
     assert "revoked token 1" in report.violations[0].detail
 

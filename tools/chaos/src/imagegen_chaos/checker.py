@@ -9,8 +9,8 @@ Invariants, each a violation kind (one per job and kind, with the faults around 
 - ``conflicting_terminal``: more than one terminal state (delivered and failed, ...).
 - ``duplicate_delivery``: two ImageDelivered with different event ids, or deliveries caused by
   the images of two different fencing tokens.
-- ``stale_result_delivered``: the delivered images come from an assignment revoked before the
-  delivery.
+- ``stale_result_delivered``: the delivered images come from an assignment whose revocation
+  precedes the images in the log (offsets of the job's partition of imagegen.jobs.generated).
 - ``work_after_terminal``: the job was assigned, revoked or had an attempt failed after it had
   ended: a decider lost track of a finished job.
 - ``webhook_missing`` / ``webhook_id_mismatch`` / ``webhook_bad_signature`` /
@@ -40,6 +40,7 @@ DELIVERED = "imagegen.image.delivered"
 FAILED = "imagegen.generation.failed"
 CANCELLED = "imagegen.generation.cancelled"
 REVOKED = "imagegen.assignment.revoked"
+GENERATED = "imagegen.image.generated"
 DEADLETTER_TOPIC = "imagegen.deadletter"
 RETRYABLE_4XX = frozenset({409, 429})  # "still in flight" and "slow down": the client retries
 
@@ -134,35 +135,75 @@ def _delivery_violations(job_id: str, recs: list[LogRecord]) -> list[tuple[str, 
     }
     if len(tokens) > 1 and len(delivered) <= 1:
         out.append(("duplicate_delivery", f"images of fencing tokens {sorted(tokens)} delivered"))
-    # Revocations the delivery could have known of: published before the first delivery.
-    first_delivery = min((d.occurred_at for d in delivered.values()), default=None)
-    revoked = [
-        int(r.data["fencing_token"])
-        for r in recs
-        if r.type == REVOKED and first_delivery is not None and r.occurred_at < first_delivery
-    ]
-    stale = sorted(t for t in tokens if revoked and t <= max(revoked))
+    # A result is stale when a revocation of its assignment precedes it in the log: the order the
+    # deciders and safety read (both records are keyed by job, on one partition of
+    # imagegen.jobs.generated). A revocation decided earlier but written after the result
+    # (its publish retried through a broker outage) comes too late to stop it.
+    images = {int(r.data["fencing_token"]): r for r in recs if r.type == GENERATED}
+    first_delivery = min(delivered.values(), key=lambda d: d.occurred_at, default=None)
+    revocations = [r for r in recs if r.type == REVOKED]
+
+    def stale_by(t: int) -> list[int]:
+        """Tokens of the revocations that came before token ``t``'s result."""
+        result = images.get(t, first_delivery)  # no image on the log: judge by the delivery
+        return [
+            int(r.data["fencing_token"])
+            for r in revocations
+            if result is not None and int(r.data["fencing_token"]) >= t and _before(r, result)
+        ]
+
+    stale = {t: stale_by(t) for t in sorted(tokens)}
+    stale = {t: by for t, by in stale.items() if by}
     if stale:
         out.append(
             (
                 "stale_result_delivered",
-                f"delivered images of token {stale} after token {max(revoked)} was revoked",
+                f"delivered images of token {sorted(stale)} after token "
+                f"{max(max(by) for by in stale.values())} was revoked",
             )
         )
     return out
 
 
+def _before(a: LogRecord, b: LogRecord) -> bool:
+    """Whether ``a`` precedes ``b`` in the log: by offset on one partition, else by time."""
+    if (a.topic, a.partition) == (b.topic, b.partition):
+        return a.offset < b.offset
+    return a.occurred_at < b.occurred_at
+
+
 def _work_after_terminal(recs: list[LogRecord], first_terminal: float | None) -> list[str]:
     """Lifecycle decisions taken about a job after it had ended (assigned, revoked, an
-    attempt failed): the deciders lost track of a finished job."""
+    attempt failed): the deciders lost track of a finished job.
+
+    A lost worker's ``GenerationFailed(worker_lost)`` is the second half of one decision with
+    its ``AssignmentRevoked`` (the pool-manager publishes both): when the revocation was decided
+    before the end, the failure is not a new decision, however late it was written.
+    """
     if first_terminal is None:
         return []
+    decided_before_end = {
+        (r.producer, r.data.get("fencing_token"))
+        for r in recs
+        if r.type == REVOKED and r.occurred_at <= first_terminal
+    }
+
+    def after_end(r: LogRecord) -> bool:
+        if r.occurred_at <= first_terminal:
+            return False
+        if r.type in (SCHEDULED, REVOKED):
+            return True
+        return (
+            r.type == FAILED
+            and not r.data.get("terminal")
+            and (r.producer, r.data.get("fencing_token")) not in decided_before_end
+        )
+
     return [
         f"{r.type.rsplit('.', 1)[-1]} token {r.data.get('fencing_token', '-')}"
         f" by {r.producer or '?'} +{r.occurred_at - first_terminal:.1f}s after the end"
         for r in recs
-        if r.occurred_at > first_terminal
-        and (r.type in (SCHEDULED, REVOKED) or (r.type == FAILED and not r.data.get("terminal")))
+        if after_end(r)
     ]
 
 
