@@ -17,6 +17,7 @@ from imagegen_runtime.service import ServiceApp
 from imagegen_safety.adapters.fakes import FakeImageClassifier, FakePromptClassifier
 from imagegen_safety.adapters.minilm import MiniLmProfanityClassifier
 from imagegen_safety.adapters.opennsfw import OpenNsfwClassifier
+from imagegen_safety.adapters.revocation_log import KafkaRevocationLog
 from imagegen_safety.config import SafetySettings
 from imagegen_schemas import parse
 from imagegen_schemas.jobs import PromptModerated, Verdict
@@ -104,18 +105,19 @@ def test_real_classifiers_by_default_and_nothing_loaded_at_start(
     seen: dict[str, Any],
 ) -> None:
     captured: dict[str, Any] = {}
-    real = wiring.make_handlers
+    real = wiring.make_handler
 
-    def make_handlers(publisher: object, prompts: Any, images: Any, s: object) -> Any:
-        captured.update(prompts=prompts, images=images)
-        return real(publisher, prompts, images, s)  # type: ignore[arg-type]
+    def make_handler(publisher: object, prompts: Any, images: Any, s: object, r: Any) -> Any:
+        captured.update(prompts=prompts, images=images, revocations=r)
+        return real(publisher, prompts, images, s, r)  # type: ignore[arg-type]
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(wiring, "make_handlers", make_handlers)
+        patch.setattr(wiring, "make_handler", make_handler)
         app = wiring.bootstrap(settings, publisher=InMemoryPublisher())
     assert isinstance(captured["prompts"], MiniLmProfanityClassifier)
     assert isinstance(captured["images"], OpenNsfwClassifier)
     assert not captured["prompts"].loaded and not captured["images"].loaded
+    assert isinstance(captured["revocations"]._log, KafkaRevocationLog)
     with TestClient(app.http) as client:
         response = client.get("/readyz")
     assert response.status_code == 503

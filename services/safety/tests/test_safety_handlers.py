@@ -8,18 +8,22 @@ import pytest
 from prometheus_client import REGISTRY
 from safety_testkit import BENIGN, envelope_of, generated, png, requested, sha, store
 
+from imagegen_runtime.kafka import RecordMeta
 from imagegen_runtime.publishing import InMemoryPublisher, derived_event_id
-from imagegen_runtime.standard import PayloadHandler
 from imagegen_safety.adapters.blobs import BlobIntegrityError
 from imagegen_safety.adapters.classifiers import UnreadableImage
-from imagegen_safety.adapters.fakes import FakeImageClassifier, FakePromptClassifier
-from imagegen_safety.config import SafetySettings
+from imagegen_safety.adapters.fakes import (
+    FakeImageClassifier,
+    FakePromptClassifier,
+    InMemoryRevocationLog,
+)
+from imagegen_safety.config import GENERATED, REQUESTED, SafetySettings
 from imagegen_safety.domain.policy import CATEGORIES
-from imagegen_safety.service_layer.handlers import make_handlers
+from imagegen_safety.service_layer.handlers import make_handler
+from imagegen_safety.service_layer.revocations import Revocations
 from imagegen_schemas import Envelope, Payload, parse
 from imagegen_schemas.jobs import (
     AssignmentRevoked,
-    GenerationRequested,
     ImageGenerated,
     ImageModerated,
     PromptModerated,
@@ -32,19 +36,44 @@ MODERATED = "imagegen.jobs.moderated"
 
 
 class World:
-    """The handlers over an in-memory publisher and fake classifiers."""
+    """One safety process over an in-memory log, an in-memory publisher and fake classifiers.
 
-    def __init__(self, settings: SafetySettings, **fakes: object) -> None:
+    ``handle`` writes the event to its topic's partition 0 and hands this process the record;
+    ``write`` only writes it (another process, or none, handled it); ``restart`` is a new
+    process over the same log.
+    """
+
+    def __init__(
+        self,
+        settings: SafetySettings,
+        log: InMemoryRevocationLog | None = None,
+        **fakes: object,
+    ) -> None:
+        self.settings = settings
+        self.log = log or InMemoryRevocationLog()
         self.publisher = InMemoryPublisher(producer="safety-1")
         self.prompts = fakes.get("prompts") or FakePromptClassifier()
         self.images = fakes.get("images") or FakeImageClassifier()
-        self.handlers: dict[type[Payload], PayloadHandler] = make_handlers(
-            self.publisher, self.prompts, self.images, settings
-        )  # type: ignore[arg-type]
+        self.handler = make_handler(
+            self.publisher,
+            self.prompts,  # type: ignore[arg-type]
+            self.images,  # type: ignore[arg-type]
+            settings,
+            Revocations(self.log),
+        )
 
-    async def handle(self, envelope: Envelope) -> None:
+    def write(self, envelope: Envelope) -> RecordMeta:
         payload = parse(envelope)
-        await self.handlers[type(payload)](envelope, payload)
+        topic = GENERATED if isinstance(payload, ImageGenerated | AssignmentRevoked) else REQUESTED
+        return self.log.append(topic, envelope)
+
+    async def handle(self, envelope: Envelope) -> RecordMeta:
+        meta = self.write(envelope)
+        await self.handler(envelope, parse(envelope), meta)
+        return meta
+
+    def restart(self) -> World:
+        return World(self.settings, self.log, prompts=self.prompts, images=self.images)
 
     def published(self) -> list[tuple[Envelope, Payload]]:
         return [(r.envelope, parse(r.envelope)) for r in self.publisher.records]
@@ -59,10 +88,6 @@ def observed(kind: str) -> float:
     return REGISTRY.get_sample_value("imagegen_safety_check_seconds_count", {"kind": kind}) or 0.0
 
 
-def test_the_service_handles_requests_and_generated_images(world: World) -> None:
-    assert set(world.handlers) == {GenerationRequested, ImageGenerated, AssignmentRevoked}
-
-
 async def test_a_late_result_of_a_revoked_assignment_gets_no_verdict(
     world: World, tmp_path: Path
 ) -> None:
@@ -75,6 +100,61 @@ async def test_a_late_result_of_a_revoked_assignment_gets_no_verdict(
     newer = generated(refs).model_copy(update={"fencing_token": 4})
     await world.handle(envelope_of(newer))
     assert len(world.published()) == 1
+
+
+async def test_a_restart_between_a_revocation_and_the_late_image_still_drops_it(
+    world: World, tmp_path: Path
+) -> None:
+    """The chaos soak's case: the revocation was handled and committed, then safety restarted."""
+    refs = store(tmp_path, "job-1", [png()])
+    revoked = AssignmentRevoked(job_id="job-1", worker_id="worker-1", fencing_token=3)
+    await world.handle(envelope_of(revoked))
+    successor = world.restart()
+    await successor.handle(envelope_of(generated(refs)))  # token 3: the revoked one
+    assert successor.published() == []
+    await successor.handle(envelope_of(generated(refs).model_copy(update={"fencing_token": 4})))
+    [(_, verdict)] = successor.published()
+    assert isinstance(verdict, ImageModerated) and verdict.fencing_token == 4
+    assert successor.log.reads == [(GENERATED, 0, 0, 1)]  # once, up to the record in hand
+
+
+async def test_a_process_given_a_partition_midway_reads_only_what_it_skipped(
+    world: World, tmp_path: Path
+) -> None:
+    """A rebalance: another member handled offsets 0-2 of the partition, this one takes over."""
+    refs = store(tmp_path, "job-1", [png()])
+    await world.handle(envelope_of(generated(refs, job_id="job-0")))  # offset 0, this process
+    world.write(envelope_of(generated(refs, job_id="job-9")))  # offset 1, another member
+    world.write(envelope_of(AssignmentRevoked(job_id="job-1", worker_id="w", fencing_token=3)))
+    await world.handle(envelope_of(generated(refs)))  # offset 3: job-1's revoked token 3
+    await world.handle(envelope_of(generated(refs, job_id="job-2")))  # offset 4, in order
+    assert [v.job_id for _, v in world.published()] == ["job-0", "job-2"]  # type: ignore[attr-defined]
+    assert world.log.reads == [(GENERATED, 0, 1, 3)]
+
+
+async def test_a_revocation_after_the_image_in_the_log_does_not_make_it_stale(
+    world: World, tmp_path: Path
+) -> None:
+    """Log order decides, as for every decider: the image came first, so it stands."""
+    refs = store(tmp_path, "job-1", [png()])
+    world.write(envelope_of(generated(refs)))  # offset 0: token 3's image, not yet handled
+    world.write(envelope_of(AssignmentRevoked(job_id="job-1", worker_id="w", fencing_token=3)))
+    await world.handle(envelope_of(generated(refs, job_id="job-2")))  # reads offsets 0-1
+    await world.handler(*redelivered(world, 0))  # a new member handles offset 0 again
+    assert sorted(v.job_id for _, v in world.published()) == ["job-1", "job-2"]  # type: ignore[attr-defined]
+
+
+async def test_requested_records_read_no_revocations(world: World) -> None:
+    await world.handle(envelope_of(requested("job-1")))
+    await world.handle(envelope_of(requested("job-2")))
+    assert world.log.reads == []
+
+
+def redelivered(world: World, offset: int) -> tuple[Envelope, Payload, RecordMeta]:
+    """The record at ``offset`` of the generated partition, as a consumer would get it again."""
+    envelope = Envelope.from_json(world.log.partitions[(GENERATED, 0)][offset])
+    meta = RecordMeta(GENERATED, 0, offset, envelope.correlation_id, {"ce_type": envelope.type})
+    return envelope, parse(envelope), meta
 
 
 async def test_a_benign_prompt_is_allowed(world: World) -> None:

@@ -15,13 +15,15 @@ import time
 from imagegen_runtime.kafka import KafkaPublisher
 from imagegen_runtime.publishing import Publisher
 from imagegen_runtime.service import ServiceApp
-from imagegen_runtime.standard import consumer_service, dispatcher
+from imagegen_runtime.standard import consumer_service
 
 from .adapters.classifiers import ImageClassifier, PromptClassifier
 from .adapters.minilm import MiniLmProfanityClassifier
 from .adapters.opennsfw import OpenNsfwClassifier
+from .adapters.revocation_log import KafkaRevocationLog
 from .config import SERVICE, SUBSCRIBES, SafetySettings
-from .service_layer.handlers import make_handlers
+from .service_layer.handlers import make_handler
+from .service_layer.revocations import RevocationLog, Revocations
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +34,16 @@ def bootstrap(
     publisher: Publisher | None = None,
     prompt_classifier: PromptClassifier | None = None,
     image_classifier: ImageClassifier | None = None,
+    revocation_log: RevocationLog | None = None,
 ) -> ServiceApp:
     publisher = publisher or KafkaPublisher(
         settings.kafka_bootstrap, f"{SERVICE}-{settings.instance_id}", settings.topic_prefix
     )
     prompts = prompt_classifier or MiniLmProfanityClassifier(threads=settings.model_threads)
     images = image_classifier or OpenNsfwClassifier(threads=settings.model_threads)
-    handlers = make_handlers(publisher, prompts, images, settings)
-    app = consumer_service(settings, SERVICE, SUBSCRIBES, dispatcher(handlers), publisher)
+    revocations = Revocations(revocation_log or KafkaRevocationLog(settings.kafka_bootstrap))
+    handler = make_handler(publisher, prompts, images, settings, revocations)
+    app = consumer_service(settings, SERVICE, SUBSCRIBES, handler, publisher)
 
     async def models_loaded() -> bool:
         return prompts.loaded and images.loaded

@@ -13,7 +13,9 @@ from imagegen_runtime.settings import ServiceSettings
 
 SERVICE = "safety"
 # Topics this service consumes (catalog names, before the prefix).
-SUBSCRIBES: tuple[str, ...] = ("imagegen.jobs.requested", "imagegen.jobs.generated")
+REQUESTED = "imagegen.jobs.requested"
+GENERATED = "imagegen.jobs.generated"  # images, and the revocations that make some stale
+SUBSCRIBES: tuple[str, ...] = (REQUESTED, GENERATED)
 
 
 def _threshold(default: float, what: str) -> float:

@@ -1,8 +1,9 @@
-"""Fake classifiers for tests: instant, no model, and held to the real adapters' contract.
+"""Fakes for tests: instant, no model or broker, and held to the real adapters' contracts.
 
-They pass ``tests/test_safety_classifier_contract.py`` like the real ones, including its sanity
-prompts and images (a benign prompt is allowed, an explicit one is rejected with its category, a
-solid-colour image is allowed). Scores a test needs exactly are given by name.
+The classifiers pass ``tests/test_safety_classifier_contract.py`` like the real ones, including its
+sanity prompts and images (a benign prompt is allowed, an explicit one is rejected with its
+category, a solid-colour image is allowed). Scores a test needs exactly are given by name. The
+revocation log passes ``tests/test_safety_revocation_log_contract.py`` like the Kafka one.
 """
 
 from __future__ import annotations
@@ -11,8 +12,13 @@ import hashlib
 import io
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from PIL import Image, UnidentifiedImageError
+
+from imagegen_runtime.kafka import RecordMeta
+from imagegen_schemas import Envelope, parse
+from imagegen_schemas.jobs import AssignmentRevoked
 
 from ..domain.policy import CATEGORIES
 from ..domain.scoring import normalize_text
@@ -92,3 +98,40 @@ class FakeImageClassifier:
                 raise UnreadableImage(f"image {i}: {exc}") from exc
             out.append(self.scores.get(hashlib.sha256(data).hexdigest(), self.default))
         return out
+
+
+@dataclass
+class InMemoryRevocationLog:
+    """Partitions as lists of record values; ``first`` is the first retained offset of each."""
+
+    partitions: dict[tuple[str, int], list[bytes]] = field(default_factory=dict)
+    first: dict[tuple[str, int], int] = field(default_factory=dict)
+    reads: list[tuple[str, int, int, int]] = field(default_factory=list)  # every read, in order
+
+    def append(self, topic: str, envelope: Envelope, partition: int = 0) -> RecordMeta:
+        """Write an event as a producer would; its metadata as a consumer would see it."""
+        offset = self.append_raw(topic, envelope.to_json(), partition)
+        headers = {"ce_type": envelope.type}
+        return RecordMeta(topic, partition, offset, envelope.correlation_id, headers)
+
+    def append_raw(self, topic: str, value: bytes, partition: int = 0) -> int:
+        """Write bytes as they are (a record that may not parse); returns its offset."""
+        records = self.partitions.setdefault((topic, partition), [])
+        records.append(value)
+        return len(records) - 1
+
+    async def read(
+        self, topic: str, partition: int, start: int, end: int
+    ) -> Sequence[tuple[int, AssignmentRevoked]]:
+        self.reads.append((topic, partition, start, end))
+        records = self.partitions.get((topic, partition), [])
+        begin = max(start, self.first.get((topic, partition), 0))
+        found = []
+        for offset in range(begin, min(end, len(records))):
+            try:
+                payload = parse(Envelope.from_json(records[offset]))
+            except Exception:  # noqa: BLE001 - poison is skipped, as the Kafka log does
+                continue
+            if isinstance(payload, AssignmentRevoked):
+                found.append((offset, payload))
+        return found

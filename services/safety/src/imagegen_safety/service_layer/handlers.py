@@ -1,9 +1,10 @@
-"""Handlers of the safety service: one per event type it reacts to.
+"""The safety service's handler: one function per event type it reacts to.
 
 - GenerationRequested -> PromptModerated. Only the prompt is judged: the negative prompt steers
   away from what it names ("nsfw, nude, gore" is a common one), so judging it would reject the
   careful users; an image it still steers into trouble is caught after generation (ADR 0303).
-- ImageGenerated -> ImageModerated, carrying the images, fencing token and webhook on to delivery.
+- ImageGenerated -> ImageModerated, carrying the images, fencing token and webhook on to delivery;
+  an image of an assignment revoked earlier in the log gets no verdict (:mod:`.revocations`).
 
 Idempotency: each verdict's event id is derived from its cause's event id, so a redelivered cause
 publishes the same id again (with the same scores: the models are deterministic) and consumers drop
@@ -18,12 +19,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from imagegen_runtime.kafka import Handler, RecordMeta
 from imagegen_runtime.publishing import Publisher, publish_derived
-from imagegen_runtime.standard import PayloadHandler
 from imagegen_schemas import Envelope, Payload
 from imagegen_schemas.common import ImageRef
 from imagegen_schemas.jobs import (
-    AssignmentRevoked,
     GenerationRequested,
     ImageGenerated,
     ImageModerated,
@@ -32,9 +32,10 @@ from imagegen_schemas.jobs import (
 
 from ..adapters.blobs import read_image
 from ..adapters.classifiers import ImageClassifier, PromptClassifier
-from ..config import SafetySettings
+from ..config import GENERATED, SafetySettings
 from ..domain.policy import IMAGE_CATEGORY, image_verdict, prompt_verdict
 from ..metrics import CHECK_SECONDS
+from .revocations import Revocations
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,14 @@ async def timed_check(kind: str, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.to_thread(fn, *args)
 
 
-def make_handlers(
+def make_handler(
     publisher: Publisher,
     prompts: PromptClassifier,
     images: ImageClassifier,
     settings: SafetySettings,
-) -> dict[type[Payload], PayloadHandler]:
+    revocations: Revocations,
+) -> Handler:
+    generated = settings.topic_prefix + GENERATED
     thresholds = settings.prompt_thresholds()
 
     async def on_generation_requested(envelope: Envelope, msg: GenerationRequested) -> None:
@@ -70,15 +73,8 @@ def make_handlers(
     def score_images(refs: Sequence[ImageRef]) -> list[float]:
         return images.score([read_image(ref) for ref in refs])  # sha256 checked before judging
 
-    # Highest revoked fencing token per job. The revocation precedes any late result in the
-    # same partition, so this process sees it first (a restart in between loses it: see ADR 0303).
-    revoked: dict[str, int] = {}
-
-    async def on_assignment_revoked(envelope: Envelope, msg: AssignmentRevoked) -> None:
-        revoked[msg.job_id] = max(revoked.get(msg.job_id, 0), msg.fencing_token)
-
-    async def on_image_generated(envelope: Envelope, msg: ImageGenerated) -> None:
-        if msg.fencing_token <= revoked.get(msg.job_id, 0):
+    async def on_image_generated(envelope: Envelope, msg: ImageGenerated, meta: RecordMeta) -> None:
+        if revocations.stale(meta, msg):
             log.warning(
                 "result of a revoked assignment dropped",
                 extra={"job_id": msg.job_id, "fencing_token": msg.fencing_token},
@@ -106,8 +102,15 @@ def make_handlers(
         )
         await publish_derived(publisher, moderated, key=msg.job_id, cause=envelope)
 
-    return {
-        GenerationRequested: on_generation_requested,  # type: ignore[dict-item]
-        ImageGenerated: on_image_generated,  # type: ignore[dict-item]
-        AssignmentRevoked: on_assignment_revoked,  # type: ignore[dict-item]
-    }
+    async def handle(envelope: Envelope, payload: Payload, meta: RecordMeta) -> None:
+        """Other types on these topics (``GenerationPaused`` ...) are skipped (committed)."""
+        if meta.topic == generated:
+            await revocations.catch_up(meta)
+        if isinstance(payload, GenerationRequested):
+            await on_generation_requested(envelope, payload)
+        elif isinstance(payload, ImageGenerated):
+            await on_image_generated(envelope, payload, meta)
+        if meta.topic == generated:
+            revocations.seen(meta, payload)
+
+    return handle
