@@ -56,6 +56,29 @@ class ModelInfo:
     max_size: int  # largest width/height, pixels
     default_size: int  # used when the client gives none
     samplers: frozenset[str] = DEFAULT_SAMPLERS  # the schedulers this model runs with
+    tier: int = 2  # warm-pool tier: 1 pinned, 2 kept by priority, 3 loaded on demand
+    default_steps: int = 25  # used when the client gives none
+    default_guidance: float = 5.0  # used when the client gives none
+    created: int = 0  # unix time the model was registered (OpenAI's ``created``)
+
+    @property
+    def default_sampler(self) -> str:
+        """The sampler a request without one gets: ddim where the model runs it, else the
+        first the model runs in the platform's order."""
+        if "ddim" in self.samplers:
+            return "ddim"
+        return next((s for s in SCHEDULERS if s in self.samplers), "ddim")
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """A registered LoRA or ControlNet: what ``GET /v1/models`` lists beside base models."""
+
+    id: str  # the name a request gives (a LoRA's ``name``; a ControlNet is named by its type)
+    kind: str  # "lora" or "controlnet"
+    family: str  # the base family it applies to
+    created: int = 0
+    controlnet_type: str | None = None  # canny, depth, ... (ControlNets only)
 
 
 @dataclass(frozen=True)
@@ -63,6 +86,7 @@ class Catalog:
     models: dict[str, ModelInfo]
     loras: frozenset[str] = field(default_factory=frozenset)  # registered LoRA names
     controlnets: frozenset[str] = field(default_factory=frozenset)  # registered ControlNet types
+    adapters: tuple[AdapterInfo, ...] = ()  # every registered LoRA and ControlNet, for listing
 
 
 Problem = tuple[tuple[str | int, ...], str]

@@ -3,6 +3,7 @@
 - ``generations``: submit, read, cancel (``/v1/generations``);
 - ``events``: the job's Server-Sent Events stream (``/v1/generations/{id}/events``);
 - ``openai``: the OpenAI-compatible Images endpoint (``/v1/images/generations``);
+- ``models``: the registered models, OpenAI-compatible (``/v1/models``);
 - ``deps``: what the routes depend on, as typed aliases (``DepsDep``, ``CallerDep``, ...);
 - ``bodies``: the request bodies and the edge rules for every field (ADR 0601);
 - ``errors``: 422 naming the field, 503 naming the dependency that is down.
@@ -16,7 +17,7 @@ from dataclasses import replace
 
 from fastapi import FastAPI
 
-from . import errors, events, generations, openai
+from . import errors, events, generations, models, openai
 from .deps import Deps
 
 __all__ = ["Deps", "mount"]
@@ -34,3 +35,4 @@ def mount(app: FastAPI, deps: Deps) -> None:
     app.include_router(generations.router)
     app.include_router(events.router)
     app.include_router(openai.router)
+    app.include_router(models.router)

@@ -69,9 +69,13 @@ class GenerationIn(BaseModel):
     model: Name | None = Field(default=None, max_length=128, description="Default: the server's.")
     width: int | None = Field(default=None, ge=8, le=4096)
     height: int | None = Field(default=None, ge=8, le=4096)
-    steps: int = Field(default=25, ge=1, le=150)
-    guidance_scale: float = Field(default=5.0, ge=0.0, le=30.0)
-    scheduler: Name = Field(default="ddim", max_length=64)
+    steps: int | None = Field(default=None, ge=1, le=150, description="Default: the model's.")
+    guidance_scale: float | None = Field(
+        default=None, ge=0.0, le=30.0, description="Default: the model's."
+    )
+    scheduler: Name | None = Field(
+        default=None, max_length=64, description="Default: ddim, or the model's first sampler."
+    )
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     num_images: int = Field(default=1, ge=1, le=4)
     loras: list[LoraIn] = Field(default_factory=list, max_length=8)
@@ -115,11 +119,12 @@ def to_params(
     info = catalog.models.get(model)
     size = info.default_size if info else 64
     width, height = body.width or size, body.height or size
+    scheduler = body.scheduler or (info.default_sampler if info else "ddim")
     problems = check_request(
         model=model,
         width=width,
         height=height,
-        scheduler=body.scheduler,
+        scheduler=scheduler,
         num_images=body.num_images,
         loras=[lo.name for lo in body.loras],
         controlnets=[c.type for c in body.controlnets],
@@ -134,9 +139,13 @@ def to_params(
         model=model,
         width=width,
         height=height,
-        steps=body.steps,
-        guidance_scale=body.guidance_scale,
-        scheduler=body.scheduler,
+        steps=body.steps or (info.default_steps if info else 25),
+        guidance_scale=(
+            body.guidance_scale
+            if body.guidance_scale is not None
+            else (info.default_guidance if info else 5.0)
+        ),
+        scheduler=scheduler,
         seed=body.seed if body.seed is not None else random.SystemRandom().randrange(2**31),
         num_images=body.num_images,
         loras=tuple(LoraSpec(name=lo.name, weight=lo.weight) for lo in body.loras),

@@ -81,8 +81,7 @@ def params_of(req: OpenAIImagesIn, deps: Deps, who: Caller) -> GenerationParams:
             width=width,
             height=height,
             num_images=req.n or 1,
-            steps=req.steps or 25,
-            guidance_scale=5.0,
+            steps=req.steps,  # None: the model's default
             seed=req.seed,
         )
         return to_params(gen, deps.catalog, deps.default_model, who)
