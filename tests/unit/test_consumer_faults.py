@@ -223,8 +223,11 @@ async def test_stop_during_a_transient_fault_commits_nothing() -> None:
     consumer.assigned.set()
     client = FakeClient()
     task = asyncio.create_task(drive(consumer, [record(cancel("j"), "j", 0)], client))
-    while "ConnectionResetError" not in consumer.health().reason:  # the hold has begun
-        await asyncio.sleep(0)
+    async def held() -> None:
+        while "ConnectionResetError" not in consumer.health().reason:
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(held(), timeout=10)  # the hold has begun
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
