@@ -61,6 +61,34 @@ class Stack:
     models: Path = field(
         default_factory=lambda: Path(os.environ.get("IMAGEGEN_STACK_MODELS", ROOT / "models"))
     )
+    # IMAGEGEN_STACK_WORKERS=N: N gpu-worker processes (a local fleet; see `workers()`).
+    workers: int = field(default_factory=lambda: _env_int("IMAGEGEN_STACK_WORKERS", 1))
+    # IMAGEGEN_STACK_WORKER_BUDGETS_MB="512,256": each worker's memory budget in MiB, cycled
+    # over the workers, to stand for GPU classes; unset: no budget on CPU.
+    worker_budgets_mb: tuple[int, ...] = field(
+        default_factory=lambda: tuple(
+            int(v) for v in os.environ.get("IMAGEGEN_STACK_WORKER_BUDGETS_MB", "").split(",") if v
+        )
+    )
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.workers <= 16:
+            raise SystemExit(f"IMAGEGEN_STACK_WORKERS must be 1..16, got {self.workers}")
+        if any(b <= 0 for b in self.worker_budgets_mb):
+            raise SystemExit(
+                f"IMAGEGEN_STACK_WORKER_BUDGETS_MB must be positive MiB, got {self.worker_budgets_mb}"
+            )
+
+    def programs(self) -> list[str]:
+        """The supervised service programs: the six services, the gpu-worker once per worker."""
+        names = [n for n in SERVICES if n != "gpu-worker"]
+        workers = ["gpu-worker"] + [f"gpu-worker-{i}" for i in range(2, self.workers + 1)]
+        return names[:2] + workers + names[2:]
+
+    @staticmethod
+    def worker_index(program: str) -> int:
+        """1 for ``gpu-worker``, i for ``gpu-worker-i``."""
+        return 1 if program == "gpu-worker" else int(program.rsplit("-", 1)[1])
 
     # ---- paths -------------------------------------------------------------------------------
     @property
@@ -80,6 +108,9 @@ class Stack:
         return self.var / "pg"
 
     def port(self, service: str) -> int:
+        """A program's HTTP port: the service's, and 8110 + i for gpu-worker-i (i >= 2)."""
+        if service.startswith("gpu-worker-"):
+            return 8110 + self.worker_index(service) + self.port_offset
         return SERVICES[service][1] + self.port_offset
 
     @property
@@ -271,12 +302,13 @@ def setup(st: Stack) -> None:
 
 
 # ---- supervision ---------------------------------------------------------------------------------
-def service_env(st: Stack, name: str) -> dict[str, str]:
+def service_env(st: Stack, program: str) -> dict[str, str]:
     """The environment contract of one service (the compose file passes the same variables)."""
+    name = "gpu-worker" if program.startswith("gpu-worker") else program
     prefix = "IMAGEGEN_" + name.upper().replace("-", "_") + "_"
     env = {
         f"{prefix}KAFKA_BOOTSTRAP": st.kafka_bootstrap,
-        f"{prefix}HTTP_PORT": str(st.port(name)),
+        f"{prefix}HTTP_PORT": str(st.port(program)),
     }
     if name in ("api", "pool-manager"):
         env[f"{prefix}DATABASE_URL"] = st.database_url
@@ -294,6 +326,11 @@ def service_env(st: Stack, name: str) -> dict[str, str]:
         if os.environ.get("IMAGEGEN_STACK_PRELOAD_MODEL"):
             env[f"{prefix}PRELOAD_MODEL"] = os.environ["IMAGEGEN_STACK_PRELOAD_MODEL"]
         env[f"{prefix}MODELS_DIR"] = str(st.models)
+        i = st.worker_index(program)
+        env[f"{prefix}WORKER_ID"] = f"worker-local-{i}"
+        if st.worker_budgets_mb:
+            budget = st.worker_budgets_mb[(i - 1) % len(st.worker_budgets_mb)]
+            env[f"{prefix}MODEL_MEMORY_BUDGET_MB"] = str(budget)
     return env
 
 
@@ -368,10 +405,10 @@ def write_supervisor_config(st: Stack) -> Path:
             env=mark,
         ),
     ]
-    for name, (module, _port) in SERVICES.items():
-        parts.append(
-            _program(name, f"{PY} -m {module}", st, env={**base_env, **service_env(st, name)})
-        )
+    for program in st.programs():
+        module = SERVICES["gpu-worker" if program.startswith("gpu-worker") else program][0]
+        env = {**base_env, **service_env(st, program)}
+        parts.append(_program(program, f"{PY} -m {module}", st, env=env))
     conf = st.run / "supervisord.conf"
     conf.write_text("\n".join(parts))
     return conf
@@ -541,8 +578,8 @@ def up(st: Stack) -> None:
     infra_up(st)
     say(f"ready  kafka         {st.kafka_bootstrap}")
     say(f"ready  postgres      127.0.0.1:{st.pg_port}")
-    start(st, *SERVICES)
-    for name in SERVICES:
+    start(st, *st.programs())
+    for name in st.programs():
         waited = wait_service(st, name)
         say(f"ready  {name:<13} http://127.0.0.1:{st.port(name)}  (+{waited:.1f}s)")
     key_file = ensure_dev_key(st)

@@ -1,0 +1,71 @@
+"""`IMAGEGEN_STACK_WORKERS=N make up`: N gpu-worker programs, each with its own id, port and
+memory budget; one worker when unset."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("imagegen_stack_fleet", ROOT / "deploy/stack.py")
+assert _spec and _spec.loader
+stack = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = stack  # dataclasses look the module up while the class is built
+_spec.loader.exec_module(stack)
+
+WORKER = "IMAGEGEN_GPU_WORKER_"
+
+
+def test_one_worker_by_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("IMAGEGEN_STACK_WORKERS", raising=False)
+    monkeypatch.delenv("IMAGEGEN_STACK_WORKER_BUDGETS_MB", raising=False)
+    st = stack.Stack(var=tmp_path)
+    assert [p for p in st.programs() if p.startswith("gpu-worker")] == ["gpu-worker"]
+    env = stack.service_env(st, "gpu-worker")
+    assert env[f"{WORKER}WORKER_ID"] == "worker-local-1"
+    assert env[f"{WORKER}HTTP_PORT"] == "8102"
+    assert f"{WORKER}MODEL_MEMORY_BUDGET_MB" not in env
+
+
+def test_n_workers_with_distinct_ids_ports_and_cycled_budgets(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("IMAGEGEN_STACK_WORKERS", "3")
+    monkeypatch.setenv("IMAGEGEN_STACK_WORKER_BUDGETS_MB", "512,256")
+    monkeypatch.setenv("IMAGEGEN_STACK_PORT_OFFSET", "100")
+    st = stack.Stack(var=tmp_path)
+    workers = [p for p in st.programs() if p.startswith("gpu-worker")]
+    assert workers == ["gpu-worker", "gpu-worker-2", "gpu-worker-3"]
+    envs = [stack.service_env(st, w) for w in workers]
+    assert [e[f"{WORKER}WORKER_ID"] for e in envs] == [f"worker-local-{i}" for i in (1, 2, 3)]
+    assert [e[f"{WORKER}MODEL_MEMORY_BUDGET_MB"] for e in envs] == ["512", "256", "512"]
+    ports = [st.port(p) for p in st.programs()]
+    assert len(set(ports)) == len(ports)  # no two programs share a port
+    assert [e[f"{WORKER}HTTP_PORT"] for e in envs] == ["8202", "8212", "8213"]
+    assert len(st.programs()) == 8  # the five other services once each
+
+
+def test_the_supervisor_config_has_every_worker(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("IMAGEGEN_STACK_WORKERS", "2")
+    monkeypatch.setattr(stack, "pg_bin", lambda: Path("/usr/lib/postgresql/15/bin"))
+    st = stack.Stack(var=tmp_path)
+    st.run.mkdir(parents=True)
+    conf = stack.write_supervisor_config(st).read_text()
+    assert "[program:gpu-worker]" in conf and "[program:gpu-worker-2]" in conf
+    assert 'IMAGEGEN_GPU_WORKER_WORKER_ID="worker-local-2"' in conf
+
+
+@pytest.mark.parametrize(("workers", "budgets"), [("0", ""), ("17", ""), ("2", "512,0")])
+def test_a_bad_fleet_setting_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workers: str, budgets: str
+) -> None:
+    monkeypatch.setenv("IMAGEGEN_STACK_WORKERS", workers)
+    monkeypatch.setenv("IMAGEGEN_STACK_WORKER_BUDGETS_MB", budgets)
+    with pytest.raises(SystemExit, match="IMAGEGEN_STACK_WORKER"):
+        stack.Stack(var=tmp_path)
