@@ -75,8 +75,9 @@ class Stack:
         if not 1 <= self.workers <= 16:
             raise SystemExit(f"IMAGEGEN_STACK_WORKERS must be 1..16, got {self.workers}")
         if any(b <= 0 for b in self.worker_budgets_mb):
+            budgets = ",".join(map(str, self.worker_budgets_mb))
             raise SystemExit(
-                f"IMAGEGEN_STACK_WORKER_BUDGETS_MB must be positive MiB, got {self.worker_budgets_mb}"
+                f"IMAGEGEN_STACK_WORKER_BUDGETS_MB must be positive MiB, got {budgets}"
             )
 
     def programs(self) -> list[str]:
