@@ -6,6 +6,8 @@
     imagegen replay --job ID              one job's timeline, read from the topics
     imagegen replay --rebuild --verify    rebuild the projection from offset 0, compare with live
     imagegen keys create --user NAME --plan {free,pro,turbo}   print a new API key
+    imagegen fleet [--json]               the pool-manager's fleet projection: each worker's
+                                          state, models, adapters, memory and in-flight jobs
     imagegen simulate ...                 the fleet simulator (see docs/scheduling.md)
 
 Connection settings come from flags, else IMAGEGEN_KAFKA_BOOTSTRAP / IMAGEGEN_DATABASE_URL,
@@ -19,6 +21,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 STACK_ENV = Path(__file__).resolve().parents[2] / "var" / "stack.env"
 
@@ -62,6 +65,45 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fleet(args: argparse.Namespace) -> int:
+    import json
+
+    from imagegen_pool_manager.adapters.fleet_store import PgFleetStore
+    from imagegen_runtime.db import make_engine
+
+    url = args.database_url or stack_setting("DATABASE_URL")
+    if not url:
+        print("no database: pass --database-url or run `make up` first", file=sys.stderr)
+        return 2
+
+    async def load() -> dict[str, dict[str, Any]]:
+        engine = make_engine(url, pool_size=1)
+        try:
+            store = PgFleetStore(engine)
+            await store.create_tables()  # an empty fleet before the pool-manager's first write
+            return await store.load()
+        finally:
+            await engine.dispose()
+
+    docs = asyncio.run(load())
+    if args.json:
+        print(json.dumps({"workers": list(docs.values())}, indent=2, sort_keys=True))
+        return 0
+    if not docs:
+        print("no workers yet (the pool-manager writes the fleet once it has caught up)")
+        return 0
+    mib = 1 << 20
+    print(f"{'WORKER':<18} {'STATE':<6} {'USED/TOTAL MiB':>15}  {'JOB':<12} MODELS (ADAPTERS)")
+    for doc in docs.values():
+        models = ", ".join(m["model_id"] for m in doc["models"]) or "-"
+        adapters = ", ".join(m["model_id"] for m in doc["adapters"])
+        memory = f"{doc['memory_used_bytes'] // mib}/{doc['memory_total_bytes'] // mib}"
+        job = (doc["running_job_id"] or "-")[:12]
+        line = f"{doc['worker_id']:<18} {doc['state']:<6} {memory:>15}  {job:<12} {models}"
+        print(line + (f" ({adapters})" if adapters else ""))
+    return 0
+
+
 def cmd_topics(args: argparse.Namespace) -> int:
     from imagegen_schemas import TOPICS
 
@@ -93,17 +135,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    body = {
-        "prompt": args.prompt,
-        "negative_prompt": args.negative_prompt,
+    body = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "num_images": 1}
+    given = {
+        "model": args.model,
+        "seed": args.seed,
+        "width": args.width,
+        "height": args.height,
         "steps": args.steps,
         "guidance_scale": args.guidance,
         "scheduler": args.scheduler,
-        "num_images": 1,
     }
-    for name in ("model", "seed", "width", "height"):
-        if getattr(args, name) is not None:
-            body[name] = getattr(args, name)
+    body.update({name: value for name, value in given.items() if value is not None})
     generate(api, key, body, Path(args.out))
     return 0
 
@@ -164,9 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--out", default="out/image.png")
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--model", default=None)
-    gen.add_argument("--steps", type=int, default=25)
-    gen.add_argument("--guidance", type=float, default=5.0)
-    gen.add_argument("--scheduler", default="ddim")
+    gen.add_argument("--steps", type=int, default=None, help="default: the model's")
+    gen.add_argument("--guidance", type=float, default=None, help="default: the model's")
+    gen.add_argument("--scheduler", default=None, help="default: ddim, or the model's first")
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--width", type=int, default=None)
     gen.add_argument("--height", type=int, default=None)
@@ -190,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     keys.add_argument("--plan", choices=["free", "pro", "turbo"], default="free")
     keys.add_argument("--database-url", default=None)
     keys.set_defaults(func=cmd_keys)
+    fleet = sub.add_parser("fleet", help="the pool-manager's fleet projection")
+    fleet.add_argument("--json", action="store_true", help='as JSON: {"workers": [...]}')
+    fleet.add_argument("--database-url", default=None)
+    fleet.set_defaults(func=cmd_fleet)
     sub.add_parser("simulate", help="fleet simulator; `imagegen simulate --help`")
     args = parser.parse_args(argv)
     return int(args.func(args))

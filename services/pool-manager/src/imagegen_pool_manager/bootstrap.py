@@ -4,22 +4,35 @@ from __future__ import annotations
 
 import asyncio
 
-from imagegen_runtime.health import Readiness, health_app
+from imagegen_runtime.db import make_engine
+from imagegen_runtime.faults import describe, is_transient
+from imagegen_runtime.health import CheckResult, Readiness, health_app
 from imagegen_runtime.kafka import KafkaPublisher, ReplayingConsumer
 from imagegen_runtime.publishing import Publisher
 from imagegen_runtime.service import ServiceApp
 from imagegen_runtime.standard import database_check, kafka_metadata_check
+from imagegen_runtime.waiting import sleep_or_stop
 
+from .adapters.fleet_store import PgFleetStore
 from .config import SERVICE, SUBSCRIBES, PoolManagerSettings
-from .service_layer.pool import PoolManager
+from .domain.fleet import project
+from .service_layer.pool import FleetStore, PoolManager
 
 
-def bootstrap(settings: PoolManagerSettings, *, publisher: Publisher | None = None) -> ServiceApp:
+def bootstrap(
+    settings: PoolManagerSettings,
+    *,
+    publisher: Publisher | None = None,
+    store: FleetStore | None = None,
+) -> ServiceApp:
     kafka = KafkaPublisher(
         settings.kafka_bootstrap, f"{SERVICE}-{settings.instance_id}", settings.topic_prefix
     )
     publisher = publisher or kafka
-    pool = PoolManager(publisher, settings.heartbeat_timeout_s)
+    engine = make_engine(settings.database_url, pool_size=2)
+    if store is None:
+        store = PgFleetStore(engine)
+    pool = PoolManager(publisher, settings.heartbeat_timeout_s, store=store)
     consumer = ReplayingConsumer(
         settings.kafka_bootstrap,
         [settings.topic_prefix + t for t in SUBSCRIBES],
@@ -37,27 +50,42 @@ def bootstrap(settings: PoolManagerSettings, *, publisher: Publisher | None = No
 
     readiness.add("caught_up", caught_up)
 
+    async def fleet_saved() -> CheckResult:
+        return pool.store_health()
+
+    readiness.add("fleet_store", fleet_saved)
+
     async def sweeps(stop: asyncio.Event) -> None:
+        await create_tables(stop)
         await pool.sweep_loop(consumer.caught_up, stop)
+
+    async def create_tables(stop: asyncio.Event) -> None:
+        """The projection's table, made once; a database that is away is waited out."""
+        create = getattr(store, "create_tables", None)
+        while create is not None and not stop.is_set():
+            try:
+                await create()
+                return
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                pool.store_error = describe(exc)
+                await sleep_or_stop(stop, 1.0)
 
     http = health_app(SERVICE, readiness)
 
     @http.get("/v1/workers")
     async def workers() -> list[dict[str, object]]:
-        """The fleet as projected from heartbeats: alive or lost, memory, models, running job."""
-        return [
-            {
-                "worker_id": w.worker_id,
-                "lost": w.lost,
-                "last_seen": w.last_seen,
-                "in_flight": sorted(
-                    j for j, f in pool.fleet.in_flight.items() if f.worker_id == w.worker_id
-                ),
-                **w.heartbeat.model_dump(mode="json", exclude={"worker_id"}),
-            }
-            for w in pool.fleet.workers.values()
-        ]
+        """The fleet projection (``domain.fleet.project``): state, memory, models, jobs."""
+        return list(project(pool.fleet).values())
+
+    async def close_engine() -> None:
+        await engine.dispose()
 
     return ServiceApp(
-        SERVICE, http, readiness, tasks=[consumer.run, sweeps], on_shutdown=[kafka.close, dispose]
+        SERVICE,
+        http,
+        readiness,
+        tasks=[consumer.run, sweeps],
+        on_shutdown=[kafka.close, dispose, close_engine],
     )

@@ -14,6 +14,7 @@ SUBSCRIBES: tuple[str, ...] = (
     "imagegen.jobs.scheduled",
     "imagegen.jobs.generated",
     "imagegen.jobs.ended",
+    "imagegen.workers.models",
 )
 
 

@@ -9,14 +9,31 @@ again, and a later loss is a new loss.
 The fold does not depend on the order of topics: replay reads the scheduled, results and ended
 topics in no fixed order across them, so a job's end may be folded before its assignment. Ends
 are kept as facts (``Ended``) and an assignment they cover is never in flight.
+
+Residency (which models and adapters a worker holds) is folded the same way, from heartbeats
+(a snapshot: each listed model is resident, each other one is not, as of the beat) and from
+``ModelLoaded`` / ``ModelEvicted``: per (worker, model) the newest fact wins, whatever order the
+topics were read in. :func:`project` is the fleet as operators read it (``imagegen fleet``,
+``/v1/workers``, the persisted projection).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from typing import Any
+
 from imagegen_schemas import jobs as ev
-from imagegen_schemas.workers import WorkerHeartbeat
+from imagegen_schemas.workers import LoadedModel, ModelEvicted, ModelLoaded, WorkerHeartbeat
+
+
+@dataclass
+class Residency:
+    """The newest fact about one model on one worker."""
+
+    at: float  # unix time of the fact
+    resident: bool
+    model: LoadedModel | None  # kind and bytes, when resident
 
 
 @dataclass
@@ -52,6 +69,15 @@ class Fleet:
     workers: dict[str, Worker] = field(default_factory=dict)
     in_flight: dict[str, InFlight] = field(default_factory=dict)  # job id -> current assignment
     ended: dict[str, Ended] = field(default_factory=dict)  # job id -> what ended
+    # worker id -> model id -> newest residency fact
+    residency: dict[str, dict[str, Residency]] = field(default_factory=dict)
+
+
+def _resident(fleet: Fleet, worker_id: str, model_id: str, fact: Residency) -> None:
+    held = fleet.residency.setdefault(worker_id, {})
+    current = held.get(model_id)
+    if current is None or fact.at >= current.at:
+        held[model_id] = fact
 
 
 def evolve(fleet: Fleet, payload: object, at: float, event_id: str) -> Fleet:
@@ -60,6 +86,20 @@ def evolve(fleet: Fleet, payload: object, at: float, event_id: str) -> Fleet:
             current = fleet.workers.get(payload.worker_id)
             if current is None or at >= current.last_seen:
                 fleet.workers[payload.worker_id] = Worker(payload.worker_id, at, event_id, payload)
+            listed = {m.model_id: m for m in payload.loaded}
+            known = set(fleet.residency.get(payload.worker_id, {})) | set(listed)
+            for model_id in known:
+                model = listed.get(model_id)
+                _resident(
+                    fleet, payload.worker_id, model_id, Residency(at, model is not None, model)
+                )
+            return fleet
+        case ModelLoaded():
+            fact = Residency(at, True, payload.model)
+            _resident(fleet, payload.worker_id, payload.model.model_id, fact)
+            return fleet
+        case ModelEvicted():
+            _resident(fleet, payload.worker_id, payload.model_id, Residency(at, False, None))
             return fleet
         case ev.JobScheduled():
             held = fleet.in_flight.get(payload.job_id)
@@ -114,3 +154,40 @@ def detect_losses(
         jobs = tuple(sorted((j, f) for j, f in fleet.in_flight.items() if f.worker_id == wid))
         losses.append(Loss(wid, worker.last_beat_id, jobs))
     return losses
+
+
+def resident(fleet: Fleet, worker_id: str) -> list[LoadedModel]:
+    """The models and adapters resident on ``worker_id`` now, by id."""
+    facts = fleet.residency.get(worker_id, {})
+    return [f.model for _, f in sorted(facts.items()) if f.resident and f.model is not None]
+
+
+def project(fleet: Fleet) -> dict[str, dict[str, Any]]:
+    """The fleet as operators read it, one JSON document per worker (by worker id).
+
+    ``state`` is ``lost``, ``busy`` or ``idle``; ``models`` are the resident base models and
+    ``adapters`` the LoRAs and ControlNets (``{"model_id", "kind", "bytes"}``);
+    ``memory_used_bytes`` is the device memory in use (total minus free, as the worker measured
+    it); ``in_flight`` are the jobs assigned to it and not ended.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for wid in sorted(fleet.workers):
+        w = fleet.workers[wid]
+        hb = w.heartbeat
+        held = [m.model_dump(mode="json") for m in resident(fleet, wid)]
+        out[wid] = {
+            "worker_id": wid,
+            "state": "lost" if w.lost else str(hb.status),
+            "gpu_type": hb.gpu_type,
+            "capabilities": sorted(hb.capabilities),
+            "memory_total_bytes": hb.memory_total_bytes,
+            "memory_free_bytes": hb.memory_free_bytes,
+            "memory_used_bytes": max(0, hb.memory_total_bytes - hb.memory_free_bytes),
+            "largest_free_block_bytes": hb.largest_free_block_bytes,
+            "models": [m for m in held if m["kind"] == "base"],
+            "adapters": [m for m in held if m["kind"] != "base"],
+            "running_job_id": hb.running_job_id,
+            "in_flight": sorted(j for j, f in fleet.in_flight.items() if f.worker_id == wid),
+            "last_seen": w.last_seen,
+        }
+    return out

@@ -1,31 +1,58 @@
-"""The pool-manager's handlers: fold events into the fleet; re-queue the jobs of lost workers."""
+"""The pool-manager's handlers: fold events into the fleet; re-queue the jobs of lost workers;
+keep the fleet projection (``domain.fleet.project``) in its store.
+
+The projection is written once per sweep (every second), only the workers whose document
+changed; the first write after the replay replaces the whole table, so a restart rebuilds it
+from the log. A store that is away (a transient fault) is retried at the next sweep, and
+``/readyz`` names it meanwhile (ADR 0008).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
+from imagegen_runtime.faults import describe, is_transient
+from imagegen_runtime.health import CheckResult
 from imagegen_runtime.kafka import RecordMeta
 from imagegen_runtime.publishing import Publisher, publish_derived
 from imagegen_runtime.waiting import sleep_or_stop, wait_or_stop
 from imagegen_schemas import Envelope, Payload
 from imagegen_schemas import jobs as ev
 
-from ..domain.fleet import Fleet, detect_losses, evolve
+from ..domain.fleet import Fleet, detect_losses, evolve, project
 
 log = logging.getLogger(__name__)
+
+Docs = Mapping[str, Mapping[str, Any]]
+
+
+class FleetStore(Protocol):
+    """Keeps the fleet projection (PostgreSQL in production, a dict in unit tests)."""
+
+    async def save(self, changed: Docs, gone: frozenset[str] = frozenset()) -> None: ...
+
+    async def replace(self, docs: Docs) -> None: ...
 
 
 class PoolManager:
     def __init__(
-        self, publisher: Publisher, timeout_s: float, clock: Callable[[], float] = time.time
+        self,
+        publisher: Publisher,
+        timeout_s: float,
+        clock: Callable[[], float] = time.time,
+        store: FleetStore | None = None,
     ) -> None:
         self.fleet = Fleet()
         self.publisher = publisher
         self.timeout_s = timeout_s
         self.clock = clock
+        self.store = store
+        self._saved: dict[str, dict[str, Any]] | None = None  # None: not written since start
+        self.store_error: str | None = None
         # Losses count only the time this process was listening: since it caught up with the
         # log (``listening``), or since it resumed after a stall (SIGSTOP, a frozen VM) longer
         # than half the timeout, when heartbeats sent meanwhile are still unread in Kafka.
@@ -81,6 +108,42 @@ class PoolManager:
                 published += 1
         return published
 
+    async def persist(self) -> int:
+        """Write the projection's changes to the store; the first write replaces it all.
+
+        Returns the number of worker documents written. A transient fault is kept for the next
+        call (``store_error``); any other fault raises.
+        """
+        if self.store is None:
+            return 0
+        docs = project(self.fleet)
+        try:
+            if self._saved is None:
+                await self.store.replace(docs)
+                written = len(docs)
+            else:
+                changed = {w: d for w, d in docs.items() if self._saved.get(w) != d}
+                gone = frozenset(self._saved) - frozenset(docs)
+                if not changed and not gone:
+                    return 0
+                await self.store.save(changed, gone)
+                written = len(changed)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            if self.store_error is None:
+                log.warning("fleet projection not saved; retrying", extra={"error": describe(exc)})
+            self.store_error = describe(exc)
+            return 0
+        self._saved = docs
+        self.store_error = None
+        return written
+
+    def store_health(self) -> CheckResult:
+        if self.store_error is not None:
+            return CheckResult(False, f"fleet projection not saved: {self.store_error}")
+        return CheckResult(True, "")
+
     async def sweep_loop(
         self, caught_up: asyncio.Event, stop: asyncio.Event, every_s: float = 1.0
     ) -> None:
@@ -89,4 +152,5 @@ class PoolManager:
         self.listening()
         while not stop.is_set():
             await self.sweep()
+            await self.persist()
             await sleep_or_stop(stop, every_s)
