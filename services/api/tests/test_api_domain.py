@@ -8,7 +8,7 @@ import pytest
 
 from imagegen_api.domain.job import JobView, evolve, stage_timings
 from imagegen_api.domain.plans import PLANS
-from imagegen_api.domain.validation import Catalog, ModelInfo, check_request
+from imagegen_api.domain.validation import AdapterInfo, Catalog, ModelInfo, check_request
 from imagegen_schemas import Envelope, GenerationParams, ImageRef, Plan, Tier
 from imagegen_schemas import jobs as ev
 
@@ -214,3 +214,28 @@ def test_a_paused_job_reads_as_queued_with_its_progress_and_then_runs_again() ->
     )
     assert fold(REQ, OK, SCHED1, pause, resumed).status == "scheduled"
     assert fold(REQ, OK, SCHED1, resumed, pause).status == "scheduled"  # a late pause: ignored
+
+
+FAMILIES = Catalog(
+    models={"m": ModelInfo("m", "sd15", 64, 256, 64), "x": ModelInfo("x", "sdxl", 64, 1024, 64)},
+    loras=frozenset({"ink", "xl-ink"}),
+    controlnets=frozenset({"canny", "depth"}),
+    adapters=(
+        AdapterInfo("ink", "lora", "sd15"),
+        AdapterInfo("xl-ink", "lora", "sdxl"),
+        AdapterInfo("sd15-canny", "controlnet", "sd15", controlnet_type="canny"),
+        AdapterInfo("sdxl-depth", "controlnet", "sdxl", controlnet_type="depth"),
+    ),
+)
+
+
+def test_an_adapter_for_another_family_is_refused_by_name() -> None:
+    pro = PLANS[Plan.PRO]
+    assert check(catalog=FAMILIES, loras=["ink"], controlnets=["canny"], limits=pro) == []
+    assert check(catalog=FAMILIES, loras=["xl-ink"], limits=pro) == [
+        (("loras", 0, "name"), "LoRA 'xl-ink' is for sdxl models; model 'm' is sd15")
+    ]
+    assert check(catalog=FAMILIES, controlnets=["depth"], limits=pro) == [
+        (("controlnets", 0, "type"), "no depth ControlNet for sd15 models (registered for: sdxl)")
+    ]
+    assert check(catalog=FAMILIES, model="x", loras=["xl-ink"], controlnets=["depth"]) == []

@@ -137,14 +137,35 @@ def check_request(
         problems.append((("num_images",), f"your plan allows at most {limits.max_images}"))
     if len(loras) > limits.max_loras:
         problems.append((("loras",), f"your plan allows at most {limits.max_loras} LoRAs"))
+    lora_family = {a.id: a.family for a in catalog.adapters if a.kind == "lora"}
     for i, name in enumerate(loras):
         if name not in catalog.loras:
             problems.append((("loras", i, "name"), f"unknown LoRA {name!r}"))
+        elif info is not None and lora_family.get(name, info.family) != info.family:
+            problems.append(
+                (
+                    ("loras", i, "name"),
+                    f"LoRA {name!r} is for {lora_family[name]} models; "
+                    f"model {model!r} is {info.family}",
+                )
+            )
     if len(controlnets) > limits.max_controlnets:
         problems.append(
             (("controlnets",), f"your plan allows at most {limits.max_controlnets} ControlNets")
         )
+    cn_families: dict[str, set[str]] = {}
+    for a in catalog.adapters:
+        if a.kind == "controlnet" and a.controlnet_type:
+            cn_families.setdefault(a.controlnet_type, set()).add(a.family)
     for i, kind in enumerate(controlnets):
         if kind not in catalog.controlnets:
             problems.append((("controlnets", i, "type"), f"unknown ControlNet type {kind!r}"))
+        elif info is not None and info.family not in cn_families.get(kind, {info.family}):
+            problems.append(
+                (
+                    ("controlnets", i, "type"),
+                    f"no {kind} ControlNet for {info.family} models (registered for: "
+                    f"{', '.join(sorted(cn_families[kind]))})",
+                )
+            )
     return problems
