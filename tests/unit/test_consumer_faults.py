@@ -223,6 +223,7 @@ async def test_stop_during_a_transient_fault_commits_nothing() -> None:
     consumer.assigned.set()
     client = FakeClient()
     task = asyncio.create_task(drive(consumer, [record(cancel("j"), "j", 0)], client))
+
     async def held() -> None:
         while "ConnectionResetError" not in consumer.health().reason:
             await asyncio.sleep(0)

@@ -20,7 +20,6 @@ topics were read in. :func:`project` is the fleet as operators read it (``imageg
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
 from typing import Any
 
 from imagegen_schemas import jobs as ev
