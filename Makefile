@@ -6,7 +6,7 @@ UV_VERSION := 0.9.30
 PYTEST := $(PY) -m pytest
 
 .PHONY: help venv setup up down logs status schemas test test-unit test-integration test-e2e \
-        test-slow test-all demo train-demo-model eval-demo-model lint typecheck imports \
+        test-slow test-all demo train-demo-model eval-demo-model models lint typecheck imports \
         check chaos bench clean
 
 help: ## list the targets
@@ -67,6 +67,9 @@ demo: venv ## set up everything and run the main job: a prompt in, out/demo.png 
 
 train-demo-model: venv ## retrain models/shapes-demo from seed 0 (CPU; 26 min measured on 2 cores, resumable)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m imagegen_demo_model.train --out models/shapes-demo --seed 0
+
+models: venv ## build the tiny random-weight test models of every family into models/ (seeded, reproducible)
+	$(PY) -m imagegen_model_zoo --out models
 
 eval-demo-model: venv ## score the demo model on 40 held-out captions (guidance 5 and 1)
 	$(PY) -m imagegen_demo_model.evaluate --grid out/demo-model/grid.png

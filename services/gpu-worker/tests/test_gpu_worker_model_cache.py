@@ -54,7 +54,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with (big / "unet" / "padding.bin").open("wb") as f:
         f.truncate(WEIGHTS)
     entry = read_manifest(big)
-    write_manifest(big, **{k: v for k, v in entry.__dict__.items() if k != "files"})
+    write_manifest(
+        big, **{k: v for k, v in entry.__dict__.items() if k not in ("files", "components")}
+    )
     torch.set_num_threads(2)
     yield root
 

@@ -53,3 +53,26 @@ def test_the_preview_is_a_small_png() -> None:
     assert b64 is not None
     image = Image.open(io.BytesIO(base64.b64decode(b64)))
     assert image.format == "PNG" and max(image.size) <= 32
+
+
+def test_16_channel_latents_without_a_preview_are_painted() -> None:
+    from PIL import Image
+
+    b64 = preview_png_b64(torch.randn(1, 16, 8, 8), None)  # SD3 / Flux VAEs' latents
+    assert b64 is not None
+    assert Image.open(io.BytesIO(base64.b64decode(b64))).size == (8, 8)
+
+
+def test_packed_latents_are_painted_as_a_square_grid_of_tokens() -> None:
+    from PIL import Image
+
+    b64 = preview_png_b64(torch.randn(2, 16, 64), None)  # Flux: (batch, tokens, 4 x 16)
+    assert b64 is not None
+    assert Image.open(io.BytesIO(base64.b64decode(b64))).size == (4, 4)
+    assert preview_png_b64(torch.randn(1, 12, 64), None) is None  # not square: no preview
+
+
+def test_latents_with_fewer_than_three_channels_are_grey() -> None:
+    lat = torch.randn(2, 4, 4)
+    assert torch.equal(preview_rgb(lat, None), lat[:1].expand(3, -1, -1))
+    assert preview_png_b64(torch.randn(1, 1, 4, 4), None) is not None

@@ -75,3 +75,38 @@ def test_a_manifest_without_preview_reads_and_unknown_keys_are_ignored(model_dir
     (model_dir / registry.MANIFEST).write_text(json.dumps(raw))
     entry = registry.verify(model_dir)
     assert entry.preview is None and entry.id == "shapes-demo"
+
+
+def test_the_new_manifest_fields_round_trip(model_dir):
+    (model_dir / "vae").mkdir()
+    (model_dir / "vae" / "config.json").write_text("{}")
+    entry = registry.write_manifest(
+        model_dir,
+        id="m",
+        family="flux",
+        kind="base",
+        tier=3,
+        samplers=("euler", "unipc"),
+        created=1764547200,
+    )
+    raw = json.loads((model_dir / registry.MANIFEST).read_text())
+    assert raw["pipeline"] == "FluxPipeline" and raw["tier"] == 3 and raw["kind"] == "base"
+    assert raw["samplers"] == ["euler", "unipc"] and raw["created"] == 1764547200
+    assert raw["components"] == {"unet": 100, "vae": 2}  # model_index.json is no component
+    assert registry.read_manifest(model_dir) == entry
+    assert entry.samplers == ("euler", "unipc")
+
+
+def test_a_manifest_without_the_new_fields_reads_with_defaults(model_dir):
+    raw = json.loads((model_dir / registry.MANIFEST).read_text())
+    for key in ("kind", "tier", "samplers", "created", "components"):
+        raw.pop(key, None)
+    (model_dir / registry.MANIFEST).write_text(json.dumps(raw))
+    entry = registry.read_manifest(model_dir)
+    assert (entry.kind, entry.tier, entry.samplers, entry.created) == ("base", 2, (), None)
+
+
+def test_every_family_has_a_pipeline_and_open_arguments():
+    assert set(registry.FAMILIES) == set(registry.OPEN_KWARGS) == {"sd15", "sdxl", "sd3", "flux"}
+    assert registry.FAMILIES["sd3"] == "StableDiffusion3Pipeline"
+    assert registry.FAMILIES["flux"] == "FluxPipeline"

@@ -15,6 +15,7 @@ from imagegen_schemas import jobs as ev
 from .adapters.blobs import BlobStore, LocalBlobStore, StorageUnavailable
 from .adapters.diffusers_runner import DiffusersRunner
 from .adapters.memory import read_memory
+from .adapters.registry import families
 from .config import SERVICE, GpuWorkerSettings
 from .service_layer.heartbeat import heartbeat, heartbeat_loop, loaded_models
 from .service_layer.worker import Runner, Worker, WorkerState
@@ -91,6 +92,11 @@ def bootstrap(
     # with storage_unavailable and are re-queued (service_layer/worker.py).
     app.readiness.add("blob_store_writable", blob_store_check(blobs))
 
+    # The families this worker announces: those of the models registered in its models_dir,
+    # read once, at start (a model added later is announced after a restart).
+    capabilities = families(settings.models_dir)
+    log.info("model families registered", extra={"capabilities": list(capabilities)})
+
     def beat():  # type: ignore[no-untyped-def]
         return heartbeat(
             settings.worker_id,
@@ -98,6 +104,7 @@ def bootstrap(
             settings.heartbeat_interval_s,
             worker.state.running_job,
             loaded_models(diffusers_runner.resident()),
+            capabilities,
         )
 
     async def beats(stop: asyncio.Event) -> None:

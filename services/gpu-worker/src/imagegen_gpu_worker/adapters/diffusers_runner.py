@@ -20,6 +20,24 @@ its job with :class:`ModelDoesNotFit` instead of running the device out of memor
 The contract with the worker loop (``RunResult``, ``Paused``, ``Cancelled``, ``ModelDoesNotFit``,
 ``RESUMABLE``) is torch-free and lives in ``domain/run.py``; models are verified and opened by
 the registry (``adapters/registry.py``).
+
+Families (``model.json``'s ``family``): sd15, sdxl, sd3 and flux all run through :meth:`run`.
+The sampler comes from the family's table (``domain/samplers.py``; a name not in it fails the
+job with :class:`~imagegen_gpu_worker.domain.samplers.UnsupportedSampler`); flow-matching
+solvers get the model's own ``shift`` as their ``flow_shift``. What each pipeline is given:
+
+- sd15, sdxl, sd3: the prompt, the negative prompt, and ``guidance_scale`` as classifier-free
+  guidance (an unconditional pass when it is above 1);
+- flux (``FluxPipeline``, guidance-distilled like FLUX.1-dev): ``guidance_scale`` is the
+  distilled guidance the transformer takes as an input (one pass per step, no unconditional
+  one); the negative prompt is not passed (it would switch the pipeline to "true CFG", a second
+  pass per step with a separate scale the plan does not carry), so it has no effect.
+
+Pausing is limited to :data:`~imagegen_gpu_worker.domain.run.RESUMABLE_FAMILIES` (sd15):
+on other families a pause request is not honoured and the run goes on to its end. Step
+previews paint 4-D latents as before; Flux's packed (batch, tokens, channels) latents are
+unpacked to (channels, h, w) first, and any latents with more than three channels and no
+``preview`` in the manifest show their first three channels.
 """
 
 from __future__ import annotations
@@ -40,25 +58,25 @@ from typing import Any
 
 from imagegen_runtime.residency import evictions
 
+from ..domain import samplers
 from ..domain.plan import RunPlan
-from ..domain.run import RESUMABLE, Cancelled, ModelDoesNotFit, Paused, RunResult
+from ..domain.run import (
+    RESUMABLE,
+    RESUMABLE_FAMILIES,
+    Cancelled,
+    ModelDoesNotFit,
+    Paused,
+    RunResult,
+)
 from ..metrics import MODEL_EVICTIONS
 from . import registry
 from .ml import diffusers_class, import_all, torch_module
 
 log = logging.getLogger(__name__)
 
-# Sampler name -> (diffusers class name, extra config).
-SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "ddim": ("DDIMScheduler", {}),
-    "pndm": ("PNDMScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
-    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-    "lcm": ("LCMScheduler", {}),
-}
+# Sampler name -> (diffusers class name, extra config) of the sd15 family (the per-family
+# tables are in domain/samplers.py).
+SAMPLERS = samplers.SAMPLERS["sd15"]
 
 STATE_FORMAT = 1  # version of the saved pause state
 
@@ -84,6 +102,7 @@ class LoadedModel:
     # previous run's (whose extra settings, e.g. use_karras_sigmas, would otherwise carry over).
     scheduler_config: Any = None
     preview: dict[str, Any] | None = None  # model.json's "preview" (how previews paint latents)
+    family: str = "sd15"  # model.json's "family": the sampler table and call arguments used
 
 
 @dataclass
@@ -146,6 +165,7 @@ class DiffusersRunner:
                 (time.perf_counter() - t0) * 1000,
                 pipe.scheduler.config,
                 entry.preview,
+                entry.family,
             )
             with self._index_lock:
                 self.loaded[model_id] = model
@@ -191,7 +211,7 @@ class DiffusersRunner:
     def warm_up(self, model_id: str | None) -> None:
         """Import the ML stack and every sampler class now (not on the first job), then load
         ``model_id`` if registered. A job that starts meanwhile waits for the import (ml.py)."""
-        import_all(tuple(cls_name for cls_name, _ in SAMPLERS.values()))
+        import_all(samplers.class_names())
 
         if model_id and (self.models_dir / model_id / "model.json").exists():
             self.load(model_id)
@@ -210,7 +230,6 @@ class DiffusersRunner:
         samplers); with ``resume_state`` (from a :class:`Paused`), run only the steps left."""
         torch = torch_module()
         saved = load_state(resume_state, plan) if resume_state is not None else None
-        pausing = pause if plan.scheduler in RESUMABLE else None
 
         # 1. The model, warm or loaded now (either way now the most recently used).
         t0 = time.perf_counter()
@@ -218,11 +237,12 @@ class DiffusersRunner:
         model = self.load(plan.model_id)
         load_ms = 0.0 if warm else model.load_ms
         pipe = model.pipe
+        resumable = plan.scheduler in RESUMABLE and model.family in RESUMABLE_FAMILIES
+        pausing = pause if resumable else None
 
-        # 2. The sampler, from the model's own scheduler config.
-        cls_name, extra = SAMPLERS[plan.scheduler]
+        # 2. The sampler, from the model's own scheduler config and its family's table.
         base = pipe.scheduler.config if model.scheduler_config is None else model.scheduler_config
-        sampler = diffusers_class(cls_name).from_config(base, **extra)
+        sampler = make_sampler(model.family, plan.scheduler, base)
         pipe.scheduler = sampler
         skip = 0 if saved is None else int(saved["steps_done"])
 
@@ -241,7 +261,8 @@ class DiffusersRunner:
                 raise Cancelled(plan.job_id)
             done = skip + step + 1
             if done % plan.progress_every == 0 or done == plan.steps:
-                on_step(done, plan.steps, preview_png_b64(kwargs["latents"], model.preview))
+                lat = image_latents(pipe, kwargs["latents"], plan)
+                on_step(done, plan.steps, preview_png_b64(lat, model.preview))
             total = len(sampler.timesteps)
             if pausing is not None and done < total and pausing():
                 raise Paused(
@@ -262,13 +283,7 @@ class DiffusersRunner:
         try:
             with torch.inference_mode():
                 out = pipe(
-                    prompt=plan.prompt,
-                    negative_prompt=plan.negative_prompt or None,
-                    width=plan.width,
-                    height=plan.height,
-                    num_inference_steps=plan.steps,
-                    guidance_scale=plan.guidance_scale,
-                    num_images_per_prompt=plan.num_images,
+                    **call_kwargs(model.family, plan),
                     generator=generator,
                     latents=latents,
                     callback_on_step_end=callback,
@@ -291,6 +306,41 @@ class DiffusersRunner:
             },
             plan.steps,
         )
+
+
+def make_sampler(family: str, name: str, base_config: Any) -> Any:
+    """Sampler ``name`` of ``family``'s table, built from the model's own scheduler config
+    (raises UnsupportedSampler when the family does not run it). A flow-matching solver
+    (``use_flow_sigmas``) gets the model's ``shift`` as its ``flow_shift`` unless the table
+    sets one, so its schedule is the model's."""
+    cls_name, extra = samplers.sampler_for(family, name)
+    if extra.get("use_flow_sigmas") and "flow_shift" not in extra:
+        extra["flow_shift"] = float(base_config.get("shift", 1.0))
+    return diffusers_class(cls_name).from_config(base_config, **extra)
+
+
+def call_kwargs(family: str, plan: RunPlan) -> dict[str, Any]:
+    """The pipeline arguments of ``plan`` for ``family`` (see the module docstring)."""
+    kwargs: dict[str, Any] = {
+        "prompt": plan.prompt,
+        "width": plan.width,
+        "height": plan.height,
+        "num_inference_steps": plan.steps,
+        "guidance_scale": plan.guidance_scale,
+        "num_images_per_prompt": plan.num_images,
+    }
+    if family != "flux":
+        kwargs["negative_prompt"] = plan.negative_prompt or None
+    return kwargs
+
+
+def image_latents(pipe: Any, latents: Any, plan: RunPlan) -> Any:
+    """``latents`` as (batch, channels, h, w): Flux's packed (batch, tokens, channels) ones
+    unpacked with the pipeline's own function; others as they are."""
+    unpack = getattr(pipe, "_unpack_latents", None)
+    if latents.dim() == 3 and unpack is not None:
+        return unpack(latents, plan.height, plan.width, pipe.vae_scale_factor)
+    return latents
 
 
 class _ResumedSampler:
@@ -472,7 +522,7 @@ def encode_png(image: Any) -> bytes:
 def preview_rgb(lat: Any, preview: dict[str, Any] | None) -> Any:
     """(3, h, w) colours of one image's latents (c, h, w), painted as model.json's ``preview``
     says (see :mod:`.registry`); without one, SD's linear factors for 4 channels, else the
-    first three channels."""
+    first three channels (grey from the first when there are fewer)."""
     import torch
 
     spec = preview or {}
@@ -484,16 +534,29 @@ def preview_rgb(lat: Any, preview: dict[str, Any] | None) -> Any:
         return torch.einsum("chw,cr->rhw", lat, factors)
     if lat.shape[0] == 4:
         return torch.einsum("chw,cr->rhw", lat, torch.tensor(LATENT_RGB))
+    if lat.shape[0] < 3:  # grey from the first channel
+        return lat[:1].expand(3, -1, -1)
     return lat[:3]
 
 
 def preview_png_b64(
     latents: Any, preview: dict[str, Any] | None = None, max_side: int = 32
 ) -> str | None:
-    """A small PNG of the current latents (no VAE), coloured by :func:`preview_rgb`."""
+    """A small PNG of the current latents (no VAE), coloured by :func:`preview_rgb`; None for
+    latents it cannot paint (neither (batch, c, h, w) nor packed square (batch, tokens, c))."""
+    import math
+
     from PIL import Image
 
-    rgb = preview_rgb(latents[0].float(), preview)
+    lat = latents[0].float()
+    if lat.dim() == 2:  # packed (tokens, channels): a square grid of tokens, if it is one
+        side = math.isqrt(lat.shape[0])
+        if side * side != lat.shape[0]:
+            return None
+        lat = lat.T.reshape(lat.shape[1], side, side)
+    if lat.dim() != 3:
+        return None
+    rgb = preview_rgb(lat, preview)
     lo, hi = rgb.amin(), rgb.amax()
     rgb = ((rgb - lo) / (hi - lo + 1e-6) * 255).clamp(0, 255).byte().permute(1, 2, 0).numpy()
     image = Image.fromarray(rgb)

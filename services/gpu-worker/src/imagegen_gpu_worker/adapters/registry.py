@@ -6,7 +6,16 @@ folders, recording what the platform needs to route and load it like any other::
     {"id": "shapes-demo", "family": "sd15", "pipeline": "StableDiffusionPipeline",
      "default_size": 64, "default_steps": 25, "default_guidance": 5.0,
      "preview": {"kind": "layout", "background": [0, 1, 2], "presence": 3, "color": [4, 5, 6]},
-     "files": {"unet/diffusion_pytorch_model.safetensors": "<sha256>", ...}}
+     "files": {"unet/diffusion_pytorch_model.safetensors": "<sha256>", ...},
+     "kind": "base", "tier": 1, "samplers": ["ddim", "euler", ...], "created": 1764547200,
+     "components": {"unet": 8452776, "vae": 5304847, "text_encoder": 394977, ...}}
+
+``kind`` (what the folder registers: a ``base`` model), ``tier`` (1 to 3: how heavy the model
+is to serve), ``samplers`` (the sampler names that run on this model: its family's table in
+``domain/samplers.py``, less any this model cannot run), ``created`` (a unix time, fixed by the
+writer so rebuilt models are byte-identical) and ``components`` (bytes of each component
+folder's files, computed by :func:`write_manifest`) are read by the API's catalog; the worker
+reads ``family`` (:func:`families` announces the registered ones in its heartbeats).
 
 :func:`verify` recomputes every sha256 (and refuses files the manifest does not list) before
 anything is deserialised; :func:`open_pipeline` then loads with the hub switched off. Every
@@ -25,17 +34,33 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+import logging
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from ..domain.run import ModelUnavailable
 from .ml import diffusers_class, torch_module  # never a bare ``import diffusers`` (see ml.py)
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "model.json"
 
 # Pipeline class per model family (the ``family`` of model.json).
-FAMILIES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
+FAMILIES = {
+    "sd15": "StableDiffusionPipeline",
+    "sdxl": "StableDiffusionXLPipeline",
+    "sd3": "StableDiffusion3Pipeline",
+    "flux": "FluxPipeline",
+}
+# Keyword arguments each family's pipeline is opened with, beside local_files_only and dtype:
+# the SD 1.x safety checker and the SDXL watermarker would need hub weights / extra packages.
+OPEN_KWARGS: dict[str, dict[str, Any]] = {
+    "sd15": {"safety_checker": None, "requires_safety_checker": False},
+    "sdxl": {"add_watermarker": False},
+    "sd3": {},
+    "flux": {},
+}
 
 
 @dataclass(frozen=True)
@@ -49,6 +74,12 @@ class ModelEntry:
     files: dict[str, str]  # path relative to the model folder -> sha256 hex digest
     # How previews paint the latents (see the module docstring); None: the fallback.
     preview: dict[str, Any] | None = None
+    kind: str = "base"  # what the folder registers (only base models today)
+    tier: int = 2  # 1 (light) to 3 (heavy) to serve
+    samplers: tuple[str, ...] = ()  # sampler names that run on this model; () = not recorded
+    created: int | None = None  # unix time the model was made (fixed by reproducible builders)
+    # Bytes of each component folder's files ("unet", "vae", ...); written by write_manifest.
+    components: dict[str, int] | None = None
 
 
 class ChecksumError(ModelUnavailable):
@@ -81,12 +112,22 @@ def write_manifest(
     default_steps: int = 25,
     default_guidance: float = 5.0,
     preview: dict[str, Any] | None = None,
+    kind: str = "base",
+    tier: int = 2,
+    samplers: tuple[str, ...] | list[str] = (),
+    created: int | None = None,
 ) -> ModelEntry:
-    """Hash every file under ``model_dir``, make them world-readable, write ``model.json``."""
+    """Hash every file under ``model_dir``, make them world-readable, write ``model.json``
+    (with ``components``: the bytes of each component folder's files)."""
     files = {}
+    components: dict[str, int] = {}
     for path in _model_files(model_dir):
         path.chmod(0o644)  # safetensors writes 0600; the worker may run as another user
-        files[path.relative_to(model_dir).as_posix()] = sha256_file(path)
+        name = path.relative_to(model_dir).as_posix()
+        files[name] = sha256_file(path)
+        if "/" in name:
+            part = name.split("/", 1)[0]
+            components[part] = components.get(part, 0) + path.stat().st_size
     entry = ModelEntry(
         id=id,
         family=family,
@@ -96,8 +137,17 @@ def write_manifest(
         default_guidance=default_guidance,
         files=files,
         preview=preview,
+        kind=kind,
+        tier=tier,
+        samplers=tuple(samplers),
+        created=created,
+        components=components,
     )
     doc = {k: v for k, v in asdict(entry).items() if v is not None}
+    if not doc["samplers"]:
+        del doc["samplers"]  # not recorded: readers fall back to the family's defaults
+    else:
+        doc["samplers"] = list(doc["samplers"])
     manifest = model_dir / MANIFEST
     manifest.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     manifest.chmod(0o644)
@@ -113,7 +163,29 @@ def read_manifest(model_dir: Path) -> ModelEntry:
             f"{model_dir.name!r} is not registered on this worker: no {model_dir / MANIFEST}"
         ) from exc
     known = {f.name for f in fields(ModelEntry)}
-    return ModelEntry(**{k: v for k, v in data.items() if k in known})
+    entry = ModelEntry(**{k: v for k, v in data.items() if k in known})
+    if not isinstance(entry.samplers, tuple):
+        entry = replace(entry, samplers=tuple(entry.samplers))
+    return entry
+
+
+def families(models_dir: Path) -> tuple[str, ...]:
+    """The families (sorted, once each) of the models registered under ``models_dir``: every
+    folder with a readable ``model.json`` whose family this worker can open. Files are not
+    hashed here (:func:`verify` does that before a model is loaded)."""
+    found = set()
+    for manifest in sorted(Path(models_dir).glob(f"*/{MANIFEST}")):
+        try:
+            entry = read_manifest(manifest.parent)
+        except (ModelUnavailable, ValueError, TypeError) as exc:  # not JSON, fields missing
+            log.warning(
+                "model folder skipped: unreadable manifest",
+                extra={"model_dir": str(manifest.parent), "error": repr(exc)},
+            )
+            continue
+        if entry.kind == "base" and entry.family in FAMILIES:
+            found.add(entry.family)
+    return tuple(sorted(found))
 
 
 def verify(model_dir: Path) -> ModelEntry:
@@ -147,8 +219,7 @@ def open_pipeline(model_dir: Path, entry: ModelEntry, device: str = "cpu") -> An
     kwargs: dict[str, Any] = {"local_files_only": True}
     if not str(device).startswith("cuda"):
         kwargs["dtype"] = torch.float32
-    if entry.family == "sd15":
-        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    kwargs.update(OPEN_KWARGS.get(entry.family, {}))
     pipe = diffusers_class(FAMILIES[entry.family]).from_pretrained(model_dir, **kwargs)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)

@@ -18,6 +18,11 @@ from dataclasses import dataclass
 RESUMABLE: frozenset[str] = frozenset(
     {"ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "unipc", "lcm"}
 )
+# Model families whose runs can pause: only sd15, the family the pause/resume tests cover (the
+# demo model). On any other family the runner never pauses (the run goes on to its end, as for a
+# pause request that comes after the last step); the worker, which does not know a model's
+# family, may still accept the request.
+RESUMABLE_FAMILIES: frozenset[str] = frozenset({"sd15"})
 
 
 @dataclass

@@ -21,15 +21,18 @@ def heartbeat(
     interval_s: float,
     running_job: str | None = None,
     loaded: tuple[LoadedModel, ...] = (),
+    capabilities: tuple[str, ...] = (),
 ) -> WorkerHeartbeat:
-    """The worker's state now: busy with ``running_job`` or idle, and its resident models."""
+    """The worker's state now: busy with ``running_job`` or idle, its resident models, and the
+    model families it can run (``capabilities``: those of the models registered in its
+    ``models_dir``, read from their manifests at start; see ``bootstrap``)."""
     return WorkerHeartbeat(
         worker_id=worker_id,
         status=WorkerStatus.BUSY if running_job else WorkerStatus.IDLE,
         gpu_type=mem.device_name,
         memory_total_bytes=mem.total_bytes,
         memory_free_bytes=mem.free_bytes,
-        capabilities=("sd15",),
+        capabilities=capabilities,
         interval_s=interval_s,
         running_job_id=running_job,
         loaded=loaded,

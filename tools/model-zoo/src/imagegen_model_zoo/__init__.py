@@ -1,0 +1,1 @@
+"""Tiny random-weight test models of every family the gpu-worker runs (``make models``)."""

@@ -1,0 +1,343 @@
+"""Build the tiny random-weight test models of every family the worker runs, from configs.
+
+    python -m imagegen_model_zoo [--out models] [--force] [--only tiny-sd3 ...]
+
+``tiny-sd15`` (StableDiffusionPipeline), ``tiny-sdxl`` (StableDiffusionXLPipeline),
+``tiny-sd3`` (StableDiffusion3Pipeline) and ``tiny-flux`` (FluxPipeline): untrained, a few
+hundred kB each, 64 px by default, registered with a ``model.json`` written by the worker's
+registry (``imagegen_gpu_worker.adapters.registry.write_manifest``), so a worker loads them like
+any model. They make noise, not pictures: they exist to prove that every family loads, runs
+every sampler it claims and reproduces an image from its seed.
+
+Reproducible: every component is initialised right after ``torch.manual_seed`` with its own
+fixed seed, tokenizers are built (not trained) with the ``tokenizers`` library
+(:mod:`.vocab`), and the manifest's ``created`` is a fixed time, so two builds write
+byte-identical folders (tested). A folder that already holds a valid manifest is skipped
+unless ``force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagegen_gpu_worker.adapters import registry
+from imagegen_gpu_worker.domain.samplers import supported
+
+from . import vocab
+
+CREATED = 1764547200  # 2025-12-01T00:00:00Z: a fixed "created" so builds are byte-identical
+SIZE = 64  # default image side, pixels
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[4] / "models"
+
+CLIP_TEXT: dict[str, Any] = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": vocab.CLIP_MAX_LENGTH,
+    "projection_dim": 32,
+    "hidden_act": "gelu",
+}
+T5_TEXT: dict[str, Any] = {
+    "d_model": 64,
+    "d_kv": 16,
+    "d_ff": 64,
+    "num_layers": 1,
+    "num_heads": 4,
+    "relative_attention_num_buckets": 8,
+    "relative_attention_max_distance": 32,
+    "dropout_rate": 0.0,
+    "feed_forward_proj": "gated-gelu",
+    "is_encoder_decoder": False,
+    "use_cache": False,
+}
+# A 4-block VAE: 64 px images <-> 8 x 8 latents (factor 8, as in the real models).
+VAE: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [8, 8, 16, 16],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 8,
+    "sample_size": SIZE,
+    "mid_block_add_attention": False,
+}
+UNET: dict[str, Any] = {
+    "sample_size": SIZE // 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [8, 16],
+    "layers_per_block": 1,
+    "attention_head_dim": 2,
+    "norm_num_groups": 8,
+}
+DISCRETE_SCHEDULER: dict[str, Any] = {  # Stable Diffusion's own schedule
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
+
+
+def _seeded(seed: int, make: Callable[[], Any]) -> Any:
+    import torch
+
+    torch.manual_seed(seed)
+    return make()
+
+
+def _clip_text(tokenizer: Any, seed: int, *, projection: bool) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **CLIP_TEXT,
+    )
+    cls = CLIPTextModelWithProjection if projection else CLIPTextModel
+    return _seeded(seed, lambda: cls(config))
+
+
+def _t5_text(tokenizer: Any, seed: int) -> Any:
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+        **T5_TEXT,
+    )
+    return _seeded(seed, lambda: T5EncoderModel(config))
+
+
+def _vae(seed: int, **extra: Any) -> Any:
+    from diffusers import AutoencoderKL
+
+    return _seeded(seed, lambda: AutoencoderKL(**{**VAE, **extra}))
+
+
+def build_sd15() -> Any:
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    tokenizer = vocab.clip_tokenizer()
+    return StableDiffusionPipeline(
+        vae=_vae(1),
+        text_encoder=_clip_text(tokenizer, 2, projection=False),
+        tokenizer=tokenizer,
+        unet=_seeded(3, lambda: UNet2DConditionModel(**UNET, cross_attention_dim=32)),
+        scheduler=DDIMScheduler(**DISCRETE_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_sdxl() -> Any:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    time_dim = 8
+    tokenizer = vocab.clip_tokenizer()
+    unet = {
+        **UNET,
+        "cross_attention_dim": 2 * CLIP_TEXT["hidden_size"],  # both encoders' states, side by side
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": time_dim,
+        # the second encoder's pooled projection + 6 size/crop numbers, each time-embedded
+        "projection_class_embeddings_input_dim": CLIP_TEXT["projection_dim"] + 6 * time_dim,
+        "transformer_layers_per_block": 1,
+    }
+    return StableDiffusionXLPipeline(
+        vae=_vae(1),
+        text_encoder=_clip_text(tokenizer, 2, projection=False),
+        text_encoder_2=_clip_text(tokenizer, 4, projection=True),
+        tokenizer=tokenizer,
+        tokenizer_2=vocab.clip_tokenizer(),
+        unet=_seeded(3, lambda: UNet2DConditionModel(**unet)),
+        scheduler=EulerDiscreteScheduler(
+            num_train_timesteps=1000,
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            steps_offset=1,
+            timestep_spacing="leading",
+        ),
+        add_watermarker=False,
+    )
+
+
+def build_sd3() -> Any:
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+
+    tokenizer = vocab.clip_tokenizer()
+    t5_tokenizer = vocab.t5_tokenizer()
+    transformer = {
+        "sample_size": SIZE // 8,
+        "patch_size": 1,
+        "in_channels": 4,  # a 4-channel VAE (patch_size 1 pairs with it)
+        "out_channels": 4,
+        "num_layers": 1,
+        "attention_head_dim": 8,
+        "num_attention_heads": 2,
+        "joint_attention_dim": T5_TEXT["d_model"],  # CLIP states are padded to T5's width
+        "caption_projection_dim": 16,
+        "pooled_projection_dim": 2 * CLIP_TEXT["projection_dim"],
+        "pos_embed_max_size": 32,  # latents up to 32 x 32: images up to 256 px
+    }
+    return StableDiffusion3Pipeline(
+        transformer=_seeded(3, lambda: SD3Transformer2DModel(**transformer)),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_vae(1, scaling_factor=1.5, shift_factor=0.0),
+        text_encoder=_clip_text(tokenizer, 2, projection=True),
+        tokenizer=tokenizer,
+        text_encoder_2=_clip_text(tokenizer, 4, projection=True),
+        tokenizer_2=vocab.clip_tokenizer(),
+        text_encoder_3=_t5_text(t5_tokenizer, 5),
+        tokenizer_3=t5_tokenizer,
+    )
+
+
+def build_flux() -> Any:
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    tokenizer = vocab.clip_tokenizer()
+    t5_tokenizer = vocab.t5_tokenizer()
+    transformer = {
+        "patch_size": 1,
+        "in_channels": 16,  # 2 x 2 packed patches of a 4-channel VAE's latents
+        "num_layers": 1,
+        "num_single_layers": 1,
+        "attention_head_dim": 8,
+        "num_attention_heads": 2,
+        "joint_attention_dim": T5_TEXT["d_model"],
+        "pooled_projection_dim": CLIP_TEXT["hidden_size"],  # CLIPTextModel's pooled output
+        "guidance_embeds": True,  # guidance-distilled, as FLUX.1-dev: guidance is an input
+        "axes_dims_rope": (2, 2, 4),  # sums to attention_head_dim
+    }
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    return FluxPipeline(
+        scheduler=scheduler,
+        vae=_vae(1, scaling_factor=1.5, shift_factor=0.0),
+        text_encoder=_clip_text(tokenizer, 2, projection=False),
+        tokenizer=tokenizer,
+        text_encoder_2=_t5_text(t5_tokenizer, 5),
+        tokenizer_2=t5_tokenizer,
+        transformer=_seeded(3, lambda: FluxTransformer2DModel(**transformer)),
+    )
+
+
+@dataclass(frozen=True)
+class Spec:
+    id: str
+    family: str
+    tier: int
+    build: Callable[[], Any]
+    default_steps: int
+    default_guidance: float
+
+
+MODELS: dict[str, Spec] = {
+    s.id: s
+    for s in (
+        Spec("tiny-sd15", "sd15", 2, build_sd15, 25, 5.0),
+        Spec("tiny-sdxl", "sdxl", 2, build_sdxl, 25, 5.0),
+        Spec("tiny-sd3", "sd3", 3, build_sd3, 28, 5.0),
+        Spec("tiny-flux", "flux", 3, build_flux, 28, 3.5),
+    )
+}
+
+
+def _has_valid_manifest(folder: Path) -> bool:
+    try:
+        registry.verify(folder)
+    except Exception:
+        return False
+    return True
+
+
+def build_model(spec: Spec, out: Path) -> registry.ModelEntry:
+    """Build ``spec`` into ``out`` (replaced), registered with its ``model.json``."""
+    import torch
+
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
+        staging = Path(tmp) / out.name
+        with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG as it was
+            pipe = spec.build()
+        pipe.save_pretrained(staging, safe_serialization=True)
+        entry = registry.write_manifest(
+            staging,
+            id=spec.id,
+            family=spec.family,
+            default_size=SIZE,
+            default_steps=spec.default_steps,
+            default_guidance=spec.default_guidance,
+            kind="base",
+            tier=spec.tier,
+            samplers=supported(spec.family),
+            created=CREATED,
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    return entry
+
+
+def build_all(
+    out_dir: Path, only: Iterable[str] | None = None, force: bool = False
+) -> dict[str, Path]:
+    """Build the zoo (or the ids in ``only``) under ``out_dir``; skip a folder that already
+    holds a valid manifest unless ``force``. Returns model id -> folder."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wanted = list(only) if only else list(MODELS)
+    unknown = sorted(set(wanted) - MODELS.keys())
+    if unknown:
+        raise ValueError(f"unknown model ids {unknown}; known: {sorted(MODELS)}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    folders = {}
+    for model_id in wanted:
+        folder = out_dir / model_id
+        if force or not _has_valid_manifest(folder):
+            build_model(MODELS[model_id], folder)
+            print(f"built {folder}", file=sys.stderr)
+        else:
+            print(f"kept {folder} (valid model.json; --force rebuilds)", file=sys.stderr)
+        folders[model_id] = folder
+    return folders
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m imagegen_model_zoo", description=__doc__)
+    parser.add_argument("--out", type=Path, default=DEFAULT_MODELS_DIR)
+    parser.add_argument("--force", action="store_true", help="rebuild models already built")
+    parser.add_argument("--only", nargs="+", choices=sorted(MODELS), help="these models only")
+    args = parser.parse_args(argv)
+    build_all(args.out, args.only, args.force)
+    return 0

@@ -1,0 +1,84 @@
+"""The model zoo builds the same bytes twice, registers every model, and skips what is built.
+
+Two builds of the four tiny models take ~10 s on two cores (after ~8 s of imports); how the
+models run is tested by the gpu-worker (services/gpu-worker/tests/test_gpu_worker_families.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from imagegen_gpu_worker.adapters import registry
+
+pytest.importorskip("torch")
+from imagegen_model_zoo import build  # noqa: E402
+
+pytestmark = pytest.mark.unit
+
+
+def digests(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): registry.sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    a, b = tmp_path_factory.mktemp("zoo-a"), tmp_path_factory.mktemp("zoo-b")
+    build.build_all(a)
+    build.build_all(b)
+    return a, b
+
+
+def test_two_builds_are_byte_identical(builds: tuple[Path, Path]) -> None:
+    a, b = builds
+    first, second = digests(a), digests(b)
+    assert first == second
+    assert {name.split("/", 1)[0] for name in first} == set(build.MODELS)
+    assert not any("/." in "/" + name for name in first)  # no staging folder left behind
+
+
+def test_every_model_is_registered_small_and_complete(builds: tuple[Path, Path]) -> None:
+    a, _ = builds
+    for model_id, spec in build.MODELS.items():
+        entry = registry.verify(a / model_id)  # every file listed, every sha256 right
+        assert (entry.id, entry.family, entry.tier, entry.kind) == (
+            model_id,
+            spec.family,
+            spec.tier,
+            "base",
+        )
+        assert entry.created == build.CREATED and entry.default_size == 64
+        assert entry.components and sum(entry.components.values()) < 3 * 2**20
+        index = json.loads((a / model_id / "model_index.json").read_text())
+        assert index["_class_name"] == registry.FAMILIES[spec.family]
+        # no path of the machine that built it leaks into the files
+        for name in entry.files:
+            if name.endswith(".json"):
+                assert str(a) not in (a / model_id / name).read_text(), name
+
+
+def test_a_built_model_is_kept_unless_forced(tmp_path: Path) -> None:
+    build.build_all(tmp_path, only=["tiny-sd15"])
+    manifest = tmp_path / "tiny-sd15" / registry.MANIFEST
+    before = manifest.stat().st_mtime_ns
+    build.build_all(tmp_path, only=["tiny-sd15"])
+    assert manifest.stat().st_mtime_ns == before  # valid manifest: skipped
+    (tmp_path / "tiny-sd15" / "vae" / "config.json").write_text("{}")  # now invalid
+    build.build_all(tmp_path, only=["tiny-sd15"])
+    registry.verify(tmp_path / "tiny-sd15")  # rebuilt
+    before = manifest.stat().st_mtime_ns
+    assert build.main(["--out", str(tmp_path), "--only", "tiny-sd15", "--force"]) == 0
+    assert manifest.stat().st_mtime_ns != before
+    registry.verify(tmp_path / "tiny-sd15")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-sd15"]
+
+
+def test_an_unknown_id_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown model ids"):
+        build.build_all(tmp_path, only=["tiny-sd9"])
