@@ -21,7 +21,7 @@ venv: .venv/.synced ## Python 3.11 workspace (uv, locked versions)
 setup: venv ## everything the stack needs: Kafka jars, PostgreSQL, data folders
 	$(PY) deploy/stack.py setup
 
-up: venv ## start Kafka, PostgreSQL and the six services; waits until each is ready
+up: venv models ## start Kafka, PostgreSQL and the six services (the test models built first); waits until each is ready
 	$(PY) deploy/stack.py up
 
 down: ## stop everything started by `make up`; leaves no process behind

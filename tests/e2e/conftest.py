@@ -97,6 +97,11 @@ def stack(infra) -> Iterator[RunningStack]:  # type: ignore[no-untyped-def]
         check=True,
         capture_output=True,
     )
+    subprocess.run(  # tiny-sd15, tiny-sdxl, tiny-sd3, tiny-flux: every family (seconds)
+        [sys.executable, "-m", "imagegen_model_zoo", "--out", str(models)],
+        check=True,
+        capture_output=True,
+    )
     demo = ROOT / "models" / "shapes-demo"
     if (demo / "model.json").exists() and not (models / "shapes-demo").exists():
         (models / "shapes-demo").symlink_to(demo)
