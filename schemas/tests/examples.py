@@ -147,6 +147,13 @@ EXAMPLES: list[Payload] = [
         load_ms=9500.0,
     ),
     workers.ModelEvicted(worker_id=WORKER, model_id="sd3-medium", reason="eviction_score"),
+    workers.ModelLoadFailed(
+        worker_id=WORKER,
+        model_id="flux-dev",
+        reason="does_not_fit",
+        message="needs 24.0 GB beside the pinned models, the budget leaves 12.5 GB",
+        command_id="0f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a",
+    ),
     workers.ModelCorrupted(
         worker_id=WORKER,
         model_id="sdxl-base",

@@ -119,7 +119,12 @@ TOPICS: tuple[TopicSpec, ...] = (
         3,
         30 * DAY_MS,
         False,
-        (workers.ModelLoaded, workers.ModelEvicted, workers.ModelCorrupted),
+        (
+            workers.ModelLoaded,
+            workers.ModelEvicted,
+            workers.ModelCorrupted,
+            workers.ModelLoadFailed,
+        ),
         "Model residency facts per worker.",
     ),
     TopicSpec(

@@ -44,18 +44,40 @@ class WorkerHeartbeat(Payload):
 
 
 class ModelLoaded(Payload):
+    """A model (or adapter) became resident on a worker: for a job, or on a pool command."""
+
     event_type: ClassVar[str] = "imagegen.model.loaded"
     worker_id: str
     model: LoadedModel
     load_ms: float = Field(ge=0)
     sha256_verified: bool = True
+    source: str = Field(default="disk", description="Where the weights came from: disk or ram.")
+    command_id: str | None = Field(
+        default=None, description="Event id of the LoadModel command; None for a job's load."
+    )
 
 
 class ModelEvicted(Payload):
+    """A model (or adapter) left a worker's device memory."""
+
     event_type: ClassVar[str] = "imagegen.model.evicted"
     worker_id: str
     model_id: str
     reason: str = Field(default="", description="e.g. 'eviction_score', 'command', 'oom'.")
+    command_id: str | None = Field(
+        default=None, description="Event id of the EvictModel command; None otherwise."
+    )
+
+
+class ModelLoadFailed(Payload):
+    """A LoadModel command could not be carried out; nothing was unloaded for it."""
+
+    event_type: ClassVar[str] = "imagegen.model.load_failed"
+    worker_id: str
+    model_id: str
+    reason: str = Field(description="e.g. 'does_not_fit', 'unknown_model', 'corrupted'.")
+    message: str = Field(default="", max_length=4000)
+    command_id: str = Field(description="Event id of the LoadModel command.")
 
 
 class ModelCorrupted(Payload):
