@@ -3,7 +3,8 @@ and only what must go.
 
 Shared by the gpu-worker (its pipeline cache under a memory budget) and the fleet simulator's
 workers, so the simulator models the eviction the service does. Pure: sizes in, names out, in
-whatever unit the caller uses (bytes, GB).
+whatever unit the caller uses (bytes, GB). ``ResidencyFacts`` (below) is the other side: what
+a worker holds, as the scheduler and the pool-manager read it from the log.
 
 Plain LRU unloads the least recently used items one by one until the job fits. When the items
 it meets first are small (LoRAs) and a larger one further on (a ControlNet, a base model) has to
@@ -15,7 +16,10 @@ oldest first (ADR 0110).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
+from typing import Generic, TypeVar
+
+D = TypeVar("D")
 
 
 def evictions(
@@ -52,3 +56,42 @@ def evictions(
             held += size
             stays.add(name)
     return [name for name, _ in victims if name not in stays]
+
+
+class ResidencyFacts(Generic[D]):
+    """Which models each worker holds, folded from the facts the log carries about it.
+
+    Heartbeats are snapshots (each listed model is resident, each other one known is not, as of
+    the beat); ``ModelLoaded`` and ``ModelEvicted`` are single facts. Per (worker, model) the
+    newest fact by event time wins, so the result does not depend on the order in which a
+    replay reads the heartbeat and residency topics. Shared by the scheduler (its workers'
+    warm sets) and the pool-manager (its fleet projection): both must agree on what is warm.
+    A fact may carry a detail (the pool-manager keeps each model's kind and bytes).
+    """
+
+    def __init__(self) -> None:
+        # worker id -> model id -> (time of the newest fact, resident?, detail)
+        self._facts: dict[str, dict[str, tuple[float, bool, D | None]]] = {}
+
+    def snapshot(self, worker_id: str, resident: Mapping[str, D | None], at: float) -> None:
+        """A heartbeat listing ``resident`` (model id -> detail) at ``at``."""
+        known = set(self._facts.get(worker_id, {})) | set(resident)
+        for model_id in known:
+            listed = model_id in resident
+            self.fact(worker_id, model_id, listed, at, resident.get(model_id))
+
+    def fact(
+        self, worker_id: str, model_id: str, resident: bool, at: float, detail: D | None = None
+    ) -> bool:
+        """One fact (a load or an eviction); True when it is now the newest for that model."""
+        held = self._facts.setdefault(worker_id, {})
+        current = held.get(model_id)
+        if current is not None and at < current[0]:
+            return False
+        held[model_id] = (at, resident, detail if resident else None)
+        return True
+
+    def resident(self, worker_id: str) -> dict[str, D | None]:
+        """Model id -> detail of the models resident on ``worker_id``, by id."""
+        facts = self._facts.get(worker_id, {})
+        return {m: d for m, (_, r, d) in sorted(facts.items()) if r}

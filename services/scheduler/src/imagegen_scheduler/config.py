@@ -18,6 +18,7 @@ SUBSCRIBES: tuple[str, ...] = (
     "imagegen.jobs.generated",
     "imagegen.jobs.ended",
     "imagegen.workers.heartbeats",
+    "imagegen.workers.models",
 )
 
 

@@ -22,17 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from imagegen_runtime.residency import ResidencyFacts
 from imagegen_schemas import jobs as ev
 from imagegen_schemas.workers import LoadedModel, ModelEvicted, ModelLoaded, WorkerHeartbeat
-
-
-@dataclass
-class Residency:
-    """The newest fact about one model on one worker."""
-
-    at: float  # unix time of the fact
-    resident: bool
-    model: LoadedModel | None  # kind and bytes, when resident
 
 
 @dataclass
@@ -68,15 +60,8 @@ class Fleet:
     workers: dict[str, Worker] = field(default_factory=dict)
     in_flight: dict[str, InFlight] = field(default_factory=dict)  # job id -> current assignment
     ended: dict[str, Ended] = field(default_factory=dict)  # job id -> what ended
-    # worker id -> model id -> newest residency fact
-    residency: dict[str, dict[str, Residency]] = field(default_factory=dict)
-
-
-def _resident(fleet: Fleet, worker_id: str, model_id: str, fact: Residency) -> None:
-    held = fleet.residency.setdefault(worker_id, {})
-    current = held.get(model_id)
-    if current is None or fact.at >= current.at:
-        held[model_id] = fact
+    # what each worker holds: the newest fact per (worker, model), with its kind and bytes
+    residency: ResidencyFacts[LoadedModel] = field(default_factory=ResidencyFacts)
 
 
 def evolve(fleet: Fleet, payload: object, at: float, event_id: str) -> Fleet:
@@ -86,19 +71,14 @@ def evolve(fleet: Fleet, payload: object, at: float, event_id: str) -> Fleet:
             if current is None or at >= current.last_seen:
                 fleet.workers[payload.worker_id] = Worker(payload.worker_id, at, event_id, payload)
             listed = {m.model_id: m for m in payload.loaded}
-            known = set(fleet.residency.get(payload.worker_id, {})) | set(listed)
-            for model_id in known:
-                model = listed.get(model_id)
-                _resident(
-                    fleet, payload.worker_id, model_id, Residency(at, model is not None, model)
-                )
+            fleet.residency.snapshot(payload.worker_id, listed, at)
             return fleet
         case ModelLoaded():
-            fact = Residency(at, True, payload.model)
-            _resident(fleet, payload.worker_id, payload.model.model_id, fact)
+            model = payload.model
+            fleet.residency.fact(payload.worker_id, model.model_id, True, at, model)
             return fleet
         case ModelEvicted():
-            _resident(fleet, payload.worker_id, payload.model_id, Residency(at, False, None))
+            fleet.residency.fact(payload.worker_id, payload.model_id, False, at)
             return fleet
         case ev.JobScheduled():
             held = fleet.in_flight.get(payload.job_id)
@@ -157,8 +137,8 @@ def detect_losses(
 
 def resident(fleet: Fleet, worker_id: str) -> list[LoadedModel]:
     """The models and adapters resident on ``worker_id`` now, by id."""
-    facts = fleet.residency.get(worker_id, {})
-    return [f.model for _, f in sorted(facts.items()) if f.resident and f.model is not None]
+    held = fleet.residency.resident(worker_id).items()
+    return [m or LoadedModel(model_id=model_id, bytes=0) for model_id, m in held]
 
 
 def project(fleet: Fleet) -> dict[str, dict[str, Any]]:

@@ -14,6 +14,10 @@ records a fact, then ``_settle`` moves the job in the policy state to where its 
   was revoked);
 * running: its latest assignment is in force.
 
+A worker's warm set is the newest residency fact per model: heartbeats are snapshots,
+``ModelLoaded`` / ``ModelEvicted`` single facts (``imagegen_runtime.residency.ResidencyFacts``),
+so a load is warm for the next decision, not the next heartbeat.
+
 A result (``ImageGenerated``) counts only when its token is the latest assignment's and was not
 revoked (``AssignmentRevoked``): a revoked assignment's late result never completes a job.
 Pure: no clock, no I/O; ``at`` is the event's time.
@@ -23,9 +27,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from imagegen_runtime.residency import ResidencyFacts
 from imagegen_schemas import Payload
 from imagegen_schemas import jobs as ev
-from imagegen_schemas.workers import WorkerHeartbeat
+from imagegen_schemas.workers import ModelEvicted, ModelLoaded, WorkerHeartbeat
 
 from .config import SchedulerConfig
 from .events import (
@@ -62,6 +67,9 @@ class Log:
         # Every worker the retained heartbeats name, lost ones too (admission asks whether any
         # worker of the fleet could ever run a job; a restarting worker is still of the fleet).
         self.seen: dict[str, WorkerView] = {}
+        # What each worker holds: heartbeats' snapshots and ModelLoaded / ModelEvicted, the
+        # newest fact per (worker, model) winning whatever order the topics are read in.
+        self.residency: ResidencyFacts[None] = ResidencyFacts()
         # Replay only: jobs whose assignment is in force on a worker that, as folded so far, still
         # runs an older job (its result is on a topic not read that far yet). Settled again
         # when the worker frees.
@@ -80,11 +88,18 @@ def fold(log: Log, payload: object, at: float) -> list[Payload]:  # noqa: C901
     were published the first time and are read back; the service publishes them only live."""
     out: list[Payload] = []
     if isinstance(payload, WorkerHeartbeat):
+        log.residency.snapshot(payload.worker_id, {m.model_id: None for m in payload.loaded}, at)
         if at >= log.beats.get(payload.worker_id, float("-inf")):
             log.beats[payload.worker_id] = at
             view = worker_view(payload, log.budget_fraction)
-            log.seen[payload.worker_id] = view
-            evolve(log.state, WorkerUpdated(view, at))
+            _update_worker(log, view, at)
+        return out
+    if isinstance(payload, ModelLoaded | ModelEvicted):
+        model_id = payload.model.model_id if isinstance(payload, ModelLoaded) else payload.model_id
+        resident = isinstance(payload, ModelLoaded)
+        newest = log.residency.fact(payload.worker_id, model_id, resident, at)
+        if newest and payload.worker_id in log.seen:
+            _update_worker(log, log.seen[payload.worker_id], at)
         return out
     job_id = getattr(payload, "job_id", None)
     if job_id is None:
@@ -132,6 +147,13 @@ def fold(log: Log, payload: object, at: float) -> list[Payload]:  # noqa: C901
         for waiting in sorted(log.pending.pop(worker_id)):
             out += _settle(log, waiting, log.jobs[waiting], at)
     return out
+
+
+def _update_worker(log: Log, view: WorkerView, at: float) -> None:
+    """The worker's view with its warm set as the newest residency facts say."""
+    view = replace(view, resident=frozenset(log.residency.resident(view.worker_id)))
+    log.seen[view.worker_id] = view
+    evolve(log.state, WorkerUpdated(view, at))
 
 
 def _terminal(log: Log, f: JobFacts, job_id: str) -> list[Payload]:
