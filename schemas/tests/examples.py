@@ -164,6 +164,14 @@ EXAMPLES: list[Payload] = [
     workers.LoadModel(worker_id=WORKER, model_id="flux-schnell", reason="predicted_demand"),
     workers.EvictModel(worker_id=WORKER, model_id="sd3-medium", reason="memory_pressure"),
     workers.DefragmentMemory(worker_id=WORKER, reason="largest_free_block_ratio<0.7"),
+    workers.AutoscaleRecommended(
+        pool="H100-80GB",
+        desired_workers=14,
+        current_workers=10,
+        queued_jobs=240,
+        oldest_wait_s=48.5,
+        reason="fast p95 wait over its goal",
+    ),
     workers.DeadLettered(
         source_topic="imagegen.jobs.requested",
         source_partition=0,
@@ -177,7 +185,12 @@ EXAMPLES: list[Payload] = [
 
 
 def envelope_for(payload: Payload) -> Envelope:
-    corr = getattr(payload, "job_id", None) or getattr(payload, "worker_id", None) or "deadletter"
+    corr = (
+        getattr(payload, "job_id", None)
+        or getattr(payload, "worker_id", None)
+        or getattr(payload, "pool", None)
+        or "deadletter"
+    )
     return Envelope.wrap(
         payload,
         correlation_id=corr,

@@ -137,6 +137,15 @@ TOPICS: tuple[TopicSpec, ...] = (
         "Commands from the pool-manager to workers.",
     ),
     TopicSpec(
+        "imagegen.pool.signals",
+        "pool",
+        1,
+        7 * DAY_MS,
+        False,
+        (workers.AutoscaleRecommended,),
+        "The pool-manager's autoscaling signal per pool (desired workers).",
+    ),
+    TopicSpec(
         "imagegen.deadletter",
         "source",
         3,

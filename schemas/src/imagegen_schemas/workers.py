@@ -115,6 +115,20 @@ class DefragmentMemory(Payload):
     reason: str = ""
 
 
+class AutoscaleRecommended(Payload):
+    """The pool-manager's autoscaling signal for one pool (a GPU class): how many workers it
+    should have now, from queue depth and waits. For an HPA or KEDA (also exported as the
+    Prometheus gauge ``imagegen_pool_desired_workers{pool}``) and for analytics."""
+
+    event_type: ClassVar[str] = "imagegen.pool.autoscale_recommended"
+    pool: str = Field(description="The pool: a GPU class, e.g. 'cpu' or 'H100-80GB'.")
+    desired_workers: int = Field(ge=0)
+    current_workers: int = Field(ge=0)
+    queued_jobs: int = Field(ge=0, description="Jobs waiting that this pool can run.")
+    oldest_wait_s: float = Field(ge=0, description="The longest wait among them, seconds.")
+    reason: str = Field(default="", max_length=1000)
+
+
 class DeadLettered(Payload):
     """A record a consumer could not process; the original bytes are kept for replay by hand."""
 
