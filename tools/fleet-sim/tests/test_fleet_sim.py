@@ -176,3 +176,98 @@ def test_a_simulated_worker_evicts_only_what_must_go() -> None:
         "cn/sdxl-depth",
     }
     assert (info.base_loads, info.adapter_loads) == (0, 1)
+
+
+# --- the warm pool policy in the simulator (--pool, ADR 0701) -------------------------------------
+
+# Figures of `imagegen simulate --gpus 10 --hours 0.1 --seed 3 --json` before the pool policy
+# existed: --pool none must reproduce them exactly.
+BEFORE_POOL = {
+    "tiers": {
+        "turbo": {"p50_wait_s": 5.7, "p95_wait_s": 18.5, "p99_wait_s": 20.1},
+        "fast": {"p50_wait_s": 23.3, "p95_wait_s": 75.9, "p99_wait_s": 89.1},
+        "relax": {"p50_wait_s": 153.7, "p95_wait_s": 291.7, "p99_wait_s": 312.3},
+    },
+    "gpu_utilization": 0.8252,
+    "warm_hit_rate": 0.6429,
+    "base_warm_hit_rate": 0.8643,
+    "cold_loads_per_hour": 380.0,
+    "served_load": 0.834,
+    "jobs_finished": 280,
+    "adapter_loads_per_hour": 970.0,
+    "assign_reasons": {"affinity": 39, "reserved": 19, "urgency": 222},
+}
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, object]:
+    argv = ["--gpus", "10", "--hours", "0.1", "--seed", "3", "--json", *extra]
+    assert main(argv) == 0
+    figures = json.loads(capsys.readouterr().out)
+    figures.pop("wall_s")
+    assert isinstance(figures, dict)
+    return figures
+
+
+@pytest.mark.unit
+def test_pool_none_is_todays_simulator_exactly(capsys: pytest.CaptureFixture[str]) -> None:
+    default = _cli(capsys)
+    none = _cli(capsys, "--pool", "none")
+    assert default == none
+    assert {k: none[k] for k in BEFORE_POOL} == BEFORE_POOL
+    assert none["pool"] == "none"
+    scale = none["autoscale_desired_workers"]
+    assert isinstance(scale, dict) and set(scale) == {"A10G-24GB", "A100-80GB"}
+
+
+@pytest.mark.unit
+def test_pool_ours_reports_its_loads_and_keeps_the_pins(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Fewer cold loads is not asserted on a fleet this small: over 6 simulated minutes of 10
+    GPUs the difference is a few loads either way (ADR 0701); the slow test checks seed 1."""
+    ours = _cli(capsys, "--pool", "ours")
+    assert ours["pool"] == "ours" and ours["eviction"] == "lru" and ours["pinned_workers"] == 1
+    preloads = ours["preloads_per_hour"]
+    assert isinstance(preloads, dict)
+    assert ours["cold_loads_per_hour"] == pytest.approx(
+        ours["on_demand_cold_loads_per_hour"] + sum(preloads.values())  # type: ignore[operator]
+    )
+    score = _cli(capsys, "--pool", "ours", "--eviction", "score")
+    assert score["eviction"] == "score" and score["jobs_finished"] > 100
+
+
+@pytest.mark.unit
+def test_day_shift_preloads_the_model_that_becomes_popular() -> None:
+    from imagegen_fleet_sim.scenario import day_shift
+
+    scenario = day_shift(gpus=10, hours=0.75)
+    on = simulate(scenario, "ours", seed=1, pool="ours").summary()
+    off = simulate(scenario, "ours", seed=1, pool="ours", preload=False).summary()
+    assert on["preloads_per_hour"]["predictive"] > 0
+    assert off["preloads_per_hour"]["predictive"] == 0
+    for figures in (on, off):
+        assert figures["shift"]["model"] == "sd3-medium" and figures["shift"]["at_s"] == 1800.0
+
+
+@pytest.mark.unit
+def test_a_preload_occupies_the_worker_and_pins_hold() -> None:
+    import random
+
+    from imagegen_fleet_sim.fleet import SimWorker
+    from imagegen_fleet_sim.scenario import A100
+
+    worker = SimWorker("w", A100, seed_catalog())
+    worker.pin(frozenset({"sdxl-base-1.0"}))
+    assert worker.pinned == {"sdxl-base-1.0"}
+    done = worker.begin_load("sd3-medium", 5.0, random.Random(0))
+    assert done is not None and 15.0 <= done <= 23.0  # SD3 loads in 10-18 s
+    assert not worker.view().accepting and "sd3-medium" in worker.resident
+
+
+@pytest.mark.slow
+def test_pool_ours_on_the_peak_hour_of_seed_1() -> None:
+    """ADR 0701's seed-1 run: the pool loads fewer cold models than on-demand loading."""
+    none = simulate(seed_peak(gpus=100, hours=1.0), "ours", seed=1).summary()
+    ours = simulate(seed_peak(gpus=100, hours=1.0), "ours", seed=1, pool="ours").summary()
+    assert ours["cold_loads_per_hour"] < none["cold_loads_per_hour"]
+    assert ours["tiers"]["turbo"]["p95_wait_s"] <= 15.0

@@ -1,7 +1,12 @@
 """``imagegen simulate``: run the fleet simulator and print its figures.
 
-    simulate --scenario seed-peak --policy ours --gpus 100 --json [--hours 1] [--seed N]
-             [--load 0.95] [--plot waits.png] [--bound]
+    simulate --scenario seed-peak|day-shift --policy ours --gpus 100 --json [--hours 1]
+             [--seed N] [--load 0.95] [--plot waits.png] [--bound]
+             [--pool none|ours] [--eviction score|lru] [--preload on|off]
+
+``--pool ours`` runs the warm pool policy (``imagegen_pool_manager.domain.policy``, ADR 0701)
+on the simulated workers; ``--pool none`` (the default) is on-demand loading with LRU eviction,
+only what must go (ADR 0110). ``--eviction`` and ``--preload`` apply to ``--pool ours``.
 
 ``--plot`` also runs the other policies on the same demand and draws them side by side.
 """
@@ -16,7 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .engine import POLICIES, simulate
+from .engine import DEFAULT_EVICTION, EVICTIONS, POLICIES, POOLS, simulate
 from .metrics import SimResult
 from .scenario import SCENARIOS
 
@@ -30,6 +35,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=1, help="random seed of the demand")
     parser.add_argument(
         "--load", type=float, default=None, help="override the mean arrival rate / capacity"
+    )
+    parser.add_argument(
+        "--pool", choices=POOLS, default="none", help="warm pool policy (ADR 0701) or none"
+    )
+    parser.add_argument(
+        "--eviction",
+        choices=EVICTIONS,
+        default=DEFAULT_EVICTION,
+        help="with --pool ours: the seed's eviction score, or LRU only what must go",
+    )
+    parser.add_argument(
+        "--preload", choices=("on", "off"), default="on", help="with --pool ours: predictive"
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG of waits over time")
@@ -58,13 +75,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(fluid_bound(scenario, options.seed)))
         return 0
     started = time.perf_counter()
-    result = simulate(scenario, options.policy, options.seed)
+    pool, eviction, preload = options.pool, options.eviction, options.preload == "on"
+    result = simulate(
+        scenario, options.policy, options.seed, pool=pool, eviction=eviction, preload=preload
+    )
     summary = result.summary()
     summary["wall_s"] = round(time.perf_counter() - started, 2)
     if options.plot is not None:
         from .plot import plot
 
-        others = [simulate(scenario, p, options.seed) for p in POLICIES if p != options.policy]
+        others = [
+            simulate(scenario, p, options.seed, pool=pool, eviction=eviction, preload=preload)
+            for p in POLICIES
+            if p != options.policy
+        ]
         plot(_in_policy_order([result, *others]), options.plot)
     if options.json:
         print(json.dumps(summary))

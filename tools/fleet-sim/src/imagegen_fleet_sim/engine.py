@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Collection, Iterable
 
+from imagegen_pool_manager.domain import policy as pool
 from imagegen_scheduler.domain import (
     Assign,
     Decision,
@@ -40,8 +42,8 @@ from imagegen_scheduler.domain import (
 
 from .fleet import SimWorker
 from .metrics import Counters, JobRecord, SimResult, summarize
-from .scenario import Scenario, seed_catalog
-from .workload import RequestSampler, arrivals, capacity_jobs_per_s
+from .scenario import SEED_TIERS, Scenario, seed_catalog
+from .workload import RequestSampler, arrivals, capacity_jobs_per_s, model_history
 
 Policy = Callable[[SchedulerState, float], list[Decision]]
 POLICIES: dict[str, Policy] = {
@@ -50,13 +52,34 @@ POLICIES: dict[str, Policy] = {
     "weighted-warm": weighted_warm_decide,
     "ours": decide,
 }
-_FINISH, _PAUSED, _ARRIVE = 0, 1, 2
+_FINISH, _PAUSED, _ARRIVE, _LOADED = 0, 1, 2, 3
 ETA_EVERY_S = 60.0
+POOL_EVERY_S = 15.0  # the pool policy's round (storms, predictive preloads)
+AUTOSCALE_EVERY_S = 60.0  # samples of the autoscaling signal
+POOLS = ("none", "ours")
+EVICTIONS = ("score", "lru")
+DEFAULT_EVICTION = "lru"  # measured better than the seed's score on seeds 1-10 (ADR 0701)
+
+
+def pool_config(gpus: int) -> pool.PoolConfig:
+    """The pool policy's knobs for a fleet: SDXL base pinned on 10% of the workers (ADR 0701)."""
+    return pool.PoolConfig(tier1_min_workers=max(1, round(0.1 * gpus)))
 
 
 class Simulation:
-    def __init__(self, scenario: Scenario, policy: str, seed: int, config: SchedulerConfig) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        policy: str,
+        seed: int,
+        config: SchedulerConfig,
+        pool_mode: str = "none",
+        eviction: str = DEFAULT_EVICTION,
+        preload: bool = True,
+    ) -> None:
         self.scenario, self.policy_name, self.policy = scenario, policy, POLICIES[policy]
+        assert pool_mode in POOLS and eviction in EVICTIONS
+        self.pool_mode, self.eviction, self.preload_on = pool_mode, eviction, preload
         self.rng = random.Random(seed)
         self.catalog = seed_catalog()
         self.state = SchedulerState(config, self.catalog)
@@ -75,6 +98,109 @@ class Simulation:
         self.heap: list[tuple[float, int, int, object]] = []
         self.seq = 0
         self.offered_work_s = 0.0
+        self.now = 0.0
+        self.queued_uses: Counter[str] = Counter()  # queued jobs per model and adapter id
+        self.autoscale: dict[str, list[int]] = {g.name: [] for g, _ in scenario.fleet}
+        self.shift_first_warm: float | None = None
+        self.shift_jobs = [0, 0]  # shifted model's jobs started in 15 min after the shift, warm
+        self.preloads: Counter[str] = Counter()
+        self.loading: Counter[str] = Counter()  # preloads under way per model
+        self.promoted_rounds = 0
+        self.pin_overrides = 0  # jobs that could not fit beside a pinned model (see _evict_for)
+        if pool_mode == "ours":
+            self._pool_setup(seed)
+
+    def _pool_setup(self, seed: int) -> None:
+        self.pool_config = pool_config(self.scenario.gpus)
+        self.pool_rng = random.Random(seed * 7919 + 17)  # preload times: not the jobs' stream
+        self.models = {
+            m.model_id: pool.ModelInfo(
+                m.model_id, m.family, m.weights_gb, pool.tier_of(m.model_id, SEED_TIERS)
+            )
+            for m in self.catalog.models.values()
+        }
+        clock0 = self.scenario.start_hour * 3600
+        history = model_history(self.scenario, self.peak_rate, self.pool_rng)
+        self.weights = pool.learn_hourly_weights((at - 86400.0, m) for at, m in history)
+        self.recent: deque[tuple[float, str]] = deque()
+        self.clock0 = clock0
+        pins = pool.pin_targets(
+            [self._pool_view(w) for w in self.workers.values()], self.models, self.pool_config
+        )
+        for worker in self.workers.values():
+            worker.track = True
+            worker.evict = self._evict_for(worker)
+            if worker.worker_id in pins:
+                worker.pin(pins[worker.worker_id])
+
+    def _evict_for(self, worker: SimWorker) -> Callable[..., list[str] | None]:
+        if self.eviction == "lru":
+
+            def lru(
+                resident: Iterable[tuple[str, float]],
+                keep: Collection[str],
+                need: float,
+                budget: float,
+            ) -> list[str] | None:
+                items = [pool.Resident(n, s, 0.0) for n, s in resident]
+                victims = pool.pick_victims(
+                    items, keep, need, budget, now=0.0, tiers={}, queued={}, pinned=worker.pinned
+                )  # every score equal: least recently used first, only what must go
+                if victims is None and worker.pinned:
+                    self.pin_overrides += 1
+                    victims = pool.pick_victims(
+                        items, keep, need, budget, now=0.0, tiers={}, queued={}
+                    )
+                return victims
+
+            return lru
+
+        def score(
+            resident: Iterable[tuple[str, float]],
+            keep: Collection[str],
+            need: float,
+            budget: float,
+        ) -> list[str] | None:
+            now = self.now
+            items = [
+                pool.Resident(n, s, worker.last_used.get(n, now), worker.uses_24h(n, now))
+                for n, s in resident
+            ]
+            victims = pool.pick_victims(
+                items,
+                keep,
+                need,
+                budget,
+                now=now,
+                tiers=SEED_TIERS,
+                queued=self.queued_uses,
+                pinned=worker.pinned,
+            )
+            if victims is None and worker.pinned:
+                # the scheduler does not know the pins (its view keeps the full budget, so as not
+                # to split the A100 class): a job that cannot fit beside the pin unpins it
+                self.pin_overrides += 1
+                victims = pool.pick_victims(
+                    items, keep, need, budget, now=now, tiers=SEED_TIERS, queued=self.queued_uses
+                )
+            return victims
+
+        return score
+
+    def _pool_view(self, worker: SimWorker) -> pool.WorkerState:
+        now = self.now
+        return pool.WorkerState(
+            worker.worker_id,
+            worker.gpu.name,
+            worker.gpu.capabilities,
+            worker.gpu.budget_gb,
+            tuple(
+                pool.Resident(n, s, worker.last_used.get(n, now), worker.uses_24h(n, now))
+                for n, s in worker.resident.items()
+            ),
+            worker.run is None and worker.loading is None and worker.worker_id in self.state.idle,
+            worker.pinned,
+        )
 
     def push(self, at: float, kind: int, payload: object) -> None:
         self.seq += 1
@@ -84,13 +210,18 @@ class Simulation:
         self._warm_start()
         for request in arrivals(self.scenario, self.sampler, self.peak_rate, self.rng):
             self.push(request.queued_at, _ARRIVE, request)
-        next_eta = 0.0
+        next_eta = next_pool = next_scale = 0.0
         state = self.state
+        pool_on = self.pool_mode == "ours"
         while self.heap and self.heap[0][0] <= self.end:
             now, _, kind, payload = heapq.heappop(self.heap)
+            self.now = now
             if kind == _ARRIVE:
                 assert isinstance(payload, JobRequest)
                 self._arrive(payload, now)
+            elif kind == _LOADED:
+                assert isinstance(payload, str)
+                self._loaded(payload, now)
             else:
                 assert isinstance(payload, tuple)
                 self._stop(kind, payload, now)
@@ -100,6 +231,12 @@ class Simulation:
             if state.idle or (self.policy_name == "ours" and len(state.queues[Tier.TURBO])):
                 for decision in self.policy(state, now):
                     self._carry_out(decision, now)
+            if now >= next_scale:
+                self._sample_autoscale()
+                next_scale = now + AUTOSCALE_EVERY_S
+            if pool_on and now >= next_pool:
+                self._pool_round(now)
+                next_pool = now + POOL_EVERY_S
         for worker in self.workers.values():
             worker.account_until(self.end)
         return self._result()
@@ -112,6 +249,8 @@ class Simulation:
             if "flux" in worker.gpu.capabilities:  # large GPUs keep the popular models warm
                 for model in ("flux-dev", "sdxl-base-1.0"):
                     worker.preload(JobRequest("w", "w", Tier.RELAX, model, (), 1024, 1024, 1, 1, 0))
+            for model in sorted(worker.pinned - set(worker.resident)):
+                worker.preload(JobRequest("w", "w", Tier.RELAX, model, (), 1024, 1024, 1, 1, 0))
             while True:
                 tier = self.rng.choices(tiers, weights)[0]
                 request = self.sampler.request(f"pre-{i}", tier, "pre", -60.0, self.rng)
@@ -134,6 +273,15 @@ class Simulation:
         self.offered_work_s += denoise_s(request, request.steps, 1.0, self.catalog)
         self.records[request.job_id] = JobRecord(request.tier, request.user_id, now, now)
         evolve(self.state, JobQueued(request, now))
+        self._count_queued(request, 1)
+        if self.pool_mode == "ours":
+            self.recent.append((self.clock0 + now, request.model_id))
+
+    def _count_queued(self, request: JobRequest, step: int) -> None:
+        uses = self.queued_uses
+        uses[request.model_id] += step
+        for adapter in request.adapters:
+            uses[adapter] += step
 
     def _stop(self, kind: int, payload: tuple[str, int, int], now: float) -> None:
         worker_id, token, done = payload
@@ -152,14 +300,28 @@ class Simulation:
         if record is not None:
             record.queued, record.enqueued_at = True, now
         evolve(self.state, JobPreempted(job_id, worker_id, token, done, now))
+        if job_id in self.state.queued:
+            self._count_queued(run.request, 1)
 
     def _carry_out(self, decision: Decision, now: float) -> None:
         worker = self.workers[decision.worker_id]
         if isinstance(decision, Assign):
             job = self.state.queued[decision.job_id]
+            self._count_queued(job.request, -1)
             info = worker.start(
                 job.request, job.remaining_steps, decision.fencing_token, now, self.rng
             )
+            shift = self.scenario.shift
+            if (
+                shift is not None
+                and job.request.model_id == shift.model_id
+                and job.request.queued_at >= shift.at_s
+            ):
+                if self.shift_first_warm is None and not info.cold:
+                    self.shift_first_warm = now - shift.at_s
+                if now < shift.at_s + 900:
+                    self.shift_jobs[0] += 1
+                    self.shift_jobs[1] += not info.cold
             self.push(info.end, _FINISH, (worker.worker_id, decision.fencing_token, 0))
             c = self.counters
             c.starts += 1
@@ -186,6 +348,122 @@ class Simulation:
                     self.counters.preemptions += 1
         evolve(self.state, as_event(decision, now))
 
+    # --- pool policy (--pool ours) and the autoscaling signal (both modes) -------------------
+
+    def _job_pool(self, family: str, footprint: float) -> str:
+        """The smallest GPU class that can run a job (where it should be served)."""
+        for gpu, _ in sorted(self.scenario.fleet, key=lambda f: f[0].budget_gb):
+            if family in gpu.capabilities and footprint <= gpu.budget_gb:
+                return gpu.name
+        return max(self.scenario.fleet, key=lambda f: f[0].budget_gb)[0].name
+
+    def _queue_work(self, now: float) -> list[pool.QueuedWork]:
+        return [
+            pool.QueuedWork(
+                job.request.model_id,
+                job.request.tier.value,
+                denoise_s(job.request, job.remaining_steps, 1.0, self.catalog),
+                job.wait_s(now),
+                self._job_pool(job.family, job.footprint_gb),
+            )
+            for job in self.state.queued.values()
+        ]
+
+    def _sample_autoscale(self) -> None:
+        pools: dict[str, list[int]] = {}
+        for worker in self.workers.values():
+            counts = pools.setdefault(worker.gpu.name, [0, 0])
+            counts[0] += 1
+            counts[1] += worker.run is not None or worker.loading is not None
+        speeds = {g.name: g.speed for g, _ in self.scenario.fleet}
+        loads = {n: pool.PoolLoad(c[0], c[1], speeds[n]) for n, c in pools.items()}
+        desired = pool.desired_workers(loads, self._queue_work(self.now))
+        for name, count in desired.items():
+            self.autoscale[name].append(count)
+
+    def _pool_round(self, now: float) -> None:
+        """Storm preloads first (priority promotion), then predictive preloads if quiet."""
+        views = [self._pool_view(w) for w in self.workers.values() if w.loading is None]
+        storm = pool.storm_plan(
+            views,
+            self.models,
+            self._queue_work(now),
+            now=now,
+            tiers=SEED_TIERS,
+            queued_uses=self.queued_uses,
+            loading=self.loading,
+            config=self.pool_config,
+        )
+        self.promoted_rounds += bool(storm.promoted)
+        taken = {load.worker_id for load in storm.loads}
+        loads = list(storm.loads)
+        if self.preload_on:
+            clock = self.clock0 + now
+            while self.recent and self.recent[0][0] <= clock - self.pool_config.demand_window_s:
+                self.recent.popleft()
+            demand = pool.predict_demand(self.recent, clock, self.weights, self.pool_config)
+            loads += pool.preload_plan(
+                [v for v in views if v.worker_id not in taken],
+                self.models,
+                demand,
+                queued_jobs=len(self.state.queued),
+                loading=self.loading,
+                config=self.pool_config,
+            )
+        for load in loads:
+            worker = self.workers[load.worker_id]
+            done = worker.begin_load(load.model_id, now, self.pool_rng)
+            if done is None:
+                continue
+            self.preloads[load.reason] += 1
+            self.loading[load.model_id] += 1
+            evolve(self.state, WorkerUpdated(worker.view(), now))
+            self.push(done, _LOADED, load.worker_id)
+
+    def _loaded(self, worker_id: str, now: float) -> None:
+        worker = self.workers[worker_id]
+        assert worker.loading is not None
+        self.loading[worker.loading[0]] -= 1
+        worker.loading = None
+        evolve(self.state, WorkerUpdated(worker.view(), now))
+
+    def _pool_figures(self) -> dict[str, object]:
+        hours = self.scenario.hours
+        figures: dict[str, object] = {
+            "pool": self.pool_mode,
+            "autoscale_desired_workers": {
+                name: {
+                    "workers": sum(n for g, n in self.scenario.fleet if g.name == name),
+                    "max": max(series, default=0),
+                    "mean": round(sum(series) / len(series), 1) if series else 0.0,
+                }
+                for name, series in self.autoscale.items()
+            },
+        }
+        if self.pool_mode == "ours":
+            figures["eviction"] = self.eviction
+            figures["preload"] = self.preload_on
+            figures["preloads_per_hour"] = {
+                r: round(self.preloads[r] / hours, 1) for r in ("predictive", "storm")
+            }
+            figures["on_demand_cold_loads_per_hour"] = round(self.counters.base_loads / hours, 1)
+            figures["pinned_workers"] = sum(1 for w in self.workers.values() if w.pinned)
+            figures["pin_overrides"] = self.pin_overrides
+            figures["storm_rounds"] = self.promoted_rounds
+        shift = self.scenario.shift
+        if shift is not None:
+            started, warm = self.shift_jobs
+            figures["shift"] = {
+                "model": shift.model_id,
+                "at_s": shift.at_s,
+                "first_warm_hit_after_s": (
+                    round(self.shift_first_warm, 1) if self.shift_first_warm is not None else None
+                ),
+                "jobs_started_15_min": started,
+                "base_warm_hit_rate_15_min": round(warm / started, 4) if started else None,
+            }
+        return figures
+
     def _predict(self, now: float) -> None:
         for job_id, eta in estimate_waits(self.state, now).items():
             record = self.records.get(job_id)
@@ -201,7 +479,7 @@ class Simulation:
             "served_load": round(work_done / (speed * self.end), 3),
             "capacity_jobs_per_s": round(self.peak_rate / self.scenario.load_factor, 2),
         }
-        return summarize(
+        result = summarize(
             self.policy_name,
             self.scenario,
             self.records,
@@ -210,9 +488,22 @@ class Simulation:
             loads,
             self.timeline,
         )
+        # cold loads: base-model loads, preloads included (a preload is a cold load too)
+        result.cold_loads_per_hour += sum(self.preloads.values()) / self.scenario.hours
+        result.extra.update(self._pool_figures())
+        return result
 
 
 def simulate(
-    scenario: Scenario, policy: str, seed: int = 1, config: SchedulerConfig | None = None
+    scenario: Scenario,
+    policy: str,
+    seed: int = 1,
+    config: SchedulerConfig | None = None,
+    *,
+    pool: str = "none",
+    eviction: str = DEFAULT_EVICTION,
+    preload: bool = True,
 ) -> SimResult:
-    return Simulation(scenario, policy, seed, config or SchedulerConfig()).run()
+    return Simulation(
+        scenario, policy, seed, config or SchedulerConfig(), pool, eviction, preload
+    ).run()

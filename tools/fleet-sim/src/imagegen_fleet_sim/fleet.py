@@ -1,19 +1,27 @@
 """Simulated GPU workers: VRAM with an LRU of resident weights, loads, denoising, pausing.
 
 Eviction is the gpu-worker's own (``imagegen_runtime.residency.evictions``): least recently
-used first, only what must go."""
+used first, only what must go. With the pool policy (``--pool ours``) the engine swaps in the
+pool's eviction (``imagegen_pool_manager.domain.policy.pick_victims``), pins tier-1 models and
+starts preloads (``begin_load``): a preload occupies the worker (not accepting) for its load
+time and counts as a cold load."""
 
 from __future__ import annotations
 
 import math
 import random
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from imagegen_runtime.residency import evictions
 from imagegen_scheduler.domain import JobRequest, ModelCatalog, WorkerView, denoise_s
 
 from .scenario import GpuType
+
+# (resident (id, GB) least recent first, keep, need, budget) -> ids to unload, or None
+Evict = Callable[[Iterable[tuple[str, float]], Collection[str], float, float], list[str] | None]
+USES_WINDOW_S = 24 * 3600.0
 
 LATENT_SAVE_S = 0.3  # writing latents at a step boundary when paused
 JITTER_SIGMA = 0.08  # log-normal spread of real denoising time around the estimate
@@ -49,6 +57,13 @@ class SimWorker:
         self.resident: OrderedDict[str, float] = OrderedDict()  # id -> GB, least recent first
         self.run: Run | None = None
         self.denoise_s_total = 0.0  # time spent denoising inside the measured window
+        self.evict: Evict = evictions
+        # pool policy only (--pool ours): what the eviction score reads, pins, a preload
+        self.track = False
+        self.last_used: dict[str, float] = {}
+        self.uses: dict[str, deque[float]] = {}
+        self.pinned: frozenset[str] = frozenset()
+        self.loading: tuple[str, float] | None = None  # (model, done at) while preloading
 
     def view(self) -> WorkerView:
         return WorkerView(
@@ -58,7 +73,42 @@ class SimWorker:
             self.gpu.speed,
             self.gpu.capabilities,
             frozenset(self.resident),
+            self.loading is None,
         )
+
+    def pin(self, models: frozenset[str]) -> None:
+        self.pinned = models
+
+    def uses_24h(self, key: str, now: float) -> int:
+        times = self.uses.get(key)
+        if not times:
+            return 0
+        while times and times[0] <= now - USES_WINDOW_S:
+            times.popleft()
+        return len(times)
+
+    def _touch(self, key: str, now: float, used: bool) -> None:
+        if self.track:
+            self.last_used[key] = now
+            if used:
+                self.uses.setdefault(key, deque()).append(now)
+
+    def begin_load(self, model_id: str, now: float, rng: random.Random) -> float | None:
+        """Start a preload: make room (the pool's eviction), occupy the worker for the load time.
+
+        Returns when it is done, or None when the model cannot fit."""
+        assert self.run is None and self.loading is None, f"{self.worker_id} is not idle"
+        spec = self.catalog.models[model_id]
+        victims = self.evict(self.resident.items(), {model_id}, spec.weights_gb, self.gpu.budget_gb)
+        if victims is None:
+            return None
+        for key in victims:
+            del self.resident[key]
+        self.resident[model_id] = spec.weights_gb
+        self._touch(model_id, now, used=False)
+        done = now + rng.uniform(*spec.load_s)
+        self.loading = (model_id, done)
+        return done
 
     def _sizes(self, request: JobRequest) -> dict[str, float]:
         sizes = {request.model_id: self.catalog.models[request.model_id].weights_gb}
@@ -66,19 +116,20 @@ class SimWorker:
             sizes[a] = self.catalog.adapters[a].weights_gb
         return sizes
 
-    def preload(self, request: JobRequest) -> None:
+    def preload(self, request: JobRequest, now: float = 0.0) -> None:
         """Make a job's weights resident without counting a load (initial warm pool)."""
         self._make_room(request)
         for key, gb in self._sizes(request).items():
             self.resident[key] = gb
             self.resident.move_to_end(key)
+            self._touch(key, now, used=False)
 
     def _make_room(self, request: JobRequest) -> None:
         sizes = self._sizes(request)
         model = self.catalog.models[request.model_id]
         activations = model.activation_gb_per_mpix * request.megapixels * request.batch
         need = sum(sizes.values()) + activations
-        victims = evictions(self.resident.items(), sizes, need, self.gpu.budget_gb)
+        victims = self.evict(self.resident.items(), sizes, need, self.gpu.budget_gb)
         if victims is None:
             raise AssertionError(f"{request.job_id} cannot fit {self.worker_id}: policy bug")
         for key in victims:
@@ -88,6 +139,7 @@ class SimWorker:
         self, request: JobRequest, steps: int, token: int, now: float, rng: random.Random
     ) -> StartInfo:
         assert self.run is None, f"{self.worker_id} is busy: policy assigned twice"
+        assert self.loading is None, f"{self.worker_id} is preloading: not accepting"
         self._make_room(request)
         load = 0.0
         base_loads = adapter_loads = 0
@@ -101,6 +153,7 @@ class SimWorker:
                     adapter_loads += 1
                 self.resident[key] = gb
             self.resident.move_to_end(key)
+            self._touch(key, now, used=True)
         work = denoise_s(request, steps, self.gpu.speed, self.catalog)
         work *= math.exp(rng.gauss(0.0, JITTER_SIGMA))
         end = now + load + work

@@ -8,7 +8,7 @@ compared; docs/scheduling.md explains them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from imagegen_scheduler.domain import (
     AdapterKind,
@@ -71,6 +71,16 @@ class Flood:
 
 
 @dataclass(frozen=True, slots=True)
+class Shift:
+    """From ``at_s`` on, requests draw their base model from ``model_mix`` instead (and every day
+    at that time of day, for the history the pool policy learns its hourly weights from)."""
+
+    at_s: float
+    model_mix: dict[str, float]
+    model_id: str  # the model whose popularity rises (reported: time to its first warm hit)
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
     fleet: tuple[tuple[GpuType, int], ...]  # GPU types and counts
@@ -89,6 +99,7 @@ class Scenario:
     bursts_per_hour: float  # Poisson rate of demand bursts
     burst: tuple[float, float]  # (duration s, rate factor) of each burst
     floods: tuple[Flood, ...] = field(default=())
+    shift: Shift | None = None  # a change of model popularity during the window
 
     @property
     def gpus(self) -> int:
@@ -135,4 +146,49 @@ def seed_peak(gpus: int = 100, hours: float = 1.0) -> Scenario:
     )
 
 
-SCENARIOS = {"seed-peak": seed_peak}
+def day_shift(gpus: int = 100, hours: float = 1.0) -> Scenario:
+    """A day profile with a popularity shift: from 08:30, no backlog, 60% of warm capacity (so
+    there are quiet periods); at 09:00 (t = 30 min) SD3 goes from 2% to 40% of requests, every
+    day. Exercises predictive preloading: the hourly weights learned from the previous day know
+    the shift; LRU alone only loads SD3 when its jobs arrive. Fixed before measuring."""
+    base = seed_peak(gpus, hours)
+    before = {
+        "sdxl-base-1.0": 0.62,
+        "juggernaut-xl": 0.08,
+        "dreamshaper-xl": 0.06,
+        "sd3-medium": 0.02,
+        "flux-dev": 0.22,
+    }
+    after = {
+        "sdxl-base-1.0": 0.34,
+        "juggernaut-xl": 0.05,
+        "dreamshaper-xl": 0.04,
+        "sd3-medium": 0.40,
+        "flux-dev": 0.17,
+    }
+    return replace(
+        base,
+        name="day-shift",
+        start_hour=8.5,
+        load_factor=0.6,
+        backlog={t: 0 for t in base.backlog},
+        model_mix=before,
+        floods=(),
+        shift=Shift(1800.0, after, "sd3-medium"),
+    )
+
+
+# Pool tiers of the seed catalog (the seed's "Warm Pool Architecture"): SDXL base always hot, SD3
+# and Flux frequently used, the fine-tunes on demand; the popular ControlNets (depth, canny) are
+# tier 2, LoRAs tier 3. The scheduler's ModelSpec has no tier, so the map lives here.
+SEED_TIERS: dict[str, int] = {
+    "sdxl-base-1.0": 1,
+    "sd3-medium": 2,
+    "flux-dev": 2,
+    "cn/sdxl-canny": 2,
+    "cn/sdxl-depth": 2,
+    "cn/flux-canny": 2,
+    "cn/flux-depth": 2,
+}
+
+SCENARIOS = {"seed-peak": seed_peak, "day-shift": day_shift}

@@ -34,6 +34,11 @@ class RequestSampler:
     def __init__(self, scenario: Scenario, catalog: ModelCatalog) -> None:
         self.catalog = catalog
         self.models = _Choice(list(scenario.model_mix), list(scenario.model_mix.values()))
+        shift = scenario.shift
+        self.shift_at = shift.at_s if shift is not None else None
+        self.shifted = (
+            _Choice(list(shift.model_mix), list(shift.model_mix.values())) if shift else self.models
+        )
         self.sizes = _Choice(list(scenario.sizes), list(scenario.sizes.values()))
         self.batches = _Choice(list(scenario.batches), list(scenario.batches.values()))
         self.loras = _Choice(list(scenario.lora_counts), list(scenario.lora_counts.values()))
@@ -65,7 +70,8 @@ class RequestSampler:
     def request(
         self, job_id: str, tier: Tier, user: str, at: float, rng: random.Random
     ) -> JobRequest:
-        model_id = self.models.pick(rng)
+        shifted = self.shift_at is not None and at >= self.shift_at
+        model_id = (self.shifted if shifted else self.models).pick(rng)
         family = self.catalog.models[model_id].family
         width, height = self.sizes.pick(rng)
         adapters: list[str] = []
@@ -143,3 +149,25 @@ def arrivals(
             add(flood.tier, flood.at_s, f"{flood.tier}-flooder")
     jobs.sort(key=lambda job: job.queued_at)
     return jobs
+
+
+def model_history(
+    scenario: Scenario, peak_rate: float, rng: random.Random, sample: float = 0.1
+) -> list[tuple[float, str]]:
+    """A previous day's ``(time of day s, model)`` arrivals, ``sample`` of the scenario's rate,
+    with its daily pattern and its popularity shift at the same time of day: the log the pool
+    policy learns its hourly weights from (``learn_hourly_weights``)."""
+    before = _Choice(list(scenario.model_mix), list(scenario.model_mix.values()))
+    after = before
+    shift_hour = 25.0
+    if scenario.shift is not None:
+        after = _Choice(list(scenario.shift.model_mix), list(scenario.shift.model_mix.values()))
+        shift_hour = (scenario.start_hour + scenario.shift.at_s / 3600) % 24
+    history: list[tuple[float, str]] = []
+    for hour in range(24):
+        mix = after if hour >= shift_hour else before
+        count = round(peak_rate * 3600 * sample * daily_factor(hour + 0.5))
+        for _ in range(count):
+            at = (hour + rng.random()) * 3600
+            history.append((at, mix.pick(rng)))
+    return history

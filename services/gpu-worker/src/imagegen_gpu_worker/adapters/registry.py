@@ -10,8 +10,8 @@ folders, recording what the platform needs to route and load it like any other::
      "kind": "base", "tier": 1, "samplers": ["ddim", "euler", ...], "created": 1764547200,
      "components": {"unet": 8452776, "vae": 5304847, "text_encoder": 394977, ...}}
 
-``kind`` (what the folder registers: a ``base`` model), ``tier`` (1 to 3: how heavy the model
-is to serve), ``samplers`` (the sampler names that run on this model: its family's table in
+``kind`` (what the folder registers: a ``base`` model), ``tier`` (its warm-pool tier: 1 pinned
+warm, 2 kept by priority, 3 loaded on demand; ADR 0701), ``samplers`` (the sampler names that run on this model: its family's table in
 ``domain/samplers.py``, less any this model cannot run), ``created`` (a unix time, fixed by the
 writer so rebuilt models are byte-identical) and ``components`` (bytes of each component
 folder's files, computed by :func:`write_manifest`) are read by the API's catalog; the worker
@@ -75,7 +75,7 @@ class ModelEntry:
     # How previews paint the latents (see the module docstring); None: the fallback.
     preview: dict[str, Any] | None = None
     kind: str = "base"  # what the folder registers (only base models today)
-    tier: int = 2  # 1 (light) to 3 (heavy) to serve
+    tier: int = 2  # warm-pool tier: 1 pinned, 2 kept by priority, 3 loaded on demand
     samplers: tuple[str, ...] = ()  # sampler names that run on this model; () = not recorded
     created: int | None = None  # unix time the model was made (fixed by reproducible builders)
     # Bytes of each component folder's files ("unet", "vae", ...); written by write_manifest.
