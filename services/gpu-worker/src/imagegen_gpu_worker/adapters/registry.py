@@ -11,8 +11,8 @@ folders, recording what the platform needs to route and load it like any other::
      "components": {"unet": 8452776, "vae": 5304847, "text_encoder": 394977, ...}}
 
 ``kind`` (what the folder registers: a ``base`` model), ``tier`` (its warm-pool tier: 1 pinned
-warm, 2 kept by priority, 3 loaded on demand; ADR 0701), ``samplers`` (the sampler names that run on this model: its family's table in
-``domain/samplers.py``, less any this model cannot run), ``created`` (a unix time, fixed by the
+warm, 2 kept by priority, 3 loaded on demand; ADR 0701), ``samplers`` (the sampler names that
+run on this model: its family's table in ``domain/samplers.py``, less any this model cannot run), ``created`` (a unix time, fixed by the
 writer so rebuilt models are byte-identical) and ``components`` (bytes of each component
 folder's files, computed by :func:`write_manifest`) are read by the API's catalog; the worker
 reads ``family`` (:func:`families` announces the registered ones in its heartbeats).
