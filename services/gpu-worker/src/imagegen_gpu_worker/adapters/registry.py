@@ -12,10 +12,10 @@ folders, recording what the platform needs to route and load it like any other::
 
 ``kind`` (what the folder registers: a ``base`` model), ``tier`` (its warm-pool tier: 1 pinned
 warm, 2 kept by priority, 3 loaded on demand; ADR 0701), ``samplers`` (the sampler names that
-run on this model: its family's table in ``domain/samplers.py``, less any this model cannot run), ``created`` (a unix time, fixed by the
-writer so rebuilt models are byte-identical) and ``components`` (bytes of each component
-folder's files, computed by :func:`write_manifest`) are read by the API's catalog; the worker
-reads ``family`` (:func:`families` announces the registered ones in its heartbeats).
+run on this model: its family's table in ``domain/samplers.py``, less any this model cannot
+run), ``created`` (a unix time, fixed by the writer so rebuilt models are byte-identical) and
+``components`` (bytes of each component folder's files, computed by :func:`write_manifest`) are
+read by the API's catalog; the worker reads ``family`` (:func:`families` announces the registered ones in its heartbeats).
 
 :func:`verify` recomputes every sha256 (and refuses files the manifest does not list) before
 anything is deserialised; :func:`open_pipeline` then loads with the hub switched off. Every
@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..domain.run import ModelUnavailable
+from ..domain.run import ModelNotRegistered, ModelUnavailable
 from .ml import diffusers_class, torch_module  # never a bare ``import diffusers`` (see ml.py)
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def read_manifest(model_dir: Path) -> ModelEntry:
     try:
         data = json.loads((model_dir / MANIFEST).read_text())
     except FileNotFoundError as exc:
-        raise ModelUnavailable(
+        raise ModelNotRegistered(
             f"{model_dir.name!r} is not registered on this worker: no {model_dir / MANIFEST}"
         ) from exc
     known = {f.name for f in fields(ModelEntry)}
