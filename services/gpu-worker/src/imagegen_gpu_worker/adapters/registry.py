@@ -15,7 +15,8 @@ warm, 2 kept by priority, 3 loaded on demand; ADR 0701), ``samplers`` (the sampl
 run on this model: its family's table in ``domain/samplers.py``, less any this model cannot
 run), ``created`` (a unix time, fixed by the writer so rebuilt models are byte-identical) and
 ``components`` (bytes of each component folder's files, computed by :func:`write_manifest`) are
-read by the API's catalog; the worker reads ``family`` (:func:`families` announces the registered ones in its heartbeats).
+read by the API's catalog; the worker reads ``family`` (:func:`families` announces the
+registered ones in its heartbeats).
 
 :func:`verify` recomputes every sha256 (and refuses files the manifest does not list) before
 anything is deserialised; :func:`open_pipeline` then loads with the hub switched off. Every
