@@ -320,7 +320,7 @@ def service_env(st: Stack, program: str) -> dict[str, str]:
         env[f"{prefix}STORE_DIR"] = str(st.var / "delivery")
         env[f"{prefix}SOURCE_DIR"] = str(st.var / "blobs")
         env[f"{prefix}PUBLIC_BASE_URL"] = f"http://127.0.0.1:{st.port('delivery')}"
-    if name in ("api", "scheduler"):
+    if name in ("api", "scheduler", "pool-manager"):
         env[f"{prefix}MODELS_DIR"] = str(st.models)
     if name == "gpu-worker":
         env[f"{prefix}BLOB_DIR"] = str(st.var / "blobs")

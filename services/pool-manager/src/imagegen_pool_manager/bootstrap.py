@@ -13,9 +13,11 @@ from imagegen_runtime.service import ServiceApp
 from imagegen_runtime.standard import database_check, kafka_metadata_check
 from imagegen_runtime.waiting import sleep_or_stop
 
+from .adapters.catalog import load_models
 from .adapters.fleet_store import PgFleetStore
 from .config import SERVICE, SUBSCRIBES, PoolManagerSettings
 from .domain.fleet import project
+from .service_layer.planner import Planner, PlannerConfig
 from .service_layer.pool import FleetStore, PoolManager
 
 
@@ -33,6 +35,13 @@ def bootstrap(
     if store is None:
         store = PgFleetStore(engine)
     pool = PoolManager(publisher, settings.heartbeat_timeout_s, store=store)
+    planner = Planner(
+        publisher,
+        pool.fleet,
+        pool.demand,
+        load_models(settings.models_dir),
+        PlannerConfig(plan_every_s=settings.plan_every_s, load_timeout_s=settings.load_timeout_s),
+    )
     consumer = ReplayingConsumer(
         settings.kafka_bootstrap,
         [settings.topic_prefix + t for t in SUBSCRIBES],
@@ -57,7 +66,7 @@ def bootstrap(
 
     async def sweeps(stop: asyncio.Event) -> None:
         await create_tables(stop)
-        await pool.sweep_loop(consumer.caught_up, stop)
+        await pool.sweep_loop(consumer.caught_up, stop, planner=planner)
 
     async def create_tables(stop: asyncio.Event) -> None:
         """The projection's table, made once; a database that is away is waited out."""

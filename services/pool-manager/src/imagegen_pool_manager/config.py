@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -15,6 +17,9 @@ SUBSCRIBES: tuple[str, ...] = (
     "imagegen.jobs.generated",
     "imagegen.jobs.ended",
     "imagegen.workers.models",
+    "imagegen.jobs.requested",
+    "imagegen.jobs.moderated",
+    "imagegen.pool.commands",
 )
 
 
@@ -31,4 +36,14 @@ class PoolManagerSettings(ServiceSettings, DatabaseSettingsMixin):
         default=10.0,
         gt=0,
         description="A worker silent for this long is declared lost.",
+    )
+
+    models_dir: Path = Field(
+        default=Path("models"), description="Registered models (model.json): tiers and sizes."
+    )
+    plan_every_s: float = Field(
+        default=5.0, gt=0, le=3600, description="Seconds between warm-pool planning rounds."
+    )
+    load_timeout_s: float = Field(
+        default=120.0, gt=0, description="A LoadModel unanswered this long may be sent again."
     )

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from imagegen_runtime.faults import describe, is_transient
 from imagegen_runtime.health import CheckResult
@@ -23,7 +23,11 @@ from imagegen_runtime.waiting import sleep_or_stop, wait_or_stop
 from imagegen_schemas import Envelope, Payload
 from imagegen_schemas import jobs as ev
 
+from ..domain.demand import Demand, fold_demand
 from ..domain.fleet import Fleet, detect_losses, evolve, project
+
+if TYPE_CHECKING:
+    from .planner import Planner
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,7 @@ class PoolManager:
         store: FleetStore | None = None,
     ) -> None:
         self.fleet = Fleet()
+        self.demand = Demand()  # what the warm pool plans from (service_layer/planner.py)
         self.publisher = publisher
         self.timeout_s = timeout_s
         self.clock = clock
@@ -64,7 +69,9 @@ class PoolManager:
         self.awake_since = self.last_sweep = self.clock()
 
     async def on_event(self, env: Envelope, payload: Payload, meta: RecordMeta, live: bool) -> None:
-        evolve(self.fleet, payload, env.occurred_at.timestamp(), env.event_id)
+        at = env.occurred_at.timestamp()
+        evolve(self.fleet, payload, at, env.event_id)
+        fold_demand(self.demand, payload, at, env.event_id)
 
     async def sweep(self) -> int:
         """Declare silent workers lost; their in-flight jobs fail (not terminally) to re-queue."""
@@ -145,12 +152,22 @@ class PoolManager:
         return CheckResult(True, "")
 
     async def sweep_loop(
-        self, caught_up: asyncio.Event, stop: asyncio.Event, every_s: float = 1.0
+        self,
+        caught_up: asyncio.Event,
+        stop: asyncio.Event,
+        every_s: float = 1.0,
+        planner: Planner | None = None,
     ) -> None:
+        """Once caught up: every ``every_s`` declare lost workers and save the projection; every
+        ``planner.config.plan_every_s`` run the warm pool's planning round."""
         if not await wait_or_stop(caught_up, stop):
             return
         self.listening()
+        next_plan = self.clock()
         while not stop.is_set():
             await self.sweep()
             await self.persist()
+            if planner is not None and self.clock() >= next_plan:
+                await planner.run_once(self.clock())
+                next_plan = self.clock() + planner.config.plan_every_s
             await sleep_or_stop(stop, every_s)

@@ -1,0 +1,133 @@
+"""What the warm pool plans from, folded from the log (pure): demand, the queue, each model's
+uses per worker, and the pool's own load commands still under way.
+
+- **Arrivals**: every ``GenerationRequested`` as (time, model): the recent ones are the demand
+  (``policy.predict_demand``), all of them teach the hourly weights.
+- **Queue**: jobs requested and not yet assigned or over (an image made, cancelled, failed for
+  good, or their prompt refused). A job whose attempt failed is queued again until it is
+  assigned again.
+- **Uses**: each assignment is a use of its model on its worker (``last_used``, uses in the
+  last 24 h: the eviction score's inputs).
+- **Loads under way**: each ``LoadModel`` the pool sent, until the worker answers it
+  (``ModelLoaded`` / ``ModelLoadFailed`` naming the command) or it times out. Rebuilt by the
+  replay, so a restarted pool-manager knows what it already asked for and asks nothing twice.
+
+Order-independent like the fleet fold: an end folded before its request still ends it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from imagegen_schemas import jobs as ev
+from imagegen_schemas.workers import LoadModel, ModelLoaded, ModelLoadFailed
+
+DAY_S = 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Requested:
+    at: float
+    model_id: str
+    tier: str  # service tier: turbo, fast, relax
+    steps: int
+    megapixels: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A load the pool asked for and no worker has answered yet."""
+
+    command_id: str
+    worker_id: str
+    model_id: str
+    at: float
+
+
+@dataclass
+class Demand:
+    requests: dict[str, Requested] = field(default_factory=dict)  # job id -> request (queued)
+    over: set[str] = field(default_factory=set)  # jobs assigned now or over
+    assigned: dict[str, int] = field(default_factory=dict)  # job id -> latest token in force
+    failed: dict[str, int] = field(default_factory=dict)  # job id -> latest token failed
+    arrivals: deque[tuple[float, str]] = field(default_factory=deque)  # (time, model), by time
+    uses: dict[tuple[str, str], deque[float]] = field(default_factory=dict)  # (worker, model)
+    pending: dict[str, Pending] = field(default_factory=dict)  # command id -> load
+    answered: set[str] = field(default_factory=set)  # command ids answered
+
+
+def fold_demand(demand: Demand, payload: object, at: float, event_id: str) -> None:
+    match payload:
+        case ev.GenerationRequested():
+            _arrive(demand, at, payload.params.model)
+            if payload.job_id in demand.over:
+                return
+            p = payload.params
+            demand.requests[payload.job_id] = Requested(
+                at, p.model, str(payload.tier), p.steps, p.width * p.height * p.num_images / 1e6
+            )
+        case ev.PromptModerated() if payload.verdict != ev.Verdict.ALLOWED:
+            _over(demand, payload.job_id)
+        case ev.JobScheduled():
+            token = demand.assigned.get(payload.job_id, 0)
+            demand.assigned[payload.job_id] = max(token, payload.fencing_token)
+            if payload.params is not None:
+                uses = demand.uses.setdefault((payload.worker_id, payload.params.model), deque())
+                uses.append(at)
+                while uses and uses[0] < at - DAY_S:
+                    uses.popleft()
+        case ev.ImageGenerated() | ev.GenerationCancelled():
+            _over(demand, payload.job_id)
+        case ev.GenerationFailed(terminal=True):
+            _over(demand, payload.job_id)
+        case ev.GenerationFailed() | ev.GenerationPaused() | ev.AssignmentRevoked():
+            token = payload.fencing_token or 0
+            demand.failed[payload.job_id] = max(demand.failed.get(payload.job_id, 0), token)
+        case LoadModel():
+            if event_id not in demand.answered and event_id not in demand.pending:
+                demand.pending[event_id] = Pending(
+                    event_id, payload.worker_id, payload.model_id, at
+                )
+        case ModelLoaded() | ModelLoadFailed():
+            if payload.command_id is not None:
+                demand.answered.add(payload.command_id)
+                demand.pending.pop(payload.command_id, None)
+
+
+def _over(demand: Demand, job_id: str) -> None:
+    demand.over.add(job_id)
+    demand.requests.pop(job_id, None)
+    demand.assigned.pop(job_id, None)
+    demand.failed.pop(job_id, None)
+
+
+def _arrive(demand: Demand, at: float, model_id: str) -> None:
+    demand.arrivals.append((at, model_id))
+    if len(demand.arrivals) > 1 and demand.arrivals[-2][0] > at:  # replay out of order
+        demand.arrivals = deque(sorted(demand.arrivals))
+    while demand.arrivals and demand.arrivals[0][0] < at - 7 * DAY_S:  # a week teaches hours
+        demand.arrivals.popleft()
+
+
+def queued(demand: Demand) -> dict[str, Requested]:
+    """Jobs waiting for a worker: requested, not over, and no assignment in force (never
+    assigned, or the latest one failed, paused or was revoked)."""
+    return {
+        job_id: r
+        for job_id, r in demand.requests.items()
+        if job_id not in demand.over
+        and demand.assigned.get(job_id, 0) <= demand.failed.get(job_id, 0)
+    }
+
+
+def loads_under_way(demand: Demand, now: float, timeout_s: float) -> list[Pending]:
+    """Loads asked for, not answered, and younger than ``timeout_s``."""
+    return [p for p in demand.pending.values() if now - p.at <= timeout_s]
+
+
+def uses_24h(demand: Demand, worker_id: str, model_id: str, now: float) -> tuple[float, int]:
+    """(last use, uses in the 24 h before ``now``) of ``model_id`` on ``worker_id``."""
+    uses = demand.uses.get((worker_id, model_id), ())
+    recent = [t for t in uses if t > now - DAY_S]
+    return (max(uses) if uses else 0.0, len(recent))

@@ -1,0 +1,241 @@
+"""The warm pool, live: the pool policy (``domain/policy.py``) run on the fleet projection and
+the demand folded from the log, its loads sent as ``LoadModel`` commands (ADR 0701, 0703).
+
+Every ``plan_every_s`` once caught up with the log:
+
+1. the workers as the policy sees them: each live worker's pool (its GPU class: device and
+   memory), families, memory budget (what its heartbeat reports as total), resident models with
+   their sizes, last use and uses in 24 h, whether it is idle (accepting, running nothing, no
+   load under way), and the tier-1 models it pins;
+2. loads: pins (a tier-1 model its pinning worker does not hold), predictive preloads in quiet
+   periods (top 5 predicted models, onto idle workers lacking them) and cold-start storm
+   preloads; a (worker, model) with a load under way is never asked again. Each load is one
+   ``LoadModel`` on ``imagegen.pool.commands``; the worker answers ``ModelLoaded`` or
+   ``ModelLoadFailed`` naming the command. The commands and answers are in the log, so a
+   restarted pool-manager replays them and sends no duplicate;
+3. the autoscaling signal: desired workers per pool, exported as the gauge
+   ``imagegen_pool_desired_workers{pool}`` and published as ``AutoscaleRecommended`` when it
+   changes.
+
+Eviction stays with the workers ("LRU, only what must go"): the simulator measured the seed's
+score as worse at peak (ADR 0701), so the pool does not send ``EvictModel`` to make room.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from prometheus_client import Gauge
+
+from imagegen_runtime.publishing import Publisher
+from imagegen_schemas.workers import AutoscaleRecommended, LoadModel, WorkerStatus
+
+from ..domain import policy
+from ..domain.demand import (
+    Demand,
+    Requested,
+    fold_demand,
+    loads_under_way,
+    queued,
+    uses_24h,
+)
+from ..domain.fleet import Fleet, resident
+
+log = logging.getLogger(__name__)
+
+DESIRED = Gauge(
+    "imagegen_pool_desired_workers",
+    "Workers each pool should have now (the autoscaling signal), from queue depth and waits.",
+    ["pool"],
+)
+LOADS_SENT = Gauge("imagegen_pool_loads_under_way", "LoadModel commands sent and not yet answered.")
+GIB = float(1 << 30)
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    plan_every_s: float = 5.0
+    load_timeout_s: float = 120.0  # a load unanswered this long may be asked again
+    step_s: float = 0.05  # denoising seconds per step per megapixel (queued work estimate)
+    policy: policy.PoolConfig = policy.PoolConfig(tier1_min_workers=1)
+
+
+def pool_of(gpu_type: str, memory_total_bytes: int) -> str:
+    """A worker's pool: its device and memory, e.g. ``cpu-0.5GiB`` or ``NVIDIA H100-80GiB``."""
+    gib = memory_total_bytes / GIB
+    size = f"{gib:.1f}" if gib < 10 else f"{math.floor(gib)}"
+    return f"{gpu_type}-{size}GiB"
+
+
+class Planner:
+    def __init__(
+        self,
+        publisher: Publisher,
+        fleet: Fleet,
+        demand: Demand,
+        models: Mapping[str, policy.ModelInfo],
+        config: PlannerConfig | None = None,
+    ) -> None:
+        self.publisher = publisher
+        self.fleet = fleet
+        self.demand = demand
+        self.models = dict(models)
+        self.config = config or PlannerConfig()
+        self.tiers = {m.model_id: m.tier for m in self.models.values()}
+        self.desired: dict[str, int] = {}
+        self._changed: dict[str, tuple[int, int]] = {}  # pool -> (desired, current), changed
+        self._queue_by_pool: dict[str, list[policy.QueuedWork]] = {}
+        self.sent = 0  # LoadModel commands published by this process
+
+    def workers(self, now: float, loading: set[tuple[str, str]]) -> list[policy.WorkerState]:
+        out = []
+        busy_loading = {w for w, _ in loading}
+        for wid, w in sorted(self.fleet.workers.items()):
+            hb = w.heartbeat
+            if w.lost or hb.status not in (WorkerStatus.IDLE, WorkerStatus.BUSY):
+                continue
+            items = []
+            for m in resident(self.fleet, wid):
+                last, uses = uses_24h(self.demand, wid, m.model_id, now)
+                items.append(policy.Resident(m.model_id, float(m.bytes), last, uses))
+            items.sort(key=lambda r: (r.last_used, r.name))  # least recently used first
+            running = any(f.worker_id == wid for f in self.fleet.in_flight.values())
+            idle = hb.status == WorkerStatus.IDLE and not running and wid not in busy_loading
+            out.append(
+                policy.WorkerState(
+                    worker_id=wid,
+                    pool=pool_of(hb.gpu_type, hb.memory_total_bytes),
+                    capabilities=frozenset(hb.capabilities),
+                    budget=float(hb.memory_total_bytes),
+                    resident=tuple(items),
+                    idle=idle,
+                )
+            )
+        pins = policy.pin_targets(out, self.models, self.config.policy)
+        return [
+            policy.WorkerState(
+                w.worker_id,
+                w.pool,
+                w.capabilities,
+                w.budget,
+                w.resident,
+                w.idle,
+                pins.get(w.worker_id, frozenset()),
+            )
+            for w in out
+        ]
+
+    def queue(self, now: float, workers: list[policy.WorkerState]) -> list[policy.QueuedWork]:
+        """Queued jobs as the pool sees them, each in the smallest pool that can run it."""
+        out = []
+        for r in queued(self.demand).values():
+            info = self.models.get(r.model_id)
+            if info is None:
+                continue
+            pools = sorted((w.budget, w.pool) for w in workers if info.family in w.capabilities)
+            if not pools:
+                continue
+            out.append(
+                policy.QueuedWork(
+                    r.model_id, r.tier, self._work_s(r), max(0.0, now - r.at), pools[0][1]
+                )
+            )
+        return out
+
+    def _work_s(self, r: Requested) -> float:
+        return r.steps * self.config.step_s * max(r.megapixels, 0.01)
+
+    def plan(self, now: float) -> list[policy.Load]:
+        """The loads to ask for now (none already under way), pins first."""
+        cfg = self.config
+        under_way = loads_under_way(self.demand, now, cfg.load_timeout_s)
+        loading_pairs = {(p.worker_id, p.model_id) for p in under_way}
+        loading: dict[str, int] = {}
+        for _, model_id in loading_pairs:
+            loading[model_id] = loading.get(model_id, 0) + 1
+        workers = self.workers(now, loading_pairs)
+        queue = self.queue(now, workers)
+        loads: list[policy.Load] = []
+        for w in workers:
+            for model_id in sorted(w.pinned):
+                if not w.holds(model_id):
+                    loads.append(policy.Load(w.worker_id, model_id, "pin"))
+        weights = policy.learn_hourly_weights(self.demand.arrivals)
+        demand = policy.predict_demand(self.demand.arrivals, now, weights, cfg.policy)
+        loads += policy.preload_plan(
+            workers,
+            self.models,
+            demand,
+            queued_jobs=len(queue),
+            loading=loading,
+            config=cfg.policy,
+        )
+        storm = policy.storm_plan(
+            workers,
+            self.models,
+            queue,
+            now=now,
+            tiers=self.tiers,
+            loading=loading,
+            config=cfg.policy,
+        )
+        loads += storm.loads
+        self._autoscale(workers, queue)
+        seen: set[tuple[str, str]] = set()
+        fresh = []
+        for load in loads:
+            pair = (load.worker_id, load.model_id)
+            if pair in loading_pairs or pair in seen:
+                continue
+            seen.add(pair)
+            fresh.append(load)
+        return fresh
+
+    def _autoscale(self, workers: list[policy.WorkerState], queue: list[policy.QueuedWork]) -> None:
+        pools: dict[str, policy.PoolLoad] = {}
+        for w in workers:
+            p = pools.get(w.pool, policy.PoolLoad(0, 0))
+            pools[w.pool] = policy.PoolLoad(p.workers + 1, p.busy + (0 if w.idle else 1))
+        desired = policy.desired_workers(pools, queue)
+        for pool, n in desired.items():
+            DESIRED.labels(pool).set(n)
+        self._changed = {
+            pool: (n, pools[pool].workers)
+            for pool, n in desired.items()
+            if self.desired.get(pool) != n
+        }
+        self.desired = desired
+        self._queue_by_pool = {pool: [q for q in queue if q.pool == pool] for pool in desired}
+
+    async def run_once(self, now: float) -> int:
+        """Plan, then publish the loads and any changed autoscaling signal; returns loads sent."""
+        loads = self.plan(now)
+        for load in loads:
+            command = LoadModel(
+                worker_id=load.worker_id, model_id=load.model_id, reason=load.reason
+            )
+            env = await self.publisher.publish(command, key=load.worker_id)
+            # Under way at once; the consumer folds the same command again when it reads it
+            # back (same event id: one pending load).
+            fold_demand(self.demand, command, now, env.event_id)
+            log.info(
+                "load asked",
+                extra={"worker_id": load.worker_id, "model_id": load.model_id, "why": load.reason},
+            )
+        self.sent += len(loads)
+        LOADS_SENT.set(len(loads_under_way(self.demand, now, self.config.load_timeout_s)))
+        for pool, (n, current) in sorted(self._changed.items()):
+            waiting = self._queue_by_pool.get(pool, [])
+            signal = AutoscaleRecommended(
+                pool=pool,
+                desired_workers=n,
+                current_workers=current,
+                queued_jobs=len(waiting),
+                oldest_wait_s=round(max((q.waited_s for q in waiting), default=0.0), 3),
+                reason="queue depth and waits (policy.desired_workers)",
+            )
+            await self.publisher.publish(signal, key=pool)
+        return len(loads)

@@ -1,0 +1,190 @@
+"""The warm pool live: given the log, the pool-manager asks workers to load the right models,
+never twice for one (worker, model), not even after a restart; and says how many workers each
+pool should have."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from imagegen_pool_manager.domain.policy import ModelInfo
+from imagegen_pool_manager.service_layer.planner import Planner, PlannerConfig, pool_of
+from imagegen_pool_manager.service_layer.pool import PoolManager
+from imagegen_runtime.publishing import InMemoryPublisher
+from imagegen_schemas import Envelope, GenerationParams, Plan, Tier
+from imagegen_schemas import jobs as ev
+from imagegen_schemas.workers import (
+    AutoscaleRecommended,
+    LoadedModel,
+    LoadModel,
+    ModelLoaded,
+    WorkerHeartbeat,
+    WorkerStatus,
+)
+
+pytestmark = pytest.mark.unit
+MB = float(1 << 20)
+NOW = float(int(time.time()))  # the in-memory publisher stamps events with the wall clock
+MODELS = {
+    "demo": ModelInfo("demo", "sd15", 14 * MB, tier=1),
+    "sdxl": ModelInfo("sdxl", "sdxl", 3 * MB, tier=2),
+    "flux": ModelInfo("flux", "flux", 3 * MB, tier=3),
+}
+
+
+def beat(wid: str, *loaded: str, status: WorkerStatus = WorkerStatus.IDLE) -> WorkerHeartbeat:
+    return WorkerHeartbeat(
+        worker_id=wid,
+        status=status,
+        gpu_type="cpu",
+        memory_total_bytes=512 * (1 << 20),
+        memory_free_bytes=400 * (1 << 20),
+        capabilities=("sd15", "sdxl", "flux"),
+        loaded=tuple(LoadedModel(model_id=m, bytes=int(MODELS[m].size)) for m in loaded),
+    )
+
+
+def requested(job: str, model: str) -> ev.GenerationRequested:
+    params = GenerationParams(
+        prompt="p", model=model, width=64, height=64, steps=4, guidance_scale=5, seed=1
+    )
+    return ev.GenerationRequested(
+        job_id=job, user_id="u", plan=Plan.PRO, tier=Tier.FAST, params=params
+    )
+
+
+class World:
+    """A pool-manager and its planner over an in-memory log; ``restart`` replays the log."""
+
+    def __init__(self, log: list[Envelope] | None = None, step_s: float = 0.05) -> None:
+        self.publisher = InMemoryPublisher(producer="pool-manager")
+        self.log: list[Envelope] = []
+        self.pool = PoolManager(self.publisher, timeout_s=600, clock=lambda: NOW)
+        self.planner = Planner(
+            self.publisher, self.pool.fleet, self.pool.demand, MODELS, PlannerConfig(step_s=step_s)
+        )
+        for env in log or []:
+            self._fold(env)
+
+    def _fold(self, env: Envelope) -> None:
+        from imagegen_schemas import parse
+
+        self.log.append(env)
+        payload = parse(env)
+        at = env.occurred_at.timestamp()
+        from imagegen_pool_manager.domain.demand import fold_demand
+        from imagegen_pool_manager.domain.fleet import evolve
+
+        evolve(self.pool.fleet, payload, at, env.event_id)
+        fold_demand(self.pool.demand, payload, at, env.event_id)
+
+    def feed(self, payload: object, at: float) -> None:
+        key = getattr(payload, "job_id", None) or getattr(payload, "worker_id", "x")
+        self._fold(
+            Envelope.wrap(
+                payload,  # type: ignore[arg-type]
+                correlation_id=key,
+                producer="t",
+                occurred_at=datetime.fromtimestamp(at, UTC),
+            )
+        )
+
+    async def round(self, now: float = NOW) -> list[LoadModel]:
+        before = len(self.publisher.records)
+        await self.planner.run_once(now)
+        new = self.publisher.records[before:]
+        for rec in new:  # the commands come back through the log
+            self._fold(rec.envelope)
+        from imagegen_schemas import parse
+
+        return [p for p in (parse(r.envelope) for r in new) if isinstance(p, LoadModel)]
+
+    def restart(self) -> World:
+        return World(self.log)
+
+
+async def test_a_tier_1_model_is_pinned_on_a_worker_that_lacks_it() -> None:
+    world = World()
+    world.feed(beat("w1"), NOW - 1)
+    loads = await world.round()
+    assert [(c.worker_id, c.model_id, c.reason) for c in loads] == [("w1", "demo", "pin")]
+
+
+async def test_demand_in_a_quiet_period_preloads_onto_an_idle_worker() -> None:
+    world = World()
+    world.feed(beat("w1", "demo"), NOW - 1)
+    world.feed(beat("w2", "demo", status=WorkerStatus.BUSY), NOW - 1)
+    for i in range(5):  # sdxl asked for (and served) in the last hour
+        world.feed(requested(f"old{i}", "sdxl"), NOW - 600 + i)
+        world.feed(ev.GenerationCancelled(job_id=f"old{i}"), NOW - 500 + i)
+    loads = await world.round()
+    assert [(c.worker_id, c.model_id) for c in loads] == [("w1", "sdxl")]
+    assert loads[0].reason == "predictive"
+
+
+async def test_a_load_under_way_is_not_asked_again_even_after_a_restart() -> None:
+    world = World()
+    world.feed(beat("w1"), NOW - 1)
+    assert len(await world.round()) == 1
+    assert await world.round(NOW + 5) == []  # asked, not answered yet
+    restarted = world.restart()
+    assert await restarted.round(NOW + 10) == []  # the replayed log says it is under way
+    assert await restarted.round(NOW + 200) != []  # unanswered past the timeout: asked again
+
+
+async def test_an_answered_load_ends_and_the_worker_holding_it_needs_none() -> None:
+    world = World()
+    world.feed(beat("w1"), NOW - 1)
+    [command] = await world.round()
+    [command_id] = [e.event_id for e in world.log if e.type == LoadModel.event_type]
+    loaded = ModelLoaded(
+        worker_id="w1",
+        model=LoadedModel(model_id="demo", bytes=int(14 * MB)),
+        load_ms=80.0,
+        command_id=command_id,
+    )
+    world.feed(loaded, NOW + 1)
+    assert world.pool.demand.pending == {}
+    assert await world.round(NOW + 5) == []
+
+
+async def test_a_queue_spike_for_a_cold_model_gets_parallel_preloads() -> None:
+    world = World()
+    for w in ("w1", "w2", "w3", "w4"):
+        world.feed(beat(w, "demo"), NOW - 1)
+    for i in range(12):
+        world.feed(requested(f"j{i}", "flux"), NOW - 30)
+    loads = await world.round()
+    storm = [c for c in loads if c.reason == "storm"]
+    assert len(storm) >= 2 and {c.model_id for c in storm} == {"flux"}
+    assert len({c.worker_id for c in storm}) == len(storm)  # on different workers
+
+
+async def test_the_autoscaling_signal_is_published_when_it_changes() -> None:
+    world = World(step_s=50.0)  # 4 steps of a 64 px job: 10 s of work each
+    world.feed(beat("w1", "demo"), NOW - 1)
+    await world.round()
+    for i in range(40):
+        world.feed(requested(f"j{i}", "sdxl"), NOW - 120)
+
+    def signals() -> list[dict[str, object]]:
+        return [
+            r.envelope.data
+            for r in world.publisher.records
+            if r.envelope.type == AutoscaleRecommended.event_type
+        ]
+
+    await world.round(NOW + 5)  # the queue: more workers wanted; a storm load makes w1 busy
+    await world.round(NOW + 5)  # busy while it loads: more again
+    published = len(signals())
+    await world.round(NOW + 5)  # nothing changed: nothing new
+    assert len(signals()) == published
+    first, *later = signals()
+    assert first["desired_workers"] == 1 and first["queued_jobs"] == 0
+    assert later and all(s["desired_workers"] > 1 for s in later)  # type: ignore[operator]
+    desired = [s["desired_workers"] for s in signals()]
+    assert all(a != b for a, b in zip(desired, desired[1:], strict=False))  # only on change
+    assert later[-1]["pool"] == pool_of("cpu", 512 * (1 << 20)) == "cpu-0.5GiB"
+    assert later[-1]["queued_jobs"] == 40
