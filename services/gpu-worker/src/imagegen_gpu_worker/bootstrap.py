@@ -17,7 +17,9 @@ from .adapters.diffusers_runner import DiffusersRunner
 from .adapters.memory import read_memory
 from .adapters.registry import families
 from .config import SERVICE, GpuWorkerSettings
+from .service_layer.commands import ModelHost, PoolCommands
 from .service_layer.heartbeat import heartbeat, heartbeat_loop, loaded_models
+from .service_layer.residency import Cause
 from .service_layer.worker import Runner, Worker, WorkerState
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ def bootstrap(
     publisher: KafkaPublisher | None = None,
     runner: Runner | None = None,
     blobs: BlobStore | None = None,
+    models: ModelHost | None = None,
 ) -> ServiceApp:
     publisher = publisher or KafkaPublisher(
         settings.kafka_bootstrap, f"{SERVICE}-{settings.worker_id}", settings.topic_prefix
@@ -62,6 +65,13 @@ def bootstrap(
     )
     blobs = blobs or LocalBlobStore(settings.blob_dir)
     worker = Worker(WorkerState(settings.worker_id), runner or diffusers_runner, blobs, publisher)
+    # Residency facts (loads, evictions) go from the runner to imagegen.workers.models through
+    # the worker's reporter, in the order they happen (ADR 0702).
+    diffusers_runner.on_change = worker.reporter.record
+    host = models or diffusers_runner  # what pool commands act on (a fake in tests)
+    host.on_change = worker.reporter.record
+    commands = PoolCommands(settings.worker_id, host, worker.reporter)
+    worker.after_run = commands.after_run
     prefix = settings.topic_prefix
     # Assignments are consumed by this worker's own group: every worker sees every assignment
     # and runs only its own. Cancellations and preemption requests come on a second loop so they
@@ -88,6 +98,17 @@ def bootstrap(
     )
     app.tasks.append(control.run)
     app.readiness.add("control", consumer_assigned_check(control))
+    # The pool-manager's commands (LoadModel, EvictModel, DefragmentMemory), keyed by worker
+    # id, in this worker's own group; those for other workers are skipped.
+    pool = FastStreamConsumer(
+        settings.kafka_bootstrap,
+        f"{prefix}imagegen-worker-{settings.worker_id}-commands",
+        [prefix + "imagegen.pool.commands"],
+        commands.handle,
+        publisher,
+    )
+    app.tasks.append(pool.run)
+    app.readiness.add("pool_commands", consumer_assigned_check(pool))
     # Not ready while no image could be stored; jobs that arrive meanwhile fail their attempt
     # with storage_unavailable and are re-queued (service_layer/worker.py).
     app.readiness.add("blob_store_writable", blob_store_check(blobs))
@@ -114,7 +135,9 @@ def bootstrap(
 
     async def warm(stop: asyncio.Event) -> None:
         """Import diffusers (~10 s) and preload the default model before taking work."""
-        await asyncio.to_thread(diffusers_runner.warm_up, settings.preload_model)
+        await worker.reporter.in_thread(
+            diffusers_runner.warm_up, settings.preload_model, cause=Cause()
+        )
         warmed.set()
 
     async def is_warm() -> bool:

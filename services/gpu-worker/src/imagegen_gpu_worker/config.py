@@ -12,7 +12,11 @@ from imagegen_runtime.settings import ServiceSettings
 
 SERVICE = "gpu-worker"
 # Topics this service consumes (catalog names, before the prefix).
-SUBSCRIBES: tuple[str, ...] = ("imagegen.jobs.scheduled", "imagegen.jobs.requested")
+SUBSCRIBES: tuple[str, ...] = (
+    "imagegen.jobs.scheduled",
+    "imagegen.jobs.requested",
+    "imagegen.pool.commands",
+)
 
 
 class GpuWorkerSettings(ServiceSettings):

@@ -15,7 +15,14 @@ images are byte-identical (tested for every sampler in :data:`RESUMABLE`).
 Loaded pipelines live under a memory budget: before a model is loaded, the least recently used
 ones are unloaded with the rule the fleet simulator's workers use
 (:func:`imagegen_runtime.residency.evictions`), and a model that cannot fit even alone fails
-its job with :class:`ModelDoesNotFit` instead of running the device out of memory.
+its job with :class:`ModelDoesNotFit` instead of running the device out of memory. A model a
+run is using is never unloaded for another (a pool command's load during a run fails with
+:class:`ModelBlockedByRun` instead).
+
+Residency (ADR 0702): every load and unload, and the answers to pool commands (:meth:`preload`,
+:meth:`evict`), are reported to ``on_change`` as :mod:`~imagegen_gpu_worker.domain.residency`
+facts, in the order they happen (under the load lock), in the calling thread; the service layer
+publishes them. Nothing here knows Kafka. :meth:`defragment` compacts the device's memory.
 
 The contract with the worker loop (``RunResult``, ``Paused``, ``Cancelled``, ``ModelDoesNotFit``,
 ``RESUMABLE``) is torch-free and lives in ``domain/run.py``; models are verified and opened by
@@ -50,7 +57,7 @@ import logging
 import struct
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,10 +67,21 @@ from imagegen_runtime.residency import evictions
 
 from ..domain import samplers
 from ..domain.plan import RunPlan
+from ..domain.residency import (
+    COMMAND,
+    MAKE_ROOM,
+    NOT_RESIDENT,
+    OOM,
+    RESIDENT,
+    Loaded,
+    ResidencyChange,
+    Unloaded,
+)
 from ..domain.run import (
     RESUMABLE,
     RESUMABLE_FAMILIES,
     Cancelled,
+    ModelBlockedByRun,
     ModelDoesNotFit,
     Paused,
     RunResult,
@@ -103,6 +121,7 @@ class LoadedModel:
     scheduler_config: Any = None
     preview: dict[str, Any] | None = None  # model.json's "preview" (how previews paint latents)
     family: str = "sd15"  # model.json's "family": the sampler table and call arguments used
+    kind: str = "base"  # model.json's "kind"
 
 
 @dataclass
@@ -118,6 +137,10 @@ class DiffusersRunner:
     # Guards ``loaded`` itself, held only for a mutation or a copy: the heartbeat reads it from
     # the event loop while a load holds ``_lock`` for seconds.
     _index_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Called with every residency fact, in order, in the thread that caused it (ADR 0702).
+    on_change: Callable[[ResidencyChange], None] | None = None
+    # Model id -> runs using it now (guarded by ``_index_lock``): never unloaded meanwhile.
+    _in_use: Counter[str] = field(default_factory=Counter)
 
     @property
     def on_cuda(self) -> bool:
@@ -127,6 +150,19 @@ class DiffusersRunner:
         """(model id, bytes) of the loaded models, least recently used first (a copy)."""
         with self._index_lock:
             return [(model_id, m.bytes) for model_id, m in self.loaded.items()]
+
+    def in_use(self) -> set[str]:
+        """The models a run is using now."""
+        with self._index_lock:
+            return set(self._in_use)
+
+    def _report(self, change: ResidencyChange) -> None:
+        if self.on_change is None:
+            return
+        try:
+            self.on_change(change)
+        except Exception:  # a reporting bug must not break a load or a run
+            log.exception("residency change not reported", extra={"change": repr(change)})
 
     def budget_bytes(self) -> int | None:
         """The memory budget in bytes, or None for no limit (CPU without a setting)."""
@@ -142,38 +178,118 @@ class DiffusersRunner:
         """Load (once) a registered model after checking every file's sha256, unloading the
         least recently used models first when it would not fit the budget beside them."""
         with self._lock:
+            return self._load_locked(model_id)
+
+    def preload(self, model_id: str) -> None:
+        """:meth:`load` for a LoadModel command: a model already resident is reported too
+        (``Loaded(source="resident")``; it becomes the most recently used)."""
+        with self._lock:
             with self._index_lock:
                 hit = self.loaded.get(model_id)
                 if hit is not None:
                     self.loaded.move_to_end(model_id)
-                    return hit
-            torch = torch_module()
-            folder = self.models_dir / model_id
-            t0 = time.perf_counter()
-            entry = registry.verify(folder)  # every file's sha256, before anything is read
-            self._make_room(model_id, folder)
-            pipe = registry.open_pipeline(folder, entry, self.device)
-            size = sum(
-                p.numel() * p.element_size()
-                for c in pipe.components.values()
-                if isinstance(c, torch.nn.Module)
-                for p in c.parameters()
-            )
-            model = LoadedModel(
-                pipe,
-                size,
-                (time.perf_counter() - t0) * 1000,
-                pipe.scheduler.config,
-                entry.preview,
-                entry.family,
-            )
+            if hit is not None:
+                self._report(Loaded(model_id, hit.kind, hit.bytes, 0.0, RESIDENT))
+                return
+            self._load_locked(model_id)
+
+    def evict(self, model_id: str) -> str:
+        """Unload ``model_id`` for an EvictModel command, unless a run is using it. Returns
+        ``"evicted"`` (reported ``Unloaded(command)``), ``"not_resident"`` (reported
+        ``Unloaded(not_resident)``: nothing to do) or ``"in_use"`` (nothing done or reported)."""
+        with self._lock:
             with self._index_lock:
-                self.loaded[model_id] = model
+                present = model_id in self.loaded
+                busy = self._in_use[model_id] > 0
+            if not present:
+                self._report(Unloaded(model_id, NOT_RESIDENT))
+                return "not_resident"
+            if busy:
+                return "in_use"
+            self._unload(model_id, reason=COMMAND)
+            return "evicted"
+
+    def defragment(self) -> None:
+        """Compact the device's memory: on CUDA every resident pipeline no run is using goes
+        to the CPU, the caching allocator's free blocks go back to the device
+        (``torch.cuda.empty_cache``), and the pipelines come back, least recently used first,
+        so they are allocated anew side by side. One that cannot come back is unloaded
+        (reported ``Unloaded(oom)``). On CPU there is nothing to compact: garbage collection
+        only."""
+        with self._lock:
+            gc.collect()
+            if not self.on_cuda:
+                return
+            torch = torch_module()
+            busy = self.in_use()
+            with self._index_lock:
+                idle = [(m, model) for m, model in self.loaded.items() if m not in busy]
+            for _, model in idle:
+                model.pipe.to("cpu")
+            gc.collect()
+            torch.cuda.empty_cache()
+            for model_id, model in idle:
+                try:
+                    model.pipe.to(self.device)
+                except Exception as exc:  # e.g. out of memory: it cannot stay resident
+                    log.error(
+                        "model not moved back after defragmenting; unloading it",
+                        extra={"model_id": model_id, "error": repr(exc)[:500]},
+                    )
+                    self._unload(model_id, reason=OOM)
+
+    def _acquire(self, model_id: str) -> LoadedModel:
+        """:meth:`load` for a run: the model is in use (never unloaded) until :meth:`_release`."""
+        with self._lock:
+            model = self._load_locked(model_id)
+            with self._index_lock:
+                self._in_use[model_id] += 1
             return model
+
+    def _release(self, model_id: str) -> None:
+        with self._index_lock:
+            self._in_use[model_id] -= 1
+            if self._in_use[model_id] <= 0:
+                del self._in_use[model_id]
+
+    def _load_locked(self, model_id: str) -> LoadedModel:
+        """:meth:`load` with ``_lock`` held."""
+        with self._index_lock:
+            hit = self.loaded.get(model_id)
+            if hit is not None:
+                self.loaded.move_to_end(model_id)
+                return hit
+        torch = torch_module()
+        folder = self.models_dir / model_id
+        t0 = time.perf_counter()
+        entry = registry.verify(folder)  # every file's sha256, before anything is read
+        self._make_room(model_id, folder)
+        pipe = registry.open_pipeline(folder, entry, self.device)
+        size = sum(
+            p.numel() * p.element_size()
+            for c in pipe.components.values()
+            if isinstance(c, torch.nn.Module)
+            for p in c.parameters()
+        )
+        model = LoadedModel(
+            pipe,
+            size,
+            (time.perf_counter() - t0) * 1000,
+            pipe.scheduler.config,
+            entry.preview,
+            entry.family,
+            entry.kind,
+        )
+        with self._index_lock:
+            self.loaded[model_id] = model
+        self._report(Loaded(model_id, entry.kind, size, model.load_ms))
+        return model
 
     def _make_room(self, model_id: str, folder: Path) -> None:
         """Unload what must go for ``model_id`` to fit the budget (least recently used first,
-        only what must go); raise ModelDoesNotFit, unloading nothing, when it cannot fit."""
+        only what must go, never a model a run is using); raise ModelDoesNotFit, unloading
+        nothing, when it cannot fit even alone, ModelBlockedByRun when it could only with a
+        model in use unloaded."""
         budget = self.budget_bytes()
         if budget is None:
             return
@@ -186,13 +302,20 @@ class DiffusersRunner:
         need = estimate_bytes(
             folder, upcast=lambda component: not self.on_cuda or is_diffusers_component(component)
         )
-        victims = evictions(self.resident(), {model_id}, need, budget)
-        if victims is None:
+        if need > budget:
             raise ModelDoesNotFit(model_id, need, budget)
+        resident = self.resident()
+        busy = self.in_use() - {model_id}
+        held_busy = sum(size for m, size in resident if m in busy)
+        # What runs are using stays: it counts as part of what must fit (``keep``).
+        victims = evictions(resident, {model_id} | busy, need + held_busy, budget)
+        if victims is None:
+            raise ModelBlockedByRun(model_id, need, budget, busy)
         for victim in victims:
-            self._unload(victim, for_model=model_id)
+            self._unload(victim, reason=MAKE_ROOM, for_model=model_id)
 
-    def _unload(self, model_id: str, *, for_model: str) -> None:
+    def _unload(self, model_id: str, *, reason: str, for_model: str | None = None) -> None:
+        """Unload a resident model (``_lock`` held) and report it."""
         with self._index_lock:
             gone = self.loaded.pop(model_id)
         freed = gone.bytes
@@ -202,11 +325,18 @@ class DiffusersRunner:
             import torch
 
             torch.cuda.empty_cache()
-        MODEL_EVICTIONS.inc()
+        if reason == MAKE_ROOM:
+            MODEL_EVICTIONS.inc()
         log.info(
             "model evicted",
-            extra={"model_id": model_id, "bytes_freed": freed, "for_model": for_model},
+            extra={
+                "model_id": model_id,
+                "bytes_freed": freed,
+                "for_model": for_model,
+                "reason": reason,
+            },
         )
+        self._report(Unloaded(model_id, reason, for_model))
 
     def warm_up(self, model_id: str | None) -> None:
         """Import the ML stack and every sampler class now (not on the first job), then load
@@ -228,13 +358,31 @@ class DiffusersRunner:
         (raising :class:`Paused`, never after the last step; only for
         :data:`~imagegen_gpu_worker.domain.run.RESUMABLE`
         samplers); with ``resume_state`` (from a :class:`Paused`), run only the steps left."""
-        torch = torch_module()
+        torch_module()  # the ML stack, imported under its lock (ml.py)
         saved = load_state(resume_state, plan) if resume_state is not None else None
 
         # 1. The model, warm or loaded now (either way now the most recently used).
         t0 = time.perf_counter()
         warm = plan.model_id in self.loaded
-        model = self.load(plan.model_id)
+        model = self._acquire(plan.model_id)  # in use (never unloaded) until the run returns
+        try:
+            return self._run(plan, model, warm, t0, on_step, cancelled, pause, saved)
+        finally:
+            self._release(plan.model_id)
+
+    def _run(
+        self,
+        plan: RunPlan,
+        model: LoadedModel,
+        warm: bool,
+        t0: float,
+        on_step: Callable[[int, int, str | None], None],
+        cancelled: Callable[[], bool],
+        pause: Callable[[], bool] | None,
+        saved: dict[str, Any] | None,
+    ) -> RunResult:
+        """Steps 2 to 6 of :meth:`run`, with ``model`` loaded and in use."""
+        torch = torch_module()
         load_ms = 0.0 if warm else model.load_ms
         pipe = model.pipe
         resumable = plan.scheduler in RESUMABLE and model.family in RESUMABLE_FAMILIES

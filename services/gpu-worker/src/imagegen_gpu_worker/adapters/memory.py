@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -10,6 +11,8 @@ class MemoryInfo:
     total_bytes: int  # device memory in all
     free_bytes: int  # memory available for models and latents now
     device_name: str  # e.g. "cpu" or "NVIDIA H100 80GB HBM3"
+    # The largest single allocation that could succeed now (CUDA only; None on CPU).
+    largest_free_block_bytes: int | None = None
 
 
 def read_memory(device: str) -> MemoryInfo:
@@ -18,10 +21,31 @@ def read_memory(device: str) -> MemoryInfo:
         import torch  # imported only on GPU workers: ~10 s and ~400 MB per process
 
         free, total = torch.cuda.mem_get_info()
-        return MemoryInfo(total, free, torch.cuda.get_device_name())
+        return MemoryInfo(
+            total, free, torch.cuda.get_device_name(), largest_free_block(free, torch)
+        )
     fields: dict[str, int] = {}
     with open("/proc/meminfo") as f:
         for line in f:
             name, value = line.split(":", 1)
             fields[name] = int(value.split()[0]) * 1024
     return MemoryInfo(fields["MemTotal"], fields["MemAvailable"], "cpu")
+
+
+def largest_free_block(device_free: int, torch: Any) -> int:
+    """The largest block one allocation could get now: either a new segment from the driver
+    (up to ``device_free``: the driver maps physical pages into one virtual range, so its free
+    memory is not fragmented for a new allocation) or the largest free block inside a segment
+    PyTorch's caching allocator already holds (``memory_snapshot``: blocks ``inactive``).
+    Fragmentation shows as memory that is reserved and free but only in small blocks; a
+    DefragmentMemory command (``DiffusersRunner.defragment``) gives it back to the driver."""
+    cached = max(
+        (
+            block["size"]
+            for segment in torch.cuda.memory_snapshot()
+            for block in segment.get("blocks", ())
+            if block.get("state") == "inactive"
+        ),
+        default=0,
+    )
+    return max(int(device_free), int(cached))

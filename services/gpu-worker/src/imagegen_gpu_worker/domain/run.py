@@ -54,6 +54,10 @@ class ModelUnavailable(RuntimeError):
     match their recorded sha256 (``adapters.registry.ChecksumError``)."""
 
 
+class ModelNotRegistered(ModelUnavailable):
+    """No model of that id is registered on this worker (no ``model.json`` in its folder)."""
+
+
 class ModelDoesNotFit(RuntimeError):
     """A model's estimated size exceeds the worker's memory budget, even with nothing else
     loaded; raised before anything is unloaded or loaded."""
@@ -65,4 +69,18 @@ class ModelDoesNotFit(RuntimeError):
             f" weight files), more than this worker's model memory budget of"
             f" {budget_bytes / 2**20:.1f} MiB (IMAGEGEN_GPU_WORKER_MODEL_MEMORY_BUDGET_MB):"
             " it cannot be loaded here even with every other model unloaded"
+        )
+
+
+class ModelBlockedByRun(ModelDoesNotFit):
+    """A model fits the budget, but only with models unloaded that the running job is using;
+    raised before anything is unloaded or loaded (a pool command's load during a run)."""
+
+    def __init__(self, model_id: str, need_bytes: int, budget_bytes: int, busy: set[str]) -> None:
+        super().__init__(model_id, need_bytes, budget_bytes)
+        self.busy = frozenset(busy)
+        self.args = (
+            f"model {model_id!r} needs about {need_bytes / 2**20:.1f} MiB: it fits this worker's"
+            f" budget of {budget_bytes / 2**20:.1f} MiB only with {sorted(busy)} unloaded, which"
+            " the running job is using",
         )

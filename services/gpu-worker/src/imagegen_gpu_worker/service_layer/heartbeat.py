@@ -32,6 +32,7 @@ def heartbeat(
         gpu_type=mem.device_name,
         memory_total_bytes=mem.total_bytes,
         memory_free_bytes=mem.free_bytes,
+        largest_free_block_bytes=mem.largest_free_block_bytes,
         capabilities=capabilities,
         interval_s=interval_s,
         running_job_id=running_job,

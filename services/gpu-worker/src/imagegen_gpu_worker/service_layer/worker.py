@@ -20,6 +20,11 @@ left ``running`` by this worker, and the scheduler re-queues it (away from this 
 its attempts run out. A blob store that cannot take a write is first waited out for
 ``store_retry_s`` (30 s): the chaos soak showed 20 s outages spending all three attempts of
 the jobs that met them.
+
+Residency (ADR 0702): a run's model loads and the evictions that made room for them are
+published by :attr:`Worker.residency` (``ModelLoaded(command_id=None)``,
+``ModelEvicted(reason="make_room")``), attributed to the assignment; when a run ends,
+``after_run`` carries out the pool commands' evictions deferred while it used their model.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from ..domain.run import (
     Paused,
     RunResult,
 )
+from .residency import Cause, ResidencyReporter
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +104,20 @@ class Worker:
     # outage delays the job instead of spending one of its attempts.
     store_retry_s: float = 30.0
     store_backoff: Backoff = field(default_factory=lambda: Backoff(initial_s=0.5, cap_s=5.0))
+    # Publishes the runner's residency facts (wire the runner's ``on_change`` to its
+    # ``record``); made from ``publisher`` when not given.
+    residency: ResidencyReporter | None = None
+    # Called when a run ends (the pool commands' deferred evictions).
+    after_run: Callable[[], Awaitable[None]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.residency is None:
+            self.residency = ResidencyReporter(self.state.worker_id, self.publisher)
+
+    @property
+    def reporter(self) -> ResidencyReporter:
+        assert self.residency is not None  # set in __post_init__
+        return self.residency
 
     async def on_cancel(self, env: Envelope, msg: ev.CancellationRequested) -> None:
         self.state.cancelled.add(msg.job_id)
@@ -249,13 +269,14 @@ class Worker:
 
         self.state.running_plan = plan
         try:
-            result = await asyncio.to_thread(
+            result = await self.reporter.in_thread(
                 self.runner.run,
                 plan,
                 on_step,
                 lambda: key in self.state.cancelled,
                 pause,
                 resume_state,
+                cause=Cause(env),
             )
         except Paused as paused:
             try:
@@ -295,6 +316,8 @@ class Worker:
         finally:
             self.state.running_plan = None
             self.state.pausing.pop(key, None)
+            if self.after_run is not None:
+                await self.after_run()
         try:
             images = await self._store(plan, result)
         except Exception as exc:  # e.g. StorageUnavailable: the images are lost with it

@@ -1,0 +1,49 @@
+"""What a runner reports about the models it holds (pure, torch-free).
+
+The runner (``adapters/diffusers_runner.py``) calls its ``on_change`` with one of these for
+every model it loads or unloads, and for the answer to a pool command (a model found already
+resident, an eviction that found nothing to evict), in the order they happened (under its load
+lock). The service layer (``service_layer/residency.py``) publishes each as ``ModelLoaded`` or
+``ModelEvicted`` on ``imagegen.workers.models``, in that order (ADR 0702).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Where a Loaded model's weights came from: read from disk (its sha256 checked first), or
+# nothing read because it was already resident (only the answer to a LoadModel command).
+DISK = "disk"
+RESIDENT = "resident"
+
+# Why an Unloaded model left: to make room for another one (least recently used first), on an
+# EvictModel command, because it could not be moved back to the device after a defragmentation
+# (``oom``), or not at all (``not_resident``: the answer to an EvictModel for a model that was
+# not loaded; nothing was unloaded).
+MAKE_ROOM = "make_room"
+COMMAND = "command"
+OOM = "oom"
+NOT_RESIDENT = "not_resident"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A model is resident: loaded now (``source`` disk) or found loaded (``resident``)."""
+
+    model_id: str
+    kind: str
+    bytes: int
+    load_ms: float
+    source: str = DISK
+
+
+@dataclass(frozen=True)
+class Unloaded:
+    """A model is not resident: unloaded now for ``reason``, or found absent (not_resident)."""
+
+    model_id: str
+    reason: str
+    for_model: str | None = None  # make_room: the model it made room for
+
+
+ResidencyChange = Loaded | Unloaded
