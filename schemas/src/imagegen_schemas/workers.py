@@ -51,7 +51,11 @@ class ModelLoaded(Payload):
     model: LoadedModel
     load_ms: float = Field(ge=0)
     sha256_verified: bool = True
-    source: str = Field(default="disk", description="Where the weights came from: disk or ram.")
+    source: str = Field(
+        default="disk",
+        description="Where the weights came from: disk, ram, or resident (already loaded; "
+        "nothing read).",
+    )
     command_id: str | None = Field(
         default=None, description="Event id of the LoadModel command; None for a job's load."
     )
@@ -63,9 +67,13 @@ class ModelEvicted(Payload):
     event_type: ClassVar[str] = "imagegen.model.evicted"
     worker_id: str
     model_id: str
-    reason: str = Field(default="", description="e.g. 'eviction_score', 'command', 'oom'.")
+    reason: str = Field(
+        default="",
+        description="make_room (unloaded for a load), command (an EvictModel), not_resident (an "
+        "EvictModel for a model that was not loaded: nothing unloaded), oom.",
+    )
     command_id: str | None = Field(
-        default=None, description="Event id of the EvictModel command; None otherwise."
+        default=None, description="Event id of the command that caused it; None otherwise."
     )
 
 
@@ -75,7 +83,10 @@ class ModelLoadFailed(Payload):
     event_type: ClassVar[str] = "imagegen.model.load_failed"
     worker_id: str
     model_id: str
-    reason: str = Field(description="e.g. 'does_not_fit', 'unknown_model', 'corrupted'.")
+    reason: str = Field(
+        description="does_not_fit, in_use (fits only by unloading the running job's model), "
+        "unknown_model, corrupted, out_of_memory, load_error."
+    )
     message: str = Field(default="", max_length=4000)
     command_id: str = Field(description="Event id of the LoadModel command.")
 

@@ -14,7 +14,7 @@ from imagegen_schemas import jobs as ev
 
 from .adapters.blobs import BlobStore, LocalBlobStore, StorageUnavailable
 from .adapters.diffusers_runner import DiffusersRunner
-from .adapters.memory import read_memory
+from .adapters.memory import read_memory, within_budget
 from .adapters.registry import families
 from .config import SERVICE, GpuWorkerSettings
 from .service_layer.commands import ModelHost, PoolCommands
@@ -118,13 +118,16 @@ def bootstrap(
     capabilities = families(settings.models_dir)
     log.info("model families registered", extra={"capabilities": list(capabilities)})
 
+    budget = None if budget_mb is None else budget_mb * 2**20
+
     def beat():  # type: ignore[no-untyped-def]
+        held = diffusers_runner.resident()
         return heartbeat(
             settings.worker_id,
-            read_memory(settings.device),
+            within_budget(read_memory(settings.device), budget, sum(b for _, b in held)),
             settings.heartbeat_interval_s,
             worker.state.running_job,
-            loaded_models(diffusers_runner.resident()),
+            loaded_models(held),
             capabilities,
         )
 

@@ -32,6 +32,17 @@ def read_memory(device: str) -> MemoryInfo:
     return MemoryInfo(fields["MemTotal"], fields["MemAvailable"], "cpu")
 
 
+def within_budget(mem: MemoryInfo, budget_bytes: int | None, resident_bytes: int) -> MemoryInfo:
+    """The memory a worker with a model budget offers: the budget as its total, the budget less
+    its resident models as free (never more than the device has free). Without a budget, the
+    device as it is. A local fleet's workers differ by budget, so the pool-manager and the
+    scheduler see them as GPU classes of those sizes (``IMAGEGEN_STACK_WORKER_BUDGETS_MB``)."""
+    if budget_bytes is None:
+        return mem
+    free = max(0, min(budget_bytes - resident_bytes, mem.free_bytes))
+    return MemoryInfo(budget_bytes, free, mem.device_name, mem.largest_free_block_bytes)
+
+
 def largest_free_block(device_free: int, torch: Any) -> int:
     """The largest block one allocation could get now: either a new segment from the driver
     (up to ``device_free``: the driver maps physical pages into one virtual range, so its free
