@@ -3,8 +3,6 @@ pool-manager rebuilds the same projection from the log (issue 13)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,6 +14,7 @@ from imagegen_pool_manager.bootstrap import bootstrap
 from imagegen_pool_manager.config import PoolManagerSettings
 from imagegen_runtime.db import make_engine
 from imagegen_runtime.kafka import KafkaPublisher, ensure_topics
+from imagegen_runtime.service import run_until as run_app_until
 from imagegen_schemas import GenerationParams, Tier
 from imagegen_schemas import jobs as ev
 from imagegen_schemas.workers import LoadedModel, ModelLoaded, WorkerHeartbeat, WorkerStatus
@@ -27,19 +26,7 @@ MB = 1 << 20
 async def run_until(
     settings: PoolManagerSettings, store: PgFleetStore, done: Callable[[], Awaitable[bool]]
 ) -> None:
-    app = bootstrap(settings, store=store)
-    stop = asyncio.Event()
-    running = [asyncio.create_task(task(stop)) for task in app.tasks]
-    try:
-        deadline = time.monotonic() + 60
-        while not await done():
-            assert time.monotonic() < deadline, await app.readiness.evaluate()
-            await asyncio.sleep(0.2)
-    finally:
-        stop.set()
-        await asyncio.gather(*running)
-        for close in app.on_shutdown:
-            await close()
+    await run_app_until(bootstrap(settings, store=store), done)
 
 
 async def test_a_restart_rebuilds_the_same_projection(infra: Any, topics: str) -> None:

@@ -17,6 +17,7 @@ from confluent_kafka import Consumer
 from safety_testkit import envelope_of, generated, png, requested, store
 
 from imagegen_runtime.kafka import KafkaPublisher, ensure_topics
+from imagegen_runtime.service import run_until
 from imagegen_safety.adapters.fakes import FakeImageClassifier, FakePromptClassifier
 from imagegen_safety.bootstrap import bootstrap
 from imagegen_safety.config import SafetySettings
@@ -139,18 +140,7 @@ async def test_a_restart_between_a_revocation_and_the_late_image_still_drops_the
             prompt_classifier=FakePromptClassifier(),
             image_classifier=FakeImageClassifier(),
         )
-        stop = asyncio.Event()
-        running = [asyncio.create_task(task(stop)) for task in app.tasks]
-        try:
-            deadline = time.monotonic() + 60
-            while not await until():
-                assert time.monotonic() < deadline, await app.readiness.evaluate()
-                await asyncio.sleep(0.2)
-        finally:
-            stop.set()
-            await asyncio.gather(*running)
-            for close in app.on_shutdown:
-                await close()
+        await run_until(app, until)
 
     try:
         # A first safety process reads and commits the revocation of token 3, then stops.

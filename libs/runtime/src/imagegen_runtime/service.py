@@ -37,6 +37,35 @@ class ServiceApp:
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
+async def run_until(
+    app: ServiceApp, done: Callable[[], Awaitable[bool]], timeout_s: float = 60.0
+) -> None:
+    """Run ``app``'s tasks (no HTTP server) until ``done()`` holds, then stop them and close.
+
+    For tests and tools that drive a wired service in-process. Raises ``TimeoutError`` naming
+    the readiness checks when ``done()`` does not hold within ``timeout_s``; a task that fails
+    meanwhile raises its error.
+    """
+    stop = asyncio.Event()
+    running = [asyncio.create_task(task(stop)) for task in app.tasks]
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not await done():
+            failed = [t for t in running if t.done() and t.exception() is not None]
+            if failed:
+                raise failed[0].exception()  # type: ignore[misc]
+            if loop.time() > deadline:
+                checks = await app.readiness.evaluate()
+                raise TimeoutError(f"not done after {timeout_s:.0f}s; readiness: {checks}")
+            await asyncio.sleep(0.2)  # between polls of the condition
+    finally:
+        stop.set()
+        await asyncio.gather(*running, return_exceptions=True)
+        for close in app.on_shutdown:
+            await close()
+
+
 async def _announce_ready(app: ServiceApp, stop: asyncio.Event) -> None:
     while not stop.is_set():
         results = await app.readiness.evaluate()
