@@ -188,3 +188,16 @@ async def test_the_autoscaling_signal_is_published_when_it_changes() -> None:
     assert all(a != b for a, b in zip(desired, desired[1:], strict=False))  # only on change
     assert later[-1]["pool"] == pool_of("cpu", 512 * (1 << 20)) == "cpu-0.5GiB"
     assert later[-1]["queued_jobs"] == 40
+
+
+async def test_a_command_for_a_worker_the_fleet_never_heard_from_is_poison() -> None:
+    from imagegen_pool_manager.service_layer.pool import UnknownWorker
+
+    world = World()
+    world.feed(beat("w1"), NOW - 1)
+    command = LoadModel(worker_id="w9", model_id="demo", reason="operator")
+    env = Envelope.wrap(command, correlation_id="w9", producer="ops")
+    with pytest.raises(UnknownWorker, match="'w9'.*known: w1"):
+        await world.pool.on_event(env, command, None, True)  # type: ignore[arg-type]
+    assert world.pool.demand.pending == {}  # the fleet and the pool are unchanged
+    await world.pool.on_event(env, command, None, False)  # replayed: folded, never refused

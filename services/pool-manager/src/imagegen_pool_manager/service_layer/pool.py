@@ -22,6 +22,7 @@ from imagegen_runtime.publishing import Publisher, publish_derived
 from imagegen_runtime.waiting import sleep_or_stop, wait_or_stop
 from imagegen_schemas import Envelope, Payload
 from imagegen_schemas import jobs as ev
+from imagegen_schemas.workers import DefragmentMemory, EvictModel, LoadModel
 
 from ..domain.demand import Demand, fold_demand
 from ..domain.fleet import Fleet, detect_losses, evolve, project
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Docs = Mapping[str, Mapping[str, Any]]
+
+
+class UnknownWorker(ValueError):
+    """A pool command names a worker the fleet has never heard from."""
 
 
 class FleetStore(Protocol):
@@ -69,6 +74,17 @@ class PoolManager:
         self.awake_since = self.last_sweep = self.clock()
 
     async def on_event(self, env: Envelope, payload: Payload, meta: RecordMeta, live: bool) -> None:
+        if (
+            live
+            and isinstance(payload, LoadModel | EvictModel | DefragmentMemory)
+            and payload.worker_id not in self.fleet.workers
+        ):
+            # Poison: the consumer dead-letters it with this reason; the fleet is unchanged.
+            known = ", ".join(sorted(self.fleet.workers)) or "none"
+            raise UnknownWorker(
+                f"{payload.event_type} for worker {payload.worker_id!r}, which the fleet has "
+                f"never heard from; known: {known}"
+            )
         at = env.occurred_at.timestamp()
         evolve(self.fleet, payload, at, env.event_id)
         fold_demand(self.demand, payload, at, env.event_id)
