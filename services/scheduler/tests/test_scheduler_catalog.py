@@ -1,0 +1,66 @@
+"""The scheduler's catalog from the manifests: base models, and LoRAs as adapters; a job naming
+an adapter the catalog does not know is still scheduled, not lost in a KeyError."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from imagegen_scheduler.adapters.catalog import load_catalog
+from imagegen_scheduler.domain import AdapterKind, footprint_gb
+from imagegen_scheduler.domain.facts import JobFacts, job_request
+from imagegen_schemas import GenerationParams, LoraSpec, Plan, Tier
+from imagegen_schemas import jobs as ev
+
+pytestmark = pytest.mark.unit
+
+
+def register(models: Path, doc: dict[str, object], size: int = 1000) -> None:
+    folder = models / str(doc["id"])
+    folder.mkdir(parents=True)
+    (folder / "model.json").write_text(json.dumps(doc))
+    (folder / "weights.bin").write_bytes(b"\0" * size)
+
+
+def test_loras_are_adapters_and_other_kinds_are_left_out(tmp_path: Path) -> None:
+    register(tmp_path, {"id": "tiny-sd15", "family": "sd15"})
+    register(tmp_path, {"id": "ink", "kind": "lora", "family": "sd15"}, size=2_000_000)
+    register(tmp_path, {"id": "sd15-canny", "kind": "controlnet", "family": "sd15"})
+    catalog = load_catalog(tmp_path)
+    assert set(catalog.models) == {"tiny-sd15"}
+    ink = catalog.adapters["lora/ink"]
+    assert (ink.kind, ink.family, ink.step_overhead) == (AdapterKind.LORA, "sd15", 0.0)
+    assert ink.weights_gb == pytest.approx(0.002, rel=0.01)
+
+
+def facts_for(loras: tuple[str, ...]) -> JobFacts:
+    params = GenerationParams(
+        prompt="p",
+        model="tiny-sd15",
+        width=64,
+        height=64,
+        steps=4,
+        guidance_scale=5,
+        seed=1,
+        loras=tuple(LoraSpec(name=n) for n in loras),
+    )
+    f = JobFacts()
+    f.request = ev.GenerationRequested(
+        job_id="j", user_id="u", plan=Plan.PRO, tier=Tier.FAST, params=params
+    )
+    return f
+
+
+def test_a_job_with_a_known_lora_carries_it_and_an_unknown_one_is_left_out(
+    tmp_path: Path,
+) -> None:
+    register(tmp_path, {"id": "tiny-sd15", "family": "sd15"})
+    register(tmp_path, {"id": "ink", "kind": "lora", "family": "sd15"})
+    catalog = load_catalog(tmp_path)
+    known = job_request(facts_for(("ink",)), catalog, 0.0)
+    assert known is not None and known.adapters == ("lora/ink",)
+    unknown = job_request(facts_for(("ink", "registered-later")), catalog, 0.0)
+    assert unknown is not None and unknown.adapters == ("lora/ink",)
+    assert footprint_gb(unknown, catalog) > 0  # no KeyError on the way
