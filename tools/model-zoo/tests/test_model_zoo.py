@@ -1,4 +1,5 @@
-"""The model zoo builds the same bytes twice, registers every model, and skips what is built.
+"""The model zoo builds the same bytes twice (models and LoRAs), registers every model and
+LoRA, and skips what is built.
 
 Two builds of the four tiny models take ~10 s on two cores (after ~8 s of imports); how the
 models run is tested by the gpu-worker (services/gpu-worker/tests/test_gpu_worker_families.py).
@@ -39,7 +40,8 @@ def test_two_builds_are_byte_identical(builds: tuple[Path, Path]) -> None:
     a, b = builds
     first, second = digests(a), digests(b)
     assert first == second
-    assert {name.split("/", 1)[0] for name in first} == set(build.MODELS)
+    assert {name.split("/", 1)[0] for name in first} == {*build.MODELS, *build.LORAS}
+    assert any(name.endswith(build.LORA_FILE) for name in first)  # the LoRAs are compared too
     assert not any("/." in "/" + name for name in first)  # no staging folder left behind
 
 
@@ -61,6 +63,33 @@ def test_every_model_is_registered_small_and_complete(builds: tuple[Path, Path])
         for name in entry.files:
             if name.endswith(".json"):
                 assert str(a) not in (a / model_id / name).read_text(), name
+
+
+def test_every_lora_is_registered_as_a_lora_of_its_family(builds: tuple[Path, Path]) -> None:
+    a, _ = builds
+    assert {"sd15", "sdxl"} <= {spec.family for spec in build.LORAS.values()}
+    for lora_id, spec in build.LORAS.items():
+        entry = registry.verify(a / lora_id)
+        assert (entry.id, entry.kind, entry.family, entry.created) == (
+            lora_id,
+            "lora",
+            spec.family,
+            build.CREATED,
+        )
+        assert list(entry.files) == [build.LORA_FILE]
+        doc = json.loads((a / lora_id / registry.MANIFEST).read_text())
+        assert doc["kind"] == "lora" and "samplers" not in doc
+        # B is random, not peft's zero default: the LoRA changes what it is applied to
+        from safetensors.torch import load_file
+
+        tensors = load_file(a / lora_id / build.LORA_FILE)
+        ups = [t for name, t in tensors.items() if ".lora.up." in name or "lora_B" in name]
+        assert ups and all(t.abs().sum() > 0 for t in ups)
+    # different seeds: different LoRAs
+    ink = registry.read_manifest(a / "tiny-sd15-lora-ink").files
+    glow = registry.read_manifest(a / "tiny-sd15-lora-glow").files
+    assert ink != glow
+    assert registry.families(a) == ("flux", "sd15", "sd3", "sdxl")  # LoRAs announce no family
 
 
 def test_a_built_model_is_kept_unless_forced(tmp_path: Path) -> None:

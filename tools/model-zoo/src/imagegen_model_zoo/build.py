@@ -9,6 +9,13 @@ registry (``imagegen_gpu_worker.adapters.registry.write_manifest``), so a worker
 any model. They make noise, not pictures: they exist to prove that every family loads, runs
 every sampler it claims and reproduces an image from its seed.
 
+LoRAs (:data:`LORAS`: ``tiny-sd15-lora-ink``, ``tiny-sd15-lora-glow``, ``tiny-sdxl-lora-ink``):
+a folder with one ``pytorch_lora_weights.safetensors`` (UNet attention projections, rank 4,
+saved with the family pipeline's ``save_lora_weights``, so ``load_lora_weights`` reads it) and a
+``model.json`` with ``kind: "lora"`` and the ``family`` it applies to. Both LoRA matrices are
+random (peft's ``init_lora_weights=False``), so at weight 1 a LoRA visibly changes the image;
+each applies to any model of its family built from the same configs (only shapes matter).
+
 Reproducible: every component is initialised right after ``torch.manual_seed`` with its own
 fixed seed, tokenizers are built (not trained) with the ``tokenizers`` library
 (:mod:`.vocab`), and the manifest's ``created`` is a fixed time, so two builds write
@@ -142,7 +149,7 @@ def build_sd15() -> Any:
         vae=_vae(1),
         text_encoder=_clip_text(tokenizer, 2, projection=False),
         tokenizer=tokenizer,
-        unet=_seeded(3, lambda: UNet2DConditionModel(**UNET, cross_attention_dim=32)),
+        unet=_seeded(3, lambda: UNet2DConditionModel(**SD15_UNET)),
         scheduler=DDIMScheduler(**DISCRETE_SCHEDULER),
         safety_checker=None,
         feature_extractor=None,
@@ -150,27 +157,30 @@ def build_sd15() -> Any:
     )
 
 
+SDXL_TIME_DIM = 8
+SD15_UNET: dict[str, Any] = {**UNET, "cross_attention_dim": 32}
+SDXL_UNET: dict[str, Any] = {
+    **UNET,
+    "cross_attention_dim": 2 * CLIP_TEXT["hidden_size"],  # both encoders' states, side by side
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": SDXL_TIME_DIM,
+    # the second encoder's pooled projection + 6 size/crop numbers, each time-embedded
+    "projection_class_embeddings_input_dim": CLIP_TEXT["projection_dim"] + 6 * SDXL_TIME_DIM,
+    "transformer_layers_per_block": 1,
+}
+
+
 def build_sdxl() -> Any:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
-    time_dim = 8
     tokenizer = vocab.clip_tokenizer()
-    unet = {
-        **UNET,
-        "cross_attention_dim": 2 * CLIP_TEXT["hidden_size"],  # both encoders' states, side by side
-        "addition_embed_type": "text_time",
-        "addition_time_embed_dim": time_dim,
-        # the second encoder's pooled projection + 6 size/crop numbers, each time-embedded
-        "projection_class_embeddings_input_dim": CLIP_TEXT["projection_dim"] + 6 * time_dim,
-        "transformer_layers_per_block": 1,
-    }
     return StableDiffusionXLPipeline(
         vae=_vae(1),
         text_encoder=_clip_text(tokenizer, 2, projection=False),
         text_encoder_2=_clip_text(tokenizer, 4, projection=True),
         tokenizer=tokenizer,
         tokenizer_2=vocab.clip_tokenizer(),
-        unet=_seeded(3, lambda: UNet2DConditionModel(**unet)),
+        unet=_seeded(3, lambda: UNet2DConditionModel(**SDXL_UNET)),
         scheduler=EulerDiscreteScheduler(
             num_train_timesteps=1000,
             beta_start=0.00085,
@@ -275,6 +285,77 @@ MODELS: dict[str, Spec] = {
 }
 
 
+@dataclass(frozen=True)
+class LoraModel:
+    id: str
+    family: str  # the family of the models it applies to ("sd15")
+    seed: int  # torch seed its LoRA matrices are drawn from
+    rank: int = 4
+
+
+# The UNet config each LoRA family's adapters are shaped for, and the pipeline that saves them.
+LORA_UNETS: dict[str, tuple[dict[str, Any], str]] = {
+    "sd15": (SD15_UNET, "StableDiffusionPipeline"),
+    "sdxl": (SDXL_UNET, "StableDiffusionXLPipeline"),
+}
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the UNet's attention projections
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+LORAS: dict[str, LoraModel] = {
+    s.id: s
+    for s in (
+        LoraModel("tiny-sd15-lora-ink", "sd15", 11),
+        LoraModel("tiny-sd15-lora-glow", "sd15", 12),
+        LoraModel("tiny-sdxl-lora-ink", "sdxl", 13),
+    )
+}
+
+
+def build_lora_weights(spec: LoraModel, folder: Path) -> None:
+    """Write ``spec``'s LoRA weights file into ``folder``: a UNet of its family (seed 3, as the
+    base models') with a peft LoRA whose A and B are both random (drawn from ``spec.seed``),
+    saved in diffusers' format by the family pipeline's ``save_lora_weights``."""
+    import diffusers
+    import torch
+    from diffusers import UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    config, pipeline = LORA_UNETS[spec.family]
+    unet = _seeded(3, lambda: UNet2DConditionModel(**config))
+    lora = LoraConfig(
+        r=spec.rank,
+        lora_alpha=spec.rank,  # scale 1: the file records no alpha, diffusers then uses the rank
+        init_lora_weights=False,  # random B too (peft's default zero B would change nothing)
+        target_modules=LORA_TARGETS,
+    )
+    torch.manual_seed(spec.seed)
+    unet.add_adapter(lora)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    getattr(diffusers, pipeline).save_lora_weights(
+        folder, unet_lora_layers=layers, weight_name=LORA_FILE, safe_serialization=True
+    )
+
+
+def build_lora(spec: LoraModel, out: Path) -> registry.ModelEntry:
+    """Build ``spec`` into ``out`` (replaced), registered with a ``kind: "lora"`` manifest."""
+    import torch
+
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
+        staging = Path(tmp) / out.name
+        staging.mkdir()
+        with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG as it was
+            build_lora_weights(spec, staging)
+        entry = registry.write_manifest(
+            staging, id=spec.id, family=spec.family, kind="lora", tier=2, created=CREATED
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    return entry
+
+
 def _has_valid_manifest(folder: Path) -> bool:
     try:
         registry.verify(folder)
@@ -313,19 +394,22 @@ def build_model(spec: Spec, out: Path) -> registry.ModelEntry:
 def build_all(
     out_dir: Path, only: Iterable[str] | None = None, force: bool = False
 ) -> dict[str, Path]:
-    """Build the zoo (or the ids in ``only``) under ``out_dir``; skip a folder that already
-    holds a valid manifest unless ``force``. Returns model id -> folder."""
+    """Build the zoo (base models and LoRAs, or the ids in ``only``) under ``out_dir``; skip a
+    folder that already holds a valid manifest unless ``force``. Returns model id -> folder."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    wanted = list(only) if only else list(MODELS)
-    unknown = sorted(set(wanted) - MODELS.keys())
+    wanted = list(only) if only else [*MODELS, *LORAS]
+    unknown = sorted(set(wanted) - MODELS.keys() - LORAS.keys())
     if unknown:
-        raise ValueError(f"unknown model ids {unknown}; known: {sorted(MODELS)}")
+        raise ValueError(f"unknown model ids {unknown}; known: {sorted([*MODELS, *LORAS])}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     folders = {}
     for model_id in wanted:
         folder = out_dir / model_id
         if force or not _has_valid_manifest(folder):
-            build_model(MODELS[model_id], folder)
+            if model_id in LORAS:
+                build_lora(LORAS[model_id], folder)
+            else:
+                build_model(MODELS[model_id], folder)
             print(f"built {folder}", file=sys.stderr)
         else:
             print(f"kept {folder} (valid model.json; --force rebuilds)", file=sys.stderr)
@@ -337,7 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m imagegen_model_zoo", description=__doc__)
     parser.add_argument("--out", type=Path, default=DEFAULT_MODELS_DIR)
     parser.add_argument("--force", action="store_true", help="rebuild models already built")
-    parser.add_argument("--only", nargs="+", choices=sorted(MODELS), help="these models only")
+    parser.add_argument(
+        "--only", nargs="+", choices=sorted([*MODELS, *LORAS]), help="these models only"
+    )
     args = parser.parse_args(argv)
     build_all(args.out, args.only, args.force)
     return 0

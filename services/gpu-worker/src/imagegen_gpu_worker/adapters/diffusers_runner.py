@@ -24,6 +24,18 @@ Residency (ADR 0702): every load and unload, and the answers to pool commands (:
 facts, in the order they happen (under the load lock), in the calling thread; the service layer
 publishes them. Nothing here knows Kafka. :meth:`defragment` compacts the device's memory.
 
+LoRAs (ADR 0704): a plan's ``loras`` are registered folders with a ``kind: "lora"`` manifest of
+the model's family. Each is verified (every sha256) and loaded into the model's pipeline once,
+with ``load_lora_weights(folder, adapter_name=...)``, and stays there while the model is
+resident (:attr:`LoadedModel.loras`: the cache is per (model, LoRA); unloading the model drops
+its LoRAs). Every run sets its own adapters: ``set_adapters(names, adapter_weights)`` for the
+plan's LoRAs (the same LoRA named twice counts once, its weights added), ``disable_lora()`` for
+a plan with none, so a run without LoRAs computes exactly what a pipeline that never loaded one
+computes (peft's disabled layers call the base layer alone; tested byte for byte). LoRAs are
+toggled, never fused: fuse then unfuse does not give the base weights back bit for bit. A LoRA
+not registered here fails the job with ``ModelNotRegistered``, one of another family (or not a
+LoRA) with :class:`~imagegen_gpu_worker.domain.run.LoraMismatch`, both ``ModelUnavailable``.
+
 The contract with the worker loop (``RunResult``, ``Paused``, ``Cancelled``, ``ModelDoesNotFit``,
 ``RESUMABLE``) is torch-free and lives in ``domain/run.py``; models are verified and opened by
 the registry (``adapters/registry.py``).
@@ -81,6 +93,7 @@ from ..domain.run import (
     RESUMABLE,
     RESUMABLE_FAMILIES,
     Cancelled,
+    LoraMismatch,
     ModelBlockedByRun,
     ModelDoesNotFit,
     Paused,
@@ -112,6 +125,13 @@ class BadResumeState(ValueError):
 
 
 @dataclass
+class LoadedLora:
+    adapter: str  # the adapter name in the model's pipeline ("lora0", "lora1", ...)
+    bytes: int  # the LoRA's weights (from its safetensors headers)
+    load_ms: float  # verify + load_lora_weights
+
+
+@dataclass
 class LoadedModel:
     pipe: Any
     bytes: int
@@ -122,6 +142,8 @@ class LoadedModel:
     preview: dict[str, Any] | None = None  # model.json's "preview" (how previews paint latents)
     family: str = "sd15"  # model.json's "family": the sampler table and call arguments used
     kind: str = "base"  # model.json's "kind"
+    # LoRA id -> its adapter in ``pipe``, loaded once (ADR 0704); gone with the model.
+    loras: dict[str, LoadedLora] = field(default_factory=dict)
 
 
 @dataclass
@@ -150,6 +172,15 @@ class DiffusersRunner:
         """(model id, bytes) of the loaded models, least recently used first (a copy)."""
         with self._index_lock:
             return [(model_id, m.bytes) for model_id, m in self.loaded.items()]
+
+    def resident_loras(self) -> list[tuple[str, str, int]]:
+        """(model id, LoRA id, bytes) of the LoRAs loaded into resident models (a copy)."""
+        with self._index_lock:
+            return [
+                (model_id, lora_id, lora.bytes)
+                for model_id, m in self.loaded.items()
+                for lora_id, lora in list(m.loras.items())
+            ]
 
     def in_use(self) -> set[str]:
         """The models a run is using now."""
@@ -238,13 +269,60 @@ class DiffusersRunner:
                     )
                     self._unload(model_id, reason=OOM)
 
-    def _acquire(self, model_id: str) -> LoadedModel:
-        """:meth:`load` for a run: the model is in use (never unloaded) until :meth:`_release`."""
+    def _acquire(self, model_id: str, loras: tuple[str, ...] = ()) -> tuple[LoadedModel, float]:
+        """:meth:`load` for a run, with ``loras`` loaded into it: the model is in use (never
+        unloaded) until :meth:`_release`. Returns the model and the ms spent loading LoRAs."""
         with self._lock:
             model = self._load_locked(model_id)
             with self._index_lock:
                 self._in_use[model_id] += 1
-            return model
+            try:
+                lora_ms = sum(self._load_lora_locked(model_id, model, lora) for lora in loras)
+            except BaseException:
+                self._release(model_id)
+                raise
+            return model, lora_ms
+
+    def _load_lora_locked(self, model_id: str, model: LoadedModel, lora_id: str) -> float:
+        """Load LoRA ``lora_id`` into ``model``'s pipeline unless it is there (``_lock`` held);
+        the ms it took (0 when cached). Raises ModelNotRegistered, ChecksumError or
+        LoraMismatch."""
+        if lora_id in model.loras:
+            return 0.0
+        t0 = time.perf_counter()
+        folder = self.models_dir / lora_id
+        entry = registry.verify(folder)  # every file's sha256, before anything is read
+        if entry.kind != "lora":
+            raise LoraMismatch(f"{lora_id!r} is registered as a {entry.kind!r}, not a LoRA")
+        if entry.family != model.family:
+            raise LoraMismatch(
+                f"LoRA {lora_id!r} is for {entry.family!r} models; {model_id!r} is {model.family!r}"
+            )
+        weights = sorted(name for name in entry.files if name.endswith(".safetensors"))
+        if len(weights) != 1 or "/" in weights[0]:
+            raise LoraMismatch(
+                f"LoRA {lora_id!r} must hold one top-level .safetensors file, has {weights}"
+            )
+        adapter = f"lora{len(model.loras)}"
+        try:
+            model.pipe.load_lora_weights(folder, weight_name=weights[0], adapter_name=adapter)
+        except Exception as exc:  # e.g. shapes of another architecture of the same family
+            try:
+                model.pipe.delete_adapters(adapter)  # whatever part of it was loaded
+            except Exception:
+                log.warning("partly loaded LoRA not deleted", extra={"lora_id": lora_id})
+            raise LoraMismatch(
+                f"LoRA {lora_id!r} does not load into {model_id!r}: {exc!r}"
+            ) from exc
+        size = sum(n for _, n in safetensors_tensors(folder / weights[0]))
+        ms = (time.perf_counter() - t0) * 1000
+        with self._index_lock:
+            model.loras[lora_id] = LoadedLora(adapter, size, ms)
+        log.info(
+            "LoRA loaded",
+            extra={"model_id": model_id, "lora_id": lora_id, "bytes": size, "load_ms": ms},
+        )
+        return ms
 
     def _release(self, model_id: str) -> None:
         with self._index_lock:
@@ -364,9 +442,11 @@ class DiffusersRunner:
         # 1. The model, warm or loaded now (either way now the most recently used).
         t0 = time.perf_counter()
         warm = plan.model_id in self.loaded
-        model = self._acquire(plan.model_id)  # in use (never unloaded) until the run returns
+        # In use (never unloaded) until the run returns; the plan's LoRAs loaded into it.
+        model, lora_ms = self._acquire(plan.model_id, tuple(name for name, _ in plan.loras))
         try:
-            return self._run(plan, model, warm, t0, on_step, cancelled, pause, saved)
+            set_adapters(model, plan.loras)
+            return self._run(plan, model, warm, t0, on_step, cancelled, pause, saved, lora_ms)
         finally:
             self._release(plan.model_id)
 
@@ -380,10 +460,11 @@ class DiffusersRunner:
         cancelled: Callable[[], bool],
         pause: Callable[[], bool] | None,
         saved: dict[str, Any] | None,
+        lora_ms: float = 0.0,
     ) -> RunResult:
-        """Steps 2 to 6 of :meth:`run`, with ``model`` loaded and in use."""
+        """Steps 2 to 6 of :meth:`run`, with ``model`` loaded and in use, its adapters set."""
         torch = torch_module()
-        load_ms = 0.0 if warm else model.load_ms
+        load_ms = (0.0 if warm else model.load_ms) + lora_ms
         pipe = model.pipe
         resumable = plan.scheduler in RESUMABLE and model.family in RESUMABLE_FAMILIES
         pausing = pause if resumable else None
@@ -454,6 +535,22 @@ class DiffusersRunner:
             },
             plan.steps,
         )
+
+
+def set_adapters(model: LoadedModel, loras: tuple[tuple[str, float], ...]) -> None:
+    """Activate exactly the plan's LoRAs (loaded into ``model``), each with its weight; none
+    (``disable_lora``, the base model's exact computation) for a plan without LoRAs."""
+    if not model.loras:
+        return  # never had one: nothing to switch off
+    if not loras:
+        model.pipe.disable_lora()
+        return
+    weights: dict[str, float] = {}
+    for name, weight in loras:  # the same LoRA twice: one adapter, the weights added
+        adapter = model.loras[name].adapter
+        weights[adapter] = weights.get(adapter, 0.0) + float(weight)
+    model.pipe.enable_lora()
+    model.pipe.set_adapters(list(weights), adapter_weights=list(weights.values()))
 
 
 def make_sampler(family: str, name: str, base_config: Any) -> Any:
@@ -604,8 +701,10 @@ def load_state(data: bytes, plan: RunPlan) -> dict[str, Any]:
 
 
 def _identity(plan: RunPlan) -> list[Any]:
-    """What must be equal between the paused and the resumed run for the images to be equal."""
-    return [
+    """What must be equal between the paused and the resumed run for the images to be equal
+    (the LoRAs only when there are some, so states saved before LoRAs existed still match)."""
+    loras = [[name, float(weight)] for name, weight in plan.loras]
+    identity: list[Any] = [
         plan.model_id,
         plan.prompt,
         plan.negative_prompt,
@@ -617,6 +716,7 @@ def _identity(plan: RunPlan) -> list[Any]:
         plan.seed,
         plan.num_images,
     ]
+    return [*identity, loras] if loras else identity
 
 
 HALF_DTYPES = {"F16", "BF16"}  # safetensors dtype names that an upcast to float32 doubles

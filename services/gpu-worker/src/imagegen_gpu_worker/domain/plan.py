@@ -23,6 +23,8 @@ class RunPlan:
     seed: int  # torch.Generator seed (CPU generator: identical on every device)
     num_images: int  # batch size
     progress_every: int  # publish a progress event every this many steps
+    # LoRAs to apply, in request order: (registered LoRA id, weight); () for none.
+    loras: tuple[tuple[str, float], ...] = ()
 
 
 def plan_run(assignment: JobScheduled) -> RunPlan:
@@ -45,4 +47,5 @@ def plan_run(assignment: JobScheduled) -> RunPlan:
         seed=p.seed,
         num_images=p.num_images,
         progress_every=max(1, p.steps // 5),
+        loras=tuple((lora.name, lora.weight) for lora in p.loras),
     )

@@ -58,6 +58,11 @@ class ModelNotRegistered(ModelUnavailable):
     """No model of that id is registered on this worker (no ``model.json`` in its folder)."""
 
 
+class LoraMismatch(ModelUnavailable):
+    """A LoRA the plan names is registered here but cannot apply to the plan's model: it is
+    not a LoRA (another ``kind``), it is of another family, or its weights do not load."""
+
+
 class ModelDoesNotFit(RuntimeError):
     """A model's estimated size exceeds the worker's memory budget, even with nothing else
     loaded; raised before anything is unloaded or loaded."""
