@@ -25,3 +25,18 @@ def test_free_is_never_more_than_the_device_has_nor_below_zero() -> None:
     tight = MemoryInfo(24_000 * MIB, 100 * MIB, "cpu")
     assert within_budget(tight, 512 * MIB, 30 * MIB).free_bytes == 100 * MIB
     assert within_budget(HOST, 512 * MIB, 600 * MIB).free_bytes == 0
+
+
+def test_a_heartbeat_lists_models_then_each_lora_once() -> None:
+    from imagegen_gpu_worker.service_layer.heartbeat import loaded_models
+
+    loaded = loaded_models(
+        [("tiny-sd15", 700), ("tiny-sdxl", 900)],
+        [("tiny-sd15", "ink", 30), ("tiny-sdxl", "ink", 40), ("tiny-sd15", "glow", 30)],
+    )
+    assert [(m.model_id, m.kind, m.bytes) for m in loaded] == [
+        ("tiny-sd15", "base", 700),
+        ("tiny-sdxl", "base", 900),
+        ("glow", "lora", 30),
+        ("ink", "lora", 40),
+    ]

@@ -66,3 +66,15 @@ def test_the_newest_fact_wins_in_any_read_order() -> None:
         assert warm(list(order)) == {"b"}, order
     # a later heartbeat is the newest fact about every model it lists, and every one it omits
     assert warm([*facts, (beat("a"), 13.0)]) == {"a"}
+
+
+def test_a_lora_a_heartbeat_lists_is_warm_under_the_id_jobs_use() -> None:
+    hb = beat("a").model_copy(
+        update={
+            "loaded": (
+                LoadedModel(model_id="a", bytes=1),
+                LoadedModel(model_id="ink", kind="lora", bytes=1),
+            )
+        }
+    )
+    assert warm([(hb, 10.0)]) == {"a", "lora/ink"}

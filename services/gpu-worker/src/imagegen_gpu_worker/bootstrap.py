@@ -127,7 +127,7 @@ def bootstrap(
             within_budget(read_memory(settings.device), budget, sum(b for _, b in held)),
             settings.heartbeat_interval_s,
             worker.state.running_job,
-            loaded_models(held),
+            loaded_models(held, diffusers_runner.resident_loras()),
             capabilities,
         )
 

@@ -40,9 +40,20 @@ def heartbeat(
     )
 
 
-def loaded_models(resident: Iterable[tuple[str, int]]) -> tuple[LoadedModel, ...]:
-    """The heartbeat's ``loaded`` from the runner's (model id, bytes), evictions reflected."""
-    return tuple(LoadedModel(model_id=model_id, bytes=size) for model_id, size in resident)
+def loaded_models(
+    resident: Iterable[tuple[str, int]], loras: Iterable[tuple[str, str, int]] = ()
+) -> tuple[LoadedModel, ...]:
+    """The heartbeat's ``loaded`` from the runner's (model id, bytes), evictions reflected, then
+    its LoRAs ((model id, LoRA id, bytes): loaded into a resident model) as ``kind="lora"``,
+    each LoRA once."""
+    models = [LoadedModel(model_id=model_id, bytes=size) for model_id, size in resident]
+    adapters: dict[str, int] = {}
+    for _, lora_id, size in loras:
+        adapters[lora_id] = max(size, adapters.get(lora_id, 0))
+    return tuple(models) + tuple(
+        LoadedModel(model_id=lora_id, kind="lora", bytes=size)
+        for lora_id, size in sorted(adapters.items())
+    )
 
 
 async def heartbeat_loop(

@@ -30,7 +30,7 @@ from dataclasses import replace
 from imagegen_runtime.residency import ResidencyFacts
 from imagegen_schemas import Payload
 from imagegen_schemas import jobs as ev
-from imagegen_schemas.workers import ModelEvicted, ModelLoaded, WorkerHeartbeat
+from imagegen_schemas.workers import LoadedModel, ModelEvicted, ModelLoaded, WorkerHeartbeat
 
 from .config import SchedulerConfig
 from .events import (
@@ -88,14 +88,14 @@ def fold(log: Log, payload: object, at: float) -> list[Payload]:  # noqa: C901
     were published the first time and are read back; the service publishes them only live."""
     out: list[Payload] = []
     if isinstance(payload, WorkerHeartbeat):
-        log.residency.snapshot(payload.worker_id, {m.model_id: None for m in payload.loaded}, at)
+        log.residency.snapshot(payload.worker_id, {held_id(m): None for m in payload.loaded}, at)
         if at >= log.beats.get(payload.worker_id, float("-inf")):
             log.beats[payload.worker_id] = at
             view = worker_view(payload, log.budget_fraction)
             _update_worker(log, view, at)
         return out
     if isinstance(payload, ModelLoaded | ModelEvicted):
-        model_id = payload.model.model_id if isinstance(payload, ModelLoaded) else payload.model_id
+        model_id = held_id(payload.model) if isinstance(payload, ModelLoaded) else payload.model_id
         resident = isinstance(payload, ModelLoaded)
         newest = log.residency.fact(payload.worker_id, model_id, resident, at)
         if newest and payload.worker_id in log.seen:
@@ -147,6 +147,13 @@ def fold(log: Log, payload: object, at: float) -> list[Payload]:  # noqa: C901
         for waiting in sorted(log.pending.pop(worker_id)):
             out += _settle(log, waiting, log.jobs[waiting], at)
     return out
+
+
+def held_id(model: LoadedModel) -> str:
+    """The catalog's id of what a heartbeat lists: a model's own id, ``lora/<id>`` for a LoRA
+    (the id a job's adapters use, ``facts.job_request``), ``cn/<id>`` for a ControlNet."""
+    prefix = {"lora": "lora/", "controlnet": "cn/"}.get(model.kind, "")
+    return prefix + model.model_id
 
 
 def _update_worker(log: Log, view: WorkerView, at: float) -> None:
