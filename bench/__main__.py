@@ -1,12 +1,12 @@
-"""Run a benchmark: python -m bench {overhead,scheduler} [options]."""
+"""Run a benchmark: python -m bench {overhead,scheduler,models} [options]."""
 
 from __future__ import annotations
 
 import sys
 
-from . import overhead, scheduler
+from . import models, overhead, scheduler
 
-BENCHES = {"overhead": overhead.main, "scheduler": scheduler.main}
+BENCHES = {"overhead": overhead.main, "scheduler": scheduler.main, "models": models.main}
 
 if __name__ == "__main__":
     name = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in BENCHES else "overhead"

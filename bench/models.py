@@ -1,0 +1,140 @@
+"""Model loading on the worker, through its own runner (``DiffusersRunner``) on this machine.
+
+    python -m bench models [--repeat 5] [--models-dir DIR]
+
+For each model (the tiny test models of every family and the demo model):
+
+- **cold load**: a fresh runner's ``load`` (the registry's sha256 check of every file, then the
+  pipeline read from disk), median of ``--repeat``;
+- **integrity check**: ``registry.verify`` alone, the same files; its share of a cold load is
+  the cost of checking integrity at every load (the issue asks to trust size and mtime after
+  install: this is what that would save);
+- **reload from RAM**: not measured. The worker has no RAM tier yet (an evicted pipeline is freed),
+  so the "RAM vs disk" ratio is printed as n/a rather than guessed.
+
+For the LoRAs (``tiny-sd15-lora-ink`` and ``-glow`` on ``tiny-sd15``):
+
+- **LoRA load**: the first job naming it, minus a job without (the runner's ``load`` timing);
+- **LoRA switch**: ``set_adapters`` from one active set to another on the loaded pipeline (what
+  the runner calls before each job with LoRAs), against the baseline ``disable_lora`` (what a job
+  without calls).
+
+The models are built into a temporary folder by the model zoo (seeded) unless ``--models-dir``
+names a folder that holds them. Figures are medians; ratios are against the baseline measured in
+the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODELS = ("tiny-sd15", "tiny-sdxl", "tiny-sd3", "tiny-flux")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ms(fn, *args) -> float:  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    fn(*args)
+    return (time.perf_counter() - t0) * 1000
+
+
+def _cold_load(models_dir: Path, name: str) -> None:
+    from imagegen_gpu_worker.adapters.diffusers_runner import DiffusersRunner
+
+    DiffusersRunner(models_dir).load(name)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench models", description=__doc__)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--models-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    from imagegen_gpu_worker.adapters import registry
+    from imagegen_gpu_worker.adapters.diffusers_runner import DiffusersRunner
+    from imagegen_gpu_worker.adapters.ml import import_all
+    from imagegen_gpu_worker.domain.plan import RunPlan
+    from imagegen_gpu_worker.domain.samplers import class_names
+    from imagegen_model_zoo.build import build_all
+
+    import_all(class_names())  # the ML stack's import is not a load
+    with tempfile.TemporaryDirectory() as tmp:
+        models_dir = args.models_dir or Path(tmp)
+        if args.models_dir is None:
+            build_all(models_dir)
+        demo = ROOT / "models" / "shapes-demo"
+        names = list(MODELS)
+        if args.models_dir is None and (demo / "model.json").exists():
+            (models_dir / "shapes-demo").symlink_to(demo)
+            names.append("shapes-demo")
+
+        rows = {}
+        for name in names:
+            folder = models_dir / name
+            loads = [_ms(_cold_load, models_dir, name) for _ in range(args.repeat)]
+            checks = [_ms(registry.verify, folder) for _ in range(args.repeat)]
+            size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+            load, check = statistics.median(loads), statistics.median(checks)
+            rows[name] = {
+                "files_mb": round(size / 1e6, 2),
+                "cold_load_ms": round(load, 1),
+                "integrity_check_ms": round(check, 1),
+                "integrity_share_of_load": round(check / load, 3),
+                "reload_from_ram_ms": None,
+                "ram_vs_disk_ratio": None,  # no RAM tier yet
+            }
+
+        runner = DiffusersRunner(models_dir)
+
+        def plan(loras: tuple[tuple[str, float], ...], n: int) -> RunPlan:
+            return RunPlan(
+                f"bench-{n}",
+                1,
+                1,
+                "tiny-sd15",
+                "a red circle",
+                "",
+                64,
+                64,
+                2,
+                5.0,
+                "euler",
+                1,
+                1,
+                1,
+                loras,
+            )
+
+        def job(loras: tuple[tuple[str, float], ...], n: int) -> float:
+            result = runner.run(plan(loras, n), lambda *a: None, lambda: False)
+            return float(result.timings_ms["load"])
+
+        job((), 0)  # the model itself, warm from here on
+        ink, glow = "tiny-sd15-lora-ink", "tiny-sd15-lora-glow"
+        lora_loads = [job(((ink, 1.0),), 1), job(((glow, 1.0),), 2)]
+        pipe = runner.loaded["tiny-sd15"].pipe
+        names_loaded = [lo.adapter for lo in runner.loaded["tiny-sd15"].loras.values()]
+        switches, offs = [], []
+        for i in range(args.repeat):
+            switches.append(_ms(pipe.set_adapters, names_loaded[i % 2 :][:1], [1.0]))
+            offs.append(_ms(pipe.disable_lora))
+            pipe.enable_lora()
+        switch, off = statistics.median(switches), statistics.median(offs)
+        loras = {
+            "lora_load_ms": [round(x, 1) for x in lora_loads],
+            "lora_switch_ms": round(switch, 2),
+            "baseline_disable_lora_ms": round(off, 2),
+            "switch_vs_baseline_ratio": round(switch / off, 2) if off else None,
+        }
+    print(json.dumps({"models": rows, "loras": loras}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
