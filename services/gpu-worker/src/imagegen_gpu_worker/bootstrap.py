@@ -61,7 +61,10 @@ def bootstrap(
     )
     budget_mb = settings.model_memory_budget_mb
     diffusers_runner = DiffusersRunner(
-        settings.models_dir, settings.device, None if budget_mb is None else budget_mb * 2**20
+        settings.models_dir,
+        settings.device,
+        None if budget_mb is None else budget_mb * 2**20,
+        ram_cache_bytes=settings.ram_cache_mb * 2**20,  # the RAM tier (ADR 0705)
     )
     blobs = blobs or LocalBlobStore(settings.blob_dir)
     worker = Worker(WorkerState(settings.worker_id), runner or diffusers_runner, blobs, publisher)

@@ -54,3 +54,14 @@ class GpuWorkerSettings(ServiceSettings):
             " total memory, on CPU no limit (nothing is ever unloaded)."
         ),
     )
+    ram_cache_mb: int = Field(
+        default=2048,
+        ge=0,
+        description=(
+            "Host RAM, in MiB, that models evicted from the device (to make room, or on an"
+            " EvictModel command) may keep using, so that their next load is a move back rather"
+            " than a read from disk (ADR 0705). Least recently used leaves first; 0 disables it"
+            " (an evicted model is freed). On CPU the device is host RAM too: the worker then"
+            " holds up to model_memory_budget_mb plus this."
+        ),
+    )

@@ -36,6 +36,17 @@ toggled, never fused: fuse then unfuse does not give the base weights back bit f
 not registered here fails the job with ``ModelNotRegistered``, one of another family (or not a
 LoRA) with :class:`~imagegen_gpu_worker.domain.run.LoraMismatch`, both ``ModelUnavailable``.
 
+RAM tier (ADR 0705): a model evicted from the device (to make room, or on an EvictModel command)
+is kept in host RAM, in :attr:`DiffusersRunner.ram`, while the models there fit
+``ram_cache_bytes`` (least recently used leaves first; 0 disables the tier: evicted pipelines
+are freed, as before). On CUDA its pipeline is moved with ``pipe.to("cpu")`` (pageable memory,
+not pinned) and back with ``pipe.to(device)``; on CPU the device is RAM, so the pipeline object
+is only taken out of the device budget's accounting (``loaded``) and put back. A reload from RAM
+reads nothing from disk (no sha256 check, no construction) and is reported
+``Loaded(source="ram")``; the eviction is still reported ``Unloaded``. LoRAs loaded into the
+pipeline stay in it while it sits in RAM (every run sets its adapters anyway). ``resident()``
+(the heartbeat) lists only device-resident models.
+
 The contract with the worker loop (``RunResult``, ``Paused``, ``Cancelled``, ``ModelDoesNotFit``,
 ``RESUMABLE``) is torch-free and lives in ``domain/run.py``; models are verified and opened by
 the registry (``adapters/registry.py``).
@@ -84,6 +95,7 @@ from ..domain.residency import (
     MAKE_ROOM,
     NOT_RESIDENT,
     OOM,
+    RAM,
     RESIDENT,
     Loaded,
     ResidencyChange,
@@ -135,7 +147,7 @@ class LoadedLora:
 class LoadedModel:
     pipe: Any
     bytes: int
-    load_ms: float
+    load_ms: float  # its latest load: from disk, or back from the RAM tier
     # The model's own sampler config: every run builds its sampler from this one, never from the
     # previous run's (whose extra settings, e.g. use_karras_sigmas, would otherwise carry over).
     scheduler_config: Any = None
@@ -163,6 +175,11 @@ class DiffusersRunner:
     on_change: Callable[[ResidencyChange], None] | None = None
     # Model id -> runs using it now (guarded by ``_index_lock``): never unloaded meanwhile.
     _in_use: Counter[str] = field(default_factory=Counter)
+    # Bytes the RAM tier may hold (models evicted from the device, kept in host RAM); 0: none,
+    # an evicted pipeline is freed (ADR 0705).
+    ram_cache_bytes: int = 0
+    # The RAM tier, least recently used first (guarded by ``_index_lock`` like ``loaded``).
+    ram: OrderedDict[str, LoadedModel] = field(default_factory=OrderedDict)
 
     @property
     def on_cuda(self) -> bool:
@@ -172,6 +189,11 @@ class DiffusersRunner:
         """(model id, bytes) of the loaded models, least recently used first (a copy)."""
         with self._index_lock:
             return [(model_id, m.bytes) for model_id, m in self.loaded.items()]
+
+    def in_ram(self) -> list[tuple[str, int]]:
+        """(model id, bytes) of the models in the RAM tier, least recently used first."""
+        with self._index_lock:
+            return [(model_id, m.bytes) for model_id, m in self.ram.items()]
 
     def resident_loras(self) -> list[tuple[str, str, int]]:
         """(model id, LoRA id, bytes) of the LoRAs loaded into resident models (a copy)."""
@@ -337,6 +359,9 @@ class DiffusersRunner:
             if hit is not None:
                 self.loaded.move_to_end(model_id)
                 return hit
+            kept = self.ram.pop(model_id, None)
+        if kept is not None:
+            return self._reload_from_ram_locked(model_id, kept)
         torch = torch_module()
         folder = self.models_dir / model_id
         t0 = time.perf_counter()
@@ -363,7 +388,53 @@ class DiffusersRunner:
         self._report(Loaded(model_id, entry.kind, size, model.load_ms))
         return model
 
-    def _make_room(self, model_id: str, folder: Path) -> None:
+    def _reload_from_ram_locked(self, model_id: str, model: LoadedModel) -> LoadedModel:
+        """Move ``model`` (just taken out of the RAM tier) back to the device (``_lock`` held):
+        room is made for its measured size, nothing is read from disk. When it cannot come back
+        (no room beside models in use: it goes back to the RAM tier; the move failed: it is
+        freed) the error is raised as a disk load's would be."""
+        t0 = time.perf_counter()
+        try:
+            self._make_room(model_id, self.models_dir / model_id, need=model.bytes)
+        except BaseException:
+            self._keep_in_ram(model_id, model)
+            raise
+        if self.on_cuda:
+            try:
+                model.pipe.to(self.device)
+            except BaseException:
+                log.error("model not moved back from RAM; freed", extra={"model_id": model_id})
+                del model
+                gc.collect()
+                torch_module().cuda.empty_cache()
+                raise
+        model.load_ms = (time.perf_counter() - t0) * 1000
+        with self._index_lock:
+            self.loaded[model_id] = model
+        log.info(
+            "model reloaded from RAM",
+            extra={"model_id": model_id, "bytes": model.bytes, "load_ms": model.load_ms},
+        )
+        self._report(Loaded(model_id, model.kind, model.bytes, model.load_ms, RAM))
+        return model
+
+    def _keep_in_ram(self, model_id: str, model: LoadedModel) -> bool:
+        """Put ``model`` (off the device) into the RAM tier as its most recently used, freeing
+        the least recently used ones until the tier fits ``ram_cache_bytes``; False (nothing
+        kept) when the tier is off or the model alone is larger."""
+        if model.bytes > self.ram_cache_bytes:
+            return False
+        with self._index_lock:
+            self.ram[model_id] = model
+            self.ram.move_to_end(model_id)
+            dropped = []
+            while sum(m.bytes for m in self.ram.values()) > self.ram_cache_bytes:
+                dropped.append(self.ram.popitem(last=False)[0])
+        for gone in dropped:
+            log.info("model dropped from RAM", extra={"model_id": gone, "for_model": model_id})
+        return True
+
+    def _make_room(self, model_id: str, folder: Path, need: int | None = None) -> None:
         """Unload what must go for ``model_id`` to fit the budget (least recently used first,
         only what must go, never a model a run is using); raise ModelDoesNotFit, unloading
         nothing, when it cannot fit even alone, ModelBlockedByRun when it could only with a
@@ -377,9 +448,11 @@ class DiffusersRunner:
         # their stored dtype (measured loading the demo without dtype, diffusers 0.42.1 /
         # transformers 5.23.0: 27.8 MB against 14.1 MB of files). The estimate reads each
         # safetensors header's dtypes rather than assuming a factor.
-        need = estimate_bytes(
-            folder, upcast=lambda component: not self.on_cuda or is_diffusers_component(component)
-        )
+        if need is None:  # a reload from RAM passes its measured size (no file is read)
+            need = estimate_bytes(
+                folder,
+                upcast=lambda component: not self.on_cuda or is_diffusers_component(component),
+            )
         if need > budget:
             raise ModelDoesNotFit(model_id, need, budget)
         resident = self.resident()
@@ -393,10 +466,24 @@ class DiffusersRunner:
             self._unload(victim, reason=MAKE_ROOM, for_model=model_id)
 
     def _unload(self, model_id: str, *, reason: str, for_model: str | None = None) -> None:
-        """Unload a resident model (``_lock`` held) and report it."""
+        """Unload a resident model (``_lock`` held) and report it: into the RAM tier when it was
+        evicted to make room or on a command and the tier takes it (on CUDA moved to the CPU
+        first), else freed."""
         with self._index_lock:
             gone = self.loaded.pop(model_id)
         freed = gone.bytes
+        to_ram = reason in (MAKE_ROOM, COMMAND) and 0 < freed <= self.ram_cache_bytes
+        if to_ram and self.on_cuda:
+            try:
+                gone.pipe.to("cpu")
+            except Exception as exc:  # e.g. host memory: free it as without a RAM tier
+                log.warning(
+                    "model not moved to RAM; freed",
+                    extra={"model_id": model_id, "error": repr(exc)[:500]},
+                )
+                to_ram = False
+        if to_ram:
+            self._keep_in_ram(model_id, gone)
         del gone  # a run still holding the pipeline keeps it alive until it returns
         gc.collect()
         if self.on_cuda:
@@ -412,6 +499,7 @@ class DiffusersRunner:
                 "bytes_freed": freed,
                 "for_model": for_model,
                 "reason": reason,
+                "to_ram": to_ram,
             },
         )
         self._report(Unloaded(model_id, reason, for_model))

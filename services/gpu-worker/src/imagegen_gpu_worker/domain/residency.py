@@ -14,6 +14,7 @@ from dataclasses import dataclass
 # Where a Loaded model's weights came from: read from disk (its sha256 checked first), or
 # nothing read because it was already resident (only the answer to a LoadModel command).
 DISK = "disk"
+RAM = "ram"  # brought back from the worker's RAM tier (ADR 0705)
 RESIDENT = "resident"
 
 # Why an Unloaded model left: to make room for another one (least recently used first), on an
@@ -28,7 +29,8 @@ NOT_RESIDENT = "not_resident"
 
 @dataclass(frozen=True)
 class Loaded:
-    """A model is resident: loaded now (``source`` disk) or found loaded (``resident``)."""
+    """A model is resident: read from disk now (``source`` disk), brought back from the worker's
+    RAM tier (``ram``, ADR 0705) or found loaded (``resident``)."""
 
     model_id: str
     kind: str

@@ -94,7 +94,9 @@ class ResidencyReporter:
                 worker_id=self.worker_id,
                 model=LoadedModel(model_id=change.model_id, kind=change.kind, bytes=change.bytes),
                 load_ms=max(0.0, change.load_ms),
-                sha256_verified=True,  # every load checks every file first (registry.verify)
+                # every read from disk checks every file first (registry.verify); a RAM reload
+                # brings back weights that were checked when they were read
+                sha256_verified=True,
                 source=change.source,
                 command_id=command_id,
             )
