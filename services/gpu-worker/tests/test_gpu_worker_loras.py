@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gpu_worker_testkit import tiny_plan
 
 from imagegen_gpu_worker.adapters import registry
 from imagegen_gpu_worker.adapters.diffusers_runner import DiffusersRunner, load_state
@@ -25,27 +26,10 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.unit
 
 INK, GLOW, XL_INK = "tiny-sd15-lora-ink", "tiny-sd15-lora-glow", "tiny-sdxl-lora-ink"
-SAMPLER = {"tiny-sd15": "ddim", "tiny-sdxl": "euler"}
 
 
 def plan(model_id: str = "tiny-sd15", *loras: tuple[str, float], seed: int = 7) -> RunPlan:
-    return RunPlan(
-        job_id="j",
-        fencing_token=1,
-        attempt=1,
-        model_id=model_id,
-        prompt="a red circle on a blue background",
-        negative_prompt="blurry",
-        width=64,
-        height=64,
-        steps=3,
-        guidance_scale=4.0,
-        scheduler=SAMPLER[model_id],
-        seed=seed,
-        num_images=1,
-        progress_every=1,
-        loras=tuple(loras),
-    )
+    return tiny_plan(model_id, loras, seed)
 
 
 def png(runner: DiffusersRunner, p: RunPlan) -> bytes:
@@ -57,7 +41,7 @@ def base(zoo: Path) -> dict[str, bytes]:
     """Each model's image on a runner that never loaded a LoRA (the reference)."""
     torch.set_num_threads(2)
     fresh = DiffusersRunner(zoo)
-    return {model_id: png(fresh, plan(model_id)) for model_id in SAMPLER}
+    return {model_id: png(fresh, plan(model_id)) for model_id in ("tiny-sd15", "tiny-sdxl")}
 
 
 @pytest.fixture()

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from gpu_worker_testkit import tiny_plan
 
 from imagegen_gpu_worker.adapters import diffusers_runner as dr
 from imagegen_gpu_worker.adapters import registry
@@ -41,23 +42,7 @@ INK = "tiny-sd15-lora-ink"
 
 
 def plan(model_id: str = SD15, *loras: tuple[str, float]) -> RunPlan:
-    return RunPlan(
-        job_id="j",
-        fencing_token=1,
-        attempt=1,
-        model_id=model_id,
-        prompt="a red circle on a blue background",
-        negative_prompt="blurry",
-        width=64,
-        height=64,
-        steps=3,
-        guidance_scale=4.0,
-        scheduler="ddim" if model_id == SD15 else "euler",
-        seed=11,
-        num_images=1,
-        progress_every=1,
-        loras=tuple(loras),
-    )
+    return tiny_plan(model_id, loras, seed=11)
 
 
 def png(runner: DiffusersRunner, p: RunPlan) -> bytes:

@@ -9,11 +9,13 @@ from datetime import UTC, datetime
 
 import pytest
 
+from imagegen_pool_manager.domain.demand import fold_demand
+from imagegen_pool_manager.domain.fleet import evolve
 from imagegen_pool_manager.domain.policy import ModelInfo
 from imagegen_pool_manager.service_layer.planner import Planner, PlannerConfig, pool_of
 from imagegen_pool_manager.service_layer.pool import PoolManager
 from imagegen_runtime.publishing import InMemoryPublisher
-from imagegen_schemas import Envelope, GenerationParams, Plan, Tier
+from imagegen_schemas import Envelope, GenerationParams, Plan, Tier, parse
 from imagegen_schemas import jobs as ev
 from imagegen_schemas.workers import (
     AutoscaleRecommended,
@@ -69,14 +71,9 @@ class World:
             self._fold(env)
 
     def _fold(self, env: Envelope) -> None:
-        from imagegen_schemas import parse
-
         self.log.append(env)
         payload = parse(env)
         at = env.occurred_at.timestamp()
-        from imagegen_pool_manager.domain.demand import fold_demand
-        from imagegen_pool_manager.domain.fleet import evolve
-
         evolve(self.pool.fleet, payload, at, env.event_id)
         fold_demand(self.pool.demand, payload, at, env.event_id)
 
@@ -97,8 +94,6 @@ class World:
         new = self.publisher.records[before:]
         for rec in new:  # the commands come back through the log
             self._fold(rec.envelope)
-        from imagegen_schemas import parse
-
         return [p for p in (parse(r.envelope) for r in new) if isinstance(p, LoadModel)]
 
     def restart(self) -> World:
