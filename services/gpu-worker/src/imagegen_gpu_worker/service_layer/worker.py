@@ -21,6 +21,18 @@ its attempts run out. A blob store that cannot take a write is first waited out 
 ``store_retry_s`` (30 s): the chaos soak showed 20 s outages spending all three attempts of
 the jobs that met them.
 
+Memory (ADR 0708): before each run ``memory`` (the budget admission, when the worker has one)
+checks the job's need by the shared budget model against the worker's budget and makes room for
+it; a job that does not fit raises ``OutOfMemory``. That, or an out-of-memory error while
+running (``torch.cuda.OutOfMemoryError``), frees the cache (``free_cache``) and retries the run
+once on this worker with the batch split in two (``domain/memory.split``: each part draws the
+whole batch's noise and keeps its images, so the images are the unsplit run's); a batch of one,
+or a sampler that draws noise at every step, is not split. If the retry runs out of memory too
+(or there was none) the attempt fails as ``out_of_memory``, its message naming the need and the
+budget, and the scheduler re-queues the job away from this worker. The parts of a split run do
+not pause (a preemption request lets them run to their end); their progress counts the parts'
+steps one after the other.
+
 Residency (ADR 0702): a run's model loads and the evictions that made room for them are
 published by :attr:`Worker.residency` (``ModelLoaded(command_id=None)``,
 ``ModelEvicted(reason="make_room")``), attributed to the assignment; when a run ends,
@@ -30,6 +42,7 @@ published by :attr:`Worker.residency` (``ModelLoaded(command_id=None)``,
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -42,6 +55,7 @@ from imagegen_schemas import Envelope, ImageRef, Payload
 from imagegen_schemas import jobs as ev
 
 from ..adapters.blobs import BlobStore, StorageUnavailable, read_verified
+from ..domain.memory import OutOfMemory, is_out_of_memory, joined, split, why_not_split
 from ..domain.plan import RunPlan, plan_run
 from ..domain.run import (
     RESUMABLE,
@@ -64,7 +78,11 @@ def failure_reason(exc: Exception) -> ev.FailureReason:
         return ev.FailureReason.MODEL_UNAVAILABLE
     # ModelDoesNotFit: refused before loading, so nothing ran out of memory, but it is the same
     # verdict (this worker's memory cannot hold the job) with the sizes named.
-    if isinstance(exc, ModelDoesNotFit) or "out of memory" in str(exc).lower():
+    if (
+        isinstance(exc, ModelDoesNotFit)
+        or is_out_of_memory(exc)
+        or "out of memory" in str(exc).lower()
+    ):
         return ev.FailureReason.OUT_OF_MEMORY
     return ev.FailureReason.INTERNAL_ERROR
 
@@ -78,6 +96,18 @@ class Runner(Protocol):
         pause: Callable[[], bool] | None = None,
         resume_state: bytes | None = None,
     ) -> RunResult: ...
+
+
+class MemoryGuard(Protocol):
+    """The worker's memory admission (``adapters/admission.BudgetAdmission``)."""
+
+    def admit(self, plan: RunPlan) -> object:
+        """Make room for ``plan``; raise OutOfMemory when it cannot fit the budget."""
+        ...
+
+    def free_cache(self) -> None:
+        """Give back what a failed run left allocated."""
+        ...
 
 
 @dataclass
@@ -109,6 +139,9 @@ class Worker:
     residency: ResidencyReporter | None = None
     # Called when a run ends (the pool commands' deferred evictions).
     after_run: Callable[[], Awaitable[None]] | None = None
+    # Admits each run by the budget model and frees the cache after an out-of-memory error
+    # (ADR 0708); None: no admission, and freeing is garbage collection only.
+    memory: MemoryGuard | None = None
 
     def __post_init__(self) -> None:
         if self.residency is None:
@@ -228,6 +261,87 @@ class Worker:
             )
         )
 
+    async def _run_once(
+        self,
+        plan: RunPlan,
+        on_step: Callable[[int, int, str | None], None],
+        cancelled: Callable[[], bool],
+        pause: Callable[[], bool] | None,
+        resume_state: bytes | None,
+        cause: Cause,
+    ) -> RunResult:
+        """One run of ``plan`` in a thread: admitted by ``memory`` first, when there is one."""
+        memory = self.memory
+
+        def admitted_run() -> RunResult:
+            if memory is not None:
+                memory.admit(plan)
+            return self.runner.run(plan, on_step, cancelled, pause, resume_state)
+
+        return await self.reporter.in_thread(admitted_run, cause=cause)
+
+    async def _free_cache(self) -> None:
+        await asyncio.to_thread(gc.collect if self.memory is None else self.memory.free_cache)
+
+    async def _generate(
+        self,
+        plan: RunPlan,
+        on_step: Callable[[int, int, str | None], None],
+        cancelled: Callable[[], bool],
+        pause: Callable[[], bool] | None,
+        resume_state: bytes | None,
+        cause: Cause,
+    ) -> RunResult:
+        """Run ``plan``; out of memory: free the cache and retry once with the batch split, then
+        raise OutOfMemory naming both failures (see the module docstring)."""
+        try:
+            return await self._run_once(plan, on_step, cancelled, pause, resume_state, cause)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            first = str(exc) or repr(exc)
+        # Out of the except block: the error and its traceback, which holds the failed run's
+        # tensors, are released before the cache is freed.
+        await self._free_cache()
+        why = why_not_split(plan)
+        if why is not None:
+            raise OutOfMemory(f"{first} [not retried with the batch split: {why}]")
+        parts = split(plan)
+        log.warning(
+            "out of memory; retrying with the batch split",
+            extra={
+                "job_id": plan.job_id,
+                "num_images": plan.num_images,
+                "parts": [p.num_images for p in parts],
+                "error": first[:500],
+            },
+        )
+        results: list[RunResult] = []
+        again: str | None = None
+        total = len(parts) * plan.steps
+        for i, part in enumerate(parts):
+
+            def part_step(
+                step: int, _: int, preview: str | None, offset: int = i * plan.steps
+            ) -> None:
+                on_step(offset + step, total, preview)
+
+            try:
+                results.append(await self._run_once(part, part_step, cancelled, None, None, cause))
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                again = str(exc) or repr(exc)
+            if again is not None:
+                break
+        if again is None:
+            return joined(results)
+        await self._free_cache()
+        raise OutOfMemory(
+            f"{again} [after the retry with the batch split into"
+            f" {'+'.join(str(p.num_images) for p in parts)} images; first try: {first}]"
+        )
+
     async def on_assignment(self, env: Envelope, msg: ev.JobScheduled) -> None:
         if msg.worker_id != self.state.worker_id:
             return
@@ -269,14 +383,8 @@ class Worker:
 
         self.state.running_plan = plan
         try:
-            result = await self.reporter.in_thread(
-                self.runner.run,
-                plan,
-                on_step,
-                lambda: key in self.state.cancelled,
-                pause,
-                resume_state,
-                cause=Cause(env),
+            result = await self._generate(
+                plan, on_step, lambda: key in self.state.cancelled, pause, resume_state, Cause(env)
             )
         except Paused as paused:
             try:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from imagegen_runtime import budget
 from imagegen_runtime.residency import ResidencyFacts
 from imagegen_schemas import Payload
 from imagegen_schemas import jobs as ev
@@ -57,7 +58,7 @@ class Log:
         catalog: ModelCatalog,
         *,
         max_attempts: int = 3,
-        budget_fraction: float = 0.8,
+        budget_fraction: float = budget.USABLE_FRACTION,
     ) -> None:
         self.state = SchedulerState(config, catalog)
         self.max_attempts = max_attempts

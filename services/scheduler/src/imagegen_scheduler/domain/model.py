@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from imagegen_runtime import budget
+
 
 class Tier(StrEnum):
     """Service tier. Values equal ``imagegen_schemas.Tier`` so the service maps by value."""
@@ -106,21 +108,36 @@ class WarmLevel:
 
 
 def footprint_gb(request: JobRequest, catalog: ModelCatalog) -> float:
-    """VRAM a job needs: base model + adapters + activations for its resolution and batch.
+    """VRAM a job needs, by the budget model the workers admit jobs with
+    (``imagegen_runtime.budget.job_need_mb``, ADR 0708): base model + LoRA workspace (each
+    LoRA's weights) + ControlNet reserve (each ControlNet's weights) + activations for its
+    resolution and batch (the model's figure per megapixel and image).
 
     Raises KeyError for an unknown model or adapter (``admit`` refuses those first).
     """
     model = catalog.models[request.model_id]
-    adapters = sum(catalog.adapters[a].weights_gb for a in request.adapters)
-    activations = model.activation_gb_per_mpix * request.megapixels * request.batch
-    return model.weights_gb + adapters + activations
+    adapters = [catalog.adapters[a] for a in request.adapters]
+    mb = budget.GB / budget.MIB  # MiB per GB
+    need = budget.job_need_mb(
+        model.weights_gb * mb,
+        model.family,
+        request.width,
+        request.height,
+        request.batch,
+        activation_per_mpix=model.activation_gb_per_mpix * mb,
+        loras_mb=[a.weights_gb * mb for a in adapters if a.kind is AdapterKind.LORA],
+        controlnets_mb=[a.weights_gb * mb for a in adapters if a.kind is AdapterKind.CONTROLNET],
+    )
+    return need.total_mb / mb
 
 
 def fits(family: str, need_gb: float, worker: WorkerView) -> bool:
     """A job fits a worker when the worker runs its family and the footprint fits the budget.
 
     The budget already counts resident models the worker would evict for this job, so fit is a
-    property of the (job, worker) pair, not of the worker's momentary free memory.
+    property of the (job, worker) pair, not of the worker's momentary free memory. It is the
+    worker's reported memory less the budget model's margin (``budget_fraction``, by default
+    ``imagegen_runtime.budget.USABLE_FRACTION``): the rule the worker admits jobs by.
     """
     return family in worker.capabilities and need_gb <= worker.budget_gb
 

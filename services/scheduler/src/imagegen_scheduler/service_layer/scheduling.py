@@ -24,6 +24,7 @@ import math
 import time
 from collections.abc import Callable
 
+from imagegen_runtime import budget
 from imagegen_runtime.kafka import RecordMeta
 from imagegen_runtime.publishing import Publisher, derived_event_id
 from imagegen_runtime.waiting import sleep_or_stop, wait_or_stop
@@ -57,7 +58,7 @@ class Scheduler:
         catalog: ModelCatalog,
         *,
         max_attempts: int = 3,
-        budget_fraction: float = 0.8,
+        budget_fraction: float = budget.USABLE_FRACTION,  # the budget model's (ADR 0708)
         config: SchedulerConfig | None = None,
         clock: Callable[[], float] = time.time,
         deadlines: Deadlines = DEFAULT_DEADLINES,
