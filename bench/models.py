@@ -4,11 +4,14 @@
 
 For each model (the tiny test models of every family and the demo model):
 
-- **cold load**: a fresh runner's ``load`` (the registry's sha256 check of every file, then the
-  pipeline read from disk), median of ``--repeat``;
-- **integrity check**: ``registry.verify`` alone, the same files; its share of a cold load is
-  the cost of checking integrity at every load (the issue asks to trust size and mtime after
-  install: this is what that would save);
+- **cold load**: a fresh runner's ``load`` with no trust record (a worker's first load of the
+  model: every file's sha256, then the pipeline read from disk), median of ``--repeat``;
+  **cold load, trusted**: the same with the trust record that first load left (ADR 0707: files
+  trusted by size and mtime, nothing hashed), what every later disk load costs;
+- **integrity per load** (ADR 0707), the check alone on the same files: **full sha256**
+  (``Integrity.full_check``: every file hashed, what the first load and the periodic check do)
+  against **size+mtime trust** (``Integrity.verify`` with a record: a ``stat`` per file), each
+  with its share of the cold load; ``integrity_full_vs_trusted_ratio`` is full / trusted;
 - **reload from RAM**: the model loaded into a runner with a RAM tier (ADR 0705), then, each
   repeat, evicted (``evict``: into the RAM tier) and loaded again (timed: back from RAM), median
   of ``--repeat``; ``ram_vs_disk_ratio`` is cold load / RAM reload. On CPU the device *is* RAM:
@@ -47,10 +50,13 @@ def _ms(fn, *args) -> float:  # type: ignore[no-untyped-def]
     return (time.perf_counter() - t0) * 1000
 
 
-def _cold_load(models_dir: Path, name: str) -> None:
+def _cold_load(models_dir: Path, name: str, trust_dir: Path | None = None) -> None:
+    """A fresh runner's load; with ``trust_dir``, trusting the records kept there."""
+    from imagegen_gpu_worker.adapters import registry
     from imagegen_gpu_worker.adapters.diffusers_runner import DiffusersRunner
 
-    DiffusersRunner(models_dir).load(name)
+    integrity = registry.Integrity(registry.TrustStore(trust_dir))
+    DiffusersRunner(models_dir, integrity=integrity).load(name)
 
 
 def _ram_reloads(models_dir: Path, name: str, repeat: int) -> list[float]:
@@ -94,15 +100,28 @@ def main(argv: list[str]) -> int:
         for name in names:
             folder = models_dir / name
             loads = [_ms(_cold_load, models_dir, name) for _ in range(args.repeat)]
-            checks = [_ms(registry.verify, folder) for _ in range(args.repeat)]
+            trust_dir = Path(tmp) / ".trust" / name
+            _cold_load(models_dir, name, trust_dir)  # the first load: hashes, keeps the record
+            trusted_loads = [
+                _ms(_cold_load, models_dir, name, trust_dir) for _ in range(args.repeat)
+            ]
+            full = registry.Integrity()
+            fulls = [_ms(full.full_check, folder) for _ in range(args.repeat)]
+            trusting = registry.Integrity(registry.TrustStore(trust_dir))
+            trusts = [_ms(trusting.verify, folder) for _ in range(args.repeat)]
             size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
             reload = statistics.median(_ram_reloads(models_dir, name, args.repeat))
-            load, check = statistics.median(loads), statistics.median(checks)
+            load, trusted_load = statistics.median(loads), statistics.median(trusted_loads)
+            check, trust = statistics.median(fulls), statistics.median(trusts)
             rows[name] = {
                 "files_mb": round(size / 1e6, 2),
                 "cold_load_ms": round(load, 1),
-                "integrity_check_ms": round(check, 1),
-                "integrity_share_of_load": round(check / load, 3),
+                "cold_load_trusted_ms": round(trusted_load, 1),
+                "integrity_full_sha256_ms": round(check, 2),
+                "integrity_full_share_of_load": round(check / load, 3),
+                "integrity_trusted_ms": round(trust, 3),
+                "integrity_trusted_share_of_load": round(trust / trusted_load, 4),
+                "integrity_full_vs_trusted_ratio": round(check / trust, 1) if trust else None,
                 "reload_from_ram_ms": round(reload, 3),
                 "ram_vs_disk_ratio": round(load / reload, 1) if reload else None,
             }

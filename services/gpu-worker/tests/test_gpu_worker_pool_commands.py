@@ -36,6 +36,7 @@ from imagegen_schemas.workers import (
     DefragmentMemory,
     EvictModel,
     LoadModel,
+    ModelCorrupted,
     ModelEvicted,
     ModelLoaded,
     ModelLoadFailed,
@@ -127,7 +128,7 @@ def models_dir(tmp_path: Path, moves: list[tuple[str, str]], monkeypatch: Any) -
     monkeypatch.setattr(
         registry,
         "open_pipeline",
-        lambda folder, entry, device: Pipe(folder.name, SIZES.get(folder.name, MIB), moves),
+        lambda folder, entry, device, *dtype: Pipe(folder.name, SIZES.get(folder.name, MIB), moves),
     )
     yield root
 
@@ -251,10 +252,11 @@ async def test_load_model_of_a_resident_model_answers_resident_and_reads_nothing
 ) -> None:
     runner.load("a")  # e.g. the warm-up's preload (no reporter yet: nothing published)
 
-    def no_reads(folder: Path) -> Any:
+    def no_reads(*args: Any) -> Any:
         raise AssertionError("a resident model's files were read")
 
     monkeypatch.setattr(registry, "verify", no_reads)
+    monkeypatch.setattr(registry.Integrity, "verify", no_reads)  # the runner's load check
     env = await send(commands, load("a"))
     [(_, loaded)] = facts(publisher)
     assert isinstance(loaded, ModelLoaded)
@@ -329,11 +331,18 @@ async def test_a_corrupted_model_answers_corrupted_and_unloads_nothing(
     await send(commands, load("a"))
     await send(commands, load("b"))
     env = await send(commands, load("corrupt"))
-    (_, failed) = facts(publisher)[-1]
+    # ADR 0707: the bad file is published first (ModelCorrupted); without a repair source in
+    # its manifest the load then fails.
+    (_, bad), (_, failed) = facts(publisher)[-2:]
+    assert isinstance(bad, ModelCorrupted)
+    assert (bad.model_id, bad.file) == ("corrupt", "unet/w.safetensors")
+    assert bad.actual_sha256 == registry.sha256_file(
+        runner.models_dir / "corrupt" / "unet" / "w.safetensors"
+    )
     assert isinstance(failed, ModelLoadFailed)
     assert (failed.reason, failed.command_id) == ("corrupted", env.event_id)
-    assert "sha256" in failed.message
-    assert len(facts(publisher)) == 3 and [m for m, _ in runner.resident()] == ["a", "b"]
+    assert "sha256" in failed.message and "records no 'source'" in failed.message
+    assert len(facts(publisher)) == 4 and [m for m, _ in runner.resident()] == ["a", "b"]
 
 
 async def test_an_unknown_model_is_poison_and_leaves_the_worker_unchanged(

@@ -50,22 +50,23 @@ def png(runner: DiffusersRunner, p: RunPlan) -> bytes:
 
 
 class DiskReads:
-    """Counts the registry's disk reads (``verify``: every sha256; ``open_pipeline``)."""
+    """Counts the registry's disk reads (``Integrity.verify``: the files' check, ADR 0707;
+    ``open_pipeline``)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.verified: list[str] = []
         self.opened: list[str] = []
-        verify, open_pipeline = registry.verify, registry.open_pipeline
+        verify, open_pipeline = registry.Integrity.verify, registry.open_pipeline
 
-        def counted_verify(folder: Path) -> Any:
+        def counted_verify(integrity: registry.Integrity, folder: Path) -> Any:
             self.verified.append(folder.name)
-            return verify(folder)
+            return verify(integrity, folder)
 
         def counted_open(folder: Path, *args: Any) -> Any:
             self.opened.append(folder.name)
             return open_pipeline(folder, *args)
 
-        monkeypatch.setattr(registry, "verify", counted_verify)
+        monkeypatch.setattr(registry.Integrity, "verify", counted_verify)
         monkeypatch.setattr(registry, "open_pipeline", counted_open)
 
     def clear(self) -> None:
@@ -245,7 +246,7 @@ def test_on_cuda_an_evicted_pipeline_moves_to_the_cpu_and_back(
     )
     monkeypatch.setattr(dr, "torch_module", lambda: fake_torch)
     monkeypatch.setattr(dr, "estimate_bytes", lambda folder, upcast: 40)
-    monkeypatch.setattr(registry, "open_pipeline", lambda f, e, d: _Pipe(f.name, moves))
+    monkeypatch.setattr(registry, "open_pipeline", lambda f, e, d, *dtype: _Pipe(f.name, moves))
     runner = DiffusersRunner(tmp_path, "cuda", memory_budget_bytes=60, ram_cache_bytes=100)
     facts: list[ResidencyChange] = []
     runner.on_change = facts.append

@@ -25,6 +25,7 @@ MAKE_ROOM = "make_room"
 COMMAND = "command"
 OOM = "oom"
 NOT_RESIDENT = "not_resident"
+CORRUPTED = "corrupted"  # its files failed their sha256 check (ADR 0707)
 
 
 @dataclass(frozen=True)
@@ -48,4 +49,15 @@ class Unloaded:
     for_model: str | None = None  # make_room: the model it made room for
 
 
-ResidencyChange = Loaded | Unloaded
+@dataclass(frozen=True)
+class Corrupted:
+    """A model's file does not match its manifest's sha256 (ADR 0707): found at a load or by the
+    periodic check; ``actual`` is "" for a missing file."""
+
+    model_id: str
+    file: str
+    expected: str
+    actual: str
+
+
+ResidencyChange = Loaded | Unloaded | Corrupted

@@ -3,9 +3,10 @@
 The runner (an adapter, free of Kafka) reports every load and unload, and the answers to pool
 commands, as :mod:`~imagegen_gpu_worker.domain.residency` facts through one callback, in the
 order they happen, from whichever thread caused them (a job's run, a pool command, the
-warm-up). :class:`ResidencyReporter` turns each into ``ModelLoaded`` or ``ModelEvicted`` and
-publishes them one after the other in that order: the scheduler and the pool-manager fold them
-per (worker, model), newest fact wins, so an eviction must never overtake the load before it.
+warm-up). :class:`ResidencyReporter` turns each into ``ModelLoaded``, ``ModelEvicted`` or
+``ModelCorrupted`` (ADR 0707) and publishes them one after the other in that order: the
+scheduler and the pool-manager fold them per (worker, model), newest fact wins, so an eviction
+must never overtake the load before it.
 
 Who a fact is *for* is the :class:`Cause` the service layer set around the call
 (:meth:`ResidencyReporter.in_thread`; a context variable, which ``asyncio.to_thread`` carries
@@ -35,9 +36,9 @@ from typing import TypeVar
 from imagegen_runtime.faults import Backoff, is_transient
 from imagegen_runtime.publishing import Publisher, derived_event_id
 from imagegen_schemas import Envelope, Payload
-from imagegen_schemas.workers import LoadedModel, ModelEvicted, ModelLoaded
+from imagegen_schemas.workers import LoadedModel, ModelCorrupted, ModelEvicted, ModelLoaded
 
-from ..domain.residency import COMMAND, NOT_RESIDENT, Loaded, ResidencyChange
+from ..domain.residency import COMMAND, NOT_RESIDENT, Corrupted, Loaded, ResidencyChange
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +90,23 @@ class ResidencyReporter:
         cause = _CAUSE.get() or Cause()
         command_id = cause.envelope.event_id if cause.command and cause.envelope else None
         payload: Payload
+        if isinstance(change, Corrupted):  # ADR 0707; one fact per bad file
+            payload = ModelCorrupted(
+                worker_id=self.worker_id,
+                model_id=change.model_id,
+                file=change.file,
+                expected_sha256=change.expected,
+                actual_sha256=change.actual,
+            )
+            self.submit(payload, cause, (change.model_id, change.file))
+            return
         if isinstance(change, Loaded):
             payload = ModelLoaded(
                 worker_id=self.worker_id,
                 model=LoadedModel(model_id=change.model_id, kind=change.kind, bytes=change.bytes),
                 load_ms=max(0.0, change.load_ms),
-                # every read from disk checks every file first (registry.verify); a RAM reload
+                # every read from disk checks every file first (registry.Integrity.verify:
+                # hashed, or trusted by size and mtime since hashed, ADR 0707); a RAM reload
                 # brings back weights that were checked when they were read
                 sha256_verified=True,
                 source=change.source,

@@ -12,9 +12,10 @@ are kept as facts (``Ended``) and an assignment they cover is never in flight.
 
 Residency (which models and adapters a worker holds) is folded the same way, from heartbeats
 (a snapshot: each listed model is resident, each other one is not, as of the beat) and from
-``ModelLoaded`` / ``ModelEvicted``: per (worker, model) the newest fact wins, whatever order the
-topics were read in. :func:`project` is the fleet as operators read it (``imagegen fleet``,
-``/v1/workers``, the persisted projection).
+``ModelLoaded`` / ``ModelEvicted`` / ``ModelCorrupted`` (not resident: the worker drops a
+corrupted model and loads it again, once repaired, on demand): per (worker, model) the newest
+fact wins, whatever order the topics were read in. :func:`project` is the fleet as operators
+read it (``imagegen fleet``, ``/v1/workers``, the persisted projection).
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from typing import Any
 
 from imagegen_runtime.residency import ResidencyFacts
 from imagegen_schemas import jobs as ev
-from imagegen_schemas.workers import LoadedModel, ModelEvicted, ModelLoaded, WorkerHeartbeat
+from imagegen_schemas.workers import (
+    LoadedModel,
+    ModelCorrupted,
+    ModelEvicted,
+    ModelLoaded,
+    WorkerHeartbeat,
+)
 
 
 @dataclass
@@ -78,6 +85,9 @@ def evolve(fleet: Fleet, payload: object, at: float, event_id: str) -> Fleet:
             fleet.residency.fact(payload.worker_id, model.model_id, True, at, model)
             return fleet
         case ModelEvicted():
+            fleet.residency.fact(payload.worker_id, payload.model_id, False, at)
+            return fleet
+        case ModelCorrupted():  # its files failed their sha256 there: not usable (ADR 0707)
             fleet.residency.fact(payload.worker_id, payload.model_id, False, at)
             return fleet
         case ev.JobScheduled():
