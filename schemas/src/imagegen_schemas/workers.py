@@ -35,6 +35,15 @@ class WorkerHeartbeat(Payload):
     memory_total_bytes: int = Field(ge=0)
     memory_free_bytes: int = Field(ge=0)
     largest_free_block_bytes: int | None = Field(default=None, ge=0)
+    fragmentation_ratio: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="CUDA only: 1 - largest_free_block_bytes / free memory, where free memory is "
+        "the driver's free memory plus what the caching allocator reserved but does not use. 0: "
+        "all free memory is one block; towards 1: it is scattered (a DefragmentMemory helps). "
+        "None on CPU.",
+    )
     loaded: tuple[LoadedModel, ...] = ()
     running_job_id: str | None = None
     capabilities: tuple[str, ...] = Field(default=(), description="families, e.g. 'sd15', 'sdxl'.")

@@ -13,6 +13,8 @@ class MemoryInfo:
     device_name: str  # e.g. "cpu" or "NVIDIA H100 80GB HBM3"
     # The largest single allocation that could succeed now (CUDA only; None on CPU).
     largest_free_block_bytes: int | None = None
+    # 1 - largest free block / free memory (CUDA only; domain/fragmentation.py, ADR 0709).
+    fragmentation_ratio: float | None = None
 
 
 def read_memory(device: str) -> MemoryInfo:
@@ -20,9 +22,15 @@ def read_memory(device: str) -> MemoryInfo:
     if device == "cuda":
         import torch  # imported only on GPU workers: ~10 s and ~400 MB per process
 
-        free, total = torch.cuda.mem_get_info()
+        from .cuda_memory import read as read_cuda
+
+        state = read_cuda(torch)
         return MemoryInfo(
-            total, free, torch.cuda.get_device_name(), largest_free_block(free, torch)
+            state.total,
+            state.driver_free,
+            torch.cuda.get_device_name(),
+            state.largest_free_block,
+            state.fragmentation_ratio,
         )
     fields: dict[str, int] = {}
     with open("/proc/meminfo") as f:
@@ -40,7 +48,13 @@ def within_budget(mem: MemoryInfo, budget_bytes: int | None, resident_bytes: int
     if budget_bytes is None:
         return mem
     free = max(0, min(budget_bytes - resident_bytes, mem.free_bytes))
-    return MemoryInfo(budget_bytes, free, mem.device_name, mem.largest_free_block_bytes)
+    return MemoryInfo(
+        budget_bytes,
+        free,
+        mem.device_name,
+        mem.largest_free_block_bytes,
+        mem.fragmentation_ratio,
+    )
 
 
 def largest_free_block(device_free: int, torch: Any) -> int:

@@ -5,7 +5,7 @@ command id (the command's envelope ``event_id``); what each publishes on
 ``imagegen.workers.models`` (every id derived from the command's, so a redelivered command
 republishes the same ids):
 
-- ``LoadModel``: loaded from disk (its files' sha256 checked first) -> ``ModelLoaded(source=
+- ``LoadModel``: loaded from disk (its files checked first, ADR 0707) -> ``ModelLoaded(source=
   "disk", load_ms, command_id)``, after a ``ModelEvicted(reason="make_room")`` for each model
   unloaded to make room; already resident -> ``ModelLoaded(source="resident", load_ms=0,
   command_id)``, nothing read. Cannot be carried out -> ``ModelLoadFailed(command_id,
@@ -20,9 +20,14 @@ republishes the same ids):
   unloaded; in use by the running job -> nothing now: the eviction is carried out when that run
   ends, and its ``ModelEvicted(reason="command", command_id)`` published then (a newer command
   for that model cancels it).
-- ``DefragmentMemory``: the runner compacts the device's memory (CUDA; gc only on CPU); nothing
-  is published unless a model could not be moved back (``ModelEvicted(reason="oom")``). The
-  next heartbeats' ``largest_free_block_bytes`` show the result.
+- ``DefragmentMemory``: the runner compacts the device's memory (CUDA: idle pipelines off the
+  device, the allocator's cache emptied, the pipelines back side by side); nothing is published
+  unless a model could not be moved back (``ModelEvicted(reason="oom")``). What was done is
+  logged (``DefragmentMemory carried out``: models moved, skipped because a run uses them,
+  unloaded; largest free block and fragmentation ratio before and after); on CPU it is logged
+  as a no-op (``DefragmentMemory: nothing to compact``: only garbage collection ran). The next
+  heartbeats' ``largest_free_block_bytes`` and ``fragmentation_ratio`` show the result
+  (ADR 0709).
 
 Duplicates and fencing: a command whose id was already handled in this process is a no-op
 (nothing published again); a command for a model older (a lower offset in the same partition)
@@ -44,6 +49,7 @@ from imagegen_runtime.kafka import RecordMeta
 from imagegen_schemas import Envelope, Payload
 from imagegen_schemas.workers import DefragmentMemory, EvictModel, LoadModel, ModelLoadFailed
 
+from ..domain.fragmentation import DefragOutcome
 from ..domain.residency import ResidencyChange
 from ..domain.run import ModelBlockedByRun, ModelDoesNotFit, ModelNotRegistered, ModelUnavailable
 from .residency import Cause, ResidencyReporter
@@ -64,7 +70,7 @@ class ModelHost(Protocol):
 
     def evict(self, model_id: str) -> str: ...  # "evicted", "not_resident" or "in_use"
 
-    def defragment(self) -> None: ...
+    def defragment(self) -> DefragOutcome | None: ...
 
 
 def load_failure_reason(exc: Exception) -> str:
@@ -178,8 +184,16 @@ class PoolCommands:
 
     async def _defragment(self, env: Envelope) -> None:
         cause = Cause(env, command=True)
-        await self.residency.in_thread(self.host.defragment, cause=cause)
+        outcome = await self.residency.in_thread(self.host.defragment, cause=cause)
         await cause.settled()
+        summary = outcome.summary() if isinstance(outcome, DefragOutcome) else {}
+        if isinstance(outcome, DefragOutcome) and not outcome.compacted:
+            log.info(
+                "DefragmentMemory: nothing to compact (no-op)",
+                extra={"command_id": env.event_id, **summary},
+            )
+        else:
+            log.info("DefragmentMemory carried out", extra={"command_id": env.event_id, **summary})
 
     async def after_run(self) -> None:
         """Carry out the evictions deferred while a run used their models (the worker calls
