@@ -315,6 +315,8 @@ def service_env(st: Stack, program: str) -> dict[str, str]:
         env[f"{prefix}DATABASE_URL"] = st.database_url
     if name == "api":
         env[f"{prefix}PUBLIC_BASE_URL"] = f"http://127.0.0.1:{st.port('api')}"
+    if name in ("api", "gpu-worker"):  # control images: the API stores, the workers read
+        env[f"{prefix}FILES_DIR"] = str(st.var / "files")
     if name == "delivery":
         env[f"{prefix}SIGNING_KEY"] = st.secret("signing_key", 32)
         env[f"{prefix}STORE_DIR"] = str(st.var / "delivery")
@@ -322,6 +324,8 @@ def service_env(st: Stack, program: str) -> dict[str, str]:
         env[f"{prefix}PUBLIC_BASE_URL"] = f"http://127.0.0.1:{st.port('delivery')}"
     if name in ("api", "scheduler", "pool-manager"):
         env[f"{prefix}MODELS_DIR"] = str(st.models)
+    if name == "pool-manager" and os.environ.get("IMAGEGEN_STACK_POOL"):
+        env[f"{prefix}POOL"] = os.environ["IMAGEGEN_STACK_POOL"]  # ours | none (bench fleet)
     if name == "gpu-worker":
         env[f"{prefix}BLOB_DIR"] = str(st.var / "blobs")
         if os.environ.get("IMAGEGEN_STACK_PRELOAD_MODEL"):

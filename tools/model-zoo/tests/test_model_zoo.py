@@ -1,5 +1,5 @@
-"""The model zoo builds the same bytes twice (models and LoRAs), registers every model and
-LoRA, and skips what is built.
+"""The model zoo builds the same bytes twice (models, LoRAs and ControlNets), registers every
+one, and skips what is built.
 
 Two builds of the four tiny models take ~10 s on two cores (after ~8 s of imports); how the
 models run is tested by the gpu-worker (services/gpu-worker/tests/test_gpu_worker_families.py).
@@ -40,8 +40,13 @@ def test_two_builds_are_byte_identical(builds: tuple[Path, Path]) -> None:
     a, b = builds
     first, second = digests(a), digests(b)
     assert first == second
-    assert {name.split("/", 1)[0] for name in first} == {*build.MODELS, *build.LORAS}
+    assert {name.split("/", 1)[0] for name in first} == {
+        *build.MODELS,
+        *build.LORAS,
+        *build.CONTROLNETS,
+    }
     assert any(name.endswith(build.LORA_FILE) for name in first)  # the LoRAs are compared too
+    assert any(name.endswith(build.CONTROLNET_FILE) for name in first)  # and the ControlNets
     assert not any("/." in "/" + name for name in first)  # no staging folder left behind
 
 
@@ -90,6 +95,52 @@ def test_every_lora_is_registered_as_a_lora_of_its_family(builds: tuple[Path, Pa
     glow = registry.read_manifest(a / "tiny-sd15-lora-glow").files
     assert ink != glow
     assert registry.families(a) == ("flux", "sd15", "sd3", "sdxl")  # LoRAs announce no family
+
+
+def test_every_controlnet_is_registered_with_its_family_and_type(
+    builds: tuple[Path, Path],
+) -> None:
+    a, _ = builds
+    assert {"sd15", "sdxl"} <= {spec.family for spec in build.CONTROLNETS.values()}
+    assert {"canny", "scribble", "tile"} <= {
+        spec.controlnet_type for spec in build.CONTROLNETS.values() if spec.family == "sdxl"
+    }
+    from safetensors.torch import load_file
+
+    for net_id, spec in build.CONTROLNETS.items():
+        entry = registry.verify(a / net_id)
+        assert (entry.id, entry.kind, entry.family, entry.controlnet_type, entry.created) == (
+            net_id,
+            "controlnet",
+            spec.family,
+            spec.controlnet_type,
+            build.CREATED,
+        )
+        assert entry.pipeline == "ControlNetModel"
+        assert sorted(entry.files) == ["config.json", build.CONTROLNET_FILE]
+        assert sum((a / net_id / name).stat().st_size for name in entry.files) < 2**20
+        doc = json.loads((a / net_id / registry.MANIFEST).read_text())
+        assert doc["controlnet_type"] == spec.controlnet_type and "samplers" not in doc
+        # the layers diffusers zero-initialises are seeded: the net changes what it conditions
+        tensors = load_file(a / net_id / build.CONTROLNET_FILE)
+        seeded = [
+            t
+            for name, t in tensors.items()
+            if name.endswith(".weight")
+            and name.startswith(
+                (
+                    "controlnet_down_blocks",
+                    "controlnet_mid_block",
+                    "controlnet_cond_embedding.conv_out",
+                )
+            )
+        ]
+        assert len(seeded) >= 3 and all(t.abs().sum() > 0 for t in seeded)
+    # different seeds: different nets of the same family
+    canny = registry.read_manifest(a / "tiny-sd15-controlnet-canny").files
+    tile = registry.read_manifest(a / "tiny-sd15-controlnet-tile").files
+    assert canny[build.CONTROLNET_FILE] != tile[build.CONTROLNET_FILE]
+    assert registry.families(a) == ("flux", "sd15", "sd3", "sdxl")  # no family of their own
 
 
 def test_a_built_model_is_kept_unless_forced(tmp_path: Path) -> None:

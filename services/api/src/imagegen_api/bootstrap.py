@@ -12,6 +12,7 @@ from imagegen_runtime.standard import consumer_service
 
 from .adapters.accounts import PgAccounts
 from .adapters.catalog import load_catalog
+from .adapters.files import LocalFileStore
 from .adapters.jobstore import PgJobStore, projector_group
 from .config import SERVICE, SUBSCRIBES, ApiSettings
 from .entrypoints.http import Deps, mount
@@ -33,6 +34,8 @@ def bootstrap(settings: ApiSettings, *, publisher: Publisher | None = None) -> S
         default_model=settings.default_model,
         public_base_url=settings.public_base_url,
         openai_timeout_s=settings.openai_timeout_s,
+        files=LocalFileStore(settings.files_dir),
+        max_control_image_bytes=settings.max_control_image_bytes,
     )
 
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]

@@ -37,6 +37,17 @@ class ApiSettings(ServiceSettings, DatabaseSettingsMixin):
         le=600,
         description="How long POST /v1/images/generations waits for the image.",
     )
+    files_dir: Path = Field(
+        default=Path("var/files"),
+        description="Where control images are stored (POST /v1/files, data: URIs); the workers"
+        " read the same folder (IMAGEGEN_GPU_WORKER_FILES_DIR).",
+    )
+    max_control_image_bytes: int = Field(
+        default=4 * 2**20,
+        gt=0,
+        le=64 * 2**20,
+        description="Largest control image accepted, in decoded bytes (data: URI or upload).",
+    )
     public_base_url: str = Field(
         default="http://127.0.0.1:8000",
         pattern=r"^https?://",

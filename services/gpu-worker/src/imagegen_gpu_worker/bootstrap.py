@@ -12,13 +12,15 @@ from imagegen_runtime.service import ServiceApp
 from imagegen_runtime.standard import consumer_assigned_check, consumer_service, dispatcher
 from imagegen_schemas import jobs as ev
 
+from .adapters.admission import BudgetAdmission
 from .adapters.blobs import BlobStore, LocalBlobStore, StorageUnavailable
 from .adapters.diffusers_runner import DiffusersRunner
 from .adapters.memory import read_memory, within_budget
-from .adapters.registry import families
+from .adapters.registry import Integrity, TrustStore, families
 from .config import SERVICE, GpuWorkerSettings
 from .service_layer.commands import ModelHost, PoolCommands
 from .service_layer.heartbeat import heartbeat, heartbeat_loop, loaded_models
+from .service_layer.integrity import IntegrityChecker
 from .service_layer.residency import Cause
 from .service_layer.worker import Runner, Worker, WorkerState
 
@@ -65,16 +67,37 @@ def bootstrap(
         settings.device,
         None if budget_mb is None else budget_mb * 2**20,
         ram_cache_bytes=settings.ram_cache_mb * 2**20,  # the RAM tier (ADR 0705)
+        accel=settings.accel_settings(),  # dtype, attention, compile, VAE tiling (ADR 0709)
+        # Model file integrity: trust records kept in integrity_dir (ADR 0707).
+        integrity=Integrity(TrustStore(settings.integrity_dir)),
+        files_dir=settings.files_dir,  # control images of ControlNet jobs (ADR 0706)
     )
     blobs = blobs or LocalBlobStore(settings.blob_dir)
     worker = Worker(WorkerState(settings.worker_id), runner or diffusers_runner, blobs, publisher)
+    if runner is None:  # the budget model admits each run, OOMs retried split (ADR 0708)
+        worker.memory = BudgetAdmission(diffusers_runner)
     # Residency facts (loads, evictions) go from the runner to imagegen.workers.models through
     # the worker's reporter, in the order they happen (ADR 0702).
     diffusers_runner.on_change = worker.reporter.record
     host = models or diffusers_runner  # what pool commands act on (a fake in tests)
     host.on_change = worker.reporter.record
     commands = PoolCommands(settings.worker_id, host, worker.reporter)
-    worker.after_run = commands.after_run
+    # The periodic integrity check (ADR 0707): hashes every registered model's files in the
+    # background and repairs what does not match; it shares the runner's trust records.
+    checker = IntegrityChecker(
+        settings.models_dir,
+        diffusers_runner.integrity,
+        diffusers_runner,
+        worker.reporter,
+        interval_s=settings.integrity_interval_s,
+        bytes_per_s=settings.integrity_check_mb_s * 1e6,
+    )
+
+    async def after_run() -> None:
+        await commands.after_run()  # evictions deferred while the run used their model
+        await checker.after_run()  # models found corrupted while the run used them
+
+    worker.after_run = after_run
     prefix = settings.topic_prefix
     # Assignments are consumed by this worker's own group: every worker sees every assignment
     # and runs only its own. Cancellations and preemption requests come on a second loop so they
@@ -121,16 +144,24 @@ def bootstrap(
     capabilities = families(settings.models_dir)
     log.info("model families registered", extra={"capabilities": list(capabilities)})
 
-    budget = None if budget_mb is None else budget_mb * 2**20
-
     def beat():  # type: ignore[no-untyped-def]
         held = diffusers_runner.resident()
         return heartbeat(
             settings.worker_id,
-            within_budget(read_memory(settings.device), budget, sum(b for _, b in held)),
+            # The runner's budget (on CUDA without a setting, 90% of the device): what its
+            # admission checks jobs against, so the scheduler routes by the same number.
+            within_budget(
+                read_memory(settings.device),
+                diffusers_runner.budget_bytes(),
+                sum(b for _, b in held),
+            ),
             settings.heartbeat_interval_s,
             worker.state.running_job,
-            loaded_models(held, diffusers_runner.resident_loras()),
+            loaded_models(
+                held,
+                diffusers_runner.resident_loras(),
+                diffusers_runner.resident_controlnets(),
+            ),
             capabilities,
         )
 
@@ -150,5 +181,5 @@ def bootstrap(
         return warmed.is_set()
 
     app.readiness.add("warm", is_warm)
-    app.tasks.extend([beats, warm])
+    app.tasks.extend([beats, warm, checker.run])
     return app

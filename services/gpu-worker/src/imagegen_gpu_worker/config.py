@@ -10,6 +10,8 @@ from pydantic_settings import SettingsConfigDict
 
 from imagegen_runtime.settings import ServiceSettings
 
+from .domain.accel import AccelSettings
+
 SERVICE = "gpu-worker"
 # Topics this service consumes (catalog names, before the prefix).
 SUBSCRIBES: tuple[str, ...] = (
@@ -38,6 +40,11 @@ class GpuWorkerSettings(ServiceSettings):
     blob_dir: Path = Field(
         default=Path("var/blobs"), description="Where generated images are written."
     )
+    files_dir: Path = Field(
+        default=Path("var/files"),
+        description="Where the API stores control images (file ids of ControlNet jobs); the"
+        " same folder as the api's IMAGEGEN_API_FILES_DIR (ADR 0706).",
+    )
     preload_model: str = Field(
         default="shapes-demo", description="Model loaded at start so the first job is warm."
     )
@@ -63,5 +70,85 @@ class GpuWorkerSettings(ServiceSettings):
             " than a read from disk (ADR 0705). Least recently used leaves first; 0 disables it"
             " (an evicted model is freed). On CPU the device is host RAM too: the worker then"
             " holds up to model_memory_budget_mb plus this."
+        ),
+    )
+    # Accelerator settings (ADR 0709; the decisions are domain/accel.py's).
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        default="auto",
+        description=(
+            "The dtype models are loaded and run in. auto: float32 on CPU; on CUDA float16, or"
+            " bfloat16 for sd3 and flux when the GPU computes it (else float16)."
+        ),
+    )
+    attention: Literal["sdpa", "diffusers"] = Field(
+        default="sdpa",
+        description=(
+            "sdpa: every attention layer uses torch's scaled_dot_product_attention (classic"
+            " processors are replaced); diffusers: leave diffusers' choice. Logged at each load."
+        ),
+    )
+    compile: bool = Field(
+        default=False,
+        description=(
+            "torch.compile the denoiser (UNet or transformer) at load; the first run of each"
+            " image size pays the compilation, and a LoRA switch may recompile."
+        ),
+    )
+    compile_mode: Literal[
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ] = Field(default="default", description="torch.compile's mode when compile is on.")
+    vae_tiling: bool = Field(
+        default=True,
+        description="On CUDA, decode images above vae_tiling_above_pixels in tiles (never on CPU).",
+    )
+    vae_tiling_above_pixels: int = Field(
+        default=1024 * 1024,
+        ge=1,
+        description="Width x height above which the VAE decodes in tiles (when vae_tiling is on).",
+    )
+    pin_ram_tier: bool = Field(
+        default=True,
+        description=(
+            "On CUDA, keep models evicted to the RAM tier in pinned (page-locked) host memory, so"
+            " the copy back to the device is fast; locked memory can reach twice the tier's bytes"
+            " (PyTorch's pinned allocator rounds blocks up to powers of two and reuses them)."
+        ),
+    )
+
+    def accel_settings(self) -> AccelSettings:
+        """The accelerator settings as the domain's :class:`AccelSettings`."""
+        return AccelSettings(
+            dtype=self.dtype,
+            attention=self.attention,
+            compile=self.compile,
+            compile_mode=self.compile_mode,
+            vae_tiling=self.vae_tiling,
+            vae_tiling_above_pixels=self.vae_tiling_above_pixels,
+            pin_ram_tier=self.pin_ram_tier,
+        )
+
+    integrity_dir: Path = Field(
+        default=Path("var/integrity"),
+        description=(
+            "Where the worker keeps its trust records (ADR 0707): the size, mtime and sha256 of"
+            " each model file when it last hashed good, one JSON file per model folder. A load"
+            " hashes only files whose size or mtime differ from their record."
+        ),
+    )
+    integrity_interval_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description=(
+            "Seconds between the periodic integrity checks, which hash every file of every"
+            " registered model in the background and repair what does not match (ADR 0707);"
+            " the first runs one interval after start. 0 disables them."
+        ),
+    )
+    integrity_check_mb_s: float = Field(
+        default=100.0,
+        gt=0,
+        description=(
+            "Read rate, in MB/s, the periodic integrity check keeps to (it sleeps between blocks"
+            " to stay under it), so it does not take the disk or the CPU from jobs."
         ),
     )

@@ -16,6 +16,14 @@ saved with the family pipeline's ``save_lora_weights``, so ``load_lora_weights``
 random (peft's ``init_lora_weights=False``), so at weight 1 a LoRA visibly changes the image;
 each applies to any model of its family built from the same configs (only shapes matter).
 
+ControlNets (:data:`CONTROLNETS`: canny, scribble, tile and depth for sd15; canny, scribble and
+tile for sdxl): a ``ControlNetModel`` folder (``config.json`` and one safetensors file, saved
+with ``save_pretrained``) and a ``model.json`` with ``kind: "controlnet"``, its ``family`` and
+its ``controlnet_type`` (the name a request gives). Each is its family's UNet encoder (the base
+models' seed) with the layers diffusers zero-initialises seeded instead, so at weight 1 it
+changes the image where the control image has structure (:func:`build_controlnet_model`,
+ADR 0706). SD3 and Flux have none yet.
+
 Reproducible: every component is initialised right after ``torch.manual_seed`` with its own
 fixed seed, tokenizers are built (not trained) with the ``tokenizers`` library
 (:mod:`.vocab`), and the manifest's ``created`` is a fixed time, so two builds write
@@ -356,6 +364,93 @@ def build_lora(spec: LoraModel, out: Path) -> registry.ModelEntry:
     return entry
 
 
+@dataclass(frozen=True)
+class ControlNetModelSpec:
+    id: str
+    family: str  # the family of the models it conditions ("sd15")
+    controlnet_type: str  # what a request names it by ("canny")
+    seed: int  # torch seed of its conditioning embedding and output convolutions
+
+
+# Gains of the seeded layers (ADR 0706): He-normal convolutions lose most of a sparse edge map
+# on the way down the conditioning embedding (its output's std is ~0.015 against ~0.6 for the
+# latents' first convolution on a canny map of shapes), so its last convolution is scaled up; the
+# output ("zero") convolutions get PyTorch's default init, scaled up too.
+CONTROLNET_EMBEDDING_GAIN = 50.0
+CONTROLNET_OUTPUT_GAIN = 10.0
+CONTROLNET_EMBEDDING_CHANNELS = (8, 8, 16, 16)  # three stride-2 steps: image -> latent size
+CONTROLNET_FILE = "diffusion_pytorch_model.safetensors"
+
+CONTROLNETS: dict[str, ControlNetModelSpec] = {
+    s.id: s
+    for s in (
+        ControlNetModelSpec("tiny-sd15-controlnet-canny", "sd15", "canny", 21),
+        ControlNetModelSpec("tiny-sd15-controlnet-scribble", "sd15", "scribble", 22),
+        ControlNetModelSpec("tiny-sd15-controlnet-tile", "sd15", "tile", 23),
+        ControlNetModelSpec("tiny-sd15-controlnet-depth", "sd15", "depth", 24),
+        ControlNetModelSpec("tiny-sdxl-controlnet-canny", "sdxl", "canny", 25),
+        ControlNetModelSpec("tiny-sdxl-controlnet-scribble", "sdxl", "scribble", 26),
+        ControlNetModelSpec("tiny-sdxl-controlnet-tile", "sdxl", "tile", 27),
+    )
+}
+
+
+def build_controlnet_model(spec: ControlNetModelSpec) -> Any:
+    """``spec``'s ControlNet: the encoder half of its family's UNet (seed 3, as the base
+    models'), copied as ControlNet training starts, with the layers a trained ControlNet
+    learns seeded instead of zero (``spec.seed``): every convolution of the conditioning
+    embedding He-normal with zero bias (a black control pixel adds nothing), its last one
+    scaled by :data:`CONTROLNET_EMBEDDING_GAIN`; the output convolutions after each block
+    PyTorch's default init scaled by :data:`CONTROLNET_OUTPUT_GAIN`, zero bias. Zero-initialised
+    (as diffusers makes them) a ControlNet changes nothing at any weight."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    config, _ = LORA_UNETS[spec.family]
+    unet = _seeded(3, lambda: UNet2DConditionModel(**config))
+    net = ControlNetModel.from_unet(
+        unet, conditioning_embedding_out_channels=CONTROLNET_EMBEDDING_CHANNELS
+    )
+    torch.manual_seed(spec.seed)
+    embedding = net.controlnet_cond_embedding
+    with torch.no_grad():
+        for conv in [embedding.conv_in, *embedding.blocks, embedding.conv_out]:
+            torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            conv.bias.zero_()
+        embedding.conv_out.weight.mul_(CONTROLNET_EMBEDDING_GAIN)
+        for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
+            conv.reset_parameters()
+            conv.weight.mul_(CONTROLNET_OUTPUT_GAIN)
+            conv.bias.zero_()
+    return net
+
+
+def build_controlnet(spec: ControlNetModelSpec, out: Path) -> registry.ModelEntry:
+    """Build ``spec`` into ``out`` (replaced), registered with a ``kind: "controlnet"``
+    manifest naming its ``family`` and ``controlnet_type``."""
+    import torch
+
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
+        staging = Path(tmp) / out.name
+        with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG as it was
+            net = build_controlnet_model(spec)
+        net.save_pretrained(staging, safe_serialization=True)
+        entry = registry.write_manifest(
+            staging,
+            id=spec.id,
+            family=spec.family,
+            pipeline="ControlNetModel",
+            kind="controlnet",
+            tier=2,
+            created=CREATED,
+            controlnet_type=spec.controlnet_type,
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    return entry
+
+
 def _has_valid_manifest(folder: Path) -> bool:
     try:
         registry.verify(folder)
@@ -394,13 +489,16 @@ def build_model(spec: Spec, out: Path) -> registry.ModelEntry:
 def build_all(
     out_dir: Path, only: Iterable[str] | None = None, force: bool = False
 ) -> dict[str, Path]:
-    """Build the zoo (base models and LoRAs, or the ids in ``only``) under ``out_dir``; skip a
-    folder that already holds a valid manifest unless ``force``. Returns model id -> folder."""
+    """Build the zoo (base models, LoRAs and ControlNets, or the ids in ``only``) under
+    ``out_dir``; skip a folder that already holds a valid manifest unless ``force``. Returns
+    model id -> folder."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    wanted = list(only) if only else [*MODELS, *LORAS]
-    unknown = sorted(set(wanted) - MODELS.keys() - LORAS.keys())
+    wanted = list(only) if only else [*MODELS, *LORAS, *CONTROLNETS]
+    unknown = sorted(set(wanted) - MODELS.keys() - LORAS.keys() - CONTROLNETS.keys())
     if unknown:
-        raise ValueError(f"unknown model ids {unknown}; known: {sorted([*MODELS, *LORAS])}")
+        raise ValueError(
+            f"unknown model ids {unknown}; known: {sorted([*MODELS, *LORAS, *CONTROLNETS])}"
+        )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     folders = {}
     for model_id in wanted:
@@ -408,6 +506,8 @@ def build_all(
         if force or not _has_valid_manifest(folder):
             if model_id in LORAS:
                 build_lora(LORAS[model_id], folder)
+            elif model_id in CONTROLNETS:
+                build_controlnet(CONTROLNETS[model_id], folder)
             else:
                 build_model(MODELS[model_id], folder)
             print(f"built {folder}", file=sys.stderr)
@@ -422,7 +522,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_MODELS_DIR)
     parser.add_argument("--force", action="store_true", help="rebuild models already built")
     parser.add_argument(
-        "--only", nargs="+", choices=sorted([*MODELS, *LORAS]), help="these models only"
+        "--only",
+        nargs="+",
+        choices=sorted([*MODELS, *LORAS, *CONTROLNETS]),
+        help="these models only",
     )
     args = parser.parse_args(argv)
     build_all(args.out, args.only, args.force)

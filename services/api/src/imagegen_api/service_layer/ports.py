@@ -68,3 +68,15 @@ class JobStore(Protocol):
     async def all_states(self) -> dict[str, dict[str, Any]]:
         """Every job's state as stored JSON (for replay verification)."""
         ...
+
+
+class FileStore(Protocol):
+    """Uploaded control images, shared with the workers (``adapters.files``; ADR 0706)."""
+
+    def put(self, data: bytes) -> str:
+        """Store ``data`` and return its file id; raises OSError when it cannot."""
+        ...
+
+    def exists(self, name: str) -> bool:
+        """Whether a file of that id is stored."""
+        ...

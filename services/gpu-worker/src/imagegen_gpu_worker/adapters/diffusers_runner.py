@@ -39,13 +39,31 @@ LoRA) with :class:`~imagegen_gpu_worker.domain.run.LoraMismatch`, both ``ModelUn
 RAM tier (ADR 0705): a model evicted from the device (to make room, or on an EvictModel command)
 is kept in host RAM, in :attr:`DiffusersRunner.ram`, while the models there fit
 ``ram_cache_bytes`` (least recently used leaves first; 0 disables the tier: evicted pipelines
-are freed, as before). On CUDA its pipeline is moved with ``pipe.to("cpu")`` (pageable memory,
-not pinned) and back with ``pipe.to(device)``; on CPU the device is RAM, so the pipeline object
+are freed, as before). On CUDA its pipeline is moved into pinned host memory and back with
+asynchronous copies (``accel.to_ram`` / ``accel.to_device``, ADR 0709; pageable with
+``pin_ram_tier`` off); on CPU the device is RAM, so the pipeline object
 is only taken out of the device budget's accounting (``loaded``) and put back. A reload from RAM
 reads nothing from disk (no sha256 check, no construction) and is reported
 ``Loaded(source="ram")``; the eviction is still reported ``Unloaded``. LoRAs loaded into the
 pipeline stay in it while it sits in RAM (every run sets its adapters anyway). ``resident()``
 (the heartbeat) lists only device-resident models.
+
+Integrity (ADR 0707): a disk load checks the model's (or LoRA's) files with :attr:`integrity`
+(hashed, or trusted by size and mtime since they were); bad files are reported as
+``Corrupted`` facts, repaired from the manifest's ``source`` and checked again before anything
+is read, or the load fails with ``registry.RepairFailed``. :meth:`discard` drops a model the
+periodic check found corrupted from the device (``Unloaded(corrupted)``) and the RAM tier.
+
+ControlNets (ADR 0706): a plan's ``controlnets`` name a type and a control image (a file id in
+``files_dir``). The images are read, checked against their ids and preprocessed first
+(:mod:`.controlnets`, :mod:`.control_preprocess`); then the registered net of each type for the
+model's family is verified and loaded once per worker (:attr:`DiffusersRunner.control_nets`, in
+the model's dtype), and the run goes through the family's ControlNet pipeline built around the
+model's own components (one net, or diffusers' multi-ControlNet), each net with its weight and
+start/end percent (a net whose window is empty, start >= end, is left out: it would change
+nothing, and diffusers refuses it). A net at weight 0 is run like the others: diffusers adds
+its residuals times 0, and the bytes equal a run without it (tested). Runs with ControlNets
+never pause. The nets are not counted in the memory budget.
 
 The contract with the worker loop (``RunResult``, ``Paused``, ``Cancelled``, ``ModelDoesNotFit``,
 ``RESUMABLE``) is torch-free and lives in ``domain/run.py``; models are verified and opened by
@@ -89,14 +107,18 @@ from typing import Any
 from imagegen_runtime.residency import evictions
 
 from ..domain import samplers
-from ..domain.plan import RunPlan
+from ..domain.accel import AccelSettings
+from ..domain.fragmentation import DefragOutcome, MemoryState
+from ..domain.plan import ControlNetUse, RunPlan
 from ..domain.residency import (
     COMMAND,
+    CORRUPTED,
     MAKE_ROOM,
     NOT_RESIDENT,
     OOM,
     RAM,
     RESIDENT,
+    Corrupted,
     Loaded,
     ResidencyChange,
     Unloaded,
@@ -112,7 +134,8 @@ from ..domain.run import (
     RunResult,
 )
 from ..metrics import MODEL_EVICTIONS
-from . import registry
+from . import accel, controlnets, cuda_memory, registry
+from .batches import batch_part
 from .ml import diffusers_class, import_all, torch_module
 
 log = logging.getLogger(__name__)
@@ -180,6 +203,15 @@ class DiffusersRunner:
     ram_cache_bytes: int = 0
     # The RAM tier, least recently used first (guarded by ``_index_lock`` like ``loaded``).
     ram: OrderedDict[str, LoadedModel] = field(default_factory=OrderedDict)
+    # dtype, attention, compile, VAE tiling, pinned RAM tier (ADR 0709; adapters/accel.py).
+    accel: AccelSettings = field(default_factory=AccelSettings)
+    # Checks (and repairs) model files before a disk load: hashed, or trusted by size and mtime
+    # since they were (ADR 0707); shared with the periodic check.
+    integrity: registry.Integrity = field(default_factory=registry.Integrity)
+    # Where the API stores control images (file ids); None: plans with ControlNets fail (ADR 0706).
+    files_dir: Path | None = None
+    # (ControlNet id, dtype) -> the net, loaded once and kept (guarded by ``_index_lock``).
+    control_nets: dict[tuple[str, str], controlnets.LoadedControlNet] = field(default_factory=dict)
 
     @property
     def on_cuda(self) -> bool:
@@ -203,6 +235,14 @@ class DiffusersRunner:
                 for model_id, m in self.loaded.items()
                 for lora_id, lora in list(m.loras.items())
             ]
+
+    def resident_controlnets(self) -> list[tuple[str, int]]:
+        """(ControlNet id, bytes) of the loaded ControlNets, each once (a copy)."""
+        with self._index_lock:
+            held: dict[str, int] = {}
+            for (net_id, _), net in self.control_nets.items():
+                held[net_id] = held.get(net_id, 0) + net.bytes
+            return sorted(held.items())
 
     def in_use(self) -> set[str]:
         """The models a run is using now."""
@@ -228,7 +268,7 @@ class DiffusersRunner:
         return int(0.9 * torch.cuda.get_device_properties(torch.device(self.device)).total_memory)
 
     def load(self, model_id: str) -> LoadedModel:
-        """Load (once) a registered model after checking every file's sha256, unloading the
+        """Load (once) a registered model after checking its files (ADR 0707), unloading the
         least recently used models first when it would not fit the budget beside them."""
         with self._lock:
             return self._load_locked(model_id)
@@ -246,6 +286,13 @@ class DiffusersRunner:
                 return
             self._load_locked(model_id)
 
+    def make_room(self, model_id: str, need_bytes: int) -> None:
+        """Unload what must go (least recently used first, never a model a run is using) for a
+        run of ``model_id`` that needs ``need_bytes`` in all, its own weights included: the
+        worker's budget admission (ADR 0708) reserves its activations this way."""
+        with self._lock:
+            self._make_room(model_id, self.models_dir / model_id, need=need_bytes)
+
     def evict(self, model_id: str) -> str:
         """Unload ``model_id`` for an EvictModel command, unless a run is using it. Returns
         ``"evicted"`` (reported ``Unloaded(command)``), ``"not_resident"`` (reported
@@ -262,34 +309,61 @@ class DiffusersRunner:
             self._unload(model_id, reason=COMMAND)
             return "evicted"
 
-    def defragment(self) -> None:
+    def defragment(self) -> DefragOutcome:
         """Compact the device's memory: on CUDA every resident pipeline no run is using goes
-        to the CPU, the caching allocator's free blocks go back to the device
+        to the CPU (pageable memory: a rare, bulk move that should not leave pinned blocks
+        behind), the caching allocator's free blocks go back to the device
         (``torch.cuda.empty_cache``), and the pipelines come back, least recently used first,
         so they are allocated anew side by side. One that cannot come back is unloaded
         (reported ``Unloaded(oom)``). On CPU there is nothing to compact: garbage collection
-        only."""
+        only (``compacted=False``). Returns what was done, with the device's memory before and
+        after on CUDA (ADR 0709)."""
+        t0 = time.perf_counter()
         with self._lock:
             gc.collect()
             if not self.on_cuda:
-                return
+                return DefragOutcome("cpu", False, ms=(time.perf_counter() - t0) * 1000)
             torch = torch_module()
+            before = self._memory_state(torch)
             busy = self.in_use()
             with self._index_lock:
                 idle = [(m, model) for m, model in self.loaded.items() if m not in busy]
+                skipped = tuple(m for m in self.loaded if m in busy)
             for _, model in idle:
-                model.pipe.to("cpu")
+                accel.to_ram(model.pipe, pin=False)
             gc.collect()
             torch.cuda.empty_cache()
+            moved: list[str] = []
+            unloaded: list[str] = []
             for model_id, model in idle:
                 try:
-                    model.pipe.to(self.device)
+                    accel.to_device(model.pipe, self.device)
+                    moved.append(model_id)
                 except Exception as exc:  # e.g. out of memory: it cannot stay resident
                     log.error(
                         "model not moved back after defragmenting; unloading it",
                         extra={"model_id": model_id, "error": repr(exc)[:500]},
                     )
                     self._unload(model_id, reason=OOM)
+                    unloaded.append(model_id)
+            return DefragOutcome(
+                "cuda",
+                True,
+                tuple(moved),
+                skipped,
+                tuple(unloaded),
+                before,
+                self._memory_state(torch),
+                (time.perf_counter() - t0) * 1000,
+            )
+
+    def _memory_state(self, torch: Any) -> MemoryState | None:
+        """The CUDA device's memory now, or None when it cannot be read (logged)."""
+        try:
+            return cuda_memory.read(torch, torch.device(self.device))
+        except Exception as exc:  # reading is a report: never fail the defragmentation
+            log.warning("device memory not read", extra={"error": repr(exc)[:500]})
+            return None
 
     def _acquire(self, model_id: str, loras: tuple[str, ...] = ()) -> tuple[LoadedModel, float]:
         """:meth:`load` for a run, with ``loras`` loaded into it: the model is in use (never
@@ -313,7 +387,7 @@ class DiffusersRunner:
             return 0.0
         t0 = time.perf_counter()
         folder = self.models_dir / lora_id
-        entry = registry.verify(folder)  # every file's sha256, before anything is read
+        entry = self._verified_locked(lora_id, folder)  # before anything is read (ADR 0707)
         if entry.kind != "lora":
             raise LoraMismatch(f"{lora_id!r} is registered as a {entry.kind!r}, not a LoRA")
         if entry.family != model.family:
@@ -346,6 +420,43 @@ class DiffusersRunner:
         )
         return ms
 
+    def _verified_locked(self, model_id: str, folder: Path) -> registry.ModelEntry:
+        """``folder``'s entry once its files check out (``_lock`` held; ADR 0707): trusted by
+        size and mtime where they equal the trust record, hashed otherwise. Bad files are
+        reported (``Corrupted``, one per file), repaired from the manifest's ``source`` and
+        checked again; raises ``registry.RepairFailed`` (a ChecksumError) when they cannot be."""
+        try:
+            return self.integrity.verify(folder)
+        except registry.Corrupted as bad:
+            self._repair_locked(model_id, folder, bad)
+            return self.integrity.verify(folder)
+
+    def _repair_locked(self, model_id: str, folder: Path, bad: registry.Corrupted) -> None:
+        """Report ``bad``'s files, then repair them (raises ``registry.RepairFailed``)."""
+        for m in bad.mismatches:
+            self._report(Corrupted(model_id, m.file, m.expected, m.actual))
+        log.error(
+            "model files corrupted; repairing from the source",
+            extra={"model_id": model_id, "files": [m.file for m in bad.mismatches]},
+        )
+        self.integrity.repair(folder, bad)
+
+    def discard(self, model_id: str) -> set[str]:
+        """Drop ``model_id``, found corrupted (ADR 0707), and for a LoRA every model that holds
+        it, from the device (reported ``Unloaded(corrupted)``) and from the RAM tier, so the
+        next load reads the repaired files. A model a run is using stays; returns those."""
+        with self._lock:
+            with self._index_lock:
+                held = [*self.loaded.items(), *self.ram.items()]
+                holders = {model_id} | {m for m, lm in held if model_id in lm.loras}
+                busy = {m for m in holders if self._in_use[m] > 0}
+                for m in holders - busy:
+                    self.ram.pop(m, None)
+                resident = sorted(m for m in holders - busy if m in self.loaded)
+            for m in resident:
+                self._unload(m, reason=CORRUPTED)
+            return busy
+
     def _release(self, model_id: str) -> None:
         with self._index_lock:
             self._in_use[model_id] -= 1
@@ -365,9 +476,9 @@ class DiffusersRunner:
         torch = torch_module()
         folder = self.models_dir / model_id
         t0 = time.perf_counter()
-        entry = registry.verify(folder)  # every file's sha256, before anything is read
+        entry = self._verified_locked(model_id, folder)  # before anything is read (ADR 0707)
         self._make_room(model_id, folder)
-        pipe = registry.open_pipeline(folder, entry, self.device)
+        pipe = accel.open_pipeline(folder, entry, self.device, self.accel)  # ADR 0709
         size = sum(
             p.numel() * p.element_size()
             for c in pipe.components.values()
@@ -401,7 +512,7 @@ class DiffusersRunner:
             raise
         if self.on_cuda:
             try:
-                model.pipe.to(self.device)
+                accel.to_device(model.pipe, self.device)  # from pinned memory (ADR 0709)
             except BaseException:
                 log.error("model not moved back from RAM; freed", extra={"model_id": model_id})
                 del model
@@ -475,7 +586,7 @@ class DiffusersRunner:
         to_ram = reason in (MAKE_ROOM, COMMAND) and 0 < freed <= self.ram_cache_bytes
         if to_ram and self.on_cuda:
             try:
-                gone.pipe.to("cpu")
+                accel.to_ram(gone.pipe, self.accel.pin_ram_tier)  # pinned (ADR 0709)
             except Exception as exc:  # e.g. host memory: free it as without a RAM tier
                 log.warning(
                     "model not moved to RAM; freed",
@@ -510,7 +621,10 @@ class DiffusersRunner:
         import_all(samplers.class_names())
 
         if model_id and (self.models_dir / model_id / "model.json").exists():
-            self.load(model_id)
+            try:
+                self.load(model_id)
+            except ModelDoesNotFit as exc:  # a small worker of a fleet: start cold, take work
+                log.warning("preload skipped: %s", exc, extra={"model_id": model_id})
 
     def run(
         self,
@@ -531,12 +645,47 @@ class DiffusersRunner:
         t0 = time.perf_counter()
         warm = plan.model_id in self.loaded
         # In use (never unloaded) until the run returns; the plan's LoRAs loaded into it.
+        # The control images first (ADR 0706): a missing one fails the run before any load.
+        # A net whose window is empty (start >= end percent) would change nothing (diffusers
+        # refuses it): it is left out.
+        uses = tuple(u for u in plan.controlnets if u.start_percent < u.end_percent)
+        images = controlnets.control_images(self.files_dir, uses, plan.width, plan.height)
         model, lora_ms = self._acquire(plan.model_id, tuple(name for name, _ in plan.loras))
         try:
             set_adapters(model, plan.loras)
-            return self._run(plan, model, warm, t0, on_step, cancelled, pause, saved, lora_ms)
+            control = self._control(uses, model, images) if uses else None
+            return self._run(
+                plan, model, warm, t0, on_step, cancelled, pause, saved, lora_ms, control
+            )
         finally:
             self._release(plan.model_id)
+
+    def _control(
+        self, uses: tuple[ControlNetUse, ...], model: LoadedModel, images: list[Any]
+    ) -> tuple[Any, dict[str, Any], float]:
+        """The ControlNet pipeline for ``uses`` around ``model``'s components, its call
+        arguments and the ms spent loading nets: each registered net of a use's type for the
+        model's family is verified and loaded once per worker (in the model's dtype), under the
+        load lock (ADR 0706)."""
+        denoiser = getattr(model.pipe, "unet", None)
+        dtype = (model.pipe.transformer if denoiser is None else denoiser).dtype
+        nets, load_ms = [], 0.0
+        with self._lock:
+            for use in uses:
+                net_id = controlnets.find(self.models_dir, model.family, use.type)
+                key = (net_id, str(dtype))
+                with self._index_lock:
+                    held = self.control_nets.get(key)
+                if held is None:
+                    held = controlnets.load(
+                        self.models_dir, net_id, model.family, self.device, dtype
+                    )
+                    load_ms += held.load_ms
+                    with self._index_lock:
+                        self.control_nets[key] = held
+                nets.append(held.net)
+        pipe = controlnets.pipeline(model.family, model.pipe, nets)
+        return pipe, controlnets.call_kwargs(model.family, uses, images), load_ms
 
     def _run(
         self,
@@ -549,12 +698,20 @@ class DiffusersRunner:
         pause: Callable[[], bool] | None,
         saved: dict[str, Any] | None,
         lora_ms: float = 0.0,
+        control: tuple[Any, dict[str, Any], float] | None = None,
     ) -> RunResult:
-        """Steps 2 to 6 of :meth:`run`, with ``model`` loaded and in use, its adapters set."""
+        """Steps 2 to 6 of :meth:`run`, with ``model`` loaded and in use, its adapters set;
+        with ``control`` (:meth:`_control`), through the ControlNet pipeline."""
         torch = torch_module()
         load_ms = (0.0 if warm else model.load_ms) + lora_ms
-        pipe = model.pipe
-        resumable = plan.scheduler in RESUMABLE and model.family in RESUMABLE_FAMILIES
+        pipe = model.pipe if control is None else control[0]
+        extra: dict[str, Any] = {} if control is None else control[1]
+        load_ms += 0.0 if control is None else control[2]
+        # A run with ControlNets never pauses: resumed, the pipeline would count their
+        # start/end percent over the remaining steps only (ADR 0706).
+        resumable = (
+            control is None and plan.scheduler in RESUMABLE and model.family in RESUMABLE_FAMILIES
+        )
         pausing = pause if resumable else None
 
         # 2. The sampler, from the model's own scheduler config and its family's table.
@@ -590,7 +747,8 @@ class DiffusersRunner:
                 )
             return {}
 
-        # 5. Denoise.
+        # 5. Denoise (the VAE decodes in tiles above the plan's size on CUDA, ADR 0709).
+        accel.prepare_run(pipe, model.family, self.device, self.accel, plan.width, plan.height)
         t1 = time.perf_counter()
         if saved is not None:
             # The pipeline sees the saved sampler state and only the remaining timesteps.
@@ -598,9 +756,11 @@ class DiffusersRunner:
                 pipe, "scheduler", _ResumedSampler(sampler, skip, saved["scheduler"], self.device)
             )
         try:
-            with torch.inference_mode():
+            # batch_part: an out-of-memory retry's part of a split batch (ADR 0708).
+            with torch.inference_mode(), batch_part(pipe, plan):
                 out = pipe(
                     **call_kwargs(model.family, plan),
+                    **extra,
                     generator=generator,
                     latents=latents,
                     callback_on_step_end=callback,

@@ -8,6 +8,18 @@ from imagegen_schemas.jobs import JobScheduled
 
 
 @dataclass(frozen=True)
+class ControlNetUse:
+    """One ControlNet of a plan (ADR 0706): the registered net of ``type`` for the model's
+    family, conditioned on the control image ``image`` (a file id the API stored)."""
+
+    type: str  # canny, scribble, tile, depth, ...
+    image: str  # file-<32 hex digits of its sha256>, in the worker's files folder
+    weight: float = 1.0  # controlnet_conditioning_scale
+    start_percent: float = 0.0  # control_guidance_start, 0..1 of the steps
+    end_percent: float = 1.0  # control_guidance_end
+
+
+@dataclass(frozen=True)
 class RunPlan:
     job_id: str  # the job (aggregate id)
     fencing_token: int  # the assignment's token; every event of this run carries it
@@ -25,6 +37,12 @@ class RunPlan:
     progress_every: int  # publish a progress event every this many steps
     # LoRAs to apply, in request order: (registered LoRA id, weight); () for none.
     loras: tuple[tuple[str, float], ...] = ()
+    # ControlNets to condition on, in request order; () for none.
+    controlnets: tuple[ControlNetUse, ...] = ()
+    # An out-of-memory retry's part of a split batch (ADR 0708): (index of its first image,
+    # images in the whole batch). The run makes ``num_images`` images from that index on, from
+    # the whole batch's initial noise; None: the whole batch.
+    batch_part: tuple[int, int] | None = None
 
 
 def plan_run(assignment: JobScheduled) -> RunPlan:
@@ -48,4 +66,8 @@ def plan_run(assignment: JobScheduled) -> RunPlan:
         num_images=p.num_images,
         progress_every=max(1, p.steps // 5),
         loras=tuple((lora.name, lora.weight) for lora in p.loras),
+        controlnets=tuple(
+            ControlNetUse(c.type, c.image_uri, c.weight, c.start_percent, c.end_percent)
+            for c in p.controlnets
+        ),
     )

@@ -33,6 +33,7 @@ def heartbeat(
         memory_total_bytes=mem.total_bytes,
         memory_free_bytes=mem.free_bytes,
         largest_free_block_bytes=mem.largest_free_block_bytes,
+        fragmentation_ratio=mem.fragmentation_ratio,
         capabilities=capabilities,
         interval_s=interval_s,
         running_job_id=running_job,
@@ -41,18 +42,27 @@ def heartbeat(
 
 
 def loaded_models(
-    resident: Iterable[tuple[str, int]], loras: Iterable[tuple[str, str, int]] = ()
+    resident: Iterable[tuple[str, int]],
+    loras: Iterable[tuple[str, str, int]] = (),
+    controlnets: Iterable[tuple[str, int]] = (),
 ) -> tuple[LoadedModel, ...]:
     """The heartbeat's ``loaded`` from the runner's (model id, bytes), evictions reflected, then
     its LoRAs ((model id, LoRA id, bytes): loaded into a resident model) as ``kind="lora"``,
-    each LoRA once."""
+    each LoRA once, then its ControlNets ((id, bytes), ADR 0706) as ``kind="controlnet"``."""
     models = [LoadedModel(model_id=model_id, bytes=size) for model_id, size in resident]
     adapters: dict[str, int] = {}
     for _, lora_id, size in loras:
         adapters[lora_id] = max(size, adapters.get(lora_id, 0))
-    return tuple(models) + tuple(
-        LoadedModel(model_id=lora_id, kind="lora", bytes=size)
-        for lora_id, size in sorted(adapters.items())
+    return (
+        tuple(models)
+        + tuple(
+            LoadedModel(model_id=lora_id, kind="lora", bytes=size)
+            for lora_id, size in sorted(adapters.items())
+        )
+        + tuple(
+            LoadedModel(model_id=net_id, kind="controlnet", bytes=size)
+            for net_id, size in controlnets
+        )
     )
 
 

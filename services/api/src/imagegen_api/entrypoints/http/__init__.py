@@ -4,6 +4,7 @@
 - ``events``: the job's Server-Sent Events stream (``/v1/generations/{id}/events``);
 - ``openai``: the OpenAI-compatible Images endpoint (``/v1/images/generations``);
 - ``models``: the registered models, OpenAI-compatible (``/v1/models``);
+- ``files``: control image uploads, OpenAI-style (``/v1/files``);
 - ``deps``: what the routes depend on, as typed aliases (``DepsDep``, ``CallerDep``, ...);
 - ``bodies``: the request bodies and the edge rules for every field (ADR 0601);
 - ``errors``: 422 naming the field, 503 naming the dependency that is down.
@@ -17,7 +18,7 @@ from dataclasses import replace
 
 from fastapi import FastAPI
 
-from . import errors, events, generations, models, openai
+from . import errors, events, files, generations, models, openai
 from .deps import Deps
 
 __all__ = ["Deps", "mount"]
@@ -36,3 +37,4 @@ def mount(app: FastAPI, deps: Deps) -> None:
     app.include_router(events.router)
     app.include_router(openai.router)
     app.include_router(models.router)
+    app.include_router(files.router)

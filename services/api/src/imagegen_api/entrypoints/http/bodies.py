@@ -12,7 +12,15 @@ import random
 from typing import Annotated, Any, Literal
 
 from fastapi import HTTPException
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    model_validator,
+)
 
 from imagegen_schemas import ControlNetSpec, GenerationParams, LoraSpec
 
@@ -32,8 +40,15 @@ def _name(value: str) -> str:
     return value
 
 
+def _image_ref(value: str) -> str:
+    if value.isascii() and value.isprintable():  # the fast path for a data: URI of megabytes
+        return value
+    return _name(value)
+
+
 FreeText = Annotated[str, AfterValidator(_free_text)]  # a prompt: tab and newlines allowed
 Name = Annotated[str, AfterValidator(_name)]  # an identifier or URI: one line, printable
+ImageRef = Annotated[str, AfterValidator(_image_ref)]  # a data: URI or a file id (ADR 0706)
 
 # Every body: unknown fields refused, NaN and Infinity refused wherever a number goes.
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -48,15 +63,21 @@ class LoraIn(BaseModel):
 class ControlNetIn(BaseModel):
     model_config = STRICT
     type: Name = Field(min_length=1, max_length=64)
-    image: Name = Field(min_length=1, max_length=2048, description="Control image URI.")
+    # A data: URI (size-capped by the server) or a file id from POST /v1/files; "image" is
+    # accepted as the field's older name.
+    image_uri: ImageRef = Field(
+        min_length=1,
+        validation_alias=AliasChoices("image_uri", "image"),
+        description="data:image/png;base64,... or a file id from POST /v1/files.",
+    )
     weight: float = Field(default=1.0, ge=0.0, le=2.0)
     start_percent: float = Field(default=0.0, ge=0.0, le=1.0)
     end_percent: float = Field(default=1.0, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _ordered(self) -> ControlNetIn:
-        if self.start_percent > self.end_percent:
-            raise ValueError("start_percent must not exceed end_percent")
+        if self.start_percent >= self.end_percent:
+            raise ValueError("start_percent must be below end_percent")
         return self
 
 
@@ -111,10 +132,17 @@ class Unprocessable(Exception):
 
 
 def to_params(
-    body: GenerationIn, catalog: Catalog, default_model: str, caller: Caller
+    body: GenerationIn,
+    catalog: Catalog,
+    default_model: str,
+    caller: Caller,
+    image_refs: list[str] | None = None,
+    image_problems: list[Problem] | None = None,
 ) -> GenerationParams:
     """The job's parameters (a fresh random seed when the client gave none); raises
-    :class:`Unprocessable` naming every problem."""
+    :class:`Unprocessable` naming every problem. ``image_refs``: the file id each ControlNet's
+    control image resolved to, ``image_problems``: why some did not (``files.control_images``);
+    without them the client's ``image_uri`` is taken as it is."""
     model = body.model or default_model
     info = catalog.models.get(model)
     size = info.default_size if info else 64
@@ -131,6 +159,7 @@ def to_params(
         catalog=catalog,
         limits=PLANS[caller.plan],
     )
+    problems += image_problems or []
     if problems:
         raise Unprocessable(problems)
     return GenerationParams(
@@ -152,12 +181,12 @@ def to_params(
         controlnets=tuple(
             ControlNetSpec(
                 type=c.type,
-                image_uri=c.image,
+                image_uri=c.image_uri if image_refs is None else image_refs[i],
                 weight=c.weight,
                 start_percent=c.start_percent,
                 end_percent=c.end_percent,
             )
-            for c in body.controlnets
+            for i, c in enumerate(body.controlnets)
         ),
     )
 

@@ -16,7 +16,7 @@ from imagegen_runtime.publishing import Publisher
 from ...domain.job import JobView
 from ...domain.plans import Caller
 from ...domain.validation import Catalog
-from ...service_layer.ports import Accounts, JobStore
+from ...service_layer.ports import Accounts, FileStore, JobStore
 
 
 def utcnow() -> datetime:
@@ -36,6 +36,9 @@ class Deps:
     openai_timeout_s: float  # how long POST /v1/images/generations waits for the image
     avg_job_s: float = 2.0  # the placeholder per-job time behind eta_s
     clock: Callable[[], datetime] = field(default=utcnow)  # now, in UTC (tests pass their own)
+    # Control images (POST /v1/files, data: URIs); None: refused with a 422 (ADR 0706).
+    files: FileStore | None = None
+    max_control_image_bytes: int = 4 * 2**20  # decoded bytes of one control image
 
     def __post_init__(self) -> None:
         self.public_base_url = self.public_base_url.rstrip("/")

@@ -15,6 +15,7 @@ from ...domain.job import eta_s, stage_timings
 from ...service_layer.submit import IdempotencyConflict, IdempotentRequest, InFlight, submit
 from .bodies import GenerationIn, Unprocessable, normalised, to_params
 from .deps import CallerDep, DepsDep, JobIdPath, links, owned_job
+from .files import control_images
 
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
 
@@ -37,10 +38,14 @@ async def create(
 ) -> JSONResponse:
     """Accept a generation (202) once the broker has its request; with an ``Idempotency-Key``
     a retry of the same request gets the same answer (ADR 0600)."""
+    images = await control_images(body.controlnets, deps)  # ADR 0706
     try:
-        params = to_params(body, deps.catalog, deps.default_model, who)
+        params = to_params(
+            body, deps.catalog, deps.default_model, who, images.refs, images.problems
+        )
     except Unprocessable as exc:
         raise exc.as_http() from None
+    await images.store(deps)  # data: URIs, once the request is valid
     webhook = str(body.webhook_url) if body.webhook_url else None
     idempotent = None
     if idempotency_key is not None:
