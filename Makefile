@@ -81,7 +81,7 @@ lint: venv ## ruff check and ruff format --check over the whole tree
 # mypy --strict ([tool.mypy] in pyproject.toml): the contracts, the shared runtime, and every
 # service's pure core, and each service's composition root (bootstrap) and main. Adapters and
 # HTTP entrypoints are checked through what these import.
-TYPECHECKED := schemas/src libs/runtime/src \
+TYPECHECKED := schemas/src libs/runtime/src tools/fleet-sim/src \
 	services/api/src/imagegen_api/domain services/api/src/imagegen_api/service_layer \
 	services/scheduler/src/imagegen_scheduler/domain \
 	services/scheduler/src/imagegen_scheduler/service_layer \

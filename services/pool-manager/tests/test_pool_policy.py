@@ -16,6 +16,7 @@ from imagegen_pool_manager.domain.policy import (
     WorkerState,
     desired_workers,
     eviction_score,
+    holders_needed,
     is_quiet,
     learn_hourly_weights,
     pick_victims,
@@ -211,6 +212,31 @@ def test_preloads_take_only_the_top_five_and_skip_well_held_models() -> None:
     assert [load.model_id for load in loads] == ["sd3"]  # sdxl: 11 holders >= half of 12
 
 
+def test_a_model_warm_on_enough_workers_for_its_demand_gets_no_preload() -> None:
+    """With the mean work per request known, the wanted holders are the workers its predicted
+    demand keeps busy: 120 requests an hour of 90 s on speed-1 GPUs = 3 busy / 0.85 -> 4."""
+    sd3 = ModelInfo("sd3", "sd3", 15.0, 2, work_s=90.0)
+    models = {**MODELS, "sd3": sd3}
+    workers = [worker(f"w{i}") for i in range(10)]
+    assert holders_needed(sd3, 120.0, workers, PoolConfig()) == 4
+    held = [worker(f"h{i}", item("sd3", 15)) for i in range(4)] + [worker("free")]
+    assert preload_plan(held, models, [("sd3", 120.0)], queued_jobs=0) == []
+    # one holder short: one preload (the share rule alone would want all 5 workers)
+    short = held[1:]
+    assert preload_plan(short, models, [("sd3", 120.0)], queued_jobs=0) == [
+        Load("free", "sd3", "predictive")
+    ]
+    # faster GPUs need fewer holders; unknown work keeps the share rule
+    fast = [worker(f"f{i}") for i in range(10)]
+    fast = [
+        WorkerState(w.worker_id, w.pool, w.capabilities, w.budget, (), True, speed=2.0)
+        for w in fast
+    ]
+    assert holders_needed(sd3, 120.0, fast, PoolConfig()) == 2
+    unknown = preload_plan(short, MODELS, [("sd3", 120.0)], queued_jobs=0)
+    assert unknown == [Load("free", "sd3", "predictive")]
+
+
 # --- cold-start storm -----------------------------------------------------------------------------
 
 
@@ -247,6 +273,24 @@ def test_storm_loads_never_evict_a_pin_and_use_only_idle_workers() -> None:
     assert plan.loads == ()  # flux held by the pinned worker already; busy one is not idle
     plan = storm_plan([pinned, busy], MODELS, queued("sd3", 10), now=NOW, tiers=TIERS)
     assert [load.worker_id for load in plan.loads] == ["pinned"]  # evicts flux, keeps the pin
+
+
+def test_no_storm_when_the_holders_drain_the_queue_within_its_wait_target() -> None:
+    """One holder of sd3 among 20 workers, 40 relax sd3 jobs of 9 s: 360 s of work for one
+    speed-1 GPU is past relax's 300 s -> a storm; on a speed-2 holder it is 180 s -> none."""
+    others = [worker(f"w{i}", item("sdxl", 13.5)) for i in range(19)]
+    queue = queued("sd3", 40) + queued("sdxl", 40)
+    holder = worker("h", item("sd3", 15), idle=False)
+    plan = storm_plan([holder, *others], MODELS, queue, now=NOW, tiers=TIERS)
+    assert plan.promoted == frozenset({"sd3"}) and plan.loads
+    fast = WorkerState("h", "A100", holder.capabilities, 74.0, holder.resident, False, speed=2.0)
+    assert storm_plan([fast, *others], MODELS, queue, now=NOW, tiers=TIERS).loads == ()
+    # the most urgent job sets the target: one turbo job among them (15 s) makes it a storm
+    urgent = queued("sd3", 39) + queued("sd3", 1, tier="turbo") + queued("sdxl", 40)
+    assert storm_plan([fast, *others], MODELS, urgent, now=NOW, tiers=TIERS).loads
+    # loads under way count as holders at the capable workers' mean speed
+    calm = storm_plan(others, MODELS, queue, now=NOW, tiers=TIERS, loading={"sd3": 2})
+    assert calm.loads == () and calm.promoted == frozenset()
 
 
 # --- autoscaling ----------------------------------------------------------------------------------

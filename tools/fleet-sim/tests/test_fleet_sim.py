@@ -240,13 +240,40 @@ def test_pool_ours_reports_its_loads_and_keeps_the_pins(
 def test_day_shift_preloads_the_model_that_becomes_popular() -> None:
     from imagegen_fleet_sim.scenario import day_shift
 
-    scenario = day_shift(gpus=10, hours=0.75)
+    # 20 GPUs: on 10, the SD3 holders before the shift are already enough for its new demand
+    # (policy.holders_needed), and no preload is wanted
+    scenario = day_shift(gpus=20, hours=0.55)
     on = simulate(scenario, "ours", seed=1, pool="ours").summary()
     off = simulate(scenario, "ours", seed=1, pool="ours", preload=False).summary()
     assert on["preloads_per_hour"]["predictive"] > 0
     assert off["preloads_per_hour"]["predictive"] == 0
+    assert on["shift"]["holders_at_shift"] > off["shift"]["holders_at_shift"]
     for figures in (on, off):
         assert figures["shift"]["model"] == "sd3-medium" and figures["shift"]["at_s"] == 1800.0
+        assert isinstance(figures["shift"]["holders_at_shift"], int)
+
+
+@pytest.mark.unit
+def test_perturb_redraws_times_on_the_same_arrivals() -> None:
+    """bench pool --noise: the same jobs arrive, only load and denoising times are drawn anew."""
+    scenario = seed_peak(gpus=10, hours=0.05)
+    plain = simulate(scenario, "ours", seed=2).summary()
+    assert simulate(scenario, "ours", seed=2, perturb=0).summary() == plain
+    other = simulate(scenario, "ours", seed=2, perturb=1).summary()
+    jobs = {t: (f["jobs"], f["never_started"] >= 0) for t, f in plain["per_tier"].items()}
+    assert {t: (f["jobs"], True) for t, f in other["per_tier"].items()} == jobs
+    assert other["tiers"] != plain["tiers"]
+
+
+@pytest.mark.unit
+def test_the_pool_knows_each_models_mean_work() -> None:
+    from imagegen_fleet_sim.engine import mean_work_s
+
+    scenario = seed_peak(gpus=10, hours=0.05)
+    work = mean_work_s(RequestSampler(scenario, seed_catalog()), seed_catalog())
+    assert set(work) == set(scenario.model_mix)
+    # SDXL 30 steps x 0.28 s at ~1.1 MP, more for batches and ControlNets; Flux is slower
+    assert 9.0 < work["sdxl-base-1.0"] < 15.0 and work["flux-dev"] > work["sdxl-base-1.0"]
 
 
 @pytest.mark.unit

@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 from imagegen_pool_manager.domain import policy as pool
 from imagegen_scheduler.domain import (
@@ -22,6 +22,7 @@ from imagegen_scheduler.domain import (
     JobPreempted,
     JobQueued,
     JobRequest,
+    ModelCatalog,
     Refused,
     SchedulerConfig,
     SchedulerState,
@@ -61,6 +62,21 @@ EVICTIONS = ("score", "lru")
 DEFAULT_EVICTION = "lru"  # measured better than the seed's score on seeds 1-10 (ADR 0701)
 
 
+def mean_work_s(sampler: RequestSampler, catalog: ModelCatalog) -> dict[str, float]:
+    """Mean denoising seconds of one request per base model on a speed-1.0 GPU, over 3,000
+    requests drawn from the scenario's mixes (sizes, batches, ControlNets): the pool's
+    ``ModelInfo.work_s``."""
+    rng = random.Random(0)
+    total: dict[str, float] = {}
+    count: Counter[str] = Counter()
+    for i in range(3000):
+        request = sampler.request(f"w{i}", Tier.RELAX, "u", 0.0, rng)
+        work = denoise_s(request, request.steps, 1.0, catalog)
+        total[request.model_id] = total.get(request.model_id, 0.0) + work
+        count[request.model_id] += 1
+    return {m: total[m] / count[m] for m in count}
+
+
 def pool_config(gpus: int) -> pool.PoolConfig:
     """The pool policy's knobs for a fleet: SDXL base pinned on 10% of the workers (ADR 0701)."""
     return pool.PoolConfig(tier1_min_workers=max(1, round(0.1 * gpus)))
@@ -76,12 +92,23 @@ class Simulation:
         pool_mode: str = "none",
         eviction: str = DEFAULT_EVICTION,
         preload: bool = True,
+        perturb: int = 0,
+        *,
+        catalog: ModelCatalog | None = None,
+        tiers: Mapping[str, int] | None = None,
+        trace: Sequence[JobRequest] | None = None,
     ) -> None:
+        """``catalog``, ``tiers`` and ``trace`` replay a recorded run (``bench fleet``): its
+        models, their warm-pool tiers and its arrivals instead of the scenario's generated ones;
+        the fleet then starts idle and empty but for the tier-1 pins (as a live fleet does)."""
         self.scenario, self.policy_name, self.policy = scenario, policy, POLICIES[policy]
+        self.perturb = perturb
         assert pool_mode in POOLS and eviction in EVICTIONS
         self.pool_mode, self.eviction, self.preload_on = pool_mode, eviction, preload
         self.rng = random.Random(seed)
-        self.catalog = seed_catalog()
+        self.catalog = catalog if catalog is not None else seed_catalog()
+        self.tiers: Mapping[str, int] = tiers if tiers is not None else SEED_TIERS
+        self.trace = trace
         self.state = SchedulerState(config, self.catalog)
         self.end = scenario.hours * 3600
         self.workers: dict[str, SimWorker] = {}
@@ -102,6 +129,7 @@ class Simulation:
         self.queued_uses: Counter[str] = Counter()  # queued jobs per model and adapter id
         self.autoscale: dict[str, list[int]] = {g.name: [] for g, _ in scenario.fleet}
         self.shift_first_warm: float | None = None
+        self.shift_holders: int | None = None  # workers holding the shifted model at the shift
         self.shift_jobs = [0, 0]  # shifted model's jobs started in 15 min after the shift, warm
         self.preloads: Counter[str] = Counter()
         self.loading: Counter[str] = Counter()  # preloads under way per model
@@ -113,14 +141,23 @@ class Simulation:
     def _pool_setup(self, seed: int) -> None:
         self.pool_config = pool_config(self.scenario.gpus)
         self.pool_rng = random.Random(seed * 7919 + 17)  # preload times: not the jobs' stream
+        work = mean_work_s(self.sampler, self.catalog)
         self.models = {
             m.model_id: pool.ModelInfo(
-                m.model_id, m.family, m.weights_gb, pool.tier_of(m.model_id, SEED_TIERS)
+                m.model_id,
+                m.family,
+                m.weights_gb,
+                pool.tier_of(m.model_id, self.tiers),
+                work.get(m.model_id, 0.0),
             )
             for m in self.catalog.models.values()
         }
         clock0 = self.scenario.start_hour * 3600
-        history = model_history(self.scenario, self.peak_rate, self.pool_rng)
+        history = (  # a replayed run brings no previous day to learn from
+            []
+            if self.trace is not None
+            else model_history(self.scenario, self.peak_rate, self.pool_rng)
+        )
         self.weights = pool.learn_hourly_weights((at - 86400.0, m) for at, m in history)
         self.recent: deque[tuple[float, str]] = deque()
         self.clock0 = clock0
@@ -172,7 +209,7 @@ class Simulation:
                 need,
                 budget,
                 now=now,
-                tiers=SEED_TIERS,
+                tiers=self.tiers,
                 queued=self.queued_uses,
                 pinned=worker.pinned,
             )
@@ -181,7 +218,7 @@ class Simulation:
                 # to split the A100 class): a job that cannot fit beside the pin unpins it
                 self.pin_overrides += 1
                 victims = pool.pick_victims(
-                    items, keep, need, budget, now=now, tiers=SEED_TIERS, queued=self.queued_uses
+                    items, keep, need, budget, now=now, tiers=self.tiers, queued=self.queued_uses
                 )
             return victims
 
@@ -200,6 +237,7 @@ class Simulation:
             ),
             worker.run is None and worker.loading is None and worker.worker_id in self.state.idle,
             worker.pinned,
+            worker.gpu.speed,
         )
 
     def push(self, at: float, kind: int, payload: object) -> None:
@@ -207,9 +245,19 @@ class Simulation:
         heapq.heappush(self.heap, (at, self.seq, kind, payload))
 
     def run(self) -> SimResult:
-        self._warm_start()
-        for request in arrivals(self.scenario, self.sampler, self.peak_rate, self.rng):
+        if self.trace is None:
+            self._warm_start()
+        else:
+            self._idle_start()
+        generated = self.trace is None
+        for request in (
+            arrivals(self.scenario, self.sampler, self.peak_rate, self.rng)
+            if generated
+            else self.trace or ()
+        ):
             self.push(request.queued_at, _ARRIVE, request)
+        for _ in range(self.perturb):  # same demand, another draw of load and denoising times
+            self.rng.random()
         next_eta = next_pool = next_scale = 0.0
         state = self.state
         pool_on = self.pool_mode == "ours"
@@ -266,10 +314,23 @@ class Simulation:
             evolve(self.state, JobAssigned(request.job_id, worker.worker_id, i + 1, started))
             self.push(max(info.end, 0.0), _FINISH, (worker.worker_id, i + 1, 0))
 
+    def _idle_start(self) -> None:
+        """t = 0 of a replayed run: every worker idle, holding only its tier-1 pins (the live
+        pool-manager pins them before the first job)."""
+        for worker in self.workers.values():
+            for model in sorted(worker.pinned - set(worker.resident)):
+                worker.preload(JobRequest("w", "w", Tier.RELAX, model, (), 64, 64, 1, 1, 0))
+            evolve(self.state, WorkerUpdated(worker.view(), 0.0))
+
     def _arrive(self, request: JobRequest, now: float) -> None:
         if isinstance(admit(request, self.fleet, self.catalog), Refused):
             self.counters.refused += 1
             return
+        shift = self.scenario.shift
+        if shift is not None and self.shift_holders is None and now >= shift.at_s:
+            self.shift_holders = sum(
+                shift.model_id in w.resident and w.loading is None for w in self.workers.values()
+            )
         self.offered_work_s += denoise_s(request, request.steps, 1.0, self.catalog)
         self.records[request.job_id] = JobRecord(request.tier, request.user_id, now, now)
         evolve(self.state, JobQueued(request, now))
@@ -332,6 +393,8 @@ class Simulation:
             c.reasons[decision.reason] = c.reasons.get(decision.reason, 0) + 1
             record = self.records.get(decision.job_id)
             if record is not None:
+                if record.first_cold is None:
+                    record.first_cold = bool(info.cold)
                 record.wait_s += now - record.enqueued_at
                 record.queued = False
                 record.starts += 1
@@ -389,7 +452,7 @@ class Simulation:
             self.models,
             self._queue_work(now),
             now=now,
-            tiers=SEED_TIERS,
+            tiers=self.tiers,
             queued_uses=self.queued_uses,
             loading=self.loading,
             config=self.pool_config,
@@ -459,6 +522,7 @@ class Simulation:
                 "first_warm_hit_after_s": (
                     round(self.shift_first_warm, 1) if self.shift_first_warm is not None else None
                 ),
+                "holders_at_shift": self.shift_holders,
                 "jobs_started_15_min": started,
                 "base_warm_hit_rate_15_min": round(warm / started, 4) if started else None,
             }
@@ -503,7 +567,11 @@ def simulate(
     pool: str = "none",
     eviction: str = DEFAULT_EVICTION,
     preload: bool = True,
+    perturb: int = 0,
 ) -> SimResult:
+    """One simulated run. ``perturb``: draw that many extra numbers from the job stream once the
+    demand is drawn: the same arrivals, another draw of load and denoising times (the spread of
+    a figure between such runs is its noise; ADR 0701)."""
     return Simulation(
-        scenario, policy, seed, config or SchedulerConfig(), pool, eviction, preload
+        scenario, policy, seed, config or SchedulerConfig(), pool, eviction, preload, perturb
     ).run()

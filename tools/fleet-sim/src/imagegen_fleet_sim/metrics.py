@@ -32,6 +32,7 @@ class JobRecord:
     starts: int = 0
     predicted_start: float | None = None  # first ETA the scheduler gave, as an absolute time
     first_start: float | None = None  # when it was first assigned
+    first_cold: bool | None = None  # whether its first start had to load its base model
 
     def total_wait(self, end: float) -> float:
         return self.wait_s + (max(0.0, end - self.enqueued_at) if self.queued else 0.0)

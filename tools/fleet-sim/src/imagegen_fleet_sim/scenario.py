@@ -30,7 +30,7 @@ class GpuType:
 A10G = GpuType("A10G-24GB", 20.0, 1.0, frozenset({"sdxl", "sd3"}))
 A100 = GpuType("A100-80GB", 74.0, 1.6, frozenset({"sdxl", "sd3", "flux"}))
 
-STEPS = {"sdxl": 30, "sd3": 28, "flux": 28}
+STEPS = {"sd15": 25, "sdxl": 30, "sd3": 28, "flux": 28}
 
 
 def seed_catalog() -> ModelCatalog:

@@ -44,6 +44,13 @@ class PoolConfig:
     storm_min_queue: int = 8  # a model needs this many queued jobs to be a storm
     storm_cold_ratio: float = 0.5  # storm while holders < this x its fair share of the workers
     storm_max_parallel: int = 8  # parallel storm preloads per model and round
+    # a storm needs a queue its holders cannot drain within its most urgent job's wait target
+    storm_wait_targets_s: Mapping[str, float] = field(
+        default_factory=lambda: {"turbo": 15.0, "fast": 60.0, "relax": 300.0}
+    )
+    # a predictive preload is wanted while the holders are fewer than the predicted work needs
+    # at this utilisation (models whose ``work_s`` is known)
+    preload_utilisation: float = 0.85
 
 
 class Resident(NamedTuple):
@@ -66,6 +73,7 @@ class WorkerState:
     resident: tuple[Resident, ...]  # least recently used first
     idle: bool  # accepting, running nothing, loading nothing
     pinned: frozenset[str] = frozenset()  # tier-1 models it keeps for the minimum
+    speed: float = 1.0  # relative throughput (denoising seconds of a speed-1.0 GPU per second)
 
     @property
     def free(self) -> float:
@@ -81,6 +89,7 @@ class ModelInfo:
     family: str  # capability a worker needs to run it
     size: float  # resident weights
     tier: int = TIER_ON_DEMAND
+    work_s: float = 0.0  # mean denoising seconds of one request on a speed-1.0 GPU; 0: unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +306,10 @@ def preload_plan(
     predicted models that should be preloaded, one load onto an idle worker that lacks it.
 
     ``should_preload``: the model's holders (``loading`` counts loads under way) are fewer than
-    its share of the predicted demand times the workers that can run it. Target
+    its share of the predicted demand times the workers that can run it and, for a model whose
+    ``work_s`` is known, fewer than the workers its predicted work needs
+    (:func:`holders_needed`): a model already warm on enough workers for its demand gets no
+    preload. Target
     (``select_best_preload_target``): an idle worker that can run it and has room for it in
     free memory (a predictive preload never evicts anything), the most free memory first, then
     by id. A worker gets at most one load per call."""
@@ -316,6 +328,8 @@ def preload_plan(
         capable = [w for w in workers if model.family in w.capabilities]
         holders = sum(1 for w in capable if w.holds(model_id)) + loading.get(model_id, 0)
         wanted = math.ceil(predicted / total * len(capable))
+        if model.work_s > 0:
+            wanted = min(wanted, holders_needed(model, predicted, capable, config))
         if holders >= wanted:
             continue
         targets = [
@@ -332,6 +346,19 @@ def preload_plan(
         taken.add(best.worker_id)
         loads.append(Load(best.worker_id, model_id, "predictive"))
     return loads
+
+
+def holders_needed(
+    model: ModelInfo, predicted: float, capable: Sequence[WorkerState], config: PoolConfig
+) -> int:
+    """Workers the predicted demand for ``model`` keeps busy: ``predicted`` requests per
+    ``demand_window_s`` x ``work_s`` over the capable workers' mean speed, at
+    ``preload_utilisation``; at least 1."""
+    if not capable:
+        return 1
+    speed = sum(w.speed for w in capable) / len(capable)
+    busy = predicted / config.demand_window_s * model.work_s / speed
+    return max(1, math.ceil(busy / config.preload_utilisation - 1e-9))
 
 
 # --- cold-start storm -------------------------------------------------------------------------
@@ -351,8 +378,11 @@ def storm_plan(
     """Parallel preloads for models whose queue spiked while few workers hold them.
 
     A model's fair share is its share of the queued work times the workers that can run it. It
-    is in a storm when it has at least ``storm_min_queue`` queued jobs and fewer holders (loads
-    under way included) than ``storm_cold_ratio`` x its fair share. It then gets
+    is in a storm when it has at least ``storm_min_queue`` queued jobs, fewer holders (loads
+    under way included) than ``storm_cold_ratio`` x its fair share, and more queued work than
+    its holders can drain within the wait target of its most urgent queued job
+    (``storm_wait_targets_s``; a load under way counts at the capable workers' mean speed): a
+    queue its holders will serve in time needs no load. It then gets
     ``ceil(storm_cold_ratio x fair share) - holders`` loads (at most ``storm_max_parallel``),
     proportional to its queued work, onto idle workers that can run it, most free memory first;
     a storm load may evict (by :func:`pick_victims`, never a pinned model). Storm models are
@@ -361,9 +391,12 @@ def storm_plan(
     tiers, queued_uses, loading = tiers or {}, queued_uses or {}, loading or {}
     work: dict[str, float] = {}
     count: dict[str, int] = {}
+    target: dict[str, float] = {}
     for job in queue:
         work[job.model_id] = work.get(job.model_id, 0.0) + job.work_s
         count[job.model_id] = count.get(job.model_id, 0) + 1
+        wait = config.storm_wait_targets_s.get(job.tier, max(config.storm_wait_targets_s.values()))
+        target[job.model_id] = min(target.get(job.model_id, math.inf), wait)
     total = sum(work.values())
     if total <= 0:
         return StormPlan((), frozenset())
@@ -376,9 +409,14 @@ def storm_plan(
             continue
         capable = [w for w in workers if model.family in w.capabilities]
         fair = work[model_id] / total * len(capable)
-        holders = sum(1 for w in capable if w.holds(model_id)) + loading.get(model_id, 0)
+        holding = [w for w in capable if w.holds(model_id)]
+        holders = len(holding) + loading.get(model_id, 0)
         if holders >= config.storm_cold_ratio * fair:
             continue
+        mean_speed = sum(w.speed for w in capable) / len(capable) if capable else 1.0
+        speed = sum(w.speed for w in holding) + loading.get(model_id, 0) * mean_speed
+        if speed > 0 and work[model_id] / speed <= target[model_id]:
+            continue  # its holders drain the queue within its most urgent job's target
         promoted.add(model_id)
         wanted = min(math.ceil(config.storm_cold_ratio * fair) - holders, config.storm_max_parallel)
         targets = [
