@@ -1,12 +1,19 @@
-"""Run a benchmark: python -m bench {overhead,scheduler,models} [options]."""
+"""Run a benchmark: python -m bench {overhead,scheduler,models,fleet,gpu,pool} [options]."""
 
 from __future__ import annotations
 
 import sys
 
-from . import models, overhead, scheduler
+from . import fleet, gpu, models, overhead, pool, scheduler
 
-BENCHES = {"overhead": overhead.main, "scheduler": scheduler.main, "models": models.main}
+BENCHES = {
+    "overhead": overhead.main,
+    "scheduler": scheduler.main,
+    "models": models.main,
+    "fleet": fleet.main,
+    "gpu": gpu.main,
+    "pool": pool.main,
+}
 
 if __name__ == "__main__":
     name = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in BENCHES else "overhead"

@@ -207,3 +207,31 @@ async def test_runner_errors_are_attempt_failures_with_their_reason(
 async def test_a_model_not_registered_on_this_worker_is_model_unavailable(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailable, match="'m' is not registered on this worker"):
         registry.verify(tmp_path / "m")
+
+
+def test_workers_sharing_a_blob_folder_probe_and_store_at_once(tmp_path: Path) -> None:
+    """A local fleet's workers share one blob folder: their writable probes (same name) and
+    writes of the same blob at the same moment never trip over each other's temporary file."""
+    import threading
+
+    stores = [LocalBlobStore(tmp_path / "blobs") for _ in range(8)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(stores))
+
+    def probe(store: LocalBlobStore) -> None:
+        start.wait()
+        try:
+            for _ in range(50):
+                store.check_writable()
+                store.put("job/0.png", b"same bytes")
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=probe, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert (tmp_path / "blobs" / "job" / "0.png").read_bytes() == b"same bytes"
+    assert [p.name for p in (tmp_path / "blobs").rglob("*.tmp")] == []

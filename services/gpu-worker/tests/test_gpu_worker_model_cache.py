@@ -172,3 +172,15 @@ def test_without_a_budget_on_cpu_nothing_is_evicted(models: Path) -> None:
         runner.load(model_id)
     assert heartbeat_loaded(runner) == ["demo-a", "demo-b", "demo-big"]
     assert evictions_counted() == before
+
+
+def test_a_preload_larger_than_the_budget_is_skipped_and_the_worker_starts_cold(
+    models: Path,
+) -> None:
+    """A fleet's small worker told to preload a model it cannot hold (every worker of a local
+    fleet gets the same PRELOAD_MODEL) starts without it instead of crashing at start."""
+    runner = DiffusersRunner(models, "cpu", memory_budget_bytes=ONE_MODEL)
+    runner.warm_up("demo-big")
+    assert list(runner.loaded) == []
+    runner.warm_up("demo-a")
+    assert list(runner.loaded) == ["demo-a"]

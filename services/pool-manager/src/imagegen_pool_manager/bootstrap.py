@@ -66,7 +66,9 @@ def bootstrap(
 
     async def sweeps(stop: asyncio.Event) -> None:
         await create_tables(stop)
-        await pool.sweep_loop(consumer.caught_up, stop, planner=planner)
+        await pool.sweep_loop(
+            consumer.caught_up, stop, planner=planner if settings.pool == "ours" else None
+        )
 
     async def create_tables(stop: asyncio.Event) -> None:
         """The projection's table, made once; a database that is away is waited out."""

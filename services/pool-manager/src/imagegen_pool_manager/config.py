@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -43,6 +44,12 @@ class PoolManagerSettings(ServiceSettings, DatabaseSettingsMixin):
     )
     plan_every_s: float = Field(
         default=5.0, gt=0, le=3600, description="Seconds between warm-pool planning rounds."
+    )
+    pool: Literal["ours", "none"] = Field(
+        default="ours",
+        description="ours: run the warm-pool policy (pins, preloads, storms; ADR 0703); none: "
+        "only watch the fleet, workers load on demand (the baseline `bench fleet --pool none` "
+        "measures against).",
     )
     load_timeout_s: float = Field(
         default=120.0, gt=0, description="A LoadModel unanswered this long may be sent again."

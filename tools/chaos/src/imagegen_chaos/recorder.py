@@ -65,7 +65,11 @@ def to_record(
         )
 
 
-def read_topics(bootstrap: str, timeout_s: float = 300) -> list[LogRecord]:
+def read_topics(
+    bootstrap: str, timeout_s: float = 300, topics: tuple[str, ...] = TOPICS
+) -> list[LogRecord]:
+    """Every record of ``topics`` (default: the job topics and the dead-letter topic), from
+    offset 0 to the end each partition had when the read began."""
     c = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -76,7 +80,7 @@ def read_topics(bootstrap: str, timeout_s: float = 300) -> list[LogRecord]:
     try:
         md = c.list_topics(timeout=30)
         ends: dict[tuple[str, int], int] = {}
-        for t in TOPICS:
+        for t in topics:
             for p in md.topics[t].partitions:
                 lo, hi = c.get_watermark_offsets(TopicPartition(t, p), timeout=30)
                 if hi > lo:

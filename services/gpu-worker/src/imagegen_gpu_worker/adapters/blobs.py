@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import uuid
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
@@ -58,7 +59,8 @@ class LocalBlobStore:
         path = (self.root / name).resolve()
         if self.root not in path.parents:
             raise ValueError(f"blob name escapes the store: {name!r}")
-        tmp = path.with_suffix(path.suffix + ".tmp")
+        # unique per write: several workers share the store (and its writable probe)
+        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:

@@ -1,0 +1,159 @@
+"""``bench/fleet.py`` without a fleet: the trace it drives, the figures it reads from a log (warm
+or cold by the assignment that caused a load, waits from the prompt's verdict, duplicate pool
+loads), and the simulator replaying a recorded trace on a fleet of the same budgets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import fleet as bf
+from imagegen_chaos.history import LogRecord
+
+pytestmark = pytest.mark.unit
+
+
+def test_the_trace_is_seeded_mixes_tiers_and_shifts_popularity_halfway() -> None:
+    trace = bf.make_trace(3, minutes=20, rate=1.0)
+    assert trace == bf.make_trace(3, minutes=20, rate=1.0)
+    assert trace != bf.make_trace(4, minutes=20, rate=1.0)
+    assert all(a.at < 20 * 60 for a in trace) and trace == sorted(trace, key=lambda a: a.at)
+    assert {a.tier for a in trace} == {"turbo", "fast", "relax"}
+    first = [a.model for a in trace if a.at < 600]
+    second = [a.model for a in trace if a.at >= 600]
+    # Zipf: the most popular model leads both halves; the shifted copy rises after the shift
+    assert max(set(first), key=first.count) == "tiny-sd15"
+    assert second.count(bf.SHIFTED) / len(second) > 3 * first.count(bf.SHIFTED) / len(first)
+    with_loras = [a for a in trace if a.loras]
+    assert with_loras and all(bf.family_of(a.model) in ("sd15", "sdxl") for a in with_loras)
+    assert {bf.TIER_OF[m] for m in bf.BEFORE} == {1, 2, 3}
+
+
+def rec(topic: str, type_: str, at: float, job: str, data: dict, **kw: object) -> LogRecord:
+    return LogRecord(
+        topic=topic,
+        partition=0,
+        offset=0,
+        event_id=str(kw.get("event_id", f"{type_}-{job}-{at}")),
+        type=type_,
+        occurred_at=at,
+        job_id=job,
+        causation_id=kw.get("causation_id"),  # type: ignore[arg-type]
+        data=data,
+    )
+
+
+def job_log(job: str, t0: float, moderated: float, scheduled: float, generated: float) -> list:
+    return [
+        rec("imagegen.jobs.requested", "imagegen.generation.requested", t0, job, {}),
+        rec("imagegen.jobs.moderated", "imagegen.prompt.moderated", moderated, job, {}),
+        rec(
+            "imagegen.jobs.scheduled",
+            "imagegen.job.scheduled",
+            scheduled,
+            job,
+            {"worker_id": "w1"},
+            event_id=f"sched-{job}",
+        ),
+        rec("imagegen.jobs.generated", "imagegen.image.generated", generated, job, {}),
+    ]
+
+
+def loaded(at: float, model: str, source: str, cause: str | None, command: str | None = None):
+    data = {
+        "worker_id": "w1",
+        "model": {"model_id": model, "kind": "base"},
+        "load_ms": 500.0,
+        "source": source,
+        "command_id": command,
+    }
+    return rec("imagegen.workers.models", "imagegen.model.loaded", at, "", data, causation_id=cause)
+
+
+def test_figures_from_the_log_warm_by_cause_waits_from_the_verdict() -> None:
+    trace = [
+        bf.Arrival(0.0, "turbo", 0, "tiny-sd15", (), 0),
+        bf.Arrival(1.0, "relax", 0, "tiny-sd15", (), 1),
+    ]
+    driven = bf.Driven(job_ids={0: "a", 1: "b"}, t0=100.0, finished_at=110.0)
+    records = [
+        *job_log("a", 100.0, 100.5, 101.0, 103.0),  # cold: its assignment loaded the model
+        loaded(101.5, "tiny-sd15", "disk", "sched-a"),
+        *job_log("b", 101.0, 101.2, 104.2, 105.2),  # warm: nothing loaded for it
+        # a pool command's load: counted as a cold load, not against a job
+        loaded(106.0, "tiny-sdxl", "disk", "cmd-1", command="cmd-1"),
+    ]
+    o = bf.observe(records, driven, trace)
+    assert o.figures["warm_hit_rate"] == 0.5
+    assert o.figures["cold_loads"] == 2 and o.figures["pool_loads"] == 1
+    assert o.figures["tiers"]["turbo"]["p50_wait_s"] == pytest.approx(0.5)
+    assert o.figures["tiers"]["relax"]["p95_wait_s"] == pytest.approx(3.0)
+    assert o.queued_at == {0: pytest.approx(0.5), 1: pytest.approx(1.2)}
+    # only the warm job's run calibrates the step time (1 s over STEPS steps)
+    assert o.service_s_per_step == {"tiny-sd15": [pytest.approx(1.0 / bf.STEPS)]}
+    assert o.load_s["tiny-sd15"] == [0.5]
+
+
+def test_a_load_command_for_a_model_the_worker_holds_is_a_duplicate() -> None:
+    def command(at: float, model: str) -> LogRecord:
+        data = {"worker_id": "w1", "model_id": model}
+        return rec("imagegen.pool.commands", "imagegen.pool.load_model", at, "", data)
+
+    evicted = rec(
+        "imagegen.workers.models",
+        "imagegen.model.evicted",
+        5.0,
+        "",
+        {"worker_id": "w1", "model": {"model_id": "m"}},
+    )
+    residency = [loaded(1.0, "m", "disk", None), evicted]
+    assert bf.duplicate_loads([command(0.5, "m")], residency) == 0  # not held yet
+    assert bf.duplicate_loads([command(2.0, "m")], residency) == 1  # held
+    assert bf.duplicate_loads([command(6.0, "m")], residency) == 0  # evicted since
+
+
+def test_the_simulator_replays_the_trace_on_a_fleet_of_the_same_budgets(tmp_path: Path) -> None:
+    for name in bf.BEFORE:
+        folder = tmp_path / name
+        folder.mkdir()
+        doc = {
+            "id": name,
+            "family": bf.family_of(name),
+            "kind": "base",
+            "tier": bf.TIER_OF[name],
+            "components": {"unet": 300_000, "vae": 200_000, "text_encoder": 150_000},
+        }
+        (folder / "model.json").write_text(json.dumps(doc))
+        (folder / "weights.bin").write_bytes(b"\0" * 650_000)
+    for family, names in bf.LORAS.items():
+        for name in names:
+            (tmp_path / name).mkdir()
+            doc = {"id": name, "family": family, "kind": "lora"}
+            (tmp_path / name / "model.json").write_text(json.dumps(doc))
+    trace = bf.make_trace(1, minutes=3, rate=0.5)
+    observed = bf.Observed(
+        figures={},
+        load_s={m: [0.5, 0.8] for m in bf.BEFORE},
+        service_s_per_step={m: [0.02] for m in bf.BEFORE},
+        makespan_s=200.0,
+        queued_at={},
+    )
+    out = bf.simulate_same(trace, observed, tmp_path, 4, [2, 2, 3, 3], "ours", 1)
+    assert out["jobs"] == len(trace) and out["refused"] == 0
+    assert 0.0 < out["warm_hit_rate"] <= 1.0 and out["cold_loads"] >= 1
+    assert sum(t["jobs"] for t in out["tiers"].values()) == len(trace)
+    assert out["calibration"]["tiny-sd15"]["load_s"] == [0.5, 0.8]
+    none = bf.simulate_same(trace, observed, tmp_path, 4, [2, 2, 3, 3], "none", 1)
+    assert none["jobs"] == len(trace)
+    diff = bf.compare(
+        {"warm_hit_rate": 0.9, "tiers": {"fast": {"p95_wait_s": 10.0}}},
+        {"warm_hit_rate": 0.85, "tiers": {"fast": {"p95_wait_s": 12.0}}},
+    )
+    assert diff == {
+        "warm_hit_diff": 0.05,
+        "warm_hit_within_0.10": True,
+        "p95_wait_ratio": {"fast": 1.2},
+        "p95_within_25pct": True,
+    }
