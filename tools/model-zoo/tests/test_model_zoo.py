@@ -21,10 +21,11 @@ pytestmark = pytest.mark.unit
 
 
 def digests(root: Path) -> dict[str, str]:
+    """Every file of the models (the pristine copies under ``.pristine`` left out)."""
     return {
         p.relative_to(root).as_posix(): registry.sha256_file(p)
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and build.PRISTINE not in p.relative_to(root).parts
     }
 
 
@@ -156,9 +157,32 @@ def test_a_built_model_is_kept_unless_forced(tmp_path: Path) -> None:
     assert build.main(["--out", str(tmp_path), "--only", "tiny-sd15", "--force"]) == 0
     assert manifest.stat().st_mtime_ns != before
     registry.verify(tmp_path / "tiny-sd15")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-sd15"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [build.PRISTINE, "tiny-sd15"]
 
 
 def test_an_unknown_id_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown model ids"):
         build.build_all(tmp_path, only=["tiny-sd9"])
+
+
+def test_every_model_names_a_pristine_copy_that_repairs_a_corrupted_file(
+    builds: tuple[Path, Path],
+) -> None:
+    """ADR 0707: a worker repairs a corrupted file from the manifest's ``source``; the zoo keeps
+    a verified copy of each model under ``.pristine`` and names it there."""
+    a, _ = builds
+    for model_id in (*build.MODELS, *build.LORAS, *build.CONTROLNETS):
+        entry = registry.read_manifest(a / model_id)
+        source = registry.source_dir(a / model_id, entry)
+        assert source == (a / build.PRISTINE / model_id).resolve()
+        assert registry.read_manifest(source).files == entry.files
+    model = a / "tiny-sd15"
+    weights = next(name for name in registry.read_manifest(model).files if "unet/" in name)
+    good = (model / weights).read_bytes()
+    (model / weights).write_bytes(b"corrupted" + good[9:])
+    integrity = registry.Integrity(registry.TrustStore())  # in memory
+    with pytest.raises(registry.Corrupted) as bad:
+        integrity.verify(model)
+    integrity.repair(model, bad.value)
+    assert (model / weights).read_bytes() == good
+    integrity.verify(model)

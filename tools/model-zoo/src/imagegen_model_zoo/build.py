@@ -513,8 +513,32 @@ def build_all(
             print(f"built {folder}", file=sys.stderr)
         else:
             print(f"kept {folder} (valid model.json; --force rebuilds)", file=sys.stderr)
+        keep_pristine(folder)
         folders[model_id] = folder
     return folders
+
+
+PRISTINE = ".pristine"  # beside the models: the copies a worker repairs corrupted files from
+
+
+def keep_pristine(folder: Path) -> None:
+    """Keep a pristine copy of a (just verified) model under ``<models>/.pristine/<id>`` and
+    name it as the manifest's ``source``, so a worker that finds a file corrupted repairs it
+    from there (ADR 0707). A copy that no longer verifies is made again."""
+    import json
+
+    copy = folder.parent / PRISTINE / folder.name
+    if not _has_valid_manifest(copy):
+        if copy.exists():
+            shutil.rmtree(copy)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(folder, copy)
+    manifest = folder / registry.MANIFEST
+    doc = json.loads(manifest.read_text())
+    source = f"../{PRISTINE}/{folder.name}"
+    if doc.get("source") != source:
+        doc["source"] = source
+        manifest.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
