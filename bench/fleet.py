@@ -395,7 +395,8 @@ def duplicate_loads(commands: list[Any], residency: list[Any]) -> int:
         for f in facts:
             if f.occurred_at >= cmd.occurred_at:
                 break
-            if (f.data.get("worker_id"), f.data.get("model", {}).get("model_id")) == key:
+            model = f.data.get("model_id") or f.data.get("model", {}).get("model_id")
+            if (f.data.get("worker_id"), model) == key:  # ModelEvicted / ModelLoaded
                 held = f.type == "imagegen.model.loaded"
         count += held
     return count

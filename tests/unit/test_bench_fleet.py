@@ -106,7 +106,7 @@ def test_a_load_command_for_a_model_the_worker_holds_is_a_duplicate() -> None:
         "imagegen.model.evicted",
         5.0,
         "",
-        {"worker_id": "w1", "model": {"model_id": "m"}},
+        {"worker_id": "w1", "model_id": "m", "reason": "make_room"},
     )
     residency = [loaded(1.0, "m", "disk", None), evicted]
     assert bf.duplicate_loads([command(0.5, "m")], residency) == 0  # not held yet
