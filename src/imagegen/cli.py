@@ -9,6 +9,8 @@
     imagegen fleet [--json]               the pool-manager's fleet projection: each worker's
                                           state, models, adapters, memory and in-flight jobs
     imagegen simulate ...                 the fleet simulator (see docs/scheduling.md)
+    imagegen models register --id ID --family F (--path P | --hub REPO_ID)
+                                          register a real checkpoint (see docs/models.md)
 
 Connection settings come from flags, else IMAGEGEN_KAFKA_BOOTSTRAP / IMAGEGEN_DATABASE_URL,
 else the local stack's var/stack.env.
@@ -237,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     fleet.add_argument("--database-url", default=None)
     fleet.set_defaults(func=cmd_fleet)
     sub.add_parser("simulate", help="fleet simulator; `imagegen simulate --help`")
+    from .models import add_parser as add_models_parser
+
+    add_models_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

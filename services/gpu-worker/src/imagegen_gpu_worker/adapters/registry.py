@@ -18,6 +18,12 @@ run), ``created`` (a unix time, fixed by the writer so rebuilt models are byte-i
 read by the API's catalog; the worker reads ``family`` (:func:`families` announces the
 registered ones in its heartbeats).
 
+Real checkpoints (``imagegen models register``, ``src/imagegen/models.py``; docs/models.md): the
+folder's files may be symlinks (into a diffusers folder or a hub cache snapshot), hashed and
+checked through their links and never chmodded; a single-file checkpoint records
+``single_file`` (its name in the folder) and ``single_file_config`` (the folder of copied configs
+and tokenizers it is opened with, by the pipeline class's ``from_single_file``).
+
 Nothing is deserialised before its files are checked against the manifest (and files the
 manifest does not list are refused); :func:`open_pipeline` then loads with the hub switched off.
 Every model the worker loads goes through :meth:`Integrity.verify` and :func:`open_pipeline`
@@ -110,6 +116,11 @@ class ModelEntry:
     source: str | None = None
     # What a ``kind: "controlnet"`` folder conditions on ("canny", "depth", ...; ADR 0706).
     controlnet_type: str | None = None
+    # A single-file checkpoint (``imagegen models register --path x.safetensors``): the file's
+    # path relative to the model folder, and the folder (relative too) of the diffusers configs
+    # and tokenizers it is opened with (:func:`open_pipeline`); None: a diffusers folder.
+    single_file: str | None = None
+    single_file_config: str | None = None
 
 
 class ChecksumError(ModelUnavailable):
@@ -181,13 +192,18 @@ def write_manifest(
     created: int | None = None,
     source: str | None = None,
     controlnet_type: str | None = None,
+    single_file: str | None = None,
+    single_file_config: str | None = None,
 ) -> ModelEntry:
     """Hash every file under ``model_dir``, make them world-readable, write ``model.json``
-    (with ``components``: the bytes of each component folder's files)."""
+    (with ``components``: the bytes of each component folder's files). A symlinked file is
+    hashed through its link and left as its owner made it (not chmodded: it may be another
+    user's hub cache)."""
     files = {}
     components: dict[str, int] = {}
     for path in _model_files(model_dir):
-        path.chmod(0o644)  # safetensors writes 0600; the worker may run as another user
+        if not path.is_symlink():
+            path.chmod(0o644)  # safetensors writes 0600; the worker may run as another user
         name = path.relative_to(model_dir).as_posix()
         files[name] = sha256_file(path)
         if "/" in name:
@@ -209,6 +225,8 @@ def write_manifest(
         components=components,
         source=source,
         controlnet_type=controlnet_type,
+        single_file=single_file,
+        single_file_config=single_file_config,
     )
     doc = {k: v for k, v in asdict(entry).items() if v is not None}
     if not doc["samplers"]:
@@ -472,7 +490,16 @@ def open_pipeline(
     elif not str(device).startswith("cuda"):
         kwargs["dtype"] = torch.float32
     kwargs.update(OPEN_KWARGS.get(entry.family, {}))
-    pipe = diffusers_class(FAMILIES[entry.family]).from_pretrained(model_dir, **kwargs)
+    cls = diffusers_class(FAMILIES[entry.family])
+    if entry.single_file:
+        # A single-file checkpoint: its configs and tokenizers come from the folder registered
+        # beside it (checked like every other file), so nothing is fetched from the hub.
+        config = model_dir / (entry.single_file_config or "config")
+        pipe = cls.from_single_file(
+            str(model_dir / entry.single_file), config=str(config), **kwargs
+        )
+    else:
+        pipe = cls.from_pretrained(model_dir, **kwargs)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
