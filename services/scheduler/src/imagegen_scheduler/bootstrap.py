@@ -25,6 +25,7 @@ def bootstrap(settings: SchedulerSettings, *, publisher: Publisher | None = None
         publisher or kafka,
         load_catalog(settings.models_dir),
         max_attempts=settings.max_attempts,
+        worker_silent_after_s=settings.worker_silent_after_s,
         config=SchedulerConfig(preemption=settings.preemption),
         deadlines=Deadlines(
             queue_s={

@@ -39,6 +39,14 @@ class SchedulerSettings(ServiceSettings):
             " heartbeat (every 2 s by default), so a restart never rejects for an empty fleet."
         ),
     )
+    worker_silent_after_s: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "A worker whose latest heartbeat is older than this gets no new job until it"
+            " heartbeats again (the pool-manager's heartbeat timeout; heartbeats come every 2 s)."
+        ),
+    )
     queue_deadline_turbo_s: float = Field(
         default=900.0, gt=0, description="A turbo job still queued this long ends as timeout."
     )

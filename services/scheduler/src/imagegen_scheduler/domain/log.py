@@ -164,6 +164,22 @@ def _update_worker(log: Log, view: WorkerView, at: float) -> None:
     evolve(log.state, WorkerUpdated(view, at))
 
 
+def silence(log: Log, now: float, after_s: float) -> list[str]:
+    """Workers whose latest heartbeat is older than ``after_s`` at ``now`` stop taking work (not
+    accepting) until their next heartbeat; returns their ids. A worker that died idle, or was
+    scaled away, leaves its last heartbeat (``idle``) in the compacted topic: without this a
+    restarted scheduler, or one that outlived it, would assign jobs to it that nobody runs (the
+    pool-manager declared it lost before the assignment, so revokes nothing)."""
+    out = []
+    for worker_id, view in log.seen.items():
+        beat = log.beats.get(worker_id, float("-inf"))
+        current = log.state.workers.get(worker_id)
+        if now - beat > after_s and current is not None and current.accepting:
+            evolve(log.state, WorkerUpdated(replace(view, accepting=False), now))
+            out.append(worker_id)
+    return out
+
+
 def _terminal(log: Log, f: JobFacts, job_id: str) -> list[Payload]:
     """After the last attempt: the job ends with ``retries_exhausted`` and the last reason."""
     a = f.assignment

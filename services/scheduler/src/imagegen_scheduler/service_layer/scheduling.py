@@ -42,7 +42,7 @@ from ..domain import (
     estimate_waits,
 )
 from ..domain.faults import Deadlines, overdue, unservable
-from ..domain.log import Log, fold
+from ..domain.log import Log, fold, silence
 
 __all__ = ["DEFAULT_DEADLINES", "Scheduler"]
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class Scheduler:
         deadlines: Deadlines = DEFAULT_DEADLINES,
         admission_grace_s: float = 30.0,
         eta_every_s: float = 5.0,
+        worker_silent_after_s: float | None = None,
     ) -> None:
         self.log = Log(
             config or SchedulerConfig(),
@@ -76,6 +77,7 @@ class Scheduler:
         self.deadlines = deadlines
         self.admission_grace_s = admission_grace_s
         self.eta_every_s = eta_every_s
+        self.worker_silent_after_s = worker_silent_after_s  # None: trust the last heartbeat
         self.live_since: float | None = None  # when it caught up (admission waits a grace)
         self._lock = asyncio.Lock()
         self._fleet: FleetCapabilities | None = None  # the fleet the admitted set was judged on
@@ -197,6 +199,12 @@ class Scheduler:
         """Deadlines, admission and wait estimates (ADR 0112), at most once a second."""
         if now - self._checked_at >= 1.0:
             self._checked_at = now
+            if self.worker_silent_after_s is not None:
+                for worker_id in silence(self.log, now, self.worker_silent_after_s):
+                    log.warning(
+                        "worker silent: no new work for it until it heartbeats again",
+                        extra={"worker_id": worker_id},
+                    )
             ended: list[Payload] = [*overdue(self.log, now, self.deadlines)]
             ended += self._unservable(now)
             # Folded at once: out of the queue, its worker free. The failure first: the worker of
