@@ -69,6 +69,18 @@ class RunningStack:
                 time.sleep(0.1)  # between polls of the job's status
         return body
 
+    def delivered_png(self, body: dict[str, Any], timeout_s: float = 300) -> bytes:
+        """POST ``body`` (202 asserted), wait until the job ends delivered, and fetch its first
+        image through its signed URL."""
+        with self.client() as c:
+            r = c.post("/v1/generations", json=body)
+        assert r.status_code == 202, r.text
+        job = self.wait_terminal(r.json()["id"], timeout_s=timeout_s)
+        assert job.get("status") == "delivered", job
+        png = httpx.get(job["images"][0]["url"], timeout=30)
+        assert png.status_code == 200
+        return png.content
+
     def submit(self, body: dict[str, Any], idempotency_key: str, timeout_s: float = 120) -> str:
         """Submit until accepted: retries (same Idempotency-Key) ride out an API restart."""
         deadline = time.monotonic() + timeout_s

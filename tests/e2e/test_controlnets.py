@@ -10,7 +10,6 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx
 import pytest
 from PIL import Image, ImageDraw
 
@@ -36,14 +35,7 @@ def data_uri(png: bytes) -> str:
 def image(stack: RunningStack, controlnets: list[dict[str, Any]]) -> bytes:
     body = {"prompt": "a black square", "model": MODEL, "steps": 3, "seed": 7}
     body["controlnets"] = controlnets  # type: ignore[assignment]
-    with stack.client() as c:
-        r = c.post("/v1/generations", json=body)
-    assert r.status_code == 202, r.text
-    job = stack.wait_terminal(r.json()["id"], timeout_s=300)
-    assert job.get("status") == "delivered", job
-    png = httpx.get(job["images"][0]["url"], timeout=30)
-    assert png.status_code == 200
-    return png.content
+    return stack.delivered_png(body)
 
 
 def test_controlnets_are_listed_with_their_type_and_family(stack: RunningStack) -> None:

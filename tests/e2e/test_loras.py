@@ -7,7 +7,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx
 import pytest
 
 from .conftest import RunningStack
@@ -19,14 +18,7 @@ INK, GLOW, XL_INK = "tiny-sd15-lora-ink", "tiny-sd15-lora-glow", "tiny-sdxl-lora
 
 def image(stack: RunningStack, loras: list[dict[str, Any]]) -> bytes:
     body = {"prompt": "a red circle", "model": MODEL, "steps": 4, "seed": 11, "loras": loras}
-    with stack.client() as c:
-        r = c.post("/v1/generations", json=body)
-    assert r.status_code == 202, r.text
-    job = stack.wait_terminal(r.json()["id"], timeout_s=300)
-    assert job.get("status") == "delivered", job
-    png = httpx.get(job["images"][0]["url"], timeout=30)
-    assert png.status_code == 200
-    return png.content
+    return stack.delivered_png(body)
 
 
 def test_loras_are_listed_with_their_family(stack: RunningStack) -> None:

@@ -208,9 +208,9 @@ def test_a_controlnet_is_loaded_once_per_worker_and_reported(
     loads: list[str] = []
     original = controlnets.load
 
-    def counted(models_dir: Path, net_id: str, *args: Any) -> Any:
+    def counted(models_dir: Path, net_id: str, *args: Any, **kwargs: Any) -> Any:
         loads.append(net_id)
-        return original(models_dir, net_id, *args)
+        return original(models_dir, net_id, *args, **kwargs)
 
     monkeypatch.setattr(controlnets, "load", counted)
     fresh = DiffusersRunner(zoo, files_dir=files.root)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +44,23 @@ MIB = budget.MIB
 @dataclass
 class BudgetAdmission:
     runner: DiffusersRunner
+    # model id -> (its manifest entry, its own activation_mb_per_mpix): read once, not per job
+    _manifests: dict[str, tuple[registry.ModelEntry, float | None]] = field(default_factory=dict)
+
+    def _manifest(self, folder: Path) -> tuple[registry.ModelEntry, float | None]:
+        held = self._manifests.get(folder.name)
+        if held is None:
+            held = (
+                registry.read_manifest(folder),
+                _manifest_number(folder, "activation_mb_per_mpix"),
+            )
+            self._manifests[folder.name] = held
+        return held
 
     def need(self, plan: RunPlan) -> budget.Need:
         """The job's need by the budget model (ModelNotRegistered for an unknown model)."""
         folder = self.runner.models_dir / plan.model_id
-        entry = registry.read_manifest(folder)
+        entry, own = self._manifest(folder)
         resident = dict(self.runner.resident())
         if plan.model_id in resident:
             weights = resident[plan.model_id]
@@ -59,7 +71,6 @@ class BudgetAdmission:
             )
         components = entry.components or {}
         denoiser = budget.denoiser_mb(components)
-        own = _manifest_number(folder, "activation_mb_per_mpix")
         return budget.job_need_mb(
             weights / MIB,
             entry.family,

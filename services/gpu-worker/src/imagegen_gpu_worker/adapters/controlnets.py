@@ -7,8 +7,8 @@ This module:
 - finds the registered ControlNet of that type for the model's family: a folder under
   ``models_dir`` whose ``model.json`` says ``kind: "controlnet"``, the ``family`` and the
   ``controlnet_type`` (the first by id when several match; none: :class:`ControlNetUnavailable`);
-- loads it once (``registry.verify``, every sha256, then ``from_pretrained`` offline, in the base
-  model's dtype, on the run's device); the runner keeps it for the worker's lifetime;
+- loads it once (the runner's integrity check, ADR 0707, then ``from_pretrained`` offline, in
+  the base model's dtype, on the run's device); the runner keeps it for the worker's lifetime;
 - reads the control image from the files folder, checks that its bytes hash to its id and
   decodes it (missing, altered or undecodable: :class:`ControlImageUnavailable`);
 - preprocesses it for the type (:mod:`.control_preprocess`);
@@ -29,6 +29,7 @@ import io
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,12 +103,20 @@ def find(models_dir: Path, family: str, control_type: str) -> str:
     )
 
 
-def load(models_dir: Path, net_id: str, family: str, device: str, dtype: Any) -> LoadedControlNet:
+def load(
+    models_dir: Path,
+    net_id: str,
+    family: str,
+    device: str,
+    dtype: Any,
+    verify: Callable[[Path], registry.ModelEntry] = registry.verify,
+) -> LoadedControlNet:
     """Verify and load ControlNet ``net_id`` for a ``family`` model (on ``device``, in
-    ``dtype``)."""
+    ``dtype``); ``verify`` checks its files before anything is read (the runner passes its
+    integrity check: trusted by size and mtime, repaired when corrupted, ADR 0707)."""
     t0 = time.perf_counter()
     folder = models_dir / net_id
-    entry = registry.verify(folder)  # every file's sha256, before anything is read
+    entry = verify(folder)
     if entry.kind != "controlnet" or entry.family != family:
         raise ControlNetUnavailable(
             f"{net_id!r} is a {entry.family!r} {entry.kind!r}, not a {family!r} ControlNet"

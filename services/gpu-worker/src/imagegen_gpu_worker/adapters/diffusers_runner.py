@@ -91,6 +91,7 @@ unpacked to (channels, h, w) first, and any latents with more than three channel
 from __future__ import annotations
 
 import base64
+import functools
 import gc
 import io
 import json
@@ -212,6 +213,8 @@ class DiffusersRunner:
     files_dir: Path | None = None
     # (ControlNet id, dtype) -> the net, loaded once and kept (guarded by ``_index_lock``).
     control_nets: dict[tuple[str, str], controlnets.LoadedControlNet] = field(default_factory=dict)
+    # (family, ControlNet type) -> the registered net's id, found once (controlnets.find)
+    _net_ids: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @property
     def on_cuda(self) -> bool:
@@ -672,13 +675,21 @@ class DiffusersRunner:
         nets, load_ms = [], 0.0
         with self._lock:
             for use in uses:
-                net_id = controlnets.find(self.models_dir, model.family, use.type)
+                net_id = self._net_ids.get((model.family, use.type))
+                if net_id is None:  # manifests are read once per (family, type)
+                    net_id = controlnets.find(self.models_dir, model.family, use.type)
+                    self._net_ids[(model.family, use.type)] = net_id
                 key = (net_id, str(dtype))
                 with self._index_lock:
                     held = self.control_nets.get(key)
                 if held is None:
                     held = controlnets.load(
-                        self.models_dir, net_id, model.family, self.device, dtype
+                        self.models_dir,
+                        net_id,
+                        model.family,
+                        self.device,
+                        dtype,
+                        verify=functools.partial(self._verified_locked, net_id),
                     )
                     load_ms += held.load_ms
                     with self._index_lock:
