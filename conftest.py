@@ -71,3 +71,51 @@ def topics(infra: Infra) -> str:
 
     ensure_topics(infra.kafka_bootstrap, infra.topic_prefix)
     return infra.topic_prefix
+
+
+@pytest.fixture(scope="session")
+def s3_env(infra: Infra) -> dict[str, str]:
+    """IMAGEGEN_S3_* of the local stack's S3 server (``infra-up`` starts it; docs/storage.md).
+    No skip: a missing server fails here, naming what to run."""
+    env = dict(
+        line.split("=", 1)
+        for line in (ROOT / "var" / "stack.env").read_text().splitlines()
+        if line.startswith("IMAGEGEN_S3_")
+    )
+    if "IMAGEGEN_S3_ENDPOINT" not in env:
+        pytest.fail("var/stack.env names no S3 server: run `deploy/stack.py infra-up`")
+    return env
+
+
+@pytest.fixture(scope="session")
+def _s3_client(s3_env: dict[str, str]) -> object:
+    from imagegen_runtime.objectstore import ObjectStoreSettings, make_client
+
+    return make_client(ObjectStoreSettings(**_s3_fields(s3_env, "unused")))
+
+
+def _s3_fields(s3_env: dict[str, str], bucket: str) -> dict[str, object]:
+    return {
+        "endpoint": s3_env["IMAGEGEN_S3_ENDPOINT"],
+        "bucket": bucket,
+        "access_key": s3_env["IMAGEGEN_S3_ACCESS_KEY"],
+        "secret_key": s3_env["IMAGEGEN_S3_SECRET_KEY"],
+        "max_attempts": 1,
+    }
+
+
+@pytest.fixture
+def s3_bucket(s3_env: dict[str, str], _s3_client: object) -> Iterator[object]:
+    """A fresh, empty bucket on the real S3 server (an ``S3Objects``), emptied and removed after."""
+    from imagegen_runtime.objectstore import ObjectStoreSettings, ObjectStoreUnavailable, S3Objects
+
+    settings = ObjectStoreSettings(**_s3_fields(s3_env, f"test-{uuid.uuid4().hex[:12]}"))
+    objects = S3Objects(settings, _s3_client)
+    try:
+        objects.ensure_bucket()
+    except ObjectStoreUnavailable as exc:
+        pytest.fail(f"S3 server at {settings.endpoint} unusable ({exc}); see var/log/s3.log")
+    yield objects
+    for obj in list(objects.list("")):
+        objects.delete(obj.key)
+    objects.client.delete_bucket(Bucket=settings.bucket)

@@ -1,10 +1,13 @@
-"""Run a benchmark: python -m bench {overhead,scheduler,models,fleet,gpu,pool} [options]."""
+"""Run a benchmark: python -m bench NAME [options].
+
+NAME: overhead, scheduler, models, fleet, gpu, pool, flood, admission.
+"""
 
 from __future__ import annotations
 
 import sys
 
-from . import fleet, gpu, models, overhead, pool, scheduler
+from . import admission, fleet, flood, gpu, models, overhead, pool, scheduler
 
 BENCHES = {
     "overhead": overhead.main,
@@ -13,6 +16,8 @@ BENCHES = {
     "fleet": fleet.main,
     "gpu": gpu.main,
     "pool": pool.main,
+    "flood": flood.main,
+    "admission": admission.main,
 }
 
 if __name__ == "__main__":

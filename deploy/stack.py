@@ -45,6 +45,28 @@ def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a secret-bearing file readable by its owner only: created 0600 (never readable by
+    others, not even for a moment) and moved over ``path`` atomically, so a file left 0644 by
+    an older version is replaced by a 0600 one. The folder must exist."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def private_dir(path: Path) -> None:
+    """A folder only its owner can list or enter (0700), also when it already existed."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+
+
 @dataclass
 class Stack:
     var: Path = field(
@@ -56,6 +78,9 @@ class Stack:
     )
     pg_port: int = field(default_factory=lambda: _env_int("IMAGEGEN_STACK_PG_PORT", 25432))
     jars: Path = ROOT / "deploy" / ".cache" / "kafka" / "libs"
+    # S3Proxy, the S3-compatible server (docs/adr/0410); data under var/s3.
+    s3_port: int = field(default_factory=lambda: _env_int("IMAGEGEN_STACK_S3_PORT", 29400))
+    s3_jars: Path = ROOT / "deploy" / ".cache" / "s3proxy" / "libs"
     # Added to every service's HTTP port (8000, 8101..8105) so two stacks can run side by side.
     port_offset: int = field(default_factory=lambda: _env_int("IMAGEGEN_STACK_PORT_OFFSET", 0))
     models: Path = field(
@@ -108,6 +133,20 @@ class Stack:
     def pg_root(self) -> Path:
         return self.var / "pg"
 
+    @property
+    def s3_dir(self) -> Path:
+        return self.var / "s3"
+
+    def s3_env(self) -> dict[str, str]:
+        """IMAGEGEN_S3_*: how services and tests reach the stack's S3 server (its bucket)."""
+        return {
+            "IMAGEGEN_S3_ENDPOINT": f"http://127.0.0.1:{self.s3_port}",
+            "IMAGEGEN_S3_BUCKET": "imagegen",
+            "IMAGEGEN_S3_REGION": "us-east-1",
+            "IMAGEGEN_S3_ACCESS_KEY": "imagegen-" + self.secret("s3_access_key", 6),
+            "IMAGEGEN_S3_SECRET_KEY": self.secret("s3_secret_key", 30),
+        }
+
     def port(self, service: str) -> int:
         """A program's HTTP port: the service's, and 8110 + i for gpu-worker-i (i >= 2)."""
         if service.startswith("gpu-worker-"):
@@ -121,10 +160,9 @@ class Stack:
     def secret(self, name: str, nbytes: int = 24) -> str:
         """A generated secret kept in var/secrets (0600), the same on every run."""
         path = self.var / "secrets" / name
+        private_dir(path.parent)
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(nbytes))
-            path.chmod(0o600)
+            write_private(path, secrets.token_urlsafe(nbytes))
         return path.read_text().strip()
 
     @property
@@ -292,12 +330,57 @@ def write_kafka_config(st: Stack) -> Path:
     return props
 
 
+def ensure_s3_jars(st: Stack) -> None:
+    if st.s3_jars.exists() and any(st.s3_jars.glob("s3proxy-*.jar")):
+        return
+    say("setup: resolving S3Proxy jars from Maven Central (deploy/s3proxy/pom.xml)")
+    tmp = st.s3_jars.with_name("libs.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    sh(
+        "mvn",
+        "-q",
+        "-B",
+        "-f",
+        ROOT / "deploy" / "s3proxy" / "pom.xml",
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={tmp}",
+        "-DincludeScope=runtime",
+    )
+    tmp.rename(st.s3_jars)
+
+
+def write_s3_config(st: Stack) -> Path:
+    """var/s3/s3proxy.conf (0600: it holds the S3 credential); objects as files in var/s3/data."""
+    data = st.s3_dir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    env = st.s3_env()
+    conf = st.s3_dir / "s3proxy.conf"
+    write_private(
+        conf,
+        "\n".join(
+            [
+                f"s3proxy.endpoint=http://127.0.0.1:{st.s3_port}",
+                "s3proxy.authorization=aws-v2-or-v4",
+                f"s3proxy.identity={env['IMAGEGEN_S3_ACCESS_KEY']}",
+                f"s3proxy.credential={env['IMAGEGEN_S3_SECRET_KEY']}",
+                "jclouds.provider=filesystem",
+                f"jclouds.filesystem.basedir={data}",
+                "",
+            ]
+        ),
+    )
+    return conf
+
+
 def setup(st: Stack) -> None:
-    for d in (st.run, st.logs, st.kafka_dir):
+    for d in (st.logs, st.kafka_dir):
         d.mkdir(parents=True, exist_ok=True)
+    private_dir(st.run)  # supervisord.conf holds the database password and signing key
     ensure_kafka_jars(st)
+    ensure_s3_jars(st)
     ensure_pg_cluster(st)
     write_kafka_config(st)
+    write_s3_config(st)
     write_supervisor_config(st)
     write_env_file(st)
 
@@ -311,10 +394,14 @@ def service_env(st: Stack, program: str) -> dict[str, str]:
         f"{prefix}KAFKA_BOOTSTRAP": st.kafka_bootstrap,
         f"{prefix}HTTP_PORT": str(st.port(program)),
     }
-    if name in ("api", "pool-manager"):
+    if name in ("api", "pool-manager", "delivery"):
         env[f"{prefix}DATABASE_URL"] = st.database_url
+    if name in ("api", "delivery"):  # the local stack's tests run webhook receivers on loopback
+        env[f"{prefix}WEBHOOK_ALLOW"] = "127.0.0.0/8,::1/128"
     if name == "api":
         env[f"{prefix}PUBLIC_BASE_URL"] = f"http://127.0.0.1:{st.port('api')}"
+    if name == "api" and os.environ.get("IMAGEGEN_STACK_API_LIMITS"):  # JSON (ADR 0640)
+        env[f"{prefix}LIMITS"] = os.environ["IMAGEGEN_STACK_API_LIMITS"]
     if name in ("api", "gpu-worker"):  # control images: the API stores, the workers read
         env[f"{prefix}FILES_DIR"] = str(st.var / "files")
     if name == "delivery":
@@ -326,6 +413,10 @@ def service_env(st: Stack, program: str) -> dict[str, str]:
         env[f"{prefix}MODELS_DIR"] = str(st.models)
     if name == "pool-manager" and os.environ.get("IMAGEGEN_STACK_POOL"):
         env[f"{prefix}POOL"] = os.environ["IMAGEGEN_STACK_POOL"]  # ours | none (bench fleet)
+    # IMAGEGEN_STORAGE=s3: images, pause states and uploads in the stack's S3 server.
+    if name in ("api", "gpu-worker", "safety", "delivery") and storage() == "s3":
+        env[f"{prefix}STORAGE"] = "s3"
+        env.update(st.s3_env())
     if name == "gpu-worker":
         env[f"{prefix}BLOB_DIR"] = str(st.var / "blobs")
         if os.environ.get("IMAGEGEN_STACK_PRELOAD_MODEL"):
@@ -336,7 +427,17 @@ def service_env(st: Stack, program: str) -> dict[str, str]:
         if st.worker_budgets_mb:
             budget = st.worker_budgets_mb[(i - 1) % len(st.worker_budgets_mb)]
             env[f"{prefix}MODEL_MEMORY_BUDGET_MB"] = str(budget)
+    if f"{prefix}DATABASE_URL" not in env:  # api_keys, to admit operator keys (ADR 0610)
+        env[f"{prefix}AUTH_DATABASE_URL"] = st.database_url
     return env
+
+
+def storage() -> str:
+    """IMAGEGEN_STORAGE: where the services keep objects, ``local`` (default) or ``s3``."""
+    value = os.environ.get("IMAGEGEN_STORAGE", "local")
+    if value not in ("local", "s3"):
+        raise SystemExit(f"IMAGEGEN_STORAGE must be local or s3, got {value!r}")
+    return value
 
 
 def _program(
@@ -370,7 +471,13 @@ def _program(
     if user:
         lines.append(f"user={user}")
     if env:
-        pairs = ",".join(f'{k}="{v}"' for k, v in env.items())
+        # supervisord splits on commas outside quotes (shlex, not POSIX: no escapes) and expands
+        # %(name)s: a value holding double quotes (JSON) goes in single quotes, % doubled.
+        def quote(v: str) -> str:
+            q = "'" if '"' in v else '"'
+            return q + v.replace("%", "%%") + q
+
+        pairs = ",".join(f"{k}={quote(v)}" for k, v in env.items())
         lines.append(f"environment={pairs}")
     return "\n".join(lines) + "\n"
 
@@ -386,6 +493,11 @@ def write_supervisor_config(st: Stack) -> Path:
     pg_cmd = (
         f"{pg_bin()}/postgres -D {root / 'data'} -p {st.pg_port} -h 127.0.0.1 -k {root / 'sock'}"
     )
+    s3_cmd = (
+        f"{java} -Xms64m -Xmx256m -XX:+UseSerialGC -Djava.awt.headless=true "
+        f"-Dlogback.configurationFile={ROOT / 'deploy' / 's3proxy' / 'logback.xml'} "
+        f"-cp '{st.s3_jars}/*' org.gaul.s3proxy.Main --properties {st.s3_dir / 's3proxy.conf'}"
+    )
     # IMAGEGEN_STACK_VAR marks every program of this stack, so `down` finds its stragglers.
     mark = {"IMAGEGEN_STACK_VAR": str(st.var.resolve())}
     base_env = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **mark}
@@ -399,6 +511,7 @@ def write_supervisor_config(st: Stack) -> Path:
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n",
         f"[supervisorctl]\nserverurl=unix://{st.run / 'supervisor.sock'}\n",
         _program("kafka", kafka_cmd, st, stopwait=30, env=mark),
+        _program("s3", s3_cmd, st, stopwait=15, env=mark),
         _program(
             "postgres",
             pg_cmd,
@@ -415,21 +528,25 @@ def write_supervisor_config(st: Stack) -> Path:
         env = {**base_env, **service_env(st, program)}
         parts.append(_program(program, f"{PY} -m {module}", st, env=env))
     conf = st.run / "supervisord.conf"
-    conf.write_text("\n".join(parts))
+    private_dir(st.run)
+    write_private(conf, "\n".join(parts))  # 0600: it holds the service secrets
     return conf
 
 
 def write_env_file(st: Stack) -> None:
-    """var/stack.env: what tests and the CLI need to reach the local stack."""
-    (st.var / "stack.env").write_text(
+    """var/stack.env (0600): what tests and the CLI need to reach the local stack."""
+    text = (
         f"IMAGEGEN_KAFKA_BOOTSTRAP={st.kafka_bootstrap}\n"
         f"IMAGEGEN_DATABASE_URL={st.database_url}\n"
         f"IMAGEGEN_API_URL=http://127.0.0.1:{st.port('api')}\n"
     )
-    key = st.var / "secrets" / "dev_api_key"
-    if key.exists():
-        with open(st.var / "stack.env", "a") as f:
-            f.write(f"IMAGEGEN_API_KEY={key.read_text().strip()}\n")
+    text += "".join(f"{k}={v}\n" for k, v in st.s3_env().items())
+    for var, name in (("API_KEY", "dev_api_key"), ("OPERATOR_KEY", "operator_api_key")):
+        key = st.var / "secrets" / name
+        if key.exists():
+            text += f"IMAGEGEN_{var}={key.read_text().strip()}\n"
+    st.var.mkdir(parents=True, exist_ok=True)
+    write_private(st.var / "stack.env", text)
 
 
 def supervisord_pid(st: Stack) -> int | None:
@@ -511,6 +628,39 @@ def wait_pg(st: Stack, timeout_s: float = 60) -> None:
     raise SystemExit(f"PostgreSQL not ready after {timeout_s}s: see {st.logs / 'postgres.log'}")
 
 
+def wait_s3(st: Stack, timeout_s: float = 90) -> None:
+    """Until the S3 server answers a signed request; then make sure the stack's bucket exists."""
+    sys.path.insert(0, str(ROOT / "libs" / "runtime" / "src"))
+    from imagegen_runtime.objectstore import (
+        ObjectStoreSettings,
+        ObjectStoreUnavailable,
+        S3Objects,
+    )
+
+    env = st.s3_env()
+    settings = ObjectStoreSettings(
+        endpoint=env["IMAGEGEN_S3_ENDPOINT"],
+        bucket=env["IMAGEGEN_S3_BUCKET"],
+        access_key=env["IMAGEGEN_S3_ACCESS_KEY"],
+        secret_key=env["IMAGEGEN_S3_SECRET_KEY"],
+        connect_timeout_s=1,
+        read_timeout_s=5,
+        max_attempts=1,
+    )
+    objects = S3Objects(settings)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            objects.ensure_bucket()
+            return
+        except ObjectStoreUnavailable as exc:
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"S3 server not ready after {timeout_s}s ({exc}): see {st.logs / 's3.log'}"
+                ) from exc
+        time.sleep(0.2)  # the port is closed until the JVM has started; poll again
+
+
 def psql(st: Stack, sql: str, db: str = "postgres") -> str:
     r = sh(
         *_pg_user_prefix(),
@@ -562,10 +712,11 @@ def wait_service(st: Stack, name: str, timeout_s: float = 120) -> float:
 def infra_up(st: Stack) -> None:
     setup(st)
     ensure_supervisord(st)
-    start(st, "kafka", "postgres")
+    start(st, "kafka", "postgres", "s3")
     wait_kafka(st)
     wait_pg(st)
     ensure_database(st)
+    wait_s3(st)
     ensure_topics(st)
 
 
@@ -583,13 +734,16 @@ def up(st: Stack) -> None:
     infra_up(st)
     say(f"ready  kafka         {st.kafka_bootstrap}")
     say(f"ready  postgres      127.0.0.1:{st.pg_port}")
+    say(f"ready  s3            http://127.0.0.1:{st.s3_port}  (storage: {storage()})")
     start(st, *st.programs())
     for name in st.programs():
         waited = wait_service(st, name)
         say(f"ready  {name:<13} http://127.0.0.1:{st.port(name)}  (+{waited:.1f}s)")
     key_file = ensure_dev_key(st)
+    ensure_operator_key(st)
     say(f"stack ready in {time.monotonic() - t0:.1f}s; logs in {st.logs}; `make down` stops it")
     say(f"development API key (user 'dev', plan pro) in {key_file}")
+    say("operator key (/metrics, /docs, operator views) in var/stack.env IMAGEGEN_OPERATOR_KEY")
 
 
 def ensure_dev_key(st: Stack) -> Path:
@@ -610,9 +764,22 @@ def ensure_dev_key(st: Stack) -> Path:
             env=env,
             capture_output=True,
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(out.stdout.strip())
-        path.chmod(0o600)
+        private_dir(path.parent)
+        write_private(path, out.stdout.strip())
+    write_env_file(st)
+    return path
+
+
+def ensure_operator_key(st: Stack) -> Path:
+    """An operator key (role operator: /metrics, /docs, operator views), created once and kept
+    in var/secrets/operator_api_key; var/stack.env names it IMAGEGEN_OPERATOR_KEY."""
+    path = st.var / "secrets" / "operator_api_key"
+    if not path.exists():
+        env = {**os.environ, "IMAGEGEN_DATABASE_URL": st.database_url}
+        args = ("--user", "operator", "--plan", "pro", "--role", "operator")
+        out = sh(PY, "-m", "imagegen.cli", "keys", "create", *args, env=env, capture_output=True)
+        private_dir(path.parent)
+        write_private(path, out.stdout.strip())
     write_env_file(st)
     return path
 
@@ -701,7 +868,15 @@ def main(argv: list[str]) -> None:
         setup(st)
     elif cmd == "infra-up":
         infra_up(st)
-        say(json.dumps({"kafka": st.kafka_bootstrap, "postgres": f"127.0.0.1:{st.pg_port}"}))
+        say(
+            json.dumps(
+                {
+                    "kafka": st.kafka_bootstrap,
+                    "postgres": f"127.0.0.1:{st.pg_port}",
+                    "s3": f"http://127.0.0.1:{st.s3_port}",
+                }
+            )
+        )
     elif cmd == "up":
         up(st)
     elif cmd == "down":

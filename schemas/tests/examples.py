@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from imagegen_schemas import jobs, workers
+from imagegen_schemas import jobs, usage, webhooks, workers
 from imagegen_schemas.common import ControlNetSpec, GenerationParams, ImageRef, LoraSpec, Plan, Tier
 from imagegen_schemas.envelope import Envelope, Payload
 
@@ -16,6 +16,9 @@ JOB = "0b7f1c9e-5d1a-4e6b-9a55-3f2f4f0c7a11"
 WORKER = "worker-h100-01"
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 T0 = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
+WEBHOOK_BODY = (
+    '{"data":{"reason":"out_of_memory"},"job_id":"' + JOB + '","type":"generation.failed"}'
+)
 
 PARAMS = GenerationParams(
     prompt="a red circle on a blue background",
@@ -180,6 +183,61 @@ EXAMPLES: list[Payload] = [
         error="ValidationError: ...",
         original_key_b64=None,
         original_value_b64="bm90IGpzb24=",
+    ),
+    usage.UsageRecorded(
+        job_id=JOB,
+        user_id="user-42",
+        plan=Plan.PRO,
+        tier=Tier.FAST,
+        model="shapes-demo",
+        state=usage.UsageState.DELIVERED,
+        images_requested=1,
+        images=1,
+        gpu_seconds=7.25,
+        gpu_seconds_by_class={"A10G-24GB": 3.0, "H100-80GB": 4.25},
+        attempts=(
+            usage.AttemptUsage(
+                fencing_token=7,
+                attempt=1,
+                worker_id="worker-a10g-03",
+                worker_class="A10G-24GB",
+                outcome=usage.AttemptOutcome.PAUSED,
+                gpu_seconds=3.0,
+            ),
+            usage.AttemptUsage(
+                fencing_token=9,
+                attempt=1,
+                worker_id=WORKER,
+                worker_class="H100-80GB",
+                outcome=usage.AttemptOutcome.GENERATED,
+                gpu_seconds=4.25,
+            ),
+        ),
+        requested_at=T0,
+        ended_at=datetime(2026, 11, 27, 10, 0, 9, tzinfo=UTC),
+    ),
+    webhooks.WebhookScheduled(
+        message_id="44444444-2222-4333-8444-555555555555",
+        job_id=JOB,
+        user_id="user-1",
+        url="https://hooks.example.com/imagegen",
+        webhook_type="generation.failed",
+        body=WEBHOOK_BODY,
+        attempt=2,
+        due_at=datetime(2026, 11, 27, 10, 0, 5, tzinfo=UTC),
+        last_status=503,
+        last_error="answered 503",
+    ),
+    webhooks.WebhookDeadLettered(
+        message_id="44444444-2222-4333-8444-555555555555",
+        job_id=JOB,
+        user_id="user-1",
+        url="https://hooks.example.com/imagegen",
+        webhook_type="generation.failed",
+        body=WEBHOOK_BODY,
+        attempts=7,
+        last_status=503,
+        reason="answered 503",
     ),
 ]
 

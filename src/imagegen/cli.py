@@ -5,12 +5,14 @@
     imagegen generate "a prompt" --out file.png [--model --steps --seed --guidance ...]
     imagegen replay --job ID              one job's timeline, read from the topics
     imagegen replay --rebuild --verify    rebuild the projection from offset 0, compare with live
-    imagegen keys create --user NAME --plan {free,pro,turbo}   print a new API key
+    imagegen keys create|list|revoke|rotate   API keys and roles (see `imagegen keys --help`)
     imagegen fleet [--json]               the pool-manager's fleet projection: each worker's
                                           state, models, adapters, memory and in-flight jobs
     imagegen simulate ...                 the fleet simulator (see docs/scheduling.md)
     imagegen models register --id ID --family F (--path P | --hub REPO_ID)
                                           register a real checkpoint (see docs/models.md)
+    imagegen usage --user U --since T [--until T] [--json]   a user's usage ledger (docs/usage.md)
+    imagegen webhooks secret|redeliver    webhook secrets, resend dead letters (docs/webhooks.md)
 
 Connection settings come from flags, else IMAGEGEN_KAFKA_BOOTSTRAP / IMAGEGEN_DATABASE_URL,
 else the local stack's var/stack.env.
@@ -43,28 +45,6 @@ def stack_setting(name: str, default: str | None = None) -> str | None:
 
 def _bootstrap(args: argparse.Namespace) -> str:
     return args.bootstrap or stack_setting("KAFKA_BOOTSTRAP", "127.0.0.1:29092") or ""
-
-
-def cmd_keys(args: argparse.Namespace) -> int:
-    from imagegen_api.adapters.accounts import PgAccounts
-    from imagegen_runtime.db import make_engine
-    from imagegen_schemas import Plan
-
-    url = args.database_url or stack_setting("DATABASE_URL")
-    if not url:
-        print("no database: pass --database-url or run `make up` first", file=sys.stderr)
-        return 2
-
-    async def create() -> str:
-        engine = make_engine(url, pool_size=1)
-        accounts = PgAccounts(engine)
-        await accounts.create_tables()
-        key = await accounts.create_key(args.user, Plan(args.plan))
-        await engine.dispose()
-        return key
-
-    print(asyncio.run(create()))
-    return 0
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
@@ -228,12 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--bootstrap", default=None)
     rp.add_argument("--database-url", default=None)
     rp.set_defaults(func=cmd_replay)
-    keys = sub.add_parser("keys", help="API keys")
-    keys.add_argument("action", choices=["create"])
-    keys.add_argument("--user", required=True, help="user id the key acts for")
-    keys.add_argument("--plan", choices=["free", "pro", "turbo"], default="free")
-    keys.add_argument("--database-url", default=None)
-    keys.set_defaults(func=cmd_keys)
+    from .keys import add_parser as add_keys_parser
+
+    add_keys_parser(sub)
     fleet = sub.add_parser("fleet", help="the pool-manager's fleet projection")
     fleet.add_argument("--json", action="store_true", help='as JSON: {"workers": [...]}')
     fleet.add_argument("--database-url", default=None)
@@ -242,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     from .models import add_parser as add_models_parser
 
     add_models_parser(sub)
+    from .usage import add_parser as add_usage_parser
+
+    add_usage_parser(sub)
+    from .webhooks import add_parser as add_webhooks_parser
+
+    add_webhooks_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

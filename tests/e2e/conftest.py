@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -121,6 +122,11 @@ def stack(infra) -> Iterator[RunningStack]:  # type: ignore[no-untyped-def]
         **os.environ,
         "IMAGEGEN_STACK_MODELS": str(models),
         "IMAGEGEN_STACK_PRELOAD_MODEL": "tiny-random",
+        # The session's pro key polls often and runs 50-job fault tests: room for that. The
+        # free and turbo plans keep their shipped limits (tests/e2e/test_limits.py).
+        "IMAGEGEN_STACK_API_LIMITS": json.dumps(
+            {"pro": {"requests_per_minute": 6000, "burst": 1000, "active_jobs": 200}}
+        ),
     }
     subprocess.run(
         [sys.executable, str(ROOT / "deploy/stack.py"), "up"],

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -25,6 +27,10 @@ SERVICES = {
     "delivery": 8104 + OFFSET,
     "pool-manager": 8105 + OFFSET,
 }
+
+
+def get(url: str, headers: dict[str, str]):  # type: ignore[no-untyped-def]
+    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5)
 
 
 def live_pids_mentioning(mark: str) -> list[int]:
@@ -59,12 +65,34 @@ def test_up_is_ready_idempotent_and_down_leaves_no_process(tmp_path: Path) -> No
     try:
         first = subprocess.run([*stack, "up"], env=env, capture_output=True, text=True, timeout=300)
         assert first.returncode == 0, first.stdout + first.stderr
+        for written in (var / "stack.env", var / "run" / "supervisord.conf"):  # issue 14
+            assert stat.S_IMODE(written.stat().st_mode) == 0o600, written
+        made = dict(
+            line.split("=", 1) for line in (var / "stack.env").read_text().splitlines() if line
+        )
+        operator = {"Authorization": f"Bearer {made['IMAGEGEN_OPERATOR_KEY']}"}
+        user = {"Authorization": f"Bearer {made['IMAGEGEN_API_KEY']}"}
         for name, port in SERVICES.items():
             assert f"ready  {name}" in first.stdout
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
                 assert json.loads(r.read())["ready"] is True
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            metrics = f"http://127.0.0.1:{port}/metrics"
+            with get(metrics, operator) as r:
                 assert b"python_info" in r.read()
+            for headers, code in (({}, 401), (user, 403)):  # operator-only (issue 14)
+                with pytest.raises(urllib.error.HTTPError) as refused:
+                    get(metrics, headers)
+                assert refused.value.code == code, (name, headers)
+        for view in (
+            f"http://127.0.0.1:{SERVICES['scheduler']}/v1/queues",
+            f"http://127.0.0.1:{SERVICES['pool-manager']}/v1/workers",
+            f"http://127.0.0.1:{SERVICES['api']}/docs",
+        ):
+            with get(view, operator) as r:
+                assert r.status == 200, view
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                get(view, user)
+            assert refused.value.code == 403, view
         second = subprocess.run(
             [*stack, "up"], env=env, capture_output=True, text=True, timeout=120
         )

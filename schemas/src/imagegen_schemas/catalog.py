@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import jobs, workers
+from . import jobs, usage, webhooks, workers
 from .envelope import Payload
 
 DAY_MS = 24 * 60 * 60 * 1000
@@ -104,6 +104,16 @@ TOPICS: tuple[TopicSpec, ...] = (
         "Failures (per attempt and terminal) and cancellations.",
     ),
     TopicSpec(
+        "imagegen.usage",
+        "user_id",
+        JOB_PARTITIONS,
+        -1,
+        False,
+        (usage.UsageRecorded,),
+        "One usage record per ended job (GPU seconds by worker class, images, tier, plan), keyed"
+        " by user. Kept forever: billing and analytics read it (docs/usage.md).",
+    ),
+    TopicSpec(
         "imagegen.workers.heartbeats",
         "worker_id",
         3,
@@ -153,6 +163,24 @@ TOPICS: tuple[TopicSpec, ...] = (
         False,
         (workers.DeadLettered,),
         "Records a consumer could not process, with the error and the original bytes.",
+    ),
+    TopicSpec(
+        "imagegen.webhooks.retry",
+        "job_id",
+        JOB_PARTITIONS,
+        3 * DAY_MS,
+        False,
+        (webhooks.WebhookScheduled,),
+        "Webhook attempts with their due time: the first call and every retry (docs/adr/0403).",
+    ),
+    TopicSpec(
+        "imagegen.webhooks.deadletter",
+        "job_id",
+        3,
+        30 * DAY_MS,
+        False,
+        (webhooks.WebhookDeadLettered,),
+        "Webhook calls that ran out of attempts or were refused; `imagegen webhooks redeliver`.",
     ),
 )
 

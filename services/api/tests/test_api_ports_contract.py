@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from imagegen_api.adapters.accounts import PgAccounts
+from imagegen_api.adapters.fastpath import FastAccounts
 from imagegen_api.adapters.jobstore import PgJobStore
 from imagegen_api.adapters.memory import InMemoryAccounts, InMemoryJobStore
 from imagegen_api.domain.idempotency import CLAIM_LEASE, KEY_TTL, Claim, HeldKey
@@ -26,9 +27,14 @@ BACKENDS = [
     pytest.param("postgres", marks=pytest.mark.integration),
 ]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+ACCOUNTS = [
+    *BACKENDS,
+    # the admission fast path (ADR 0640): cached lookups, group-committed claims and marks
+    pytest.param("postgres-fast", marks=pytest.mark.integration),
+]
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=ACCOUNTS)
 async def accounts(request: pytest.FixtureRequest) -> AsyncIterator[Accounts]:
     if request.param == "memory":
         yield InMemoryAccounts()
@@ -36,7 +42,7 @@ async def accounts(request: pytest.FixtureRequest) -> AsyncIterator[Accounts]:
     engine = make_engine(request.getfixturevalue("infra").database_url)
     pg = PgAccounts(engine)
     await pg.create_tables()
-    yield pg
+    yield FastAccounts(pg, engine, ttl_s=0.0) if request.param == "postgres-fast" else pg
     await engine.dispose()
 
 

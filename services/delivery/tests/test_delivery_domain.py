@@ -1,9 +1,7 @@
-"""Delivery planning and the webhook body: pure functions, no I/O."""
+"""Delivery planning, webhook messages and the retry schedule: pure functions, no I/O."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from datetime import UTC, datetime
 
@@ -12,13 +10,13 @@ import pytest
 from imagegen_delivery.domain.delivery import deliverable, plan_delivery
 from imagegen_delivery.domain.links import LinkCheck, verify
 from imagegen_delivery.domain.webhook import (
-    derive_webhook_key,
+    outcome_of,
+    retry_delay,
     signature_header,
-    verify_signature_header,
-    webhook_body,
+    succeeded,
 )
 from imagegen_schemas.common import ImageRef
-from imagegen_schemas.jobs import ImageModerated, Verdict
+from imagegen_schemas.jobs import GenerationFailed, ImageModerated, Verdict
 
 pytestmark = pytest.mark.unit
 KEY = b"k" * 32
@@ -88,7 +86,7 @@ def test_plan_fixes_one_expiry_and_signs_each_link() -> None:
     assert event.job_id == "job-1" and event.images == record.images
 
 
-def test_webhook_body_is_stable_json_with_links_and_event_id() -> None:
+def test_delivered_outcome_is_stable_json_with_links_and_event_id() -> None:
     msg = verdict()
     record = plan_delivery(
         msg,
@@ -100,11 +98,14 @@ def test_webhook_body_is_stable_json_with_links_and_event_id() -> None:
         base_url="https://dl",
         key=KEY,
     )
-    body = webhook_body("ev-1", "job-1", record.images)
-    assert body == webhook_body("ev-1", "job-1", record.images)
-    doc = json.loads(body)
-    assert doc["event_id"] == "ev-1" and doc["type"] == "imagegen.image.delivered"
-    assert doc["images"][0] == {
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    outcome = outcome_of(record.delivered(), "ev-1", "job-1", at)
+    assert outcome is not None and outcome == outcome_of(record.delivered(), "ev-1", "job-1", at)
+    assert outcome.message_id == "ev-1" and outcome.webhook_type == "generation.delivered"
+    doc = json.loads(outcome.body)
+    assert doc["event_id"] == "ev-1" and doc["type"] == "generation.delivered"
+    assert doc["timestamp"] == "2026-01-01T00:00:00Z" and doc["job_id"] == "job-1"
+    assert doc["data"]["images"][0] == {
         "index": 0,
         "url": record.images[0].url,
         "sha256": record.images[0].sha256,
@@ -112,17 +113,20 @@ def test_webhook_body_is_stable_json_with_links_and_event_id() -> None:
     }
 
 
-def test_signature_header_is_github_style_hmac_of_the_raw_body() -> None:
-    body = b'{"a":1}'
-    header = signature_header(body, KEY)
-    assert header == "sha256=" + hmac.new(KEY, body, hashlib.sha256).hexdigest()
-    assert verify_signature_header(body, header, KEY)
-    assert not verify_signature_header(body + b" ", header, KEY)
-    assert not verify_signature_header(body, header, b"other-key-0123456")
-    assert not verify_signature_header(body, "sha1=" + header[7:], KEY)
+def test_non_terminal_failure_has_no_webhook() -> None:
+    failed = GenerationFailed(job_id="j", reason="worker_lost", terminal=False)  # type: ignore[arg-type]
+    assert outcome_of(failed, "e", "j", datetime.now(UTC)) is None
 
 
-def test_derived_webhook_key_is_not_the_url_key_and_is_documented() -> None:
-    derived = derive_webhook_key(KEY)
-    assert derived != KEY
-    assert derived == hmac.new(KEY, b"imagegen.webhook.v1", "sha256").hexdigest().encode()
+def test_signature_header_has_one_v1_signature_per_secret() -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    one = signature_header("msg", at, "{}", ["whsec_" + "a" * 32])
+    two = signature_header("msg", at, "{}", ["whsec_" + "b" * 32, "whsec_" + "a" * 32])
+    assert one.startswith("v1,") and two.split(" ")[1] == one
+
+
+def test_retry_schedule_and_success() -> None:
+    schedule = (5.0, 300.0, 1800.0)
+    assert [retry_delay(n, schedule) for n in (1, 2, 3, 4)] == [5.0, 300.0, 1800.0, None]
+    assert succeeded(200) and succeeded(204)
+    assert not any(succeeded(s) for s in (None, 301, 400, 429, 500))

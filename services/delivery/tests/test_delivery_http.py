@@ -14,10 +14,12 @@ from fastapi.testclient import TestClient
 
 from imagegen_delivery import bootstrap as wiring
 from imagegen_delivery.adapters.store import InMemoryBlobStore, LocalFileStore
-from imagegen_delivery.adapters.webhooks import FakeWebhookClient
+from imagegen_delivery.adapters.webhook_store import InMemoryWebhookStore
+from imagegen_delivery.adapters.webhooks import FakeWebhookSender
 from imagegen_delivery.config import DeliverySettings
 from imagegen_delivery.domain.links import sign, signed_url
 from imagegen_delivery.entrypoints.http import make_http_app
+from imagegen_delivery.service_layer.dispatch import WebhookDispatcher
 from imagegen_delivery.service_layer.handlers import make_handlers
 from imagegen_runtime.health import Readiness, add_health_routes
 from imagegen_runtime.publishing import InMemoryPublisher
@@ -145,10 +147,17 @@ def test_bootstrap_hands_the_files_app_to_the_runtime(
         settings,
         publisher=InMemoryPublisher(),  # type: ignore[arg-type]
         store=store,
+        hooks=InMemoryWebhookStore(),
         clock=clock,
     )
-    assert seen == {"service": "delivery", "subscribes": ("imagegen.jobs.moderated",)}
-    assert len(app.on_shutdown) == 1  # the webhook client's close
+    assert seen["service"] == "delivery"
+    assert "imagegen.webhooks.retry" in seen["subscribes"]
+    assert len(app.on_shutdown) == 1  # the webhook sender's close
+    # the webhook dispatcher and the retention sweeper of the store (docs/storage.md)
+    assert [t.__qualname__ for t in app.tasks] == [
+        "WebhookDispatcher.run",
+        "retention_sweeper[delivery]",
+    ]
     with TestClient(app.http) as client:
         assert client.get("/healthz").json() == {"status": "ok", "service": "delivery"}
         assert client.get(link(settings)).content == PNG
@@ -169,7 +178,9 @@ async def test_the_published_link_downloads_the_delivered_image(
 
     store = LocalFileStore(settings.store_dir, source_root=blobs)
     publisher = InMemoryPublisher()
-    handlers = make_handlers(publisher, store, FakeWebhookClient(), settings, clock)
+    hooks, sender = InMemoryWebhookStore(), FakeWebhookSender()
+    timer = WebhookDispatcher(hooks, sender, publisher, schedule=(), clock=clock)
+    handlers = make_handlers(publisher, store, hooks, timer, settings, clock)
     env = envelope_of(moderated("job-9", put, n=2))
     await handlers[ImageModerated](env, parse(env))
     event = parse(publisher.records[0].envelope)

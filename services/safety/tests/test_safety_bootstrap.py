@@ -107,9 +107,11 @@ def test_real_classifiers_by_default_and_nothing_loaded_at_start(
     captured: dict[str, Any] = {}
     real = wiring.make_handler
 
-    def make_handler(publisher: object, prompts: Any, images: Any, s: object, r: Any) -> Any:
+    def make_handler(
+        publisher: object, prompts: Any, images: Any, s: object, r: Any, *rest: Any
+    ) -> Any:
         captured.update(prompts=prompts, images=images, revocations=r)
-        return real(publisher, prompts, images, s, r)  # type: ignore[arg-type]
+        return real(publisher, prompts, images, s, r, *rest)  # type: ignore[arg-type]
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(wiring, "make_handler", make_handler)

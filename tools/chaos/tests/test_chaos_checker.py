@@ -60,8 +60,24 @@ def delivered_job(job: str, event: str = "d1", token: int = 1) -> list[LogRecord
     ]
 
 
-def hook(job: str, event: str = "d1", ok: bool | None = True) -> WebhookCall:
-    return WebhookCall(T0 + 6, job, event, event, ok, 200)
+def hook(
+    job: str,
+    event: str = "d1",
+    ok: bool | None = True,
+    type_: str = "generation.delivered",
+    answered: int = 200,
+    at: float = 6,
+) -> WebhookCall:
+    return WebhookCall(T0 + at, job, event, event, type_, ok, answered, "run-u0")
+
+
+def ended_job(job: str, *ends: LogRecord) -> tuple[LogRecord, ...]:
+    """A job requested (with a webhook URL), then ended by ``ends``."""
+    return (delivered_job(job)[0], *ends)
+
+
+def state(job: str, status: str) -> dict[str, Answer]:
+    return {job: Answer(T0 + 90, 200, {"id": job, "status": status})}
 
 
 def history(**kw: Any) -> History:
@@ -137,21 +153,15 @@ def test_a_failed_attempt_that_is_not_terminal_is_not_an_end() -> None:
 
 
 def test_a_rejected_prompt_is_a_terminal_failure() -> None:
-    recs = (
-        delivered_job("j1")[0],
-        rec("j1", "imagegen.prompt.moderated", 2, verdict="rejected"),
-    )
-    h = history(
-        records=recs,
-        webhooks=(),
-        final_reads={"j1": Answer(T0 + 90, 200, {"status": "failed"})},
-    )
+    recs = ended_job("j1", rec("j1", "imagegen.prompt.moderated", 2, "p1", verdict="rejected"))
+    rejected = hook("j1", "p1", type_="generation.rejected")
+    h = history(records=recs, webhooks=(rejected,), final_reads=state("j1", "failed"))
     assert check(h).by_state == {"failed": 1} and kinds(h) == {}
 
 
 def test_two_deliveries_with_different_event_ids_are_a_duplicate() -> None:
     again = rec("j1", "imagegen.image.delivered", 8, "d2", causation_id="m1")
-    h = history(records=(*delivered_job("j1"), again), webhooks=(hook("j1"), hook("j1", "d2")))
+    h = history(records=(*delivered_job("j1"), again))
     report = check(h)
     assert report.violation_counts() == {"duplicate_delivery": 1} and report.duplicated == 1
 
@@ -216,18 +226,125 @@ def test_a_delivered_job_whose_webhook_never_came_is_caught() -> None:
     assert kinds(history(webhooks=())) == {"webhook_missing": 1}
 
 
+def test_a_job_that_named_no_webhook_needs_no_call() -> None:
+    quiet = replace(submission("j1"), webhook=False)
+    assert kinds(history(submissions=(quiet,), webhooks=())) == {}
+
+
 def test_a_webhook_retried_with_the_same_id_is_fine_but_another_id_is_not() -> None:
-    assert kinds(history(webhooks=(hook("j1"), hook("j1")))) == {}
-    assert kinds(history(webhooks=(hook("j1"), hook("j1", "other")))) == {"webhook_id_mismatch": 1}
+    refused_then_taken = (hook("j1", answered=503), hook("j1", at=7))
+    assert kinds(history(webhooks=refused_then_taken)) == {}
+    assert kinds(history(webhooks=(hook("j1"), hook("j1", "other")))) == {
+        "webhook_id_mismatch": 1,
+        "webhook_duplicate": 1,
+    }
+
+
+def test_a_body_whose_event_id_is_not_the_webhook_id_is_caught() -> None:
+    call = replace(hook("j1"), body_event_id="x")
+    report = check(history(webhooks=(call,)))
+    assert report.violation_counts() == {"webhook_id_mismatch": 1}
+    assert "d1/x" in report.violations[0].detail
 
 
 def test_a_webhook_with_a_bad_signature_is_caught() -> None:
-    assert kinds(history(webhooks=(hook("j1", ok=False),))) == {"webhook_bad_signature": 1}
+    # The only call did not verify: the job has no verified announcement either.
+    assert kinds(history(webhooks=(hook("j1", ok=False),))) == {
+        "webhook_bad_signature": 1,
+        "webhook_missing": 1,
+    }
+    verified_retry = (hook("j1", ok=False, answered=503), hook("j1", at=7))
+    assert kinds(history(webhooks=verified_retry)) == {"webhook_bad_signature": 1}
 
 
-def test_a_webhook_for_a_job_the_log_never_delivered_is_caught() -> None:
+def test_a_webhook_for_a_job_the_log_never_ended_is_caught() -> None:
     h = history(records=tuple(delivered_job("j1")[:-1]))
-    assert kinds(h) == {"stuck": 1, "webhook_without_delivery": 1}
+    assert kinds(h) == {"stuck": 1, "webhook_without_terminal": 1}
+
+
+def test_a_call_for_a_job_not_of_this_run_is_caught() -> None:
+    report = check(history(webhooks=(hook("j1"), hook("j7", "x"))))
+    assert [(v.kind, v.job_id) for v in report.violations] == [("webhook_without_terminal", "j7")]
+
+
+@pytest.mark.parametrize(
+    ("end", "api_status", "webhook_type"),
+    [
+        (
+            rec("j1", "imagegen.generation.failed", 3, "f1", reason="timeout", terminal=True),
+            "failed",
+            "failed",
+        ),
+        (
+            rec(
+                "j1", "imagegen.generation.failed", 3, "f1", reason="image_rejected", terminal=True
+            ),
+            "failed",
+            "rejected",
+        ),
+        (
+            rec("j1", "imagegen.image.moderated", 3, "f1", verdict="rejected", fencing_token=1),
+            "failed",
+            "rejected",
+        ),
+        (rec("j1", "imagegen.generation.cancelled", 3, "f1", at_step=1), "cancelled", "cancelled"),
+    ],
+)
+def test_every_terminal_state_is_announced_with_its_type(
+    end: LogRecord, api_status: str, webhook_type: str
+) -> None:
+    kw: dict[str, Any] = {"records": ended_job("j1", end), "final_reads": state("j1", api_status)}
+    right = hook("j1", "f1", type_=f"generation.{webhook_type}")
+    assert kinds(history(**kw, webhooks=(right,))) == {}
+    assert kinds(history(**kw, webhooks=())) == {"webhook_missing": 1}
+    wrong = hook("j1", "f1", type_="generation.delivered")
+    report = check(history(**kw, webhooks=(wrong,)))
+    assert report.violation_counts() == {"webhook_type_mismatch": 1, "webhook_missing": 1}
+    (mismatch,) = [v for v in report.violations if v.kind == "webhook_type_mismatch"]
+    assert mismatch.detail == f"f1: generation.delivered (expected generation.{webhook_type})"
+
+
+def test_two_messages_for_one_job_are_caught() -> None:
+    """A rejected prompt can be on the log twice (the verdict, then the terminal failure);
+    delivery announces the job once, under one of the two ids."""
+    recs = ended_job(
+        "j1",
+        rec("j1", "imagegen.prompt.moderated", 2, "p1", verdict="rejected"),
+        rec("j1", "imagegen.generation.failed", 3, "f1", reason="prompt_rejected", terminal=True),
+    )
+    kw: dict[str, Any] = {"records": recs, "final_reads": state("j1", "failed")}
+    p1, f1 = (hook("j1", i, type_="generation.rejected") for i in ("p1", "f1"))
+    assert kinds(history(**kw, webhooks=(f1,))) == {}
+    assert kinds(history(**kw, webhooks=(p1, f1))) == {"webhook_duplicate": 1}
+    # The refused p1 was followed by f1, not by a retry of p1.
+    assert kinds(history(**kw, webhooks=(replace(p1, answered=503), f1))) == {
+        "webhook_id_changed": 1,
+        "webhook_not_retried": 1,
+    }
+
+
+def test_a_refused_call_never_retried_is_caught_unless_dead_lettered() -> None:
+    refused = (hook("j1", answered=503),)
+    report = check(history(webhooks=refused))
+    assert report.violation_counts() == {"webhook_not_retried": 1}
+    assert "d1 (last answered 503)" in report.violations[0].detail
+    dead = LogRecord(
+        "imagegen.webhooks.deadletter",
+        0,
+        0,
+        "w1",
+        "imagegen.webhook.dead_lettered",
+        T0 + 40,
+        "j1",
+        "d1",
+        {"message_id": "d1", "job_id": "j1", "reason": "answered 503"},
+    )
+    report = check(history(webhooks=refused, records=(*delivered_job("j1"), dead)))
+    assert report.ok, report.violations
+    assert report.webhooks_dead_lettered == 1
+    report = check(history(webhooks=(), records=(*delivered_job("j1"), dead)))
+    assert report.violation_counts() == {"webhook_missing": 1}
+    assert "dead-lettered: answered 503" in report.violations[0].detail
 
 
 def test_the_api_showing_another_state_than_the_log_is_caught() -> None:

@@ -6,8 +6,20 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 
-def make_engine(url: str, pool_size: int = 5) -> AsyncEngine:
-    """An async engine; nothing connects until first use."""
+def make_engine(url: str, pool_size: int = 5, *, async_commit: bool = False) -> AsyncEngine:
+    """An async engine; nothing connects until first use.
+
+    ``async_commit``: its sessions run with ``synchronous_commit = off`` (a commit returns before
+    its WAL is flushed; a database crash may forget the last few hundred milliseconds of them,
+    a process crash nothing). Only for state that is cheap to lose (ADR 0640).
+    """
+    if async_commit:
+        return create_async_engine(
+            url,
+            pool_size=pool_size,
+            pool_pre_ping=True,
+            connect_args={"server_settings": {"synchronous_commit": "off"}},
+        )
     return create_async_engine(url, pool_size=pool_size, pool_pre_ping=True)
 
 

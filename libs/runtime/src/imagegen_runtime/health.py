@@ -3,7 +3,8 @@
 ``/healthz`` answers while the process runs; ``/readyz`` answers 200 only when every readiness
 check passes (broker reachable, database reachable, consumers assigned ...), else 503 with the
 failing checks and, for each, the reason (a consumer retrying a transient fault names it);
-``/metrics`` is the Prometheus text format.
+``/metrics`` is the Prometheus text format, for operator keys only (:mod:`.operator_auth`);
+``/healthz`` and ``/readyz`` stay open for orchestrators.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from fastapi import FastAPI, Response
+from fastapi import Depends, FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .operator_auth import OperatorAuth
 
 
 @dataclass(frozen=True)
@@ -53,8 +56,12 @@ class Readiness:
         return {name: r.ok for name, r in (await self.report()).items()}
 
 
-def add_health_routes(app: FastAPI, service: str, readiness: Readiness) -> None:
-    """Mount /healthz, /readyz and /metrics on ``app``."""
+def add_health_routes(
+    app: FastAPI, service: str, readiness: Readiness, operator: OperatorAuth | None = None
+) -> None:
+    """Mount /healthz, /readyz and /metrics on ``app``; /metrics admits ``operator`` keys
+    only (without a guard it answers 503: never served unchecked)."""
+    guard = operator or OperatorAuth(None)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -72,13 +79,13 @@ def add_health_routes(app: FastAPI, service: str, readiness: Readiness) -> None:
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(guard)])
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-def health_app(service: str, readiness: Readiness) -> FastAPI:
+def health_app(service: str, readiness: Readiness, operator: OperatorAuth | None = None) -> FastAPI:
     """A FastAPI app with only the health routes (services without their own HTTP API)."""
-    app = FastAPI(title=f"imagegen-{service}", docs_url=None, redoc_url=None)
-    add_health_routes(app, service, readiness)
+    app = FastAPI(title=f"imagegen-{service}", docs_url=None, redoc_url=None, openapi_url=None)
+    add_health_routes(app, service, readiness, operator)
     return app

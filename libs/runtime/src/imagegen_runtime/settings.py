@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,6 +40,14 @@ class ServiceSettings(BaseSettings):
         pattern=r"^[A-Za-z0-9._\-]+$",
         description="Distinguishes replicas of one service in logs and event `producer`.",
     )
+    auth_database_url: str | None = Field(
+        default=None,
+        pattern=r"^postgresql\+asyncpg://",
+        description=(
+            "PostgreSQL holding the api's `api_keys` table, to check operator keys on /metrics"
+            " and operator views; default: the service's own DATABASE_URL, if it has one."
+        ),
+    )
 
 
 class DatabaseSettingsMixin(BaseSettings):
@@ -51,6 +59,47 @@ class DatabaseSettingsMixin(BaseSettings):
             "SQLAlchemy URL, postgresql+asyncpg://user:pass@host:port/db. `make up` sets it."
         ),
     )
+
+
+class ObjectStoreSettings(BaseSettings):
+    """Connection to an S3-compatible server; read from ``IMAGEGEN_S3_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="IMAGEGEN_S3_", extra="ignore", frozen=True)
+
+    endpoint: str = Field(
+        pattern=r"^https?://[^/\s?#]+/?$",
+        description="URL of the S3 API the services call, e.g. http://127.0.0.1:29400.",
+    )
+    public_endpoint: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/\s?#]+/?$",
+        description="URL clients download presigned links from (signed for that host); "
+        "unset: ENDPOINT.",
+    )
+    bucket: str = Field(
+        default="imagegen",
+        pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        description="Bucket holding blobs/, delivery/ and files/ (S3 bucket naming rules).",
+    )
+    region: str = Field(
+        default="us-east-1", pattern=r"^[a-z0-9-]+$", description="Region the requests sign for."
+    )
+    access_key: SecretStr = Field(min_length=3, description="Access key id. `make up` makes one.")
+    secret_key: SecretStr = Field(min_length=8, description="Secret access key (8+ characters).")
+    addressing_style: Literal["path", "virtual", "auto"] = Field(
+        default="path",
+        description="'path' (http://host/bucket/key, what local servers need) or 'virtual'.",
+    )
+    connect_timeout_s: float = Field(default=2.0, gt=0, le=60, description="Connect timeout.")
+    read_timeout_s: float = Field(default=20.0, gt=0, le=300, description="Read timeout.")
+    max_attempts: int = Field(
+        default=3, ge=1, le=10, description="Attempts per request (botocore's standard retries)."
+    )
+
+    @field_validator("endpoint", "public_endpoint")
+    @classmethod
+    def _no_trailing_slash(cls, v: str | None) -> str | None:
+        return v.rstrip("/") if v is not None else None
 
 
 S = TypeVar("S", bound=BaseSettings)
@@ -87,6 +136,10 @@ def load_settings(cls: type[S]) -> S:
 
 
 def env_vars(cls: type[BaseSettings]) -> set[str]:
-    """Every environment variable ``cls`` reads (used by the compose-file contract test)."""
+    """Every environment variable ``cls`` reads (used by the compose-file contract test); a
+    service with a ``storage`` setting also reads IMAGEGEN_S3_* when it is ``s3``."""
     prefix = str(cls.model_config.get("env_prefix", ""))
-    return {f"{prefix}{name}".upper() for name in cls.model_fields}
+    names = {f"{prefix}{name}".upper() for name in cls.model_fields}
+    if "storage" in cls.model_fields:
+        names |= env_vars(ObjectStoreSettings)
+    return names

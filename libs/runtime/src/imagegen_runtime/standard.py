@@ -16,6 +16,7 @@ from .faststream_consumer import FastStreamConsumer
 from .health import CheckResult, Readiness, ReadinessCheck, add_health_routes, health_app
 from .kafka import Handler, RecordMeta, ReplayingConsumer
 from .logs import configure_logging
+from .operator_auth import OperatorAuth
 from .publishing import Publisher
 from .service import ServiceApp, serve
 from .settings import ServiceSettings, load_settings
@@ -94,21 +95,25 @@ def consumer_service(
     *,
     http: FastAPI | None = None,
     group: str | None = None,
+    operator: OperatorAuth | None = None,
 ) -> ServiceApp:
     """A service that consumes ``subscribes`` in group ``imagegen-<service>`` with ``handler``,
     on FastStream with the fault model as its middleware (:mod:`.faststream_consumer`).
 
     Readiness: the broker answers metadata, the group assigned this member its partitions and
     no transient fault holds the consumer. ``publisher`` also sends dead letters and the
-    terminal failures of poisoned jobs (ADR 0008).
+    terminal failures of poisoned jobs (ADR 0008). ``/metrics`` admits operator keys only
+    (``operator``, else one built from ``settings``: see :mod:`.operator_auth`).
     """
     readiness = Readiness()
     readiness.add("kafka", kafka_metadata_check(settings.kafka_bootstrap))
+    operator = operator or OperatorAuth.from_settings(settings, service)  # guards /metrics
     if http is None:
-        http = health_app(service, readiness)
+        http = health_app(service, readiness, operator)
     else:
-        add_health_routes(http, service, readiness)
+        add_health_routes(http, service, readiness, operator)
     app = ServiceApp(service, http, readiness)
+    app.on_shutdown.append(operator.close)
     if subscribes:
         consumer = FastStreamConsumer(
             settings.kafka_bootstrap,

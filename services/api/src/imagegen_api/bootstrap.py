@@ -6,15 +6,20 @@ from fastapi import FastAPI
 
 from imagegen_runtime.db import make_engine
 from imagegen_runtime.kafka import KafkaPublisher
+from imagegen_runtime.objectstore import FILES_PREFIX, object_store, sweeper, sweeper_task
+from imagegen_runtime.operator_auth import OperatorAuth, PgKeyRoles, mount_operator_docs
 from imagegen_runtime.publishing import Publisher
 from imagegen_runtime.service import ServiceApp
 from imagegen_runtime.standard import consumer_service
 
 from .adapters.accounts import PgAccounts
 from .adapters.catalog import load_catalog
-from .adapters.files import LocalFileStore
+from .adapters.fastpath import FastAccounts
+from .adapters.files import LocalFileStore, S3FileStore
 from .adapters.jobstore import PgJobStore, projector_group
+from .adapters.limiter import PgLimiter
 from .config import SERVICE, SUBSCRIBES, ApiSettings
+from .domain.limits import with_overrides
 from .entrypoints.http import Deps, mount
 from .projections.jobs import projector
 
@@ -25,26 +30,45 @@ def bootstrap(settings: ApiSettings, *, publisher: Publisher | None = None) -> S
     )
     publisher = publisher or kafka
     engine = make_engine(settings.database_url, pool_size=10)
+    objects = object_store(settings.storage)  # None: local folders (docs/storage.md)
     accounts, jobs = PgAccounts(engine), PgJobStore(engine)
+    cheap = make_engine(settings.database_url, pool_size=5, async_commit=True)  # ADR 0640
+    limiter = PgLimiter(cheap, jobs.jobs.name)
     deps = Deps(
-        accounts=accounts,
+        # cached key lookups, group-committed claims and marks (ADR 0640)
+        accounts=FastAccounts(accounts, engine, marks_engine=cheap),
         jobs=jobs,
         publisher=publisher,
         catalog=load_catalog(settings.models_dir),
         default_model=settings.default_model,
         public_base_url=settings.public_base_url,
         openai_timeout_s=settings.openai_timeout_s,
-        files=LocalFileStore(settings.files_dir),
+        files=LocalFileStore(settings.files_dir) if objects is None else S3FileStore(objects),
         max_control_image_bytes=settings.max_control_image_bytes,
+        limiter=limiter,
+        limits=with_overrides(settings.limits),
     )
 
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         await accounts.create_tables()
         await jobs.create()
+        await limiter.create_tables()
         yield
         await engine.dispose()
+        await cheap.dispose()
 
-    http = FastAPI(title="imagegen API", version="0.1.0", lifespan=lifespan)
+    operator = OperatorAuth(PgKeyRoles(engine))  # /metrics; /docs unless public_docs
+    public = settings.public_docs
+    http = FastAPI(
+        title="imagegen API",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs" if public else None,
+        redoc_url="/redoc" if public else None,
+        openapi_url="/openapi.json" if public else None,
+    )
+    if not public:
+        mount_operator_docs(http, operator)
     mount(http, deps)
     app = consumer_service(
         settings,
@@ -54,10 +78,14 @@ def bootstrap(settings: ApiSettings, *, publisher: Publisher | None = None) -> S
         kafka,
         http=http,
         group=projector_group(settings.topic_prefix),
+        operator=operator,
     )
 
     async def database() -> bool:
         return await jobs.get("readiness-probe") is None
 
     app.readiness.add("postgres", database)
+    # Retention: control images not uploaded again for their limit go (docs/storage.md).
+    uploads = sweeper(objects, settings.files_dir, FILES_PREFIX, settings.retention_uploads_s)
+    app.tasks.append(sweeper_task("uploads", [uploads], settings.retention_sweep_interval_s))
     return app

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from imagegen_runtime.settings import DatabaseSettingsMixin, ServiceSettings
+
+from .domain.limits import with_overrides
 
 SERVICE = "api"
 # Topics this service consumes (catalog names, before the prefix).
@@ -42,12 +45,51 @@ class ApiSettings(ServiceSettings, DatabaseSettingsMixin):
         description="Where control images are stored (POST /v1/files, data: URIs); the workers"
         " read the same folder (IMAGEGEN_GPU_WORKER_FILES_DIR).",
     )
+    storage: Literal["local", "s3"] = Field(
+        default="local",
+        description="Where images, pause states and uploads live: 'local' files (default) or "
+        "'s3', the bucket IMAGEGEN_S3_* names (docs/storage.md).",
+    )
+    retention_uploads_s: int = Field(
+        default=7 * 86400,
+        ge=1,
+        description="Uploaded control images not uploaded again for this long are deleted, "
+        "in seconds.",
+    )
+    retention_sweep_interval_s: float = Field(
+        default=3600, gt=0, le=86400, description="Seconds between two retention sweeps."
+    )
     max_control_image_bytes: int = Field(
         default=4 * 2**20,
         gt=0,
         le=64 * 2**20,
         description="Largest control image accepted, in decoded bytes (data: URI or upload).",
     )
+    public_docs: bool = Field(
+        default=False,
+        description="Serve /docs, /redoc and /openapi.json to anyone; default: operator keys"
+        " only (ADR 0610).",
+    )
+    limits: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Overrides of the limits per plan (ADR 0640, docs/limits.md), as JSON:"
+        ' {"free": {"requests_per_minute": 30, "burst": 10, "active_jobs": 2,'
+        ' "images_per_day": 100}}; a plan or limit not named keeps its default.',
+    )
+
+    @field_validator("limits")
+    @classmethod
+    def _known_limits(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        with_overrides(value)  # raises naming the plan and limit
+        return value
+
+    webhook_allow: str = Field(
+        default="",
+        description="SSRF guard exemptions for webhook_url at submission (docs/adr/0404): "
+        "comma-separated CIDRs and host names, e.g. 127.0.0.1/32 for local receivers. Read by "
+        "the request body's validator from this variable.",
+    )
+
     public_base_url: str = Field(
         default="http://127.0.0.1:8000",
         pattern=r"^https?://",

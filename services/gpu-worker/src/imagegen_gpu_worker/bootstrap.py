@@ -8,12 +8,25 @@ from collections.abc import Awaitable, Callable
 
 from imagegen_runtime.faststream_consumer import FastStreamConsumer
 from imagegen_runtime.kafka import KafkaPublisher
+from imagegen_runtime.objectstore import (
+    BLOBS_PREFIX,
+    by_suffix,
+    object_store,
+    sweeper,
+    sweeper_task,
+)
 from imagegen_runtime.service import ServiceApp
 from imagegen_runtime.standard import consumer_assigned_check, consumer_service, dispatcher
 from imagegen_schemas import jobs as ev
 
 from .adapters.admission import BudgetAdmission
-from .adapters.blobs import BlobStore, LocalBlobStore, StorageUnavailable
+from .adapters.blobs import (
+    BlobStore,
+    LocalBlobStore,
+    S3BlobStore,
+    S3ControlFiles,
+    StorageUnavailable,
+)
 from .adapters.diffusers_runner import DiffusersRunner
 from .adapters.memory import read_memory, within_budget
 from .adapters.registry import Integrity, TrustStore, families
@@ -62,6 +75,7 @@ def bootstrap(
         settings.kafka_bootstrap, f"{SERVICE}-{settings.worker_id}", settings.topic_prefix
     )
     budget_mb = settings.model_memory_budget_mb
+    objects = object_store(settings.storage)  # None: local folders (docs/storage.md)
     diffusers_runner = DiffusersRunner(
         settings.models_dir,
         settings.device,
@@ -70,9 +84,11 @@ def bootstrap(
         accel=settings.accel_settings(),  # dtype, attention, compile, VAE tiling (ADR 0709)
         # Model file integrity: trust records kept in integrity_dir (ADR 0707).
         integrity=Integrity(TrustStore(settings.integrity_dir)),
-        files_dir=settings.files_dir,  # control images of ControlNet jobs (ADR 0706)
+        # control images of ControlNet jobs (ADR 0706): the api's folder, or files/ of the bucket
+        files_dir=settings.files_dir if objects is None else S3ControlFiles(objects),
     )
-    blobs = blobs or LocalBlobStore(settings.blob_dir)
+    if blobs is None:
+        blobs = LocalBlobStore(settings.blob_dir) if objects is None else S3BlobStore(objects)
     worker = Worker(WorkerState(settings.worker_id), runner or diffusers_runner, blobs, publisher)
     if runner is None:  # the budget model admits each run, OOMs retried split (ADR 0708)
         worker.memory = BudgetAdmission(diffusers_runner)
@@ -182,4 +198,13 @@ def bootstrap(
 
     app.readiness.add("warm", is_warm)
     app.tasks.extend([beats, warm, checker.run])
+    # Retention (docs/storage.md): generated images and pause states older than their limit go.
+    retention = [
+        sweeper(objects, settings.blob_dir, BLOBS_PREFIX, max_age, by_suffix(suffix))
+        for max_age, suffix in (
+            (settings.retention_images_s, ".png"),
+            (settings.retention_pause_states_s, ".pt"),
+        )
+    ]
+    app.tasks.append(sweeper_task("blobs", retention, settings.retention_sweep_interval_s))
     return app

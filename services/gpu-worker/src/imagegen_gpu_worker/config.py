@@ -40,6 +40,24 @@ class GpuWorkerSettings(ServiceSettings):
     blob_dir: Path = Field(
         default=Path("var/blobs"), description="Where generated images are written."
     )
+    storage: Literal["local", "s3"] = Field(
+        default="local",
+        description="Where images, pause states and uploads live: 'local' files (default) or "
+        "'s3', the bucket IMAGEGEN_S3_* names (docs/storage.md).",
+    )
+    retention_images_s: int = Field(
+        default=7 * 86400,
+        ge=1,
+        description="Generated images (blobs, *.png) older than this are deleted, in seconds.",
+    )
+    retention_pause_states_s: int = Field(
+        default=7 * 86400,
+        ge=1,
+        description="Saved states of paused jobs (blobs, *.pt) older than this are deleted.",
+    )
+    retention_sweep_interval_s: float = Field(
+        default=3600, gt=0, le=86400, description="Seconds between two retention sweeps."
+    )
     files_dir: Path = Field(
         default=Path("var/files"),
         description="Where the API stores control images (file ids of ControlNet jobs); the"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+from fastapi import Depends
+
 from imagegen_runtime.db import make_engine
 from imagegen_runtime.faults import describe, is_transient
 from imagegen_runtime.health import CheckResult, Readiness, health_app
 from imagegen_runtime.kafka import KafkaPublisher, ReplayingConsumer
+from imagegen_runtime.operator_auth import OperatorAuth, PgKeyRoles
 from imagegen_runtime.publishing import Publisher
 from imagegen_runtime.service import ServiceApp
 from imagegen_runtime.standard import database_check, kafka_metadata_check
@@ -83,9 +86,10 @@ def bootstrap(
                 pool.store_error = describe(exc)
                 await sleep_or_stop(stop, 1.0)
 
-    http = health_app(SERVICE, readiness)
+    operator = OperatorAuth(PgKeyRoles(engine))  # keys live in the same database
+    http = health_app(SERVICE, readiness, operator)
 
-    @http.get("/v1/workers")
+    @http.get("/v1/workers", dependencies=[Depends(operator)])
     async def workers() -> list[dict[str, object]]:
         """The fleet projection (``domain.fleet.project``): state, memory, models, jobs."""
         return list(project(pool.fleet).values())

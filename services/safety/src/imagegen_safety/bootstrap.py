@@ -13,10 +13,12 @@ import logging
 import time
 
 from imagegen_runtime.kafka import KafkaPublisher
+from imagegen_runtime.objectstore import object_store
 from imagegen_runtime.publishing import Publisher
 from imagegen_runtime.service import ServiceApp
 from imagegen_runtime.standard import consumer_service
 
+from .adapters.blobs import BlobReader
 from .adapters.classifiers import ImageClassifier, PromptClassifier
 from .adapters.minilm import MiniLmProfanityClassifier
 from .adapters.opennsfw import OpenNsfwClassifier
@@ -42,7 +44,8 @@ def bootstrap(
     prompts = prompt_classifier or MiniLmProfanityClassifier(threads=settings.model_threads)
     images = image_classifier or OpenNsfwClassifier(threads=settings.model_threads)
     revocations = Revocations(revocation_log or KafkaRevocationLog(settings.kafka_bootstrap))
-    handler = make_handler(publisher, prompts, images, settings, revocations)
+    blobs = BlobReader(object_store(settings.storage))  # s3:// blobs when STORAGE=s3
+    handler = make_handler(publisher, prompts, images, settings, revocations, blobs)
     app = consumer_service(settings, SERVICE, SUBSCRIBES, handler, publisher)
 
     async def models_loaded() -> bool:

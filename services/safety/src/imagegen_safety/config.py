@@ -6,6 +6,8 @@ in [0, 1] and a category fires when its score is at or above its threshold.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -28,6 +30,11 @@ class SafetySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="IMAGEGEN_SAFETY_", extra="ignore", frozen=True)
 
     http_port: int = Field(default=8103, ge=1, le=65535, description="Port of the HTTP server.")
+    storage: Literal["local", "s3"] = Field(
+        default="local",
+        description="Where images, pause states and uploads live: 'local' files (default) or "
+        "'s3', the bucket IMAGEGEN_S3_* names (docs/storage.md).",
+    )
 
     prompt_threshold_minors: float = _threshold(
         0.52, "Prompt rejected as 'minors' at this score (sexual content with a minor), 0..1."

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+from fastapi import Depends
+
 from imagegen_runtime.health import Readiness, health_app
 from imagegen_runtime.kafka import KafkaPublisher, ReplayingConsumer
+from imagegen_runtime.operator_auth import OperatorAuth
 from imagegen_runtime.publishing import Publisher
 from imagegen_runtime.service import ServiceApp
 from imagegen_runtime.standard import kafka_metadata_check
@@ -15,6 +18,8 @@ from .config import SERVICE, SUBSCRIBES, SchedulerSettings
 from .domain import SchedulerConfig, Tier
 from .domain.faults import Deadlines
 from .service_layer.scheduling import Scheduler
+from .service_layer.usage import GROUP as USAGE_GROUP
+from .service_layer.usage import USAGE_TOPICS, UsageMeter
 
 
 def bootstrap(settings: SchedulerSettings, *, publisher: Publisher | None = None) -> ServiceApp:
@@ -26,7 +31,9 @@ def bootstrap(settings: SchedulerSettings, *, publisher: Publisher | None = None
         load_catalog(settings.models_dir),
         max_attempts=settings.max_attempts,
         worker_silent_after_s=settings.worker_silent_after_s,
-        config=SchedulerConfig(preemption=settings.preemption),
+        config=SchedulerConfig(
+            preemption=settings.preemption, user_rotation=settings.user_rotation
+        ),
         deadlines=Deadlines(
             queue_s={
                 Tier.TURBO: settings.queue_deadline_turbo_s,
@@ -46,6 +53,20 @@ def bootstrap(settings: SchedulerSettings, *, publisher: Publisher | None = None
         f"{settings.topic_prefix}imagegen-scheduler",
         after_batch=scheduler.after_batch,
     )
+    # The usage meter (ADR 0630): its own replaying consumer and group, beside the scheduler's.
+    meter = UsageMeter(publisher or kafka)
+    meter_consumer = ReplayingConsumer(
+        settings.kafka_bootstrap,
+        [settings.topic_prefix + t for t in USAGE_TOPICS],
+        meter.on_event,
+        kafka,
+        settings.topic_prefix + USAGE_GROUP,
+        after_batch=meter.flush,
+    )
+
+    async def meter_ticks(stop: asyncio.Event) -> None:
+        await meter.run(meter_consumer.caught_up, stop)
+
     readiness = Readiness()
     readiness.add("kafka", kafka_metadata_check(settings.kafka_bootstrap))
 
@@ -57,9 +78,10 @@ def bootstrap(settings: SchedulerSettings, *, publisher: Publisher | None = None
     async def ticks(stop: asyncio.Event) -> None:
         await scheduler.tick_loop(consumer.caught_up, stop)
 
-    http = health_app(SERVICE, readiness)
+    operator = OperatorAuth.from_settings(settings, SERVICE)
+    http = health_app(SERVICE, readiness, operator)
 
-    @http.get("/v1/queues")
+    @http.get("/v1/queues", dependencies=[Depends(operator)])
     async def queues() -> dict[str, object]:
         """Queued and running jobs per tier, and idle workers (operator view)."""
         st = scheduler.state
@@ -71,5 +93,9 @@ def bootstrap(settings: SchedulerSettings, *, publisher: Publisher | None = None
         }
 
     return ServiceApp(
-        SERVICE, http, readiness, tasks=[consumer.run, ticks], on_shutdown=[kafka.close]
+        SERVICE,
+        http,
+        readiness,
+        tasks=[consumer.run, ticks, meter_consumer.run, meter_ticks],
+        on_shutdown=[kafka.close, operator.close],
     )

@@ -69,6 +69,11 @@ class SchedulerSettings(ServiceSettings):
             " it is first queued and when its estimate moves by more than 20% (at least 5 s)."
         ),
     )
+    user_rotation: bool = Field(
+        default=True,
+        description="Per-user rotation inside each tier (ADR 0620): a user's next job takes its"
+        " turn when their last one ended, so one user's flood never runs ahead of others.",
+    )
     preemption: bool = Field(
         default=True,
         description=(

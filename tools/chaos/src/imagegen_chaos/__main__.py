@@ -54,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--deadline-relax", type=float, default=360)
     r.add_argument("--webhook-host", default="127.0.0.1", help="address the receiver binds")
     r.add_argument("--webhook-port", type=int, default=0)
-    r.add_argument("--webhook-url", default=None, help="URL jobs name (default: the receiver's)")
+    r.add_argument(
+        "--webhook-url",
+        default=None,
+        help="base URL jobs name, + /<user id> (default: the receiver's)",
+    )
     r.add_argument("--webhook-fail-share", type=float, default=0.05, help="answered 503 on purpose")
     r.add_argument("--out", type=Path, default=None, help="default: VAR/report")
     r.add_argument("--keep-stack", action="store_true", help="leave the chaos stack running")

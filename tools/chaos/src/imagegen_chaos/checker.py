@@ -13,10 +13,19 @@ Invariants, each a violation kind (one per job and kind, with the faults around 
   precedes the images in the log (offsets of the job's partition of imagegen.jobs.generated).
 - ``work_after_terminal``: the job was assigned, revoked or had an attempt failed after it had
   ended: a decider lost track of a finished job.
-- ``webhook_missing`` / ``webhook_id_mismatch`` / ``webhook_bad_signature`` /
-  ``webhook_without_delivery``: a delivered job with a webhook got no call carrying its
-  ImageDelivered event id, or calls with other ids, or an invalid signature, or a call for a job
-  the log never delivered.
+- Webhooks (Standard Webhooks, docs/adr/0403), for every terminal state. Delivery announces a
+  job's end once: one message, its webhook-id the id of the event that ended the job, its type
+  ``generation.<delivered|failed|rejected|cancelled>``; a failed call is retried with the same
+  id until a 2xx, else it ends on the webhook dead-letter topic.
+  ``webhook_missing``: an ended job that named a webhook got no verified call whose id and type
+  are those of one of its terminal events. ``webhook_id_mismatch``: a call's webhook-id is no
+  terminal event of the job (or differs from the body's event_id). ``webhook_type_mismatch``: a
+  call's type is not the state its event ended the job in. ``webhook_bad_signature``: a call's
+  webhook-signature did not verify with its user's secret. ``webhook_id_changed``: the job's
+  calls carried several webhook-ids (retries must keep the id). ``webhook_duplicate``: calls
+  under two webhook-ids were answered 2xx (the client would act twice). ``webhook_not_retried``:
+  a message never answered 2xx and not dead-lettered. ``webhook_without_terminal``: a call for a
+  job the log never ended (or that is not this run's).
 - ``api_disagrees``: the API's last answer for the job is not the terminal state on the log.
 - ``idempotency_split``: one Idempotency-Key led to more than one job.
 - ``submission_refused``: a valid submission was answered 4xx (other than 409 and 429).
@@ -42,6 +51,8 @@ CANCELLED = "imagegen.generation.cancelled"
 REVOKED = "imagegen.assignment.revoked"
 GENERATED = "imagegen.image.generated"
 DEADLETTER_TOPIC = "imagegen.deadletter"
+WEBHOOK_DEAD = "imagegen.webhook.dead_lettered"  # on imagegen.webhooks.deadletter
+REJECTIONS = frozenset({"prompt_rejected", "image_rejected"})  # failures announced as rejected
 RETRYABLE_4XX = frozenset({409, 429})  # "still in flight" and "slow down": the client retries
 
 
@@ -78,6 +89,7 @@ class Report:
     answers: dict[str, int]  # POST answers by HTTP status ("none": no answer)
     webhook_calls: int
     dead_lettered: int  # records of this run's jobs on the dead-letter topic
+    webhooks_dead_lettered: int  # webhook messages of this run's jobs that ran out of retries
     violations: tuple[Violation, ...] = field(default=())
 
     @property
@@ -88,29 +100,41 @@ class Report:
         return dict(Counter(v.kind for v in self.violations))
 
 
-def _terminal_facts(recs: list[LogRecord]) -> dict[str, float]:
-    """Terminal state -> time of its first fact, for one job's records."""
+def _ends(recs: list[LogRecord]) -> list[tuple[LogRecord, str, str]]:
+    """(record, terminal state, webhook type) for each of one job's records that ends it: an
+    image rejection counts only for the current assignment (highest fencing token)."""
     tokens = [int(r.data.get("fencing_token", 0)) for r in recs if r.type == SCHEDULED]
     current = max(tokens, default=None)
-    found: dict[str, float] = {}
-
-    def seen(state: str, at: float) -> None:
-        found[state] = min(at, found.get(state, at))
-
+    out: list[tuple[LogRecord, str, str]] = []
     for r in recs:
         if r.type == DELIVERED:
-            seen("delivered", r.occurred_at)
-        elif (r.type == FAILED and r.data.get("terminal", True)) or (
-            r.type == PROMPT_MODERATED and r.data.get("verdict") == "rejected"
-        ):
-            seen("failed", r.occurred_at)
+            out.append((r, "delivered", "generation.delivered"))
+        elif r.type == FAILED and r.data.get("terminal", True):
+            rejected = r.data.get("reason") in REJECTIONS
+            out.append((r, "failed", f"generation.{'rejected' if rejected else 'failed'}"))
+        elif r.type == PROMPT_MODERATED and r.data.get("verdict") == "rejected":
+            out.append((r, "failed", "generation.rejected"))
         elif r.type == IMAGE_MODERATED and r.data.get("verdict") == "rejected":
             token = r.data.get("fencing_token")
             if token is None or current is None or int(token) == current:
-                seen("failed", r.occurred_at)
+                out.append((r, "failed", "generation.rejected"))
         elif r.type == CANCELLED:
-            seen("cancelled", r.occurred_at)
+            out.append((r, "cancelled", "generation.cancelled"))
+    return out
+
+
+def _terminal_facts(recs: list[LogRecord]) -> dict[str, float]:
+    """Terminal state -> time of its first fact, for one job's records."""
+    found: dict[str, float] = {}
+    for r, state, _ in _ends(recs):
+        found[state] = min(r.occurred_at, found.get(state, r.occurred_at))
     return found
+
+
+def webhook_messages(recs: list[LogRecord]) -> dict[str, str]:
+    """webhook-id -> webhook type of each message delivery may send about one job: the event
+    id of each record that ends it (delivery sends the first one it reads)."""
+    return {r.event_id: kind for r, _, kind in _ends(recs)}
 
 
 def terminal_states(records: tuple[LogRecord, ...] | list[LogRecord]) -> dict[str, set[str]]:
@@ -208,26 +232,65 @@ def _work_after_terminal(recs: list[LogRecord], first_terminal: float | None) ->
 
 
 def _webhook_violations(
-    job_id: str, recs: list[LogRecord], calls: list[WebhookCall], wanted: bool
+    recs: list[LogRecord], calls: list[WebhookCall], wanted: bool, dead: dict[str, str]
 ) -> list[tuple[str, str]]:
+    """``dead``: webhook-id -> why delivery dead-lettered it (the job's webhook dead letters)."""
     out: list[tuple[str, str]] = []
-    delivered = {r.event_id for r in recs if r.type == DELIVERED}
-    ids = {c.header_event_id for c in calls} | {c.body_event_id for c in calls}
-    if calls and not delivered:
+    ends = webhook_messages(recs)
+    ids = sorted({str(c.webhook_id) for c in calls})
+    if calls and not ends:
+        out.append(("webhook_without_terminal", f"{len(calls)} call(s), webhook-ids {ids}"))
+        return out
+    if not ends:
+        return out
+    announced = [c for c in calls if c.webhook_id in ends and c.type == ends[c.webhook_id]]
+    if wanted and not any(c.signature_ok for c in announced):
+        why = f"; dead-lettered: {'; '.join(sorted(set(dead.values())))}" if dead else ""
         out.append(
-            ("webhook_without_delivery", f"{len(calls)} call(s), ids {sorted(map(str, ids))}")
+            (
+                "webhook_missing",
+                f"no verified call announcing {sorted(set(ends.values()))} "
+                f"(webhook-ids {sorted(ends)}), {len(calls)} call(s){why}",
+            )
         )
-    if delivered and wanted and not calls:
-        out.append(("webhook_missing", f"no call for ImageDelivered {sorted(delivered)}"))
-    if delivered and calls and not ids <= delivered:
+    foreign = sorted(
+        {str(c.webhook_id) for c in calls if c.webhook_id not in ends}
+        | {f"{c.webhook_id}/{c.body_event_id}" for c in calls if c.body_event_id != c.webhook_id}
+    )
+    if foreign:
         out.append(
             (
                 "webhook_id_mismatch",
-                f"calls carried {sorted(map(str, ids))}; ImageDelivered {sorted(delivered)}",
+                f"calls carried {foreign}; the job's terminal events are {sorted(ends)}",
             )
         )
-    if any(c.signature_ok is False for c in calls):
-        out.append(("webhook_bad_signature", "X-Imagegen-Signature did not verify"))
+    mistyped = sorted(
+        {
+            f"{c.webhook_id}: {c.type} (expected {ends[c.webhook_id]})"
+            for c in calls
+            if c.webhook_id in ends and c.type != ends[c.webhook_id]
+        }
+    )
+    if mistyped:
+        out.append(("webhook_type_mismatch", "; ".join(mistyped)))
+    bad = sum(1 for c in calls if c.signature_ok is False)
+    if bad:
+        out.append(("webhook_bad_signature", f"{bad} call(s) not signed with the user's secret"))
+    acked = sorted({str(c.webhook_id) for c in calls if 200 <= c.answered < 300})
+    if len(acked) > 1:
+        out.append(("webhook_duplicate", f"answered 2xx under webhook-ids {acked}"))
+    elif len(ids) > 1:
+        out.append(("webhook_id_changed", f"calls under webhook-ids {ids}"))
+    unfinished = [i for i in ids if i not in acked and i not in dead]
+    if unfinished:
+        last = {str(c.webhook_id): c.answered for c in sorted(calls, key=lambda c: c.at)}
+        out.append(
+            (
+                "webhook_not_retried",
+                ", ".join(f"{i} (last answered {last[i]})" for i in unfinished)
+                + ": never answered 2xx and not dead-lettered",
+            )
+        )
     return out
 
 
@@ -294,6 +357,11 @@ def check(h: History) -> Report:  # noqa: C901 - one pass per invariant, in the 
     calls: dict[str | None, list[WebhookCall]] = defaultdict(list)
     for c in h.webhooks:
         calls[c.job_id].append(c)
+    dead: dict[str, dict[str, str]] = defaultdict(dict)  # job -> webhook-id -> reason
+    for r in h.records:
+        if r.type == WEBHOOK_DEAD and r.data.get("message_id"):
+            job = str(r.data.get("job_id") or r.job_id)
+            dead[job][str(r.data["message_id"])] = str(r.data.get("reason", ""))
     deadline_max = max(h.deadlines_s.values(), default=0.0)
 
     outcomes: list[JobOutcome] = []
@@ -337,7 +405,9 @@ def check(h: History) -> Report:  # noqa: C901 - one pass per invariant, in the 
         if any(k == "duplicate_delivery" for k, _ in delivery):
             duplicated.add(job_id)
         found += delivery
-        found += _webhook_violations(job_id, recs, calls.pop(job_id, []), wants_webhook[job_id])
+        found += _webhook_violations(
+            recs, calls.pop(job_id, []), wants_webhook[job_id], dead.get(job_id, {})
+        )
         read = h.final_reads.get(job_id)
         api_status = read.body.get("status") if read and isinstance(read.body, dict) else None
         if len(facts) == 1 and api_status != out.terminal[0]:
@@ -352,7 +422,7 @@ def check(h: History) -> Report:  # noqa: C901 - one pass per invariant, in the 
             violations.append(Violation(kind, job_id, detail, _faults_around(h, start, end)))
     for unknown, cs in calls.items():  # calls for jobs that are not this run's accepted jobs
         violations.append(
-            Violation("webhook_without_delivery", unknown, f"{len(cs)} call(s) for an unknown job")
+            Violation("webhook_without_terminal", unknown, f"{len(cs)} call(s) for an unknown job")
         )
 
     v = h.verification
@@ -389,6 +459,7 @@ def check(h: History) -> Report:  # noqa: C901 - one pass per invariant, in the 
         answers=dict(answers),
         webhook_calls=len(h.webhooks),
         dead_lettered=sum(1 for r in h.records if r.topic == DEADLETTER_TOPIC and r.job_id in ours),
+        webhooks_dead_lettered=sum(len(v) for job, v in dead.items() if job in ours),
         violations=tuple(violations),
     )
 
@@ -420,7 +491,8 @@ def render(report: Report, max_listed: int = 30) -> list[str]:
             else "-"
         ),
         "POST answers: " + ", ".join(f"{k}={n}" for k, n in sorted(report.answers.items())),
-        f"webhook calls: {report.webhook_calls}; dead-lettered records: {report.dead_lettered}",
+        f"webhook calls: {report.webhook_calls} ({report.webhooks_dead_lettered} messages"
+        f" dead-lettered); dead-lettered records: {report.dead_lettered}",
     ]
     counts = report.violation_counts()
     lines.append(

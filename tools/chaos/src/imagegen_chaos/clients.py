@@ -14,6 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -42,6 +43,14 @@ class User:
         return PLAN_TIER[self.plan]
 
 
+def webhook_url_for(base: str, user: User | None) -> str:
+    """The webhook URL a user's jobs name: ``<base>/<user id>`` (the receiver picks the user's
+    secrets by it); ``base`` itself without a user."""
+    if user is None:
+        return base
+    return f"{base.rstrip('/')}/{quote(user.user_id, safe='')}"
+
+
 @dataclass(frozen=True)
 class Workload:
     jobs: int = 2000
@@ -52,7 +61,7 @@ class Workload:
     cancel_share: float = 0.02  # share of accepted jobs the client cancels soon after
     steps: tuple[int, int] = (2, 6)
     model: str = "tiny-random"
-    webhook_url: str | None = None
+    webhook_url: str | None = None  # the receiver's base URL; each user's jobs add /<user id>
     stale_after_s: float = 300.0  # an accepted job older than this no longer counts in flight
     max_duration_s: float = 3600.0  # stop submitting after this long, whatever is left
 
@@ -136,7 +145,7 @@ class Soak:
         )
         return live + self._sending
 
-    def body(self, rng: random.Random) -> dict[str, Any]:
+    def body(self, rng: random.Random, user: User | None = None) -> dict[str, Any]:
         w = self.workload
         body: dict[str, Any] = {
             "prompt": rng.choice(PROMPTS),
@@ -147,7 +156,7 @@ class Soak:
         if rng.random() < w.seeded_share:
             body["seed"] = rng.randrange(2**31)
         if w.webhook_url:
-            body["webhook_url"] = w.webhook_url
+            body["webhook_url"] = webhook_url_for(w.webhook_url, user)
         return body
 
     async def run(self) -> None:
@@ -171,7 +180,9 @@ class Soak:
             self._next += 1
             self._sending += 1
             try:
-                sub = await self.submit(http, user, self.body(rng), f"{self.run_id}-{self._next}")
+                sub = await self.submit(
+                    http, user, self.body(rng, user), f"{self.run_id}-{self._next}"
+                )
             finally:
                 self._sending -= 1
             if sub.accepted and rng.random() < self.workload.cancel_share:

@@ -57,14 +57,16 @@ class LogRecord:
 
 @dataclass(frozen=True)
 class WebhookCall:
-    """One call the harness's webhook receiver got."""
+    """One call the harness's webhook receiver got (Standard Webhooks, docs/adr/0403)."""
 
     at: float
-    job_id: str | None  # from the body
-    header_event_id: str | None  # X-Imagegen-Event-Id
-    body_event_id: str | None  # "event_id" in the body
-    signature_ok: bool | None  # X-Imagegen-Signature checked; None when no key was known
+    job_id: str | None  # "job_id" in the body
+    webhook_id: str | None  # the webhook-id header: the same on every retry of one message
+    body_event_id: str | None  # "event_id" in the body (delivery sets it to the webhook-id)
+    type: str | None  # "type" in the body: generation.delivered | failed | rejected | cancelled
+    signature_ok: bool | None  # checked with the user's secrets; None when none were known
     answered: int  # the status the receiver answered (it fails some calls on purpose)
+    user_id: str | None = None  # the user the URL named (/hook/<user>): whose secrets verified
 
 
 @dataclass(frozen=True)

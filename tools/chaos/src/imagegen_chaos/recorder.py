@@ -1,4 +1,5 @@
-"""After the soak: every record of the job topics and the dead-letter topic, from offset 0, and
+"""After the soak: every record of the job topics, the dead-letter topic and the webhook
+dead-letter topic (calls that ran out of retries), from offset 0, and
 `imagegen replay --rebuild --verify` against the soak's stack."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ TOPICS = (
     "imagegen.jobs.delivered",
     "imagegen.jobs.ended",
     "imagegen.deadletter",
+    "imagegen.webhooks.deadletter",
 )
 DROPPED = ("preview_png_b64", "original_value_b64")  # bulky and never checked
 
@@ -68,7 +70,7 @@ def to_record(
 def read_topics(
     bootstrap: str, timeout_s: float = 300, topics: tuple[str, ...] = TOPICS
 ) -> list[LogRecord]:
-    """Every record of ``topics`` (default: the job topics and the dead-letter topic), from
+    """Every record of ``topics`` (default: the job topics and both dead-letter topics), from
     offset 0 to the end each partition had when the read began."""
     c = Consumer(
         {

@@ -1,5 +1,6 @@
-"""One soak, start to finish: stack up, users, receiver, faults, clients, heal, drain, record,
-verify, check, stack down (always, unless asked to keep it)."""
+"""One soak, start to finish: stack up, users (API key and webhook secret each), receiver,
+faults, clients, heal, drain (jobs, then their webhook calls), record, verify, check, stack down
+(always, unless asked to keep it)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from .webhooks import WebhookReceiver
 
 PLANS = ("free", "pro", "turbo")
 SETTLE_S = 60.0  # how long an API answer may lag the log after the projector caught up
+WEBHOOK_SETTLE_S = 60.0  # beyond the retry schedule: calls queued behind a restarted delivery
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class SoakConfig:
     seed: int = 0
     webhook_host: str = "127.0.0.1"
     webhook_port: int = 0
-    webhook_url: str | None = None  # what jobs name; default http://HOST:PORT/hook
+    webhook_url: str | None = None  # base jobs name (+ /<user id>); default http://HOST:PORT/hook
     webhook_fail_share: float = 0.05
     out: Path | None = None  # history.json and summary.json; default VAR/report
     keep_stack: bool = False
@@ -60,8 +62,10 @@ def run(cfg: SoakConfig) -> int:
             for i in range(cfg.users)
         ]
         say(f"run {run_id}: {len(users)} users ({', '.join(u.plan for u in users)})")
+        # Each user's secret exists before any of their jobs ends, so delivery signs with it.
+        secrets = {u.user_id: [st.webhook_secret(u.user_id)] for u in users}
         receiver = WebhookReceiver(
-            cfg.webhook_host, cfg.webhook_port, st.signing_key, cfg.webhook_fail_share, cfg.seed
+            cfg.webhook_host, cfg.webhook_port, secrets, cfg.webhook_fail_share, cfg.seed
         )
         receiver.start()
         hook = cfg.webhook_url or f"http://{cfg.webhook_host}:{receiver.port}/hook"
@@ -99,6 +103,15 @@ def run(cfg: SoakConfig) -> int:
             notes.append("drain skipped by the operator")
         left = len(set(soak.accepted) - tracker.terminal)
         say(f"drained: {left} accepted jobs without a terminal state")
+        wait = sum(st.webhook_retry_schedule_s) + WEBHOOK_SETTLE_S
+        say(f"waiting up to {wait:.0f}s for a verified, answered webhook call per ended job")
+        deadline = time.monotonic() + wait
+        try:
+            while time.monotonic() < deadline and _unanswered(soak, tracker, receiver):
+                time.sleep(1.0)  # between looks at the receiver's calls
+        except KeyboardInterrupt:
+            notes.append("webhook wait skipped by the operator")
+        say(f"{len(_unanswered(soak, tracker, receiver))} ended jobs without an answered call")
         say("reading the topics from offset 0")
         records = read_topics(st.bootstrap)
         owners = {u.user_id: u.key for u in users}
@@ -137,6 +150,12 @@ def run(cfg: SoakConfig) -> int:
         if not cfg.keep_stack:
             say("stack down")
             st.down()
+
+
+def _unanswered(soak: Soak, tracker: Tracker, receiver: WebhookReceiver) -> set[str]:
+    """Ended jobs of this run whose webhook no verified call answered 2xx has announced yet."""
+    ended = set(soak.accepted) & tracker.terminal if soak.workload.webhook_url else set()
+    return ended - receiver.acknowledged()
 
 
 def report(history: History, out: Path) -> int:

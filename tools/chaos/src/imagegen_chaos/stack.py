@@ -1,8 +1,15 @@
 """The soak's own local stack: ``deploy/stack.py`` with its IMAGEGEN_STACK_* variables set to
-a separate var folder, ports and HTTP port offset, so the shared stack is never touched."""
+a separate var folder, ports and HTTP port offset, so the shared stack is never touched.
+
+``deploy/stack.py`` gives api and delivery ``WEBHOOK_ALLOW=127.0.0.0/8,::1/128``, so the SSRF
+guard lets webhooks reach the harness's loopback receiver. The services inherit the environment
+``deploy/stack.py`` runs with (supervisord passes it on), so delivery gets this stack's compressed
+retry schedule (``IMAGEGEN_DELIVERY_WEBHOOK_RETRY_SCHEDULE_S``, a JSON list of seconds).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -24,6 +31,9 @@ SERVICE_PORTS = {
     "pool-manager": 8105,
 }
 MODEL = "tiny-random"  # tests/fixtures/tiny_model.py: random weights, ~30 ms an image
+# Waits before each webhook retry: short, so the soak sees retries end (the default schedule
+# spans ten hours); five retries, so a call fails for good only after six 503s in a row.
+WEBHOOK_RETRY_SCHEDULE_S = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,7 @@ class ChaosStack:
     pg_port: int = 25532
     port_offset: int = 100  # added to every service's HTTP port
     root: Path = ROOT
+    webhook_retry_schedule_s: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE_S
 
     @property
     def models(self) -> Path:
@@ -61,6 +72,10 @@ class ChaosStack:
             "IMAGEGEN_STACK_PORT_OFFSET": str(self.port_offset),
             "IMAGEGEN_STACK_MODELS": str(self.models),
             "IMAGEGEN_STACK_PRELOAD_MODEL": MODEL,
+            # pydantic-settings reads a tuple setting as JSON: "[1.0, 2.0]", not "1,2".
+            "IMAGEGEN_DELIVERY_WEBHOOK_RETRY_SCHEDULE_S": json.dumps(
+                list(self.webhook_retry_schedule_s)
+            ),
         }
 
     def setting(self, name: str) -> str:
@@ -74,11 +89,6 @@ class ChaosStack:
     @property
     def database_url(self) -> str:
         return self.setting("DATABASE_URL")
-
-    @property
-    def signing_key(self) -> bytes | None:
-        path = self.var / "secrets" / "signing_key"
-        return path.read_text().strip().encode() if path.exists() else None
 
     @property
     def supervisor(self) -> Supervisor:
@@ -139,6 +149,31 @@ class ChaosStack:
             check=True,
         )
         return out.stdout.strip()
+
+    def webhook_secret(self, user: str) -> str:
+        """The user's newest ``whsec_`` secret (``imagegen webhooks secret``; made if none):
+        what delivery signs that user's webhook calls with."""
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "imagegen.cli",
+                "webhooks",
+                "secret",
+                "--user",
+                user,
+                "--database-url",
+                self.database_url,
+            ],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        secret = out.stdout.strip()
+        if not secret.startswith("whsec_"):
+            raise RuntimeError(f"imagegen webhooks secret --user {user} printed no whsec_ secret")
+        return secret
 
     def not_ready(self) -> list[str]:
         """Services whose /readyz does not answer 200 now."""

@@ -2,13 +2,17 @@
 
     simulate --scenario seed-peak|day-shift --policy ours --gpus 100 --json [--hours 1]
              [--seed N] [--load 0.95] [--plot waits.png] [--bound]
-             [--pool none|ours] [--eviction score|lru] [--preload on|off]
+             [--pool none|ours] [--eviction score|lru] [--preload on|off] [--rotation on|off]
 
 ``--pool ours`` runs the warm pool policy (``imagegen_pool_manager.domain.policy``, ADR 0701)
 on the simulated workers; ``--pool none`` (the default) is on-demand loading with LRU eviction,
 only what must go (ADR 0110). ``--eviction`` and ``--preload`` apply to ``--pool ours``.
 
 ``--plot`` also runs the other policies on the same demand and draws them side by side.
+
+``--scenario flood`` (issue #14, ADR 0620): one user submits ``--flood-jobs`` (60) jobs at once
+and another user one job 0.5 s later, on ``--gpus`` (default 1) idle A10Gs; prints the other
+user's wait with per-user rotation and without it (the baseline, same process).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from imagegen_scheduler.domain import SchedulerConfig, Tier
+
 from .engine import DEFAULT_EVICTION, EVICTIONS, POLICIES, POOLS, simulate
 from .metrics import SimResult
 from .scenario import SCENARIOS
@@ -28,9 +34,20 @@ from .scenario import SCENARIOS
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagegen simulate", description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="seed-peak")
+    parser.add_argument("--scenario", choices=sorted([*SCENARIOS, "flood"]), default="seed-peak")
     parser.add_argument("--policy", choices=sorted(POLICIES), default="ours")
-    parser.add_argument("--gpus", type=int, default=100, help="fleet size (60%% A10G, 40%% A100)")
+    parser.add_argument(
+        "--gpus", type=int, default=None, help="fleet size (60%% A10G, 40%% A100); default 100"
+    )
+    parser.add_argument(
+        "--flood-jobs", type=int, default=60, help="with --scenario flood: jobs in the flood"
+    )
+    parser.add_argument(
+        "--tier",
+        choices=[t.value for t in Tier],
+        default=Tier.RELAX.value,
+        help="with --scenario flood: the tier of both users (relax = the free plan)",
+    )
     parser.add_argument("--hours", type=float, default=1.0, help="simulated window")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the demand")
     parser.add_argument(
@@ -48,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--preload", choices=("on", "off"), default="on", help="with --pool ours: predictive"
     )
+    parser.add_argument(
+        "--rotation",
+        choices=("on", "off"),
+        default="on",
+        help="per-user rotation inside a tier (ADR 0620); off: oldest job first, as before",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG of waits over time")
     parser.add_argument(
@@ -63,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["simulate"]:
         args = args[1:]
     options = _parser().parse_args(args)
+    if options.scenario == "flood":
+        return _flood(options)
+    if options.gpus is None:
+        options.gpus = 100
     if options.gpus < 2 or options.hours <= 0:
         print("simulate: need --gpus >= 2 and --hours > 0", file=sys.stderr)
         return 2
@@ -76,8 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     started = time.perf_counter()
     pool, eviction, preload = options.pool, options.eviction, options.preload == "on"
+    config = SchedulerConfig(user_rotation=options.rotation == "on")
     result = simulate(
-        scenario, options.policy, options.seed, pool=pool, eviction=eviction, preload=preload
+        scenario,
+        options.policy,
+        options.seed,
+        config,
+        pool=pool,
+        eviction=eviction,
+        preload=preload,
     )
     summary = result.summary()
     summary["wall_s"] = round(time.perf_counter() - started, 2)
@@ -85,7 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .plot import plot
 
         others = [
-            simulate(scenario, p, options.seed, pool=pool, eviction=eviction, preload=preload)
+            simulate(
+                scenario, p, options.seed, config, pool=pool, eviction=eviction, preload=preload
+            )
             for p in POLICIES
             if p != options.policy
         ]
@@ -94,6 +130,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(summary))
     else:
         _print_table(summary)
+    return 0
+
+
+def _flood(options: argparse.Namespace) -> int:
+    from .flood import flood_figures
+
+    gpus = 1 if options.gpus is None else options.gpus
+    if gpus < 1:
+        print("simulate: --scenario flood needs --gpus >= 1", file=sys.stderr)
+        return 2
+    if options.flood_jobs < 1:
+        print("simulate: --flood-jobs must be >= 1", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    figures = flood_figures(
+        gpus=gpus, jobs=options.flood_jobs, tier=Tier(options.tier), seed=options.seed
+    )
+    figures["wall_s"] = round(time.perf_counter() - started, 2)
+    if options.json:
+        print(json.dumps(figures))
+    else:
+        print(
+            f"flood of {figures['flood_jobs']} {figures['tier']} jobs on {gpus} GPU(s): the other"
+            f" user's job waits {figures['other_wait_s']} s with rotation,"
+            f" {figures['baseline_other_wait_s']} s without"
+            f" (ratio {figures['wait_ratio_vs_baseline']})"
+        )
     return 0
 
 

@@ -3,7 +3,8 @@
 Content-addressed: a file is written once under its id (``domain.files.file_id``), atomically
 (temp file, fsync, rename); the same bytes uploaded twice are one file. The folder is shared
 with the workers (``IMAGEGEN_API_FILES_DIR`` and ``IMAGEGEN_GPU_WORKER_FILES_DIR`` name the
-same folder; both default to ``var/files``).
+same folder; both default to ``var/files``). With S3 storage, :class:`S3FileStore` keeps them
+as ``files/<id>`` in the bucket instead (docs/storage.md).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import os
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+
+from imagegen_runtime.objectstore import FILES_PREFIX, ObjectStoreUnavailable, S3Objects
 
 from ..domain.files import FILE_ID, MAX_SIDE, file_id
 
@@ -29,6 +32,7 @@ class LocalFileStore:
         name = file_id(data)
         path = self.root / name
         if path.is_file() and path.stat().st_size == len(data):
+            os.utime(path)  # uploaded again: its retention starts again (docs/storage.md)
             return name
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
@@ -46,6 +50,30 @@ class LocalFileStore:
 
     def exists(self, name: str) -> bool:
         return bool(FILE_ID.fullmatch(name)) and (self.root / name).is_file()
+
+
+class S3FileStore:
+    """The same files as objects ``files/<file id>`` in the bucket (``IMAGEGEN_API_STORAGE=s3``);
+    the workers read them there. An unreachable server is an OSError, as a full disk is."""
+
+    def __init__(self, objects: S3Objects) -> None:
+        self.objects = objects
+
+    def put(self, data: bytes) -> str:
+        name = file_id(data)
+        try:  # written again when uploaded again: its retention starts again
+            self.objects.put(FILES_PREFIX + name, data)
+        except ObjectStoreUnavailable as exc:
+            raise OSError(str(exc)) from exc
+        return name
+
+    def exists(self, name: str) -> bool:
+        if not FILE_ID.fullmatch(name):
+            return False
+        try:
+            return self.objects.exists(FILES_PREFIX + name)
+        except ObjectStoreUnavailable as exc:
+            raise OSError(str(exc)) from exc
 
 
 def image_problem(data: bytes) -> str | None:

@@ -29,6 +29,10 @@ api_keys = Table(
     Column("plan", String(16), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked", Boolean, nullable=False, default=False),
+    # Added by ADR 0610 (API_KEYS_MIGRATION for tables made before):
+    Column("key_id", String(32), unique=True),  # public id: the key's first 12 characters
+    Column("role", String(16), nullable=False, server_default="user"),  # user | operator
+    Column("revoked_at", DateTime(timezone=True)),
 )
 
 idempotency = Table(
@@ -48,6 +52,17 @@ idempotency = Table(
 IDEMPOTENCY_MIGRATION = (
     "alter table idempotency_keys add column if not exists answer jsonb, "
     "add column if not exists claimed_at timestamptz"
+)
+
+
+# ADR 0610: roles and public key ids. Keys made before have no id in clear: they get
+# "old_" + the first 12 hex digits of their hash. One statement per entry (asyncpg).
+API_KEYS_MIGRATION = (
+    "alter table api_keys add column if not exists key_id varchar(32), "
+    "add column if not exists role varchar(16) not null default 'user', "
+    "add column if not exists revoked_at timestamptz",
+    "update api_keys set key_id = 'old_' || substr(key_hash, 1, 12) where key_id is null",
+    "create unique index if not exists api_keys_key_id_key on api_keys (key_id)",
 )
 
 

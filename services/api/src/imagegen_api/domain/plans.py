@@ -24,7 +24,9 @@ PLANS: dict[Plan, PlanLimits] = {
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling: the owner of an API key and the plan it is on."""
+    """Who is calling: the owner of an API key, the plan it is on and the key's role
+    (``user``, or ``operator``: also admitted to operator-only endpoints, ADR 0610)."""
 
     user_id: str
     plan: Plan
+    role: str = "user"

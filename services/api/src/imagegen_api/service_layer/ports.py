@@ -14,6 +14,7 @@ from imagegen_schemas import Envelope, Payload, Plan
 
 from ..domain.idempotency import Claim, HeldKey
 from ..domain.job import JobView
+from ..domain.limits import JobRequest, Limits, Refusal, Take
 from ..domain.plans import Caller
 
 
@@ -79,4 +80,22 @@ class FileStore(Protocol):
 
     def exists(self, name: str) -> bool:
         """Whether a file of that id is stored."""
+        ...
+
+
+class Limiter(Protocol):
+    """Limits and quotas per user, shared by every API instance (``adapters.limiter``; ADR
+    0640)."""
+
+    async def take(self, user_id: str, limits: Limits, now: datetime) -> Take:
+        """One request of ``user_id`` against their request bucket."""
+        ...
+
+    async def admit(self, req: JobRequest, now: datetime) -> Refusal | None:
+        """Room for one more active job and ``req.images`` more images today (None), else the
+        limit that refuses it. An admitted job counts until it ends or is released."""
+        ...
+
+    async def release(self, user_id: str, job_id: str) -> None:
+        """The admitted job was never published: give back its slot and images."""
         ...

@@ -22,8 +22,9 @@ from imagegen_schemas import GenerationParams
 from imagegen_schemas.jobs import GenerationRequested
 
 from ..domain.idempotency import HeldKey
+from ..domain.limits import JobRequest, Limits, Refusal
 from ..domain.plans import PLANS, Caller
-from .ports import Accounts
+from .ports import Accounts, Limiter
 
 log = logging.getLogger(__name__)
 _NS = uuid.UUID("8f0d7f43-3c1e-4a86-9a3b-0c6f2b9f7e11")
@@ -35,6 +36,23 @@ class IdempotencyConflict(Exception):
 
 class InFlight(Exception):
     """The first request with this key has not published yet: retry shortly."""
+
+
+class LimitExceeded(Exception):
+    """A limit of the caller's plan refuses the request (429; ADR 0640)."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Where a submission's room is checked: the shared limiter and the caller's limits."""
+
+    limiter: Limiter
+    limits: Limits
+    now: datetime
 
 
 @dataclass(frozen=True)
@@ -58,10 +76,19 @@ async def submit(
     accounts: Accounts,
     publisher: Publisher,
     idempotency: IdempotentRequest | None = None,
+    quota: Quota | None = None,
 ) -> Accepted:
+    """Accept one generation. With ``quota``, a new job (not an idempotent replay) must fit the
+    caller's active jobs and images per day, else :class:`LimitExceeded` and nothing is
+    published; a job admitted and then not published gives its room back."""
     job_id = str(uuid.uuid4())
     if idempotency is None:
-        await _publish(caller, params, webhook_url, None, job_id, publisher)
+        await _admit(caller, job_id, params, quota)
+        try:
+            await _publish(caller, params, webhook_url, None, job_id, publisher)
+        except BaseException:
+            await _release(caller, job_id, quota)
+            raise
         return Accepted(job_id, params.seed, replayed=False)
     key = idempotency.key
     proposal = HeldKey(
@@ -81,9 +108,19 @@ async def submit(
         return Accepted(held.answer["id"], held.answer["seed"], replayed=True)
     job_id, seed = held.answer["id"], held.answer["seed"]  # a dead holder's, when taken over
     try:
-        await _publish(
-            caller, params.model_copy(update={"seed": seed}), webhook_url, key, job_id, publisher
-        )
+        await _admit(caller, job_id, params, quota)
+        try:
+            await _publish(
+                caller,
+                params.model_copy(update={"seed": seed}),
+                webhook_url,
+                key,
+                job_id,
+                publisher,
+            )
+        except BaseException:
+            await _release(caller, job_id, quota)
+            raise
     except BaseException:
         try:
             await accounts.release(caller.user_id, key, held.claimed_at)
@@ -92,6 +129,26 @@ async def submit(
         raise
     await accounts.mark_published(caller.user_id, key, job_id)
     return Accepted(job_id, seed, replayed=False)
+
+
+async def _admit(
+    caller: Caller, job_id: str, params: GenerationParams, quota: Quota | None
+) -> None:
+    if quota is None:
+        return
+    req = JobRequest(caller.user_id, job_id, params.num_images, quota.limits)
+    refusal = await quota.limiter.admit(req, quota.now)
+    if refusal is not None:
+        raise LimitExceeded(refusal)
+
+
+async def _release(caller: Caller, job_id: str, quota: Quota | None) -> None:
+    if quota is None:
+        return
+    try:
+        await quota.limiter.release(caller.user_id, job_id)
+    except Exception:  # the store is down: the admission goes stale and stops counting later
+        log.warning("could not release an admitted job after a failed publish", exc_info=True)
 
 
 async def _publish(

@@ -1,8 +1,10 @@
 """The delivery store: approved images under ``<job_id>/<index>.png`` plus one record per job.
 
 ``BlobStore`` is the port. :class:`LocalFileStore` keeps files on the local filesystem and reads
-sources from ``file://`` URIs; :class:`InMemoryBlobStore` is the fake. Both pass
-``tests/test_delivery_store_contract.py``. Methods are synchronous (file I/O); the service layer
+sources from ``file://`` URIs; :class:`S3BlobStore` keeps them in an S3 bucket under
+``delivery/`` and reads sources from ``s3://`` URIs under ``blobs/`` of the same bucket;
+:class:`InMemoryBlobStore` is the fake. All three pass ``tests/test_delivery_store_contract.py``
+(S3 against a real server). Methods are synchronous (file or network I/O); the service layer
 runs them in a thread.
 """
 
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
+
+from imagegen_runtime.objectstore import BLOBS_PREFIX, DELIVERY_PREFIX, S3Objects
 
 from ..domain.delivery import DeliveryRecord
 from ..domain.links import JOB_ID, MAX_INDEX
@@ -49,6 +53,11 @@ class BlobStore(Protocol):
 
     def write_record(self, record: DeliveryRecord) -> None:
         """Replace the job's record atomically."""
+        ...
+
+    def download_url(self, job_id: str, index: int, ttl_s: int) -> str | None:
+        """A link that serves the stored image straight from storage for ``ttl_s`` seconds, or
+        None when this service's own signed ``/files`` link is the way (local files)."""
         ...
 
 
@@ -124,6 +133,9 @@ class LocalFileStore:
         body = record.model_dump_json(indent=1).encode()
         self._write_atomically(self.root / record.job_id / RECORD_NAME, [body], None)
 
+    def download_url(self, job_id: str, index: int, ttl_s: int) -> str | None:
+        return None  # served by GET /files with our signed link
+
 
 def _read_chunks(src: Path) -> Iterator[bytes]:
     with open(src, "rb") as f:
@@ -169,3 +181,65 @@ class InMemoryBlobStore:
     def write_record(self, record: DeliveryRecord) -> None:
         _check(record.job_id)
         self.records[record.job_id] = record
+
+    def download_url(self, job_id: str, index: int, ttl_s: int) -> str | None:
+        return None
+
+
+class S3BlobStore:
+    """Objects ``delivery/<job_id>/<index>.png`` and ``delivery/<job_id>/.delivery.json`` in the
+    bucket; sources are ``s3://<bucket>/blobs/...`` (what the gpu-worker writes with S3 storage).
+
+    One PUT replaces an object whole, so a reader sees the old bytes or the new ones. The digest
+    is checked on the bytes read from the source before anything is written. Downloads are
+    presigned GET links: image bytes never pass through this service.
+    """
+
+    def __init__(self, objects: S3Objects, *, source_prefix: str = BLOBS_PREFIX) -> None:
+        self.objects = objects
+        self.source_prefix = source_prefix
+
+    @staticmethod
+    def _image_key(job_id: str, index: int) -> str:
+        return f"{DELIVERY_PREFIX}{job_id}/{index}.png"
+
+    def _source_key(self, uri: str) -> str:
+        try:
+            key = self.objects.key_of(uri)
+        except ValueError as exc:
+            raise UnsupportedSource(str(exc)) from exc
+        if not key.startswith(self.source_prefix) or ".." in key.split("/"):
+            raise UnsupportedSource(
+                f"source outside s3://{self.objects.bucket}/{self.source_prefix}"
+            )
+        return key
+
+    def copy_in(self, job_id: str, index: int, source_uri: str, sha256: str) -> None:
+        _check(job_id, index)
+        data = self.objects.get(self._source_key(source_uri))
+        if data is None:
+            raise FileNotFoundError(f"source image missing: {source_uri}")
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise DigestMismatch(f"{source_uri}: sha256 {actual}, event says {sha256}")
+        self.objects.put(self._image_key(job_id, index), data, "image/png")
+
+    def read(self, job_id: str, index: int) -> bytes | None:
+        _check(job_id, index)
+        return self.objects.get(self._image_key(job_id, index))
+
+    def read_record(self, job_id: str) -> DeliveryRecord | None:
+        _check(job_id)
+        raw = self.objects.get(f"{DELIVERY_PREFIX}{job_id}/{RECORD_NAME}")
+        return None if raw is None else DeliveryRecord.model_validate_json(raw)
+
+    def write_record(self, record: DeliveryRecord) -> None:
+        _check(record.job_id)
+        body = record.model_dump_json(indent=1).encode()
+        self.objects.put(
+            f"{DELIVERY_PREFIX}{record.job_id}/{RECORD_NAME}", body, "application/json"
+        )
+
+    def download_url(self, job_id: str, index: int, ttl_s: int) -> str | None:
+        _check(job_id, index)
+        return self.objects.presigned_get(self._image_key(job_id, index), ttl_s, "image/png")

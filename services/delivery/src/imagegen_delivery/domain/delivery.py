@@ -7,6 +7,7 @@ again, so the published event and the webhook body never change for one cause.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict
@@ -16,12 +17,16 @@ from imagegen_schemas.jobs import DeliveredImage, ImageDelivered, ImageModerated
 
 from .links import signed_url
 
+# (job_id, index, ttl_s) -> a link served by the object store itself, or None (docs/storage.md).
+StorageLink = Callable[[str, int, int], str | None]
+
 
 class DeliveryRecord(BaseModel):
     """Delivery's memory of one job, stored as ``<store_dir>/<job_id>/.delivery.json``.
 
-    Written when the files are in place (``webhook_done`` False, expiry fixed), then again after
-    the webhook call. Invariant: a record exists only once every image it lists is stored.
+    Written when the files are in place (``webhook_done`` False, expiry fixed), then again once
+    the webhook message is handed to the webhook store (docs/adr/0403). Invariant: a record
+    exists only once every image it lists is stored.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -32,8 +37,8 @@ class DeliveryRecord(BaseModel):
     expires_at: int  # unix seconds every link stops working; computed once, never again
     images: tuple[DeliveredImage, ...]  # the links, in index order
     webhook_url: str | None = None  # where to call back; None: no webhook
-    webhook_done: bool = False  # True once the webhook answered or its retries ran out
-    webhook_status: int | None = None  # last HTTP status; None: no webhook or no answer
+    webhook_done: bool = False  # True once the delivered outcome is in the webhook store
+    webhook_status: int | None = None  # always None since webhooks are sent apart (ADR 0403)
 
     def delivered(self) -> ImageDelivered:
         """The event this record publishes (the same on every replay)."""
@@ -72,17 +77,22 @@ def plan_delivery(
     ttl_s: int,
     base_url: str,
     key: bytes,
+    storage_link: StorageLink | None = None,
 ) -> DeliveryRecord:
-    """Fix the expiry (``now + ttl_s``, whole seconds) and sign one link per image."""
+    """Fix the expiry (``now + ttl_s``, whole seconds) and sign one link per image.
+
+    ``storage_link(job_id, index, ttl_s)``, when given and not None for an image, is the link
+    instead of our signed ``/files`` one: a presigned GET on the object store, valid ``ttl_s``.
+    """
     expires_at = int(now) + ttl_s
     at = datetime.fromtimestamp(expires_at, UTC)
+
+    def link(index: int) -> str:
+        url = storage_link(msg.job_id, index, ttl_s) if storage_link is not None else None
+        return url or signed_url(base_url, msg.job_id, index, expires_at, key)
+
     images = tuple(
-        DeliveredImage(
-            index=r.index,
-            sha256=r.sha256,
-            expires_at=at,
-            url=signed_url(base_url, msg.job_id, r.index, expires_at, key),
-        )
+        DeliveredImage(index=r.index, sha256=r.sha256, expires_at=at, url=link(r.index))
         for r in refs
     )
     return DeliveryRecord(

@@ -1,11 +1,23 @@
 """Handlers of the delivery service: one per event type it reacts to.
 
-ImageModerated, allowed: copy the images to the delivery store, sign their links, call the
-webhook, publish ImageDelivered. Rejected: nothing (the rejection is the safety service's fact).
+ImageModerated, allowed: copy the images to the delivery store, sign their links, publish
+ImageDelivered, then schedule the ``generation.delivered`` webhook.
 
-Idempotency (docs/adr/0401): the job's DeliveryRecord is written once the files are stored (the
-expiry fixed there) and again after the webhook call. A redelivered verdict replays the record:
-same links, same event id, and no second webhook call once the first one finished.
+Every terminal state has its webhook (docs/adr/0403): delivered (above), failed (a terminal
+GenerationFailed), rejected (a rejected PromptModerated or ImageModerated, or a terminal
+GenerationFailed for a rejection) and cancelled (GenerationCancelled). Those events do not carry
+the user or the URL, so GenerationRequested is joined to the outcome in the webhook store, in
+whichever order they come; the first outcome of a job wins. An outcome older than
+``webhook_max_age_s`` sends nothing (history read by a new consumer group). Once both are
+known, the first attempt is published on the retry topic, due at once.
+
+WebhookScheduled (the retry topic): stored, then handed to the dispatcher's timer; the consumer
+never waits for a due time nor for a receiver.
+
+Idempotency (docs/adr/0401): the job's DeliveryRecord is written once the files are stored and
+again once the webhook is scheduled. A redelivered verdict replays the record: same links, same
+event id; a redelivered terminal event schedules the same message (same webhook-id and record
+event id), which the store drops as a duplicate.
 """
 
 from __future__ import annotations
@@ -14,23 +26,28 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from imagegen_runtime.publishing import Publisher, derived_event_id
-from imagegen_runtime.standard import PayloadHandler
+from imagegen_runtime.standard import TypedHandler
 from imagegen_schemas import Envelope, Payload
-from imagegen_schemas.jobs import ImageDelivered, ImageModerated, Verdict
+from imagegen_schemas.jobs import (
+    GenerationCancelled,
+    GenerationFailed,
+    GenerationRequested,
+    ImageDelivered,
+    ImageModerated,
+    PromptModerated,
+    Verdict,
+)
+from imagegen_schemas.webhooks import WebhookScheduled
 
 from ..adapters.store import BlobStore
-from ..adapters.webhooks import WebhookClient
+from ..adapters.webhook_store import Ready, WebhookStore
 from ..config import DeliverySettings
 from ..domain.delivery import DeliveryRecord, deliverable, plan_delivery
-from ..domain.webhook import (
-    EVENT_ID_HEADER,
-    SIGNATURE_HEADER,
-    derive_webhook_key,
-    signature_header,
-    webhook_body,
-)
+from ..domain.webhook import outcome_of
+from .dispatch import WebhookDispatcher, scheduled_event_id
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +57,12 @@ Clock = Callable[[], float]  # unix seconds, e.g. time.time
 def make_handlers(
     publisher: Publisher,
     store: BlobStore,
-    webhooks: WebhookClient,
+    hooks: WebhookStore,
+    dispatcher: WebhookDispatcher,
     settings: DeliverySettings,
     clock: Clock = time.time,
-) -> dict[type[Payload], PayloadHandler]:
+) -> dict[type[Payload], TypedHandler]:
     url_key = settings.signing_key.get_secret_value().encode()
-    hook_key = (
-        settings.webhook_secret.get_secret_value().encode()
-        if settings.webhook_secret
-        else derive_webhook_key(url_key)
-    )
 
     async def prepare(envelope: Envelope, msg: ImageModerated) -> DeliveryRecord:
         refs = deliverable(msg)
@@ -64,29 +77,53 @@ def make_handlers(
             ttl_s=settings.url_ttl_s,
             base_url=settings.public_base_url,
             key=url_key,
+            storage_link=store.download_url,  # presigned S3 links; None: our /files links
         )
         await asyncio.to_thread(store.write_record, record)
         return record
 
-    async def call_webhook(record: DeliveryRecord) -> DeliveryRecord:
-        status = None
-        if record.webhook_url:
-            body = webhook_body(record.event_id, record.job_id, record.images)
-            status = await webhooks.post(
-                record.webhook_url,
-                body,
-                {
-                    "Content-Type": "application/json",
-                    EVENT_ID_HEADER: record.event_id,
-                    SIGNATURE_HEADER: signature_header(body, hook_key),
-                },
+    async def schedule(ready: Ready | None) -> None:
+        if ready is None:
+            return
+        if ready.url is not None:
+            first = WebhookScheduled(
+                message_id=ready.outcome.message_id,
+                job_id=ready.job_id,
+                user_id=ready.user_id,
+                url=ready.url,
+                webhook_type=ready.outcome.webhook_type,
+                body=ready.outcome.body,
+                attempt=1,
+                due_at=datetime.fromtimestamp(clock(), UTC),
             )
-        done = record.model_copy(update={"webhook_done": True, "webhook_status": status})
-        await asyncio.to_thread(store.write_record, done)
-        return done
+            await publisher.publish(
+                first,
+                key=ready.job_id,
+                causation_id=ready.outcome.message_id,
+                event_id=scheduled_event_id(first),
+            )
+        await hooks.mark_scheduled(ready.job_id)
+
+    async def on_outcome(envelope: Envelope, msg: Payload, job_id: str) -> None:
+        outcome = outcome_of(msg, envelope.event_id, job_id, envelope.occurred_at)
+        age = clock() - envelope.occurred_at.timestamp()
+        if outcome is not None and age > settings.webhook_max_age_s:
+            log.info("job %s ended %.0f s ago: no webhook", job_id, age)
+        elif outcome is not None:
+            await schedule(await hooks.note_outcome(job_id, outcome))
+
+    async def on_requested(envelope: Envelope, msg: GenerationRequested) -> None:
+        await schedule(await hooks.note_request(msg.job_id, msg.user_id, msg.webhook_url))
+
+    async def on_ended(envelope: Envelope, msg: GenerationFailed | GenerationCancelled) -> None:
+        await on_outcome(envelope, msg, msg.job_id)
+
+    async def on_prompt_moderated(envelope: Envelope, msg: PromptModerated) -> None:
+        await on_outcome(envelope, msg, msg.job_id)
 
     async def on_image_moderated(envelope: Envelope, msg: ImageModerated) -> None:
         if msg.verdict != Verdict.ALLOWED:
+            await on_outcome(envelope, msg, msg.job_id)
             return
         record = await asyncio.to_thread(store.read_record, msg.job_id)
         if record is not None and record.causation_id != envelope.event_id:
@@ -100,13 +137,26 @@ def make_handlers(
             record = None  # an earlier verdict's delivery never finished: this one replaces it
         if record is None:
             record = await prepare(envelope, msg)
-        if not record.webhook_done:
-            record = await call_webhook(record)
-        await publisher.publish(
+        delivered = await publisher.publish(
             record.delivered(),
             key=msg.job_id,
             causation_id=envelope.event_id,
             event_id=record.event_id,
         )
+        if not record.webhook_done:
+            await on_outcome(delivered, record.delivered(), msg.job_id)
+            done = record.model_copy(update={"webhook_done": True})
+            await asyncio.to_thread(store.write_record, done)
 
-    return {ImageModerated: on_image_moderated}  # type: ignore[dict-item]
+    async def on_webhook_scheduled(envelope: Envelope, msg: WebhookScheduled) -> None:
+        if await hooks.upsert_message(msg):
+            dispatcher.add(msg)
+
+    return {
+        GenerationRequested: on_requested,
+        PromptModerated: on_prompt_moderated,
+        ImageModerated: on_image_moderated,
+        GenerationFailed: on_ended,
+        GenerationCancelled: on_ended,
+        WebhookScheduled: on_webhook_scheduled,
+    }

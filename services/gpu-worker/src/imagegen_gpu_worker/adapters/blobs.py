@@ -1,6 +1,9 @@
 """Blob storage for generated images and paused jobs' saved state: the worker writes bytes,
 events carry URI and sha256.
 
+:class:`LocalBlobStore` writes files (``file://`` URIs), :class:`S3BlobStore` objects under
+``blobs/`` of the bucket (``s3://`` URIs; docs/storage.md).
+
 A store that cannot take bytes now (folder unwritable or gone, disk full, object store down)
 raises :class:`StorageUnavailable` from ``put`` and from ``check_writable``: the worker turns it
 into a failed attempt (``storage_unavailable``), and ``/readyz`` into "not ready".
@@ -15,6 +18,13 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
+
+from imagegen_runtime.objectstore import (
+    BLOBS_PREFIX,
+    FILES_PREFIX,
+    ObjectStoreUnavailable,
+    S3Objects,
+)
 
 
 class StorageUnavailable(RuntimeError):
@@ -97,3 +107,61 @@ class InMemoryBlobStore:
 
     def check_writable(self) -> None:
         return None  # memory always takes bytes
+
+
+class S3BlobStore:
+    """Objects ``blobs/<name>`` in the bucket; URIs ``s3://<bucket>/blobs/<name>``. One PUT
+    stores an object whole. An unreachable or refusing server is StorageUnavailable."""
+
+    PROBE = ".writable-probe"
+
+    def __init__(self, objects: S3Objects) -> None:
+        self.objects = objects
+
+    def _key(self, name: str) -> str:
+        parts = name.split("/")
+        if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"blob name escapes the store: {name!r}")
+        return BLOBS_PREFIX + name
+
+    def put(self, name: str, data: bytes) -> tuple[str, str]:
+        key = self._key(name)
+        try:
+            self.objects.put(key, data)
+        except ObjectStoreUnavailable as exc:
+            raise StorageUnavailable(str(exc)) from exc
+        return self.objects.uri(key), hashlib.sha256(data).hexdigest()
+
+    def get(self, uri: str) -> bytes:
+        key = self.objects.key_of(uri)
+        if not key.startswith(BLOBS_PREFIX):
+            raise ValueError(f"not a blob of this store: {uri!r}")
+        data = self.objects.get(key)
+        if data is None:
+            raise FileNotFoundError(f"blob missing: {uri}")
+        return data
+
+    def check_writable(self) -> None:
+        """Write and remove a small probe object the way ``put`` writes a blob."""
+        self.put(self.PROBE, b"probe")
+        try:
+            self.objects.delete(self._key(self.PROBE))
+        except ObjectStoreUnavailable as exc:
+            raise StorageUnavailable(str(exc)) from exc
+
+
+class S3ControlFiles:
+    """The api's uploaded control images, ``files/<file id>`` in the bucket (adapters.controlnets
+    reads them through this when the worker's storage is S3)."""
+
+    def __init__(self, objects: S3Objects) -> None:
+        self.objects = objects
+
+    def read(self, file_id: str) -> bytes:
+        try:
+            data = self.objects.get(FILES_PREFIX + file_id)
+        except ObjectStoreUnavailable as exc:
+            raise OSError(str(exc)) from exc
+        if data is None:
+            raise FileNotFoundError(f"s3://{self.objects.bucket}/{FILES_PREFIX}{file_id}")
+        return data

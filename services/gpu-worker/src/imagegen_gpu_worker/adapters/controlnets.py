@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from PIL import Image
 
@@ -139,9 +139,17 @@ def load(
     return LoadedControlNet(net_id, net, size, ms)
 
 
-def read_image(files_dir: Path | None, ref: str) -> Image.Image:
-    """The control image ``ref`` (a file id) from ``files_dir``, its bytes checked against the
-    id and decoded (RGB)."""
+class ControlFiles(Protocol):
+    """Where uploaded control images are read when not from a folder (S3: ``files/<id>``)."""
+
+    def read(self, file_id: str) -> bytes:
+        """The file's bytes; OSError (FileNotFoundError when absent) when it cannot be read."""
+        ...
+
+
+def read_image(files_dir: Path | ControlFiles | None, ref: str) -> Image.Image:
+    """The control image ``ref`` (a file id) from ``files_dir`` (a folder, or an object store's
+    ``files/``), its bytes checked against the id and decoded (RGB)."""
     if not FILE_ID.fullmatch(ref):
         raise ControlImageUnavailable(
             f"control image {ref[:80]!r} is not a file id (file-<32 hex digits>)"
@@ -150,14 +158,18 @@ def read_image(files_dir: Path | None, ref: str) -> Image.Image:
         raise ControlImageUnavailable(
             f"control image {ref}: this worker has no files folder (IMAGEGEN_GPU_WORKER_FILES_DIR)"
         )
-    path = files_dir / ref
+    where = str(files_dir / ref) if isinstance(files_dir, Path) else f"files/{ref}"
     try:
-        data = path.read_bytes()
+        data = (
+            (files_dir / ref).read_bytes() if isinstance(files_dir, Path) else files_dir.read(ref)
+        )
     except OSError as exc:
-        raise ControlImageUnavailable(f"control image {ref} not readable at {path}: {exc}") from exc
+        raise ControlImageUnavailable(
+            f"control image {ref} not readable at {where}: {exc}"
+        ) from exc
     digest = hashlib.sha256(data).hexdigest()
     if digest[:32] != ref.removeprefix("file-"):
-        raise ControlImageUnavailable(f"control image {ref} at {path} has sha256 {digest}")
+        raise ControlImageUnavailable(f"control image {ref} at {where} has sha256 {digest}")
     try:
         image = Image.open(io.BytesIO(data))
         if image.width * image.height > MAX_CONTROL_PIXELS:
@@ -169,7 +181,7 @@ def read_image(files_dir: Path | None, ref: str) -> Image.Image:
 
 
 def control_images(
-    files_dir: Path | None, uses: tuple[ControlNetUse, ...], width: int, height: int
+    files_dir: Path | ControlFiles | None, uses: tuple[ControlNetUse, ...], width: int, height: int
 ) -> list[Image.Image]:
     """Each use's control image, read and preprocessed for its type at the output size."""
     return [prepare(u.type, read_image(files_dir, u.image), width, height) for u in uses]

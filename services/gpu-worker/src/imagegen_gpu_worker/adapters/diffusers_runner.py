@@ -209,8 +209,9 @@ class DiffusersRunner:
     # Checks (and repairs) model files before a disk load: hashed, or trusted by size and mtime
     # since they were (ADR 0707); shared with the periodic check.
     integrity: registry.Integrity = field(default_factory=registry.Integrity)
-    # Where the API stores control images (file ids); None: plans with ControlNets fail (ADR 0706).
-    files_dir: Path | None = None
+    # Where the API stores control images (file ids): a folder, or the object store's files/;
+    # None: plans with ControlNets fail (ADR 0706).
+    files_dir: Path | controlnets.ControlFiles | None = None
     # (ControlNet id, dtype) -> the net, loaded once and kept (guarded by ``_index_lock``).
     control_nets: dict[tuple[str, str], controlnets.LoadedControlNet] = field(default_factory=dict)
     # (family, ControlNet type) -> the registered net's id, found once (controlnets.find)

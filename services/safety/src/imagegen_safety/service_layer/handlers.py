@@ -30,7 +30,7 @@ from imagegen_schemas.jobs import (
     PromptModerated,
 )
 
-from ..adapters.blobs import read_image
+from ..adapters.blobs import BlobReader
 from ..adapters.classifiers import ImageClassifier, PromptClassifier
 from ..config import GENERATED, SafetySettings
 from ..domain.policy import IMAGE_CATEGORY, image_verdict, prompt_verdict
@@ -54,8 +54,10 @@ def make_handler(
     images: ImageClassifier,
     settings: SafetySettings,
     revocations: Revocations,
+    blobs: BlobReader | None = None,
 ) -> Handler:
     generated = settings.topic_prefix + GENERATED
+    reader = blobs or BlobReader()  # file:// only; bootstrap passes S3 when configured
     thresholds = settings.prompt_thresholds()
 
     async def on_generation_requested(envelope: Envelope, msg: GenerationRequested) -> None:
@@ -71,7 +73,7 @@ def make_handler(
         await publish_derived(publisher, moderated, key=msg.job_id, cause=envelope)
 
     def score_images(refs: Sequence[ImageRef]) -> list[float]:
-        return images.score([read_image(ref) for ref in refs])  # sha256 checked before judging
+        return images.score([reader.read_image(ref) for ref in refs])  # sha256 checked first
 
     async def on_image_generated(envelope: Envelope, msg: ImageGenerated, meta: RecordMeta) -> None:
         if revocations.stale(meta, msg):

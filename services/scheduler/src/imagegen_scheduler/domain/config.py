@@ -25,6 +25,11 @@ class SchedulerConfig:
     relax_reserve_fraction: float = 0.2
     # Most workers one user may occupy in one tier, as a share of accepting workers (at least 1).
     user_share: float = 0.05
+    # Per-user rotation inside a tier (ADR 0620): the job a tier gives a free worker is the oldest
+    # job of the user served least recently in that tier, so one user's flood interleaves with
+    # everybody else's jobs. The tier order (urgency of each tier's oldest job) is unchanged.
+    # False: oldest job first inside a tier (the order before ADR 0620).
+    user_rotation: bool = True
     # Warm-model affinity looks at most this many of the chosen tier's jobs whose base model the
     # worker holds (oldest first).
     lookahead: int = 64

@@ -45,7 +45,7 @@ from .events import (
     WorkerUpdated,
 )
 from .facts import JobFacts, Why, job_request, worker_view
-from .model import JobRequest, ModelCatalog, WorkerView, fits, footprint_gb
+from .model import JobRequest, ModelCatalog, Tier, WorkerView, fits, footprint_gb
 from .state import RunningJob, SchedulerState, evolve
 
 
@@ -75,6 +75,11 @@ class Log:
         # runs an older job (its result is on a topic not read that far yet). Settled again
         # when the worker frees.
         self.pending: dict[str, set[str]] = {}  # worker id -> job ids
+        # Per-user rotation (ADR 0620): when each job last ended on a worker (ImageGenerated or
+        # GenerationFailed). The fold notes these facts itself, not the stops it applies
+        # (their times depend on the order the topics are read in).
+        self.finished: dict[str, float] = {}  # job id -> time
+        self.state.note_finishes = False
 
     def facts(self, job_id: str) -> JobFacts:
         found = self.jobs.get(job_id)
@@ -142,6 +147,14 @@ def fold(log: Log, payload: object, at: float) -> list[Payload]:  # noqa: C901
         case ev.GenerationFailed():
             key = (payload.attempt, payload.worker_id, payload.fencing_token)
             f.failures.setdefault(key, (payload, at))
+    if isinstance(payload, ev.ImageGenerated | ev.GenerationFailed):
+        log.finished[job_id] = max(at, log.finished.get(job_id, at))
+    if f.request is not None and job_id in log.finished:
+        # per-user rotation (ADR 0620): the latest time a job of the user in the tier ended on
+        # its worker (result or failure), a max over facts, so a replay in any topic order
+        # gives the live rotation
+        tier = log.state.queues[Tier(f.request.tier.value)]
+        tier.note_served(f.request.user_id, log.finished[job_id])
     out += _terminal(log, f, job_id)
     out += _settle(log, job_id, f, at)
     for worker_id in [w for w in log.pending if w not in log.state.running_on]:

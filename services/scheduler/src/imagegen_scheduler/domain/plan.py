@@ -29,7 +29,7 @@ class Round:
         accepting = state.accepting_workers()
         self.reserve_slots = math.ceil(state.config.relax_reserve_fraction * accepting)
         self.user_cap = max(1, math.floor(state.config.user_share * accepting))
-        self._orders: dict[Tier, tuple[list[QueuedJob], Iterator[QueuedJob]]] = {}
+        self._orders: dict[tuple[Tier, bool], tuple[list[QueuedJob], Iterator[QueuedJob]]] = {}
         # (budget, capabilities) of the accepting workers: the classes of the fleet.
         self._smaller: dict[float, list[Shape]] = {}
         self._own_heads: dict[tuple[float, frozenset[str]], QueuedJob | None] = {}
@@ -140,10 +140,23 @@ class Round:
         Scans at most ``config.max_scan`` queued jobs, which bounds the cost of a decision. The
         queue order is read once per round and shared by every worker that chooses in it.
         """
-        if tier not in self._orders:
+        return self._candidates(tier, worker, smaller, rotate=False)
+
+    def rotating(
+        self, tier: Tier, worker: WorkerView, smaller: list[Shape] | None = None
+    ) -> Iterator[QueuedJob]:
+        """The same candidates as ``fitting``, in per-user rotation order (``TierQueue.in_order``
+        with ``rotate``): the user served least recently in the tier first (ADR 0620)."""
+        return self._candidates(tier, worker, smaller, rotate=True)
+
+    def _candidates(
+        self, tier: Tier, worker: WorkerView, smaller: list[Shape] | None, *, rotate: bool
+    ) -> Iterator[QueuedJob]:
+        key = (tier, rotate)
+        if key not in self._orders:
             capped = functools.partial(self._user_at_cap, tier)
-            self._orders[tier] = ([], self.state.queues[tier].in_order(capped))
-        seen, rest = self._orders[tier]
+            self._orders[key] = ([], self.state.queues[tier].in_order(capped, rotate=rotate))
+        seen, rest = self._orders[key]
         caps, budget = worker.capabilities, worker.budget_gb
         for index in range(self.state.config.max_scan):
             if index == len(seen):

@@ -19,11 +19,18 @@ of the workers in that tier (no user monopolises a tier).
 1. Held: a worker freed by a preemption goes to the job it was freed for.
 2. Reserved: while relax runs on fewer than ``relax_reserve_fraction`` of the accepting workers
    and a relax job fits the worker, relax gets it.
-3. Urgency: otherwise the tier whose oldest candidate is most urgent wins, with
+3. Urgency: otherwise the tier whose oldest candidate is most urgent wins (with per-user
+   rotation, step 3a: the candidate whose turn is first, its wait counted from its turn), with
    ``urgency = weight x (1 + wait / tau)``; ties go to the higher tier. Weights 10/5/1 by
    default; ``tau`` (33.3 s) makes a relax job that has waited ``promote_after_s`` exactly as
    urgent as a turbo job that just arrived (promotion). Under overload the waits settle where
    the urgencies meet, so each tier's extra wait is shared in proportion 1/weight.
+3a. Per-user rotation (``user_rotation``, ADR 0620): the chosen tier's head is the candidate
+   with the earliest turn, ``max(due_since, latest time a job of its user in that tier
+   finished on its worker)`` (``TierQueue.in_order(rotate=True)``): a flooder whose job just
+   finished ranks behind every job that arrived before that, so a flood interleaves with
+   other users' jobs. If step 4 leaves that head unsettled (briefly waiting for a warmer
+   worker), step 4 runs again from the tier's oldest candidate, as without rotation.
 4. Warm affinity: the worker may take a warmer job among the chosen tier's first ``lookahead``
    candidates whose base model it holds (model and adapters resident beats model resident
    beats cold; ties keep queue order). If the pick would be less than fully warm while the
@@ -130,13 +137,35 @@ def _choose(plan: Round, worker: WorkerView) -> tuple[QueuedJob, Reason] | None:
         firsts = _firsts(plan, worker, smaller)
     if not firsts:
         return None
+    rotation = state.config.user_rotation
+    # Per-user rotation (ADR 0620): each tier offers the candidate whose turn is first, and its
+    # urgency counts from the earlier turn of that job and the tier's oldest candidate (a
+    # flooder served a moment ago is not waiting; without finishes it is the oldest's wait).
+    turns = (
+        {t: next(plan.rotating(t, worker, smaller), firsts[t]) for t in firsts}
+        if rotation
+        else firsts
+    )
+
+    def tier_urgency(tier: Tier) -> float:
+        if not rotation:
+            return urgency(state, firsts[tier], plan.now)
+        queue = state.queues[tier]  # the earlier turn of the turn's job and the oldest job
+        since = min(queue.turn(turns[tier]), queue.turn(firsts[tier]))
+        return state.config.urgency(tier, plan.now - since)
+
     if Tier.RELAX in firsts and plan.relax_below_reserve():
         order, reason = [Tier.RELAX], Reason.RESERVED
     else:
-        order = sorted(firsts, key=lambda t: (-urgency(state, firsts[t], plan.now), TIER_RANK[t]))
+        order = sorted(firsts, key=lambda t: (-tier_urgency(t), TIER_RANK[t]))
         reason = Reason.URGENCY
     for index, tier in enumerate(order):
-        job, settled = _warmest(plan, tier, firsts[tier], worker, smaller)
+        oldest, turn = firsts[tier], turns[tier]
+        job, settled = _warmest(plan, tier, turn, worker, smaller)
+        if not settled and turn is not oldest:
+            # the turn's job waits briefly for a warmer worker: the tier's oldest job may still
+            # take this one, under the same bounds as without rotation
+            job, settled = _warmest(plan, tier, oldest, worker, smaller)
         if settled:
             return job, reason if index == 0 else Reason.AFFINITY
     return None  # every candidate is briefly waiting for a worker that holds it warmer

@@ -1,6 +1,7 @@
 """When a turbo job may pause a running relax job.
 
-After a round's assignments, for each still-queued turbo job in queue order (at most
+After a round's assignments, for each still-queued turbo job in queue order (the rotation's
+order with ``user_rotation``, its wait then counted from its turn, ADR 0620; at most
 ``_MAX_PER_ROUND``) that has waited past its affinity patience (before that the policy may be
 holding it back on purpose), is not the target of a pending preemption and whose user is under
 the cap:
@@ -46,10 +47,14 @@ def preemptions(plan: Round) -> list[Preempt]:
     victims: list[RunningJob] | None = None
     out: list[Preempt] = []
     considered = 0
-    for job in turbo.in_order():
+    rotation = state.config.user_rotation
+    for job in turbo.in_order(rotate=rotation):
         if considered >= _MAX_PER_ROUND or spare <= 0:
             break
-        if plan.now - job.due_since < patience:
+        # With per-user rotation (ADR 0620) a job waits from its turn: a flooder's next job
+        # does not pause relax work ahead of the other users' jobs the rotation serves first.
+        since = turbo.turn(job) if rotation else job.due_since
+        if plan.now - since < patience:
             continue  # still within its affinity patience: the policy may be holding it back
         if job.job_id in plan.taken or job.job_id in awaited or plan.at_cap(job):
             continue
@@ -62,7 +67,10 @@ def preemptions(plan: Round) -> list[Preempt]:
             ),
             float("inf"),
         )
-        if job.wait_s(plan.now) + max(0.0, soonest - plan.now) <= target:
+        waited = (
+            job.wait_s(plan.now) if not rotation else min(job.wait_s(plan.now), plan.now - since)
+        )
+        if waited + max(0.0, soonest - plan.now) <= target:
             continue
         if victims is None:
             victims = sorted(

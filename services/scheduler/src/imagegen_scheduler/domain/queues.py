@@ -5,6 +5,15 @@ original one for a resumed job), then fold order (``seq``). Jobs are kept in a F
 with the users' oldest jobs in a sorted list, so that a user at their concurrency cap
 (``SchedulerConfig.user_share``) is skipped in one step however many jobs they queued: a user
 who floods a tier holds at most their cap of workers, and everybody else's jobs go past theirs.
+
+Per-user rotation (``in_order(rotate=True)``, ADR 0620): a user's oldest job takes its turn as
+though it had arrived no earlier than the latest time a job of that user in this tier finished
+on its worker (``served``), ``max(due_since, served)``, earliest turn first; then every user's
+second job in the same user order, and so on. A flooder whose job has just finished on the
+worker that freed ranks behind every job that arrived before that moment; a user whose earlier
+jobs were done before the new one arrived keeps plain age order. ``served`` is a max over event
+times, so it does not depend on the order the events are folded in: a replayed scheduler picks
+the same job.
 """
 
 from __future__ import annotations
@@ -46,16 +55,22 @@ class QueuedJob:
 
 
 _Key = tuple[float, int, str]  # (due_since, seq, user_id) of a user's head job
+_Turn = tuple[float, float, int, str]  # (turn, due_since, seq, user_id) of a user's head
 
 
 class TierQueue:
-    """One tier. Mutated only by ``evolve`` (through ``push`` and ``remove``)."""
+    """One tier. Mutated only by ``evolve`` (``push``, ``remove``, ``note_served``) and by the
+    service's fold (``note_served`` from result facts, ``log.py``)."""
 
     def __init__(self) -> None:
         self.by_user: dict[str, deque[QueuedJob]] = {}  # each user's jobs, oldest first
         self.heads: list[_Key] = []  # one key per user with queued jobs, ascending
         self.arrivals: dict[str, QueuedJob] = {}  # job id -> job in fold order (baselines)
         self.by_model: dict[str, dict[str, QueuedJob]] = {}  # base model -> its jobs, fold order
+        # user -> latest time one of their jobs in this tier finished on its worker (rotation;
+        # kept for users with nothing queued too)
+        self.served: dict[str, float] = {}
+        self.turns: list[_Turn] = []  # one key per user with queued jobs, ascending
 
     def __len__(self) -> int:
         return len(self.arrivals)
@@ -71,7 +86,7 @@ class TierQueue:
         else:
             jobs.append(job)
         if jobs[0] is job:
-            bisect.insort(self.heads, _key(job))
+            self._add_head(job)
         self.arrivals[job.job_id] = job
         self.by_model.setdefault(job.request.model_id, {})[job.job_id] = job
 
@@ -89,7 +104,7 @@ class TierQueue:
         if jobs[0].job_id == job_id:
             self._drop_head(jobs.popleft())
             if jobs:
-                bisect.insort(self.heads, _key(jobs[0]))
+                self._add_head(jobs[0])
         else:
             for queued in jobs:
                 if queued.job_id == job_id:
@@ -98,14 +113,40 @@ class TierQueue:
         if not jobs:
             del self.by_user[user_id]
 
+    def note_served(self, user_id: str, at: float) -> None:
+        """Record that a job of the user in this tier finished on its worker at ``at``.
+        Idempotent and order-free: only the latest time counts."""
+        if at <= self.served.get(user_id, float("-inf")):
+            return
+        jobs = self.by_user.get(user_id)
+        if jobs:
+            self._drop_head(jobs[0])
+            self.served[user_id] = at
+            self._add_head(jobs[0])
+        else:
+            self.served[user_id] = at
+
+    def turn(self, job: QueuedJob) -> float:
+        """When the job's turn came (rotation): ``max(due_since, served[user])``."""
+        return max(job.due_since, self.served.get(job.request.user_id, float("-inf")))
+
     def oldest_due(self) -> float | None:
         """``due_since`` of the oldest queued job, or None when empty."""
         return self.heads[0][0] if self.heads else None
 
-    def in_order(self, skip_user: Callable[[str], bool] | None = None) -> Iterator[QueuedJob]:
+    def in_order(
+        self, skip_user: Callable[[str], bool] | None = None, *, rotate: bool = False
+    ) -> Iterator[QueuedJob]:
         """Queued jobs oldest first (``due_since``, then ``seq``), leaving out every job of the
         users for whom ``skip_user`` is true. Lazy: a caller that stops early pays only for
-        what it read, and a skipped user costs one step however many jobs they queued."""
+        what it read, and a skipped user costs one step however many jobs they queued.
+
+        With ``rotate``, in per-user rotation order instead: each user's oldest job by its turn,
+        ``max(due_since, served[user])`` (ties: the older job first), then each user's second
+        job in the same user order, and so on."""
+        if rotate:
+            yield from self._in_turns(skip_user)
+            return
         later: list[tuple[float, int, str, int]] = []  # users' next jobs: (due, seq, user, index)
         for due, seq, user in self.heads:
             while later and later[0][:2] < (due, seq):
@@ -119,6 +160,20 @@ class TierQueue:
         while later:
             yield self._next_of(later)
 
+    def _in_turns(self, skip_user: Callable[[str], bool] | None) -> Iterator[QueuedJob]:
+        users: list[str] = []
+        for _, _, _, user in self.turns:
+            if skip_user is not None and skip_user(user):
+                continue
+            users.append(user)
+            yield self.by_user[user][0]
+        depth = 1
+        while users:
+            users = [u for u in users if len(self.by_user[u]) > depth]
+            for user in users:
+                yield self.by_user[user][depth]
+            depth += 1
+
     def _next_of(self, later: list[tuple[float, int, str, int]]) -> QueuedJob:
         _, _, user, index = heapq.heappop(later)
         jobs = self.by_user[user]
@@ -126,9 +181,18 @@ class TierQueue:
             heapq.heappush(later, (jobs[index + 1].due_since, jobs[index + 1].seq, user, index + 1))
         return jobs[index]
 
+    def _add_head(self, job: QueuedJob) -> None:
+        bisect.insort(self.heads, _key(job))
+        bisect.insort(self.turns, self._turn(job))
+
     def _drop_head(self, job: QueuedJob) -> None:
         index = bisect.bisect_left(self.heads, _key(job))
         del self.heads[index]
+        index = bisect.bisect_left(self.turns, self._turn(job))
+        del self.turns[index]
+
+    def _turn(self, job: QueuedJob) -> _Turn:
+        return (self.turn(job), job.due_since, job.seq, job.request.user_id)
 
 
 def _key(job: QueuedJob) -> _Key:

@@ -54,6 +54,10 @@ class SchedulerState:
         self.held: dict[str, str] = {}  # worker id -> queued job it is held for
         self.holders: dict[str, set[str]] = self.fleet.holders  # the same dict, read-only here
         self.seq = 0
+        # Per-user rotation (ADR 0620): whether JobFinished records the user's turn in its tier
+        # (``TierQueue.note_served``). The service's fold (``log.Log``) records it from the
+        # result and failure facts instead and turns this off.
+        self.note_finishes = True
 
     def accepting_workers(self) -> int:
         return self.fleet.accepting
@@ -97,7 +101,10 @@ def evolve(state: SchedulerState, event: Event) -> SchedulerState:
             state.idle.discard(worker_id)
             state.held = {w: j for w, j in state.held.items() if j != job_id and w != worker_id}
         case JobFinished(job_id, worker_id, token, at):
-            _stop(state, job_id, token)
+            done = _stop(state, job_id, token)
+            if done is not None and state.note_finishes:  # per-user rotation (ADR 0620)
+                request = done.job.request
+                state.queues[request.tier].note_served(request.user_id, at)
         case PreemptionDecided(job_id, worker_id, token, for_job_id, at):
             running = state.running.get(job_id)
             if running is not None and running.fencing_token == token:

@@ -15,11 +15,12 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from fastapi import FastAPI
 
 from . import errors, events, files, generations, models, openai
-from .deps import Deps
+from .deps import RATELIMIT_STATE, Deps
 
 __all__ = ["Deps", "mount"]
 
@@ -33,8 +34,32 @@ def mount(app: FastAPI, deps: Deps) -> None:
         publisher=errors.guarded(deps.publisher, errors.KAFKA),
     )
     errors.install(app)
+    app.add_middleware(RateLimitHeaders)
     app.include_router(generations.router)
     app.include_router(events.router)
     app.include_router(openai.router)
     app.include_router(models.router)
     app.include_router(files.router)
+
+
+class RateLimitHeaders:
+    """Adds the caller's ``RateLimit-*`` headers (set by ``deps.limited_caller``) to the answer,
+    whatever it is: the route's, a 4xx, a 429 (pure ASGI: no copy of the body)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                found = scope.get("state", {}).get(RATELIMIT_STATE)
+                if found:
+                    extra = [(k.lower().encode(), v.encode()) for k, v in found.items()]
+                    message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        await self.app(scope, receive, sending)

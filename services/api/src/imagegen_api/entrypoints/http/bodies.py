@@ -8,6 +8,7 @@ Catalog and plan checks follow in ``domain.validation.check_request``.
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Annotated, Any, Literal
 
@@ -22,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from imagegen_runtime import ssrf
 from imagegen_schemas import ControlNetSpec, GenerationParams, LoraSpec
 
 from ...domain.plans import PLANS, Caller
@@ -46,6 +48,17 @@ def _image_ref(value: str) -> str:
     return _name(value)
 
 
+def _webhook_url(value: HttpUrl) -> HttpUrl:
+    """SSRF guard at the edge (docs/adr/0404); IMAGEGEN_API_WEBHOOK_ALLOW lists exemptions."""
+    allow = ssrf.AllowList.parse(os.environ.get("IMAGEGEN_API_WEBHOOK_ALLOW", ""))
+    try:
+        ssrf.check_url(str(value), allow)
+    except ssrf.ForbiddenURL as exc:
+        raise ValueError(f"webhook_url refused: {exc}") from None
+    return value
+
+
+WebhookUrl = Annotated[HttpUrl, AfterValidator(_webhook_url)]
 FreeText = Annotated[str, AfterValidator(_free_text)]  # a prompt: tab and newlines allowed
 Name = Annotated[str, AfterValidator(_name)]  # an identifier or URI: one line, printable
 ImageRef = Annotated[str, AfterValidator(_image_ref)]  # a data: URI or a file id (ADR 0706)
@@ -101,7 +114,7 @@ class GenerationIn(BaseModel):
     num_images: int = Field(default=1, ge=1, le=4)
     loras: list[LoraIn] = Field(default_factory=list, max_length=8)
     controlnets: list[ControlNetIn] = Field(default_factory=list, max_length=4)
-    webhook_url: HttpUrl | None = None
+    webhook_url: WebhookUrl | None = None
 
 
 class OpenAIImagesIn(BaseModel):

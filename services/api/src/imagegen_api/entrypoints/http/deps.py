@@ -12,11 +12,14 @@ from typing import Annotated
 from fastapi import Depends, Header, HTTPException, Path, Request
 
 from imagegen_runtime.publishing import Publisher
+from imagegen_schemas import Plan
 
 from ...domain.job import JobView
+from ...domain.limits import DEFAULT_LIMITS, REQUESTS, Limits, Refusal, Take
 from ...domain.plans import Caller
 from ...domain.validation import Catalog
-from ...service_layer.ports import Accounts, FileStore, JobStore
+from ...service_layer.ports import Accounts, FileStore, JobStore, Limiter
+from ...service_layer.submit import LimitExceeded, Quota
 
 
 def utcnow() -> datetime:
@@ -39,12 +42,16 @@ class Deps:
     # Control images (POST /v1/files, data: URIs); None: refused with a 422 (ADR 0706).
     files: FileStore | None = None
     max_control_image_bytes: int = 4 * 2**20  # decoded bytes of one control image
+    # Limits and quotas per plan (ADR 0640); None: no limit is applied (unit tests of routes).
+    limiter: Limiter | None = None
+    limits: dict[Plan, Limits] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
 
     def __post_init__(self) -> None:
         self.public_base_url = self.public_base_url.rstrip("/")
 
 
-def get_deps(request: Request) -> Deps:
+async def get_deps(request: Request) -> Deps:
+    # async: FastAPI runs a plain ``def`` dependency in a worker thread, per request (ADR 0640)
     deps: Deps = request.app.state.deps
     return deps
 
@@ -69,7 +76,52 @@ async def current_caller(
     return found
 
 
-CallerDep = Annotated[Caller, Depends(current_caller)]
+RATELIMIT_STATE = "ratelimit"  # request.state attribute read by ``ratelimit_headers``
+
+
+def ratelimit_headers(take: Take, limits: Limits) -> dict[str, str]:
+    """The request bucket as the IETF RateLimit headers say it (ADR 0640)."""
+    return {
+        "RateLimit-Limit": str(limits.burst),
+        "RateLimit-Remaining": str(take.remaining),
+        "RateLimit-Reset": str(take.reset_s),
+        "RateLimit-Policy": f"{limits.burst};w={round(limits.burst / limits.refill_per_s)}",
+    }
+
+
+async def limited_caller(
+    request: Request, deps: DepsDep, who: Annotated[Caller, Depends(current_caller)]
+) -> Caller:
+    """The caller, once their request bucket gave this request a token (else 429)."""
+    if deps.limiter is None:
+        return who
+    limits = deps.limits[who.plan]
+    taken = await deps.limiter.take(who.user_id, limits, deps.clock())
+    headers = ratelimit_headers(taken, limits)
+    setattr(request.state, RATELIMIT_STATE, headers)
+    if not taken.allowed:
+        raise LimitExceeded(
+            Refusal(
+                REQUESTS,
+                int(limits.requests_per_minute),
+                limits.burst,
+                taken.retry_after_s,
+                f"more than {limits.requests_per_minute:g} requests per minute (bursts of"
+                f" {limits.burst}) on your plan; retry in {taken.retry_after_s} s",
+            )
+        )
+    return who
+
+
+CallerDep = Annotated[Caller, Depends(limited_caller)]
+
+
+def quota(deps: Deps, who: Caller) -> Quota | None:
+    """Where a submission of ``who`` checks its active jobs and images per day."""
+    if deps.limiter is None:
+        return None
+    return Quota(deps.limiter, deps.limits[who.plan], deps.clock())
+
 
 # Job ids are UUIDs; anything else (a NUL, a space, 65 characters) is refused before a lookup.
 JobIdPath = Annotated[

@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa
 
+from ...service_layer.submit import LimitExceeded
+
 POSTGRESQL, KAFKA = "postgresql", "kafka"
 RETRY_AFTER_S = 2  # what a 503 tells the client to wait before retrying
 OPENAI_PATHS = "/v1/images/"  # answered in OpenAI's error shape
@@ -154,7 +156,28 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def limit_exceeded(request: Request, exc: Exception) -> JSONResponse:
+    """429 naming the limit, with ``Retry-After`` (ADR 0640); nothing was accepted."""
+    assert isinstance(exc, LimitExceeded)
+    refusal = exc.refusal
+    headers = {"Retry-After": str(refusal.retry_after_s)}
+    if _openai(request):
+        return openai_error(429, refusal.message, None, "rate_limit_exceeded", "requests", headers)
+    return JSONResponse(
+        status_code=429,
+        content={
+            "detail": refusal.message,
+            "limit": refusal.limit,
+            "limit_value": refusal.allowed,
+            "current": refusal.current,
+            "retry_after_s": refusal.retry_after_s,
+        },
+        headers=headers,
+    )
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(LimitExceeded, limit_exceeded)
     app.add_exception_handler(DependencyDown, dependency_down)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(HTTPException, http_error)

@@ -14,7 +14,7 @@ from ...domain.idempotency import request_hash
 from ...domain.job import eta_s, stage_timings
 from ...service_layer.submit import IdempotencyConflict, IdempotentRequest, InFlight, submit
 from .bodies import GenerationIn, Unprocessable, normalised, to_params
-from .deps import CallerDep, DepsDep, JobIdPath, links, owned_job
+from .deps import CallerDep, DepsDep, JobIdPath, links, owned_job, quota
 from .files import control_images
 
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
@@ -52,7 +52,9 @@ async def create(
         digest = request_hash(normalised(body, params, webhook))
         idempotent = IdempotentRequest(idempotency_key, digest, deps.clock())
     try:
-        accepted = await submit(who, params, webhook, deps.accounts, deps.publisher, idempotent)
+        accepted = await submit(
+            who, params, webhook, deps.accounts, deps.publisher, idempotent, quota(deps, who)
+        )
     except IdempotencyConflict:
         raise HTTPException(
             422,

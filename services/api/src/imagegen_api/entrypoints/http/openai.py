@@ -23,7 +23,7 @@ from imagegen_schemas import GenerationParams
 from ...domain.plans import Caller
 from ...service_layer.submit import submit
 from .bodies import GenerationIn, OpenAIImagesIn, Unprocessable, to_params
-from .deps import CallerDep, Deps, DepsDep, owned_job
+from .deps import CallerDep, Deps, DepsDep, owned_job, quota
 from .errors import openai_error
 
 router = APIRouter(prefix="/v1/images", tags=["openai"])
@@ -102,7 +102,9 @@ async def generate(request: Request, who: CallerDep, deps: DepsDep) -> JSONRespo
         params = params_of(req, deps, who)
     except Refused as r:
         return openai_error(r.status, r.message, r.param, r.code)
-    accepted = await submit(who, params, None, deps.accounts, deps.publisher)
+    accepted = await submit(
+        who, params, None, deps.accounts, deps.publisher, quota=quota(deps, who)
+    )
     deadline = time.monotonic() + deps.openai_timeout_s
     job = await owned_job(deps, accepted.job_id, who, wait_s=5)
     while not job.terminal:
