@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, TopicPartition
@@ -81,6 +82,38 @@ def read(
         envelope = _envelope_or_none(raw.value)
         if envelope is not None:
             yield Record(raw.topic, raw.partition, raw.offset, envelope)
+
+
+class MissingTopic(LookupError):
+    """The topic does not exist on the broker (or cannot be read)."""
+
+
+def envelopes_since(bootstrap: str, topic: str, since: datetime | None) -> Iterator[Envelope]:
+    """Every envelope on ``topic`` from the first record at or after ``since`` (else the
+    topic's start) up to its end now; records that are not envelopes are left out. Raises
+    MissingTopic naming the topic and the fix."""
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "imagegen-probe"})
+    try:
+        md = probe.list_topics(timeout=10)
+        if topic not in md.topics or md.topics[topic].error is not None:
+            raise MissingTopic(
+                f"no topic {topic} on {bootstrap}: run `imagegen topics create` (or check --prefix)"
+            )
+        parts = sorted(md.topics[topic].partitions)
+        ms = int(since.timestamp() * 1000) if since else 0
+        found = probe.offsets_for_times([TopicPartition(topic, p, ms) for p in parts], timeout=10)
+        until, start = {}, {}
+        for tp in found:
+            low, high = probe.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
+            until[(topic, tp.partition)] = high
+            # -1: no record at or after ``since`` in this partition: nothing to read there.
+            start[(topic, tp.partition)] = high if tp.offset < 0 else max(tp.offset, low)
+    finally:
+        probe.close()
+    for raw in read_raw(bootstrap, until, start):
+        envelope = _envelope_or_none(raw.value)
+        if envelope is not None:
+            yield envelope
 
 
 def read_raw(

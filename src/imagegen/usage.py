@@ -70,38 +70,20 @@ def window(user: str, since: str, until: str | None, now: datetime) -> Window:
 
 def read_records(bootstrap: str, topic: str, since: datetime) -> Iterator[tuple[str, Any]]:
     """(event id, UsageRecorded) of every record of ``topic`` from ``since`` to its end now."""
-    from confluent_kafka import Consumer, TopicPartition
-
     from imagegen_schemas import parse
     from imagegen_schemas.usage import UsageRecorded
 
-    from .replay import _envelope_or_none, read_raw
+    from .replay import MissingTopic, envelopes_since
 
-    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "imagegen-usage-probe"})
     try:
-        md = probe.list_topics(timeout=10)
-        if topic not in md.topics or md.topics[topic].error is not None:
-            raise UsageInputError(
-                f"no topic {topic} on {bootstrap}: run `imagegen topics create` (or check --prefix)"
-            )
-        parts = sorted(md.topics[topic].partitions)
-        ms = int(since.timestamp() * 1000)
-        found = probe.offsets_for_times([TopicPartition(topic, p, ms) for p in parts], timeout=10)
-        until, start = {}, {}
-        for tp in found:
-            low, high = probe.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
-            until[(topic, tp.partition)] = high
-            # -1: no record at or after ``since`` in this partition: nothing to read there.
-            start[(topic, tp.partition)] = high if tp.offset < 0 else max(tp.offset, low)
-    finally:
-        probe.close()
-    for raw in read_raw(bootstrap, until, start):
-        envelope = _envelope_or_none(raw.value)
-        if envelope is None or envelope.type != UsageRecorded.event_type:
-            continue
-        payload = parse(envelope)
-        assert isinstance(payload, UsageRecorded)
-        yield envelope.event_id, payload
+        for envelope in envelopes_since(bootstrap, topic, since):
+            if envelope.type != UsageRecorded.event_type:
+                continue
+            payload = parse(envelope)
+            assert isinstance(payload, UsageRecorded)
+            yield envelope.event_id, payload
+    except MissingTopic as exc:
+        raise UsageInputError(str(exc)) from None
 
 
 def _bucket() -> dict[str, Any]:

@@ -66,34 +66,17 @@ def cmd_secret(args: argparse.Namespace) -> int:
 
 def read_dead_letters(bootstrap: str, topic: str, since: datetime | None) -> Iterator[Any]:
     """Every WebhookDeadLettered on ``topic`` from ``since`` (else its start) to its end now."""
-    from confluent_kafka import Consumer, TopicPartition
-
     from imagegen_schemas import parse
     from imagegen_schemas.webhooks import WebhookDeadLettered
 
-    from .replay import _envelope_or_none, read_raw
+    from .replay import MissingTopic, envelopes_since
 
-    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "imagegen-webhooks-probe"})
     try:
-        md = probe.list_topics(timeout=10)
-        if topic not in md.topics or md.topics[topic].error is not None:
-            raise WebhooksInputError(
-                f"no topic {topic} on {bootstrap}: run `imagegen topics create` (or check --prefix)"
-            )
-        parts = sorted(md.topics[topic].partitions)
-        ms = int(since.timestamp() * 1000) if since else 0
-        found = probe.offsets_for_times([TopicPartition(topic, p, ms) for p in parts], timeout=10)
-        until, start = {}, {}
-        for tp in found:
-            low, high = probe.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
-            until[(topic, tp.partition)] = high
-            start[(topic, tp.partition)] = high if tp.offset < 0 else max(tp.offset, low)
-    finally:
-        probe.close()
-    for raw in read_raw(bootstrap, until, start):
-        envelope = _envelope_or_none(raw.value)
-        if envelope is not None and envelope.type == WebhookDeadLettered.event_type:
-            yield envelope.occurred_at, parse(envelope)
+        for envelope in envelopes_since(bootstrap, topic, since):
+            if envelope.type == WebhookDeadLettered.event_type:
+                yield envelope.occurred_at, parse(envelope)
+    except MissingTopic as exc:
+        raise WebhooksInputError(str(exc)) from None
 
 
 def select(
