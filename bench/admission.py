@@ -4,10 +4,11 @@
                               [--no-idempotency-key]
 
 1. **Infrastructure**: the shared local Kafka and PostgreSQL (``deploy/stack.py infra-up``, as
-   the tests use them), the catalog's topics under a fresh prefix, a fresh key on the ``turbo``
-   plan. The API runs as its own process (``python -m imagegen_api``, one process, as
-   ``make up`` runs it), its limits raised (``IMAGEGEN_API_LIMITS``) so that they are checked on
-   every request but never refuse one: the bench measures the work, not a 429.
+   the tests use them, and the tests' database; do not run it beside ``make test-e2e``: infra-up
+   rewrites the stack's supervisor config), the catalog's topics under a fresh prefix, a fresh
+   key on the ``turbo`` plan. The API runs as its own process (``python -m imagegen_api``, one
+   process, as ``make up`` runs it), its limits raised (``IMAGEGEN_API_LIMITS``) so that they
+   are checked on every request but never refuse one: the bench measures the work, not a 429.
 2. **Baseline**: a bare FastAPI app (one route that validates a small JSON body with pydantic and
    answers 202 with a JSON body) in its own process, served by the same uvicorn configuration.
 3. **Load**: ``--concurrency`` keep-alive HTTP/1.1 connections from this process, each sending
@@ -212,7 +213,10 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     env = stack_env()
-    bootstrap, database_url = env["IMAGEGEN_KAFKA_BOOTSTRAP"], env["IMAGEGEN_DATABASE_URL"]
+    bootstrap = env["IMAGEGEN_KAFKA_BOOTSTRAP"]
+    # the tests' database, as the integration tests use it: the stack's own projection (which
+    # `imagegen replay --verify` compares with the log) never sees the bench's jobs
+    database_url = env["IMAGEGEN_DATABASE_URL"].rsplit("/", 1)[0] + "/imagegen_test"
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     from imagegen_runtime.kafka import ensure_topics
 

@@ -78,8 +78,9 @@ class Stack:
     )
     pg_port: int = field(default_factory=lambda: _env_int("IMAGEGEN_STACK_PG_PORT", 25432))
     jars: Path = ROOT / "deploy" / ".cache" / "kafka" / "libs"
-    # S3Proxy, the S3-compatible server (docs/adr/0410); data under var/s3.
-    s3_port: int = field(default_factory=lambda: _env_int("IMAGEGEN_STACK_S3_PORT", 29400))
+    # S3Proxy, the S3-compatible server (docs/adr/0410); data under var/s3. Unset: Kafka's port
+    # + 308 (29400 beside 29092), so a second stack with its own Kafka port gets its own S3 port.
+    s3_port: int = field(default_factory=lambda: _env_int("IMAGEGEN_STACK_S3_PORT", 0))
     s3_jars: Path = ROOT / "deploy" / ".cache" / "s3proxy" / "libs"
     # Added to every service's HTTP port (8000, 8101..8105) so two stacks can run side by side.
     port_offset: int = field(default_factory=lambda: _env_int("IMAGEGEN_STACK_PORT_OFFSET", 0))
@@ -97,6 +98,8 @@ class Stack:
     )
 
     def __post_init__(self) -> None:
+        if not self.s3_port:
+            self.s3_port = self.kafka_port + 308
         if not 1 <= self.workers <= 16:
             raise SystemExit(f"IMAGEGEN_STACK_WORKERS must be 1..16, got {self.workers}")
         if any(b <= 0 for b in self.worker_budgets_mb):

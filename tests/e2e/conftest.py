@@ -33,7 +33,8 @@ class RunningStack:
             base_url=self.api, timeout=30, headers={"Authorization": f"Bearer {key or self.key}"}
         )
 
-    def new_key(self, plan: str = "pro") -> str:
+    def new_key(self, plan: str = "pro", user: str | None = None) -> str:
+        """A new API key of ``user`` (default: a fresh user) on ``plan``."""
         out = subprocess.run(
             [
                 sys.executable,
@@ -42,7 +43,7 @@ class RunningStack:
                 "keys",
                 "create",
                 "--user",
-                f"e2e-{uuid.uuid4().hex[:8]}",
+                user or f"e2e-{uuid.uuid4().hex[:8]}",
                 "--plan",
                 plan,
             ],

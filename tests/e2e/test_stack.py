@@ -97,7 +97,7 @@ def test_up_is_ready_idempotent_and_down_leaves_no_process(tmp_path: Path) -> No
             [*stack, "up"], env=env, capture_output=True, text=True, timeout=120
         )
         assert second.returncode == 0, second.stdout + second.stderr
-        assert second.stdout.count("ready  ") == 8
+        assert second.stdout.count("ready  ") == 9  # kafka, postgres, s3 and six services
     finally:
         down = subprocess.run(
             [*stack, "down"], env=env, capture_output=True, text=True, timeout=120
