@@ -183,23 +183,29 @@ def sh(*cmd: str | Path, check: bool = True, **kw: object) -> subprocess.Complet
 
 
 # ---- setup ---------------------------------------------------------------------------------------
-def ensure_kafka_jars(st: Stack) -> None:
-    if st.jars.exists() and any(st.jars.glob("kafka_2.13-*.jar")):
+def ensure_jars(dest: Path, pom: Path, jar_glob: str, what: str) -> None:
+    """``dest`` holds the runtime jars ``pom`` resolves from Maven Central (once; a partial
+    download is never mistaken for a complete one: it lands in ``libs.partial`` first)."""
+    if dest.exists() and any(dest.glob(jar_glob)):
         return
-    say("setup: resolving Kafka jars from Maven Central (deploy/kafka/pom.xml)")
-    tmp = st.jars.with_name("libs.partial")
+    say(f"setup: resolving {what} jars from Maven Central ({pom.relative_to(ROOT)})")
+    tmp = dest.with_name("libs.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     sh(
         "mvn",
         "-q",
         "-B",
         "-f",
-        ROOT / "deploy" / "kafka" / "pom.xml",
+        pom,
         "dependency:copy-dependencies",
         f"-DoutputDirectory={tmp}",
         "-DincludeScope=runtime",
     )
-    tmp.rename(st.jars)
+    tmp.rename(dest)
+
+
+def ensure_kafka_jars(st: Stack) -> None:
+    ensure_jars(st.jars, ROOT / "deploy" / "kafka" / "pom.xml", "kafka_2.13-*.jar", "Kafka")
 
 
 def pg_bin() -> Path:
@@ -334,22 +340,7 @@ def write_kafka_config(st: Stack) -> Path:
 
 
 def ensure_s3_jars(st: Stack) -> None:
-    if st.s3_jars.exists() and any(st.s3_jars.glob("s3proxy-*.jar")):
-        return
-    say("setup: resolving S3Proxy jars from Maven Central (deploy/s3proxy/pom.xml)")
-    tmp = st.s3_jars.with_name("libs.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    sh(
-        "mvn",
-        "-q",
-        "-B",
-        "-f",
-        ROOT / "deploy" / "s3proxy" / "pom.xml",
-        "dependency:copy-dependencies",
-        f"-DoutputDirectory={tmp}",
-        "-DincludeScope=runtime",
-    )
-    tmp.rename(st.s3_jars)
+    ensure_jars(st.s3_jars, ROOT / "deploy" / "s3proxy" / "pom.xml", "s3proxy-*.jar", "S3Proxy")
 
 
 def write_s3_config(st: Stack) -> Path:
