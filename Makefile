@@ -3,11 +3,12 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PY := .venv/bin/python
 UV_VERSION := 0.9.30
-PYTEST := $(PY) -m pytest
+# promtool (alert rule tests) unpacked by deploy/test-tools.sh when the system has none
+PYTEST := PATH="$$PATH:$(CURDIR)/deploy/.cache/prometheus/usr/bin" $(PY) -m pytest
 
 .PHONY: help venv setup up down logs status schemas test test-unit test-integration test-e2e \
         test-slow test-all demo train-demo-model eval-demo-model models lint typecheck imports \
-        check chaos bench clean
+        check chaos bench clean asyncapi test-tools
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -36,25 +37,31 @@ status: ## what runs
 schemas: venv ## regenerate the committed JSON Schemas from the event models
 	$(PY) -m imagegen_schemas.export
 
+asyncapi: venv ## regenerate docs/asyncapi.json (AsyncAPI 3, from the FastStream app and the topic catalog)
+	$(PY) -m imagegen_runtime.asyncapi docs/asyncapi.json
+
 infra-up: venv
 	$(PY) deploy/stack.py infra-up
 
-test: venv infra-up ## the test suite (unit, contract, integration, e2e), not the slow marker
+test-tools: ## what the tests need beyond Python: Chromium, Node.js + npm ci of examples/node-consumer, promtool
+	deploy/test-tools.sh
+
+test: venv infra-up test-tools ## the test suite (unit, contract, integration, e2e), not the slow marker
 	$(PYTEST) -m "not slow"
 
 test-unit: venv ## pure tests only, no broker or database
 	$(PYTEST) -m unit
 
-test-integration: venv infra-up ## against the real local Kafka and PostgreSQL
+test-integration: venv infra-up test-tools ## against the real local Kafka and PostgreSQL
 	$(PYTEST) -m integration
 
-test-e2e: venv ## the whole stack as processes
+test-e2e: venv test-tools ## the whole stack as processes
 	$(PYTEST) -m e2e
 
 test-slow: venv infra-up ## slow suites (long simulations, model quality)
 	$(PYTEST) -m slow
 
-test-all: venv infra-up ## everything
+test-all: venv infra-up test-tools ## everything
 	$(PYTEST)
 
 CHAOS_VAR ?= var/chaos

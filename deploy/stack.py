@@ -394,6 +394,9 @@ def service_env(st: Stack, program: str) -> dict[str, str]:
         env[f"{prefix}WEBHOOK_ALLOW"] = "127.0.0.0/8,::1/128"
     if name == "api":
         env[f"{prefix}PUBLIC_BASE_URL"] = f"http://127.0.0.1:{st.port('api')}"
+        # /ops proxies the scheduler's queues and the pool-manager's workers (ADR 0820)
+        env[f"{prefix}SCHEDULER_URL"] = f"http://127.0.0.1:{st.port('scheduler')}"
+        env[f"{prefix}POOL_MANAGER_URL"] = f"http://127.0.0.1:{st.port('pool-manager')}"
     if name == "api" and os.environ.get("IMAGEGEN_STACK_API_LIMITS"):  # JSON (ADR 0640)
         env[f"{prefix}LIMITS"] = os.environ["IMAGEGEN_STACK_API_LIMITS"]
     if name in ("api", "gpu-worker"):  # control images: the API stores, the workers read
@@ -423,6 +426,19 @@ def service_env(st: Stack, program: str) -> dict[str, str]:
             env[f"{prefix}MODEL_MEMORY_BUDGET_MB"] = str(budget)
     if f"{prefix}DATABASE_URL" not in env:  # api_keys, to admit operator keys (ADR 0610)
         env[f"{prefix}AUTH_DATABASE_URL"] = st.database_url
+    return env
+
+
+def otel_env() -> dict[str, str]:
+    """Tracing (docs/tracing.md): the OTEL_* variables of stack.py's environment, passed on as
+    they are, but OTEL_SERVICE_NAME (it would give the six services one name); and
+    IMAGEGEN_STACK_OTEL_ENDPOINT, when set, as OTEL_EXPORTER_OTLP_ENDPOINT (an OTLP/HTTP
+    collector's base URL, e.g. http://127.0.0.1:4318)."""
+    env = {
+        k: v for k, v in os.environ.items() if k.startswith("OTEL_") and k != "OTEL_SERVICE_NAME"
+    }
+    if os.environ.get("IMAGEGEN_STACK_OTEL_ENDPOINT"):
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = os.environ["IMAGEGEN_STACK_OTEL_ENDPOINT"]
     return env
 
 
@@ -519,7 +535,7 @@ def write_supervisor_config(st: Stack) -> Path:
     ]
     for program in st.programs():
         module = SERVICES["gpu-worker" if program.startswith("gpu-worker") else program][0]
-        env = {**base_env, **service_env(st, program)}
+        env = {**base_env, **service_env(st, program), **otel_env()}
         parts.append(_program(program, f"{PY} -m {module}", st, env=env))
     conf = st.run / "supervisord.conf"
     private_dir(st.run)

@@ -184,6 +184,17 @@ EXAMPLES: list[Payload] = [
         original_key_b64=None,
         original_value_b64="bm90IGpzb24=",
     ),
+    workers.DeadLetterRedriven(
+        letter_id="33333333-2222-4333-8444-555555555555",
+        source_topic="imagegen.jobs.requested",
+        source_partition=0,
+        source_offset=41,
+        consumer_group="imagegen-scheduler",
+        redriven_partition=0,
+        redriven_offset=97,
+        redrive=1,
+        by="igk_a1b2c3d4",
+    ),
     usage.UsageRecorded(
         job_id=JOB,
         user_id="user-42",

@@ -3,7 +3,7 @@
     imagegen topics create [--prefix P]   create the catalog's topics (idempotent)
     imagegen topics list                  the catalog: topic, key, partitions, retention, events
     imagegen generate "a prompt" --out file.png [--model --steps --seed --guidance ...]
-    imagegen replay --job ID              one job's timeline, read from the topics
+    imagegen replay --job ID              one job's trace id and timeline, read from the topics
     imagegen replay --rebuild --verify    rebuild the projection from offset 0, compare with live
     imagegen keys create|list|revoke|rotate   API keys and roles (see `imagegen keys --help`)
     imagegen fleet [--json]               the pool-manager's fleet projection: each worker's
@@ -13,6 +13,7 @@
                                           register a real checkpoint (see docs/models.md)
     imagegen usage --user U --since T [--until T] [--json]   a user's usage ledger (docs/usage.md)
     imagegen webhooks secret|redeliver    webhook secrets, resend dead letters (docs/webhooks.md)
+    imagegen dlq list|show|redrive        dead letters, operator key only (docs/dlq.md)
 
 Connection settings come from flags, else IMAGEGEN_KAFKA_BOOTSTRAP / IMAGEGEN_DATABASE_URL,
 else the local stack's var/stack.env.
@@ -137,7 +138,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     bootstrap = _bootstrap(args)
     if args.job:
-        replay.print_timeline(replay.job_timeline(bootstrap, args.job))
+        records = replay.job_timeline(bootstrap, args.job, prefix=args.prefix)
+        replay.print_trace(replay.job_trace(records))
+        replay.print_timeline(records)
         return 0
     if not args.rebuild:
         print("say --job ID or --rebuild [--verify]", file=sys.stderr)
@@ -207,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rp.add_argument("--bootstrap", default=None)
     rp.add_argument("--database-url", default=None)
+    rp.add_argument("--prefix", default="", help="topic name prefix (test isolation)")
     rp.set_defaults(func=cmd_replay)
     from .keys import add_parser as add_keys_parser
 
@@ -225,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     from .webhooks import add_parser as add_webhooks_parser
 
     add_webhooks_parser(sub)
+    from .dlq import add_parser as add_dlq_parser
+
+    add_dlq_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

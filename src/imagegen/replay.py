@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from imagegen_runtime.faults import is_transient
 from imagegen_schemas import Envelope, parse
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class Record:
     partition: int
     offset: int
     envelope: Envelope
+    traceparent: str | None = None  # the record's W3C trace context header, if any
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class Raw:
     partition: int
     offset: int
     value: bytes | None
+    traceparent: str | None = None  # the record's W3C trace context header, if any
 
     @property
     def where(self) -> str:
@@ -60,13 +63,28 @@ class Raw:
 
 def high_watermarks(bootstrap: str, topics: tuple[str, ...]) -> dict[tuple[str, int], int]:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "imagegen-replay-probe"})
-    md = c.list_topics(timeout=10)
-    marks = {}
-    for t in topics:
-        for p in md.topics[t].partitions:
-            marks[(t, p)] = c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
-    c.close()
+    try:
+        md = c.list_topics(timeout=10)
+        marks = {}
+        for t in topics:
+            for p in md.topics[t].partitions:
+                marks[(t, p)] = _high_watermark(c, TopicPartition(t, p))
+    finally:
+        c.close()
     return marks
+
+
+def _high_watermark(c: Consumer, tp: TopicPartition, retry_for_s: float = 30.0) -> int:
+    """A partition's high watermark; a retriable error (a partition whose leader is still
+    being elected, as just after the topic was made) is asked again for ``retry_for_s``."""
+    give_up = time.monotonic() + retry_for_s
+    while True:
+        try:
+            return int(c.get_watermark_offsets(tp, timeout=10)[1])
+        except KafkaException as exc:
+            if not is_transient(exc) or time.monotonic() >= give_up:
+                raise
+            time.sleep(0.2)  # before asking the cluster again for the partition's leader
 
 
 def read(
@@ -81,7 +99,7 @@ def read(
     for raw in read_raw(bootstrap, until, start):
         envelope = _envelope_or_none(raw.value)
         if envelope is not None:
-            yield Record(raw.topic, raw.partition, raw.offset, envelope)
+            yield Record(raw.topic, raw.partition, raw.offset, envelope, raw.traceparent)
 
 
 class MissingTopic(LookupError):
@@ -145,13 +163,22 @@ def read_raw(
         tp = (topic, partition)
         if tp not in left or offset >= until[tp]:
             continue
-        yield Raw(topic, partition, offset, msg.value())
+        yield Raw(topic, partition, offset, msg.value(), _traceparent(msg))
         if offset + 1 >= until[tp]:
             left.discard(tp)
             c.incremental_unassign([TopicPartition(*tp)])
     c.close()
     if left:
         raise TimeoutError(f"could not read {sorted(left)} to their end")
+
+
+def _traceparent(msg: Any) -> str | None:
+    """The ``traceparent`` header of a consumed record, or None."""
+    headers = msg.headers() if hasattr(msg, "headers") else None
+    for key, value in headers or []:
+        if key == "traceparent" and value:
+            return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    return None
 
 
 def _envelope_or_none(value: bytes | None) -> Envelope | None:
@@ -161,10 +188,67 @@ def _envelope_or_none(value: bytes | None) -> Envelope | None:
         return None
 
 
-def job_timeline(bootstrap: str, job_id: str) -> list[Record]:
-    marks = high_watermarks(bootstrap, JOB_TOPICS)
+def job_timeline(bootstrap: str, job_id: str, prefix: str = "") -> list[Record]:
+    marks = high_watermarks(bootstrap, tuple(prefix + t for t in JOB_TOPICS))
     found = [r for r in read(bootstrap, marks) if r.envelope.correlation_id == job_id]
     return sorted(found, key=lambda r: (r.envelope.occurred_at, r.topic, r.offset))
+
+
+@dataclass(frozen=True)
+class JobTrace:
+    """The trace a job's events belong to (ADR 0800): the one its first event carries."""
+
+    trace_id: str | None  # 32 hex digits; None when the first event carries no traceparent
+    first_event: str  # the first event's type
+    in_trace: int  # events carrying that trace id
+    total: int  # events of the job
+    outside: list[str]  # "type topic/partition@offset: why" of those that do not
+
+
+def job_trace(records: list[Record]) -> JobTrace | None:
+    """The job's trace id, from the ``traceparent`` of its first event; None without events."""
+    if not records:
+        return None
+    first = records[0]
+    trace_id = _trace_id(first.traceparent)
+    outside = []
+    for r in records:
+        tid = _trace_id(r.traceparent)
+        if trace_id is not None and tid == trace_id:
+            continue
+        why = "no traceparent" if tid is None else f"trace {tid}"
+        outside.append(f"{r.envelope.type} {r.topic}/{r.partition}@{r.offset}: {why}")
+    return JobTrace(
+        trace_id, first.envelope.type, len(records) - len(outside), len(records), outside
+    )
+
+
+def _trace_id(traceparent: str | None) -> str | None:
+    """The trace id of a W3C ``traceparent`` (version 00: 00-<32 hex>-<16 hex>-<2 hex>)."""
+    parts = (traceparent or "").strip().split("-")
+    if len(parts) != 4 or len(parts[1]) != 32 or parts[1] == "0" * 32:
+        return None
+    try:
+        int(parts[1], 16)
+    except ValueError:
+        return None
+    return parts[1].lower()
+
+
+def print_trace(found: JobTrace | None) -> None:
+    """One line naming the job's trace id (look it up in the trace viewer, docs/tracing.md),
+    then the events that are not in it."""
+    if found is None:
+        return
+    if found.trace_id is None:
+        print(f"trace: none (the first event, {found.first_event}, carries no traceparent)")
+    else:
+        print(
+            f"trace: {found.trace_id} (from the traceparent of {found.first_event}; "
+            f"{found.in_trace} of {found.total} events in it)"
+        )
+    for line in found.outside[:20]:
+        print(f"  not in it: {line}")
 
 
 def print_timeline(records: list[Record]) -> None:

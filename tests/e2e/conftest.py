@@ -16,7 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.otlp import OtlpReceiver
+
 ROOT = Path(__file__).resolve().parents[2]
+# The stack's services export their spans here (OTLP/HTTP); a fixed port, so the services'
+# environment, and so their supervisor config, stays the same from one session to the next.
+OTLP_PORT = int(os.environ.get("IMAGEGEN_E2E_OTLP_PORT", "24318"))
 TERMINAL = {"delivered", "failed", "cancelled"}
 
 
@@ -27,6 +32,7 @@ class RunningStack:
     models: Path  # the models folder the services use
     kafka_bootstrap: str
     env: dict[str, str]  # environment that reaches this stack with deploy/stack.py
+    otlp: OtlpReceiver | None = None  # receives every service's spans (docs/tracing.md)
 
     def client(self, key: str | None = None) -> httpx.Client:
         return httpx.Client(
@@ -119,8 +125,14 @@ def stack(infra) -> Iterator[RunningStack]:  # type: ignore[no-untyped-def]
     demo = ROOT / "models" / "shapes-demo"
     if (demo / "model.json").exists() and not (models / "shapes-demo").exists():
         (models / "shapes-demo").symlink_to(demo)
+    try:  # started before the stack, so no span of the session is lost
+        otlp = OtlpReceiver(port=OTLP_PORT).start()
+    except OSError:  # the port is taken: any free one (the services restart with it)
+        otlp = OtlpReceiver().start()
     env = {
         **os.environ,
+        "IMAGEGEN_STACK_OTEL_ENDPOINT": otlp.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "500",  # export every 0.5 s (default 5 s)
         "IMAGEGEN_STACK_MODELS": str(models),
         "IMAGEGEN_STACK_PRELOAD_MODEL": "tiny-random",
         # The session's pro key polls often and runs 50-job fault tests: room for that. The
@@ -136,4 +148,6 @@ def stack(infra) -> Iterator[RunningStack]:  # type: ignore[no-untyped-def]
         stdout=subprocess.DEVNULL,
     )
     running = RunningStack("http://127.0.0.1:8000", "", models, infra.kafka_bootstrap, env)
-    yield RunningStack(running.api, running.new_key("pro"), models, infra.kafka_bootstrap, env)
+    key = running.new_key("pro")
+    yield RunningStack(running.api, key, models, infra.kafka_bootstrap, env, otlp)
+    otlp.stop()

@@ -17,12 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import httpx
+import pytest
 
 from imagegen_api.domain.limits import DEFAULT_LIMITS
 from imagegen_schemas import Plan
 
 from .conftest import RunningStack
 from .test_generation import MODEL, read_topic
+
+pytestmark = pytest.mark.e2e
 
 FLOOD = 60
 PLAN = "turbo"  # its active-jobs limit admits the whole flood (the free plan's does not)

@@ -165,6 +165,15 @@ TOPICS: tuple[TopicSpec, ...] = (
         "Records a consumer could not process, with the error and the original bytes.",
     ),
     TopicSpec(
+        "imagegen.deadletter.redrives",
+        "letter_id",
+        1,
+        30 * DAY_MS,
+        False,
+        (workers.DeadLetterRedriven,),
+        "Dead letters republished to their source topic by `imagegen dlq redrive` (docs/dlq.md).",
+    ),
+    TopicSpec(
         "imagegen.webhooks.retry",
         "job_id",
         JOB_PARTITIONS,

@@ -149,8 +149,18 @@ class AutoscaleRecommended(Payload):
     reason: str = Field(default="", max_length=1000)
 
 
+class RecordHeader(BaseModel):
+    """One Kafka record header, as it was: its name and its value's bytes in base64."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    value_b64: str
+
+
 class DeadLettered(Payload):
-    """A record a consumer could not process; the original bytes are kept for replay by hand."""
+    """A record a consumer could not process; the original bytes are kept for a redrive by hand
+    (``imagegen dlq``, docs/dlq.md). The letter's id is its envelope's event id."""
 
     event_type: ClassVar[str] = "imagegen.dead_lettered"
     source_topic: str
@@ -160,3 +170,37 @@ class DeadLettered(Payload):
     error: str = Field(max_length=8000)
     original_key_b64: str | None = None
     original_value_b64: str
+    original_headers: tuple[RecordHeader, ...] = Field(
+        default=(),
+        description="The record's Kafka headers in order; a redrive publishes them again.",
+    )
+    redrive_of: str | None = Field(
+        default=None,
+        description="The id of the dead letter this record was redriven from (the record failed "
+        "again after `imagegen dlq redrive`); None for a record's first failure.",
+    )
+    redrives: int = Field(
+        default=0, ge=0, description="How many times the record had been redriven before this."
+    )
+    previous_errors: tuple[str, ...] = Field(
+        default=(),
+        description="The errors of the record's earlier dead letters, oldest first (the last "
+        "10); `error` is the newest.",
+    )
+
+
+class DeadLetterRedriven(Payload):
+    """An operator republished a dead letter's original record to its source topic, for the
+    consumer group that had given up on it (``imagegen dlq redrive``, docs/dlq.md)."""
+
+    event_type: ClassVar[str] = "imagegen.dead_letter.redriven"
+    letter_id: str = Field(description="The event id of the DeadLettered that was redriven.")
+    source_topic: str
+    source_partition: int = Field(description="Where the record was when it failed.")
+    source_offset: int
+    consumer_group: str = Field(description="The group that failed it and handles the redrive.")
+    redriven_partition: int = Field(description="Where the republished copy landed.")
+    redriven_offset: int
+    redrive: int = Field(ge=1, description="1 for the letter's first redrive, then 2, 3 (forced).")
+    forced: bool = False
+    by: str = Field(default="", max_length=200, description="Who redrove it (an API key id).")

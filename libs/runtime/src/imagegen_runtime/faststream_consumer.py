@@ -34,20 +34,27 @@ from faststream.confluent.annotations import KafkaMessage
 from faststream.confluent.helpers.config import ConfluentConfig
 from faststream.message import StreamMessage
 from faststream.middlewares import AckPolicy
-from opentelemetry import trace
 
 from imagegen_schemas import Envelope, Payload, parse
 
 from .faults import Backoff, describe, is_lost_membership, is_transient
 from .health import CheckResult
-from .kafka import Handler, Hold, dead_letter, decode, fail_poisoned_job, record_meta
+from .kafka import (
+    Handler,
+    Hold,
+    consumed_attributes,
+    dead_letter,
+    decode,
+    fail_poisoned_job,
+    record_meta,
+    redrive_for_another_group,
+)
 from .logs import job_id_var
 from .metrics import EVENTS_CONSUMED, HANDLER_SECONDS
-from .publishing import Publisher
-from .tracing import context_from_headers
+from .publishing import Publisher, job_of
+from .tracing import consumer_span
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("imagegen.faststream")
 
 Where = tuple[str, int, int]  # topic, partition, offset
 
@@ -92,6 +99,7 @@ class FastStreamConsumer:
         self.handled = 0
         self.dead_lettered = 0
         self.commits_refused = 0
+        self.skipped_redrives = 0  # redriven copies meant for another group, committed unhandled
         self.hold = Hold()
         self._extra = dict(extra)  # librdkafka names; they win over the settings below
         self._failed: BaseException | None = None
@@ -161,8 +169,10 @@ class FastStreamConsumer:
         token = job_id_var.set(envelope.correlation_id)
         try:
             with (
-                tracer.start_as_current_span(
-                    f"consume {envelope.type}", context=context_from_headers(meta.headers)
+                consumer_span(
+                    meta.headers,
+                    job_of(payload),
+                    consumed_attributes(meta, envelope, self.group_id),
                 ),
                 HANDLER_SECONDS.labels(meta.topic, self.group_id).time(),
             ):
@@ -234,6 +244,10 @@ def fault_model_middleware(consumer: FastStreamConsumer) -> Callable[..., BaseMi
         raw = msg.raw_message
         assert isinstance(raw, Message)
         where = _where(raw)
+        if redrive_for_another_group(record_meta(raw).headers, consumer.group_id):
+            consumer.skipped_redrives += 1  # this group handled the original (docs/dlq.md)
+            await settled(msg, raw)
+            return
         try:
             await call_next(msg)
         except Unparseable as exc:

@@ -16,6 +16,7 @@ from fastapi import Depends, FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .http_metrics import install_http_metrics
 from .operator_auth import OperatorAuth
 
 
@@ -60,8 +61,10 @@ def add_health_routes(
     app: FastAPI, service: str, readiness: Readiness, operator: OperatorAuth | None = None
 ) -> None:
     """Mount /healthz, /readyz and /metrics on ``app``; /metrics admits ``operator`` keys
-    only (without a guard it answers 503: never served unchecked)."""
+    only (without a guard it answers 503: never served unchecked). Installs the HTTP RED
+    metrics (:mod:`.http_metrics`) on ``app``, labelled ``service``."""
     guard = operator or OperatorAuth(None)
+    install_http_metrics(app, service)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -9,13 +9,17 @@ Delivery guarantees (ADR 0003) and the fault model (ADR 0008, :mod:`imagegen_run
   the same fault model live;
 - a poison record (unparseable, or a handler that keeps failing with a non-transient error) goes
   to the dead-letter topic with the error and the original bytes (:func:`dead_letter`), and its
-  job gets a terminal ``GenerationFailed(poison_event)`` (:func:`fail_poisoned_job`).
+  job gets a terminal ``GenerationFailed(poison_event)`` (:func:`fail_poisoned_job`);
+- a dead letter redriven by hand (``imagegen dlq redrive``, :mod:`imagegen_runtime.dlq`) is
+  handled only by the group that gave up on it (:func:`redrive_for_another_group`); if it fails
+  again it is dead-lettered again with every error, and never redriven by itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -36,13 +40,14 @@ from imagegen_schemas.jobs import (
     GenerationFailed,
     ImageDelivered,
 )
-from imagegen_schemas.workers import DeadLettered
+from imagegen_schemas.workers import DeadLettered, RecordHeader
 
 from .faults import Backoff, describe, is_transient
 from .health import CheckResult
 from .logs import job_id_var
 from .metrics import DEAD_LETTERED, EVENTS_PUBLISHED
-from .publishing import Publisher, build_record, derived_event_id
+from .publishing import Publisher, derived_event_id, job_of, traced_record
+from .tracing import consumer_span, messaging_attributes
 from .waiting import sleep_or_stop
 
 log = logging.getLogger(__name__)
@@ -158,15 +163,20 @@ class KafkaPublisher:
         causation_id: str | None = None,
         event_id: str | None = None,
     ) -> Envelope:
-        record = build_record(
+        with traced_record(
             payload,
             key=key,
             producer=self.producer_name,
             topic_prefix=self.topic_prefix,
             causation_id=causation_id,
             event_id=event_id,
-        )
-        await self.send_raw(record.topic, record.key, record.envelope.to_json(), record.headers)
+        ) as record:
+            partition, offset = await self.send_raw(
+                record.topic, record.key, record.envelope.to_json(), record.headers
+            )
+            span = trace.get_current_span()
+            span.set_attribute("messaging.destination.partition.id", str(partition))
+            span.set_attribute("messaging.kafka.offset", offset)
         EVENTS_PUBLISHED.labels(record.topic, record.envelope.type).inc()
         return record.envelope
 
@@ -261,6 +271,19 @@ def record_meta(msg: Message) -> RecordMeta:
     )
 
 
+def consumed_attributes(meta: RecordMeta, envelope: Envelope, group: str) -> dict[str, Any]:
+    """The messaging attributes of a consumed record's span."""
+    return messaging_attributes(
+        meta.topic,
+        event_type=envelope.type,
+        event_id=envelope.event_id,
+        key=meta.key,
+        partition=meta.partition,
+        offset=meta.offset,
+        group=group,
+    )
+
+
 def decode(msg: Message) -> tuple[Envelope, Payload]:
     """The envelope and typed payload of a record; raises on a malformed one."""
     envelope = Envelope.from_json(msg.value() or b"")
@@ -298,9 +321,48 @@ class Hold:
         )
 
 
+# Headers `imagegen dlq redrive` (imagegen_runtime.dlq, docs/dlq.md) puts on a redriven record.
+REDRIVE_OF = "imagegen-redrive-of"  # the dead letter's id
+REDRIVE_GROUP = "imagegen-redrive-group"  # the one consumer group that handles the copy
+REDRIVE_ERRORS = "imagegen-redrive-errors"  # JSON list: the errors of its dead letters so far
+REDRIVE_COUNT = "imagegen-redrives"  # how many times the record was redriven
+KEPT_ERRORS = 10  # previous errors a dead letter carries (the newest)
+
+
+def raw_headers(msg: Message) -> list[tuple[str, bytes]]:
+    """A record's headers as (name, bytes), in order."""
+    found = msg.headers()
+    pairs = found.items() if isinstance(found, dict) else found or []
+    return [(k, v.encode() if isinstance(v, str) else v or b"") for k, v in pairs]
+
+
+def redrive_for_another_group(headers: dict[str, str], group: str) -> bool:
+    """Whether the record is a redriven copy meant for another consumer group (which gave up on
+    it); every other group handled the original already, so it commits the copy unhandled."""
+    target = headers.get(REDRIVE_GROUP)
+    return bool(target) and target != group
+
+
+def _previous_errors(headers: dict[str, str]) -> list[str]:
+    try:
+        found = json.loads(headers.get(REDRIVE_ERRORS) or "[]")
+    except ValueError:
+        return []
+    return [str(e)[:8000] for e in found][-KEPT_ERRORS:] if isinstance(found, list) else []
+
+
 async def dead_letter(publisher: Publisher, msg: Message, group: str, error: str) -> None:
-    """Publish ``msg`` with ``error`` to the dead-letter topic (its bytes kept for replay)."""
+    """Publish ``msg`` with ``error`` to the dead-letter topic (its bytes and headers kept).
+
+    A redriven record (``imagegen-redrive-*`` headers) that fails again gets a new letter with
+    the earlier errors and the letter it came from; nothing redrives it again by itself. The
+    letter's event id is derived from the record and the group, so dead-lettering the same record
+    again (a crash before the commit) writes the same letter.
+    """
     key = msg.key()
+    headers = raw_headers(msg)
+    text = header_map(list(headers))
+    count = text.get(REDRIVE_COUNT, "0")
     letter = DeadLettered(
         source_topic=msg.topic(),
         source_partition=msg.partition(),
@@ -309,8 +371,19 @@ async def dead_letter(publisher: Publisher, msg: Message, group: str, error: str
         error=error[:8000],
         original_key_b64=base64.b64encode(key).decode() if key else None,
         original_value_b64=base64.b64encode(msg.value() or b"").decode(),
+        original_headers=tuple(
+            RecordHeader(name=k, value_b64=base64.b64encode(v).decode()) for k, v in headers
+        ),
+        redrive_of=text.get(REDRIVE_OF) or None,
+        redrives=int(count) if count.isdigit() else 0,
+        previous_errors=tuple(_previous_errors(text)),
     )
-    await publisher.publish(letter, key=f"{msg.topic()}/{msg.partition()}")
+    source = f"{msg.topic()}/{msg.partition()}/{msg.offset()}"
+    await publisher.publish(
+        letter,
+        key=f"{msg.topic()}/{msg.partition()}",
+        event_id=derived_event_id(source, letter.event_type, group),
+    )
     DEAD_LETTERED.labels(msg.topic(), group).inc()
     log.error(
         "dead-lettered", extra={"topic": msg.topic(), "offset": msg.offset(), "error": error[:500]}
@@ -365,7 +438,12 @@ async def fail_poisoned_job(
     payload: Payload | None,
     error: str,
 ) -> None:
-    """Publish the poison record's job's terminal ``GenerationFailed`` (see above), if any."""
+    """Publish the poison record's job's terminal ``GenerationFailed`` (see above), if any.
+
+    None for a redriven record: its job got that failure when the record was first dead-lettered.
+    """
+    if meta.headers.get(REDRIVE_OF):
+        return
     found = poisoned_job_failure(meta, envelope, payload, error)
     if found is None:
         return
@@ -509,6 +587,8 @@ class ReplayingConsumer:
         """
         self.records += 1
         meta = record_meta(msg)
+        if redrive_for_another_group(meta.headers, self.name):
+            return
         try:
             envelope, payload = decode(msg)
         except Exception as exc:
@@ -517,23 +597,28 @@ class ReplayingConsumer:
             return
         token = job_id_var.set(envelope.correlation_id)
         try:
-            while True:
-                try:
-                    await self.handler(envelope, payload, meta, live)
-                except Exception as exc:
-                    if is_transient(exc):
-                        self._hold.hit(exc, meta)
-                        log.warning("transient fault; retrying", extra={"where": self._hold.where})
-                        if await sleep_or_stop(stop, self.backoff.delay(self._hold.attempts)):
-                            return
-                        continue
-                    # A poison event must not crash-loop a replaying service.
-                    log.exception("handler failed", extra={"live": live})
-                    if live:
-                        error = f"handler failed: {exc!r}"
-                        await self._poison(msg, meta, envelope, payload, error, stop)
-                self._hold.clear()
-                return
+            # A live record of a job (or one carrying a trace) is handled in a ``consume <type>``
+            # span; a replayed one only leaves its trace for the job's later decisions (ADR 0800).
+            attrs = consumed_attributes(meta, envelope, self.name) if live else {}
+            with consumer_span(meta.headers, job_of(payload), attrs, live=live):
+                while True:
+                    try:
+                        await self.handler(envelope, payload, meta, live)
+                    except Exception as exc:
+                        if is_transient(exc):
+                            self._hold.hit(exc, meta)
+                            where = self._hold.where
+                            log.warning("transient fault; retrying", extra={"where": where})
+                            if await sleep_or_stop(stop, self.backoff.delay(self._hold.attempts)):
+                                return
+                            continue
+                        # A poison event must not crash-loop a replaying service.
+                        log.exception("handler failed", extra={"live": live})
+                        if live:
+                            error = f"handler failed: {exc!r}"
+                            await self._poison(msg, meta, envelope, payload, error, stop)
+                    self._hold.clear()
+                    return
         finally:
             job_id_var.reset(token)
 

@@ -18,3 +18,8 @@ DEAD_LETTERED = Counter(
 HANDLER_SECONDS = Histogram(
     "imagegen_handler_seconds", "Time to handle one record, effect included.", ["topic", "group"]
 )
+DLQ_REDRIVEN = Counter(
+    "imagegen_dlq_redriven_total",
+    "Dead letters republished to their source topic (imagegen_runtime.dlq.redrive), by topic.",
+    ["topic"],
+)

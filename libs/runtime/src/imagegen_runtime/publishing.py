@@ -8,12 +8,16 @@ adapter and :class:`InMemoryPublisher` the fake for unit tests. Both pass
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
+from opentelemetry import trace
+
 from imagegen_schemas import Envelope, Payload, ce_headers, topic_for
 
-from .tracing import current_traceparent
+from .tracing import current_traceparent, producer_span
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,52 @@ def build_record(
     return Published(topic=topic, key=key.encode(), envelope=envelope, headers=headers)
 
 
+def job_of(payload: Payload) -> str | None:
+    """The job a payload is about (its ``job_id``), or None (worker and pool facts)."""
+    job_id = getattr(payload, "job_id", None)
+    return job_id if isinstance(job_id, str) and job_id else None
+
+
+@contextmanager
+def traced_record(
+    payload: Payload,
+    *,
+    key: str,
+    producer: str,
+    topic_prefix: str,
+    causation_id: str | None,
+    event_id: str | None = None,
+) -> Iterator[Published]:
+    """:func:`build_record` inside a ``publish <type>`` PRODUCER span (ADR 0800), which lasts
+    until the block ends (the transport answered): the record's ``traceparent`` is that span.
+
+    The span is a child of the active span, else of the job's latest consumed span, so every
+    event a handler publishes, and a decision published later for a job, stays in its trace.
+    An event of no job published outside any span (a heartbeat, a timer's command) gets no
+    span and no ``traceparent``: each would start a trace of its own.
+    """
+    job_id = job_of(payload)
+
+    def record() -> Published:
+        return build_record(
+            payload,
+            key=key,
+            producer=producer,
+            topic_prefix=topic_prefix,
+            causation_id=causation_id,
+            event_id=event_id,
+        )
+
+    if job_id is None and not trace.get_current_span().get_span_context().is_valid:
+        yield record()
+        return
+    topic = topic_prefix + topic_for(type(payload))
+    with producer_span(topic, payload.event_type, key, job_id) as span:
+        built = record()
+        span.set_attribute("messaging.message.id", built.envelope.event_id)
+        yield built
+
+
 class InMemoryPublisher:
     """Fake publisher: keeps records in order, per topic, in memory."""
 
@@ -118,15 +168,15 @@ class InMemoryPublisher:
     ) -> Envelope:
         if self.closed:
             raise RuntimeError("publisher is closed")
-        record = build_record(
+        with traced_record(
             payload,
             key=key,
             producer=self.producer,
             topic_prefix=self.topic_prefix,
             causation_id=causation_id,
             event_id=event_id,
-        )
-        self.records.append(record)
+        ) as record:
+            self.records.append(record)
         return record.envelope
 
     async def close(self) -> None:

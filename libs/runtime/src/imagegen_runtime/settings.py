@@ -32,8 +32,10 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Minimum level of the JSON logs on stdout."
     )
-    trace_exporter: Literal["none", "console"] = Field(
-        default="none", description="Where OpenTelemetry spans go; 'console' prints them as JSON."
+    trace_exporter: Literal["none", "console", "otlp"] = Field(
+        default="none",
+        description="Where OpenTelemetry spans go: 'console' prints them as JSON, 'otlp' sends"
+        " them to OTEL_EXPORTER_OTLP_ENDPOINT; the OTEL_* variables win (docs/tracing.md).",
     )
     instance_id: str = Field(
         default="1",

@@ -19,8 +19,13 @@ from .logs import configure_logging
 from .operator_auth import OperatorAuth
 from .publishing import Publisher
 from .service import ServiceApp, serve
-from .settings import ServiceSettings, load_settings
-from .tracing import configure_tracing
+from .settings import ConfigError, ServiceSettings, load_settings
+from .tracing import (
+    TracingConfigError,
+    configure_tracing,
+    instrument_http_app,
+    shutdown_tracing_async,
+)
 
 P = TypeVar("P", bound=Payload)
 S = TypeVar("S", bound=ServiceSettings)
@@ -59,13 +64,24 @@ def run_main(
     settings_cls: type[S],
     bootstrap: Callable[[S], ServiceApp],
 ) -> None:
-    """Load settings (exit 2 naming the bad setting), configure logs and tracing, serve."""
+    """Load settings (exit 2 naming the bad setting), configure logs and tracing, serve.
+
+    Tracing (ADR 0800): the ``OTEL_*`` variables choose the exporters (exit 2 naming a variable
+    this service cannot honour); the HTTP app gets server spans; the spans still buffered are
+    exported on the way out.
+    """
     settings = load_settings(settings_cls)
     configure_logging(service, settings.log_level)
-    configure_tracing(service, settings.trace_exporter)
+    try:
+        configure_tracing(service, settings.trace_exporter)
+    except TracingConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise ConfigError(2) from None
 
     async def main() -> int:
         app = bootstrap(settings)
+        instrument_http_app(app.http)
+        app.on_shutdown.append(shutdown_tracing_async)  # last: after the publishers' flush
         return await serve(app, settings.http_host, settings.http_port)
 
     sys.exit(asyncio.run(main()))

@@ -18,9 +18,10 @@ from .adapters.fastpath import FastAccounts
 from .adapters.files import LocalFileStore, S3FileStore
 from .adapters.jobstore import PgJobStore, projector_group
 from .adapters.limiter import PgLimiter
+from .adapters.opsreads import KafkaDlq, PgOpsReads
 from .config import SERVICE, SUBSCRIBES, ApiSettings
 from .domain.limits import with_overrides
-from .entrypoints.http import Deps, mount
+from .entrypoints.http import Deps, mount, ops
 from .projections.jobs import projector
 
 
@@ -70,6 +71,15 @@ def bootstrap(settings: ApiSettings, *, publisher: Publisher | None = None) -> S
     if not public:
         mount_operator_docs(http, operator)
     mount(http, deps)
+    ops.mount(  # /ops, the operator page (ADR 0820)
+        http,
+        ops.OpsDeps(
+            reads=PgOpsReads(jobs),
+            dlq=KafkaDlq(settings.kafka_bootstrap, settings.topic_prefix),
+            scheduler_url=settings.scheduler_url,
+            pool_manager_url=settings.pool_manager_url,
+        ),
+    )
     app = consumer_service(
         settings,
         SERVICE,

@@ -90,6 +90,17 @@ class ApiSettings(ServiceSettings, DatabaseSettingsMixin):
         "the request body's validator from this variable.",
     )
 
+    scheduler_url: str = Field(
+        default="http://127.0.0.1:8101",
+        pattern=r"^https?://",
+        description="Base URL of the scheduler; /ops shows its GET /v1/queues (ADR 0820).",
+    )
+    pool_manager_url: str = Field(
+        default="http://127.0.0.1:8105",
+        pattern=r"^https?://",
+        description="Base URL of the pool-manager; /ops shows its GET /v1/workers (ADR 0820).",
+    )
+
     public_base_url: str = Field(
         default="http://127.0.0.1:8000",
         pattern=r"^https?://",

@@ -16,10 +16,12 @@ from imagegen_runtime.service import ServiceApp
 from imagegen_runtime.standard import database_check, kafka_metadata_check
 from imagegen_runtime.waiting import sleep_or_stop
 
+from .adapters.backlog import KafkaBacklog
 from .adapters.catalog import load_models
 from .adapters.fleet_store import PgFleetStore
-from .config import SERVICE, SUBSCRIBES, PoolManagerSettings
+from .config import DEAD_LETTER_TOPICS, SERVICE, SUBSCRIBES, PoolManagerSettings
 from .domain.fleet import project
+from .service_layer.backlog import collect_loop
 from .service_layer.planner import Planner, PlannerConfig
 from .service_layer.pool import FleetStore, PoolManager
 
@@ -97,10 +99,16 @@ def bootstrap(
     async def close_engine() -> None:
         await engine.dispose()
 
+    # The cluster's dead-letter sizes and consumer lag, measured here for every service (ADR 0810).
+    backlog = KafkaBacklog(settings.kafka_bootstrap, settings.topic_prefix, DEAD_LETTER_TOPICS)
+
+    async def backlog_gauges(stop: asyncio.Event) -> None:
+        await collect_loop(backlog, stop, settings.backlog_every_s)
+
     return ServiceApp(
         SERVICE,
         http,
         readiness,
-        tasks=[consumer.run, sweeps],
+        tasks=[consumer.run, sweeps, backlog_gauges],
         on_shutdown=[kafka.close, dispose, close_engine],
     )

@@ -11,6 +11,9 @@ from pydantic_settings import SettingsConfigDict
 from imagegen_runtime.settings import DatabaseSettingsMixin, ServiceSettings
 
 SERVICE = "pool-manager"
+# The dead-letter topics whose size it exports (catalog names, before the prefix): records a
+# consumer could not process, and webhooks that ran out of attempts.
+DEAD_LETTER_TOPICS: tuple[str, ...] = ("imagegen.deadletter", "imagegen.webhooks.deadletter")
 # Topics this service consumes (catalog names, before the prefix).
 SUBSCRIBES: tuple[str, ...] = (
     "imagegen.workers.heartbeats",
@@ -53,4 +56,11 @@ class PoolManagerSettings(ServiceSettings, DatabaseSettingsMixin):
     )
     load_timeout_s: float = Field(
         default=120.0, gt=0, description="A LoadModel unanswered this long may be sent again."
+    )
+    backlog_every_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="Seconds between reads of the dead-letter topics' sizes and the consumer "
+        "groups' lag (imagegen_dlq_records, imagegen_consumer_lag; ADR 0810).",
     )

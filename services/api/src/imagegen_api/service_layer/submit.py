@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from imagegen_runtime.publishing import Publisher
+from imagegen_runtime.tracing import tag_job
 from imagegen_schemas import GenerationParams
 from imagegen_schemas.jobs import GenerationRequested
 
@@ -83,6 +84,7 @@ async def submit(
     published; a job admitted and then not published gives its room back."""
     job_id = str(uuid.uuid4())
     if idempotency is None:
+        tag_job(job_id)  # the request's span names its job (ADR 0800)
         await _admit(caller, job_id, params, quota)
         try:
             await _publish(caller, params, webhook_url, None, job_id, publisher)
@@ -105,8 +107,10 @@ async def submit(
             raise IdempotencyConflict(key)
         if not held.published:
             raise InFlight(key)
+        tag_job(held.answer["id"])
         return Accepted(held.answer["id"], held.answer["seed"], replayed=True)
     job_id, seed = held.answer["id"], held.answer["seed"]  # a dead holder's, when taken over
+    tag_job(job_id)
     try:
         await _admit(caller, job_id, params, quota)
         try:

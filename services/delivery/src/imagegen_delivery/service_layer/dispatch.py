@@ -23,7 +23,10 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
+from opentelemetry.trace import StatusCode
+
 from imagegen_runtime.publishing import Publisher, derived_event_id
+from imagegen_runtime.tracing import job_span
 from imagegen_schemas.webhooks import WebhookDeadLettered, WebhookScheduled
 
 from ..adapters.webhook_store import WebhookStore
@@ -124,7 +127,14 @@ class WebhookDispatcher:
         at = datetime.fromtimestamp(self.clock(), UTC)
         secrets = await self.store.secrets(msg.user_id, at)
         headers = webhook_headers(msg.message_id, at, msg.body, secrets)
-        result = await self.sender.send(msg.url, msg.body.encode(), headers)
+        # On the dispatcher's timer, outside any span: the job's latest consumed span is the
+        # parent (ADR 0800); the HTTP call is a client span inside this one.
+        attrs = {"imagegen.webhook.attempt": msg.attempt, "imagegen.webhook.round": msg.round}
+        with job_span(f"webhook {msg.webhook_type}", msg.job_id, attributes=attrs) as span:
+            result = await self.sender.send(msg.url, msg.body.encode(), headers)
+            span.set_attribute("imagegen.webhook.status", result.status or 0)
+            if not succeeded(result.status):
+                span.set_status(StatusCode.ERROR, result.error[:200])
         if succeeded(result.status):
             await self.store.record_result(msg, "delivered", result.status, "")
             return

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 
 from imagegen_runtime.publishing import Publisher, derived_event_id
 from imagegen_runtime.standard import TypedHandler
+from imagegen_runtime.tracing import job_span
 from imagegen_schemas import Envelope, Payload
 from imagegen_schemas.jobs import (
     GenerationCancelled,
@@ -47,6 +48,7 @@ from ..adapters.webhook_store import Ready, WebhookStore
 from ..config import DeliverySettings
 from ..domain.delivery import DeliveryRecord, deliverable, plan_delivery
 from ..domain.webhook import outcome_of
+from ..metrics import UPLOAD_SECONDS
 from .dispatch import WebhookDispatcher, scheduled_event_id
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,11 @@ def make_handlers(
     async def prepare(envelope: Envelope, msg: ImageModerated) -> DeliveryRecord:
         refs = deliverable(msg)
         for ref in refs:
-            await asyncio.to_thread(store.copy_in, msg.job_id, ref.index, ref.uri, ref.sha256)
+            with (
+                job_span("delivery upload", msg.job_id, attributes={"imagegen.image": ref.index}),
+                UPLOAD_SECONDS.time(),  # imagegen_delivery_upload_seconds, one per image
+            ):
+                await asyncio.to_thread(store.copy_in, msg.job_id, ref.index, ref.uri, ref.sha256)
         record = plan_delivery(
             msg,
             refs,

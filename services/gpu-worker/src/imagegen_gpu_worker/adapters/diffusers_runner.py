@@ -105,6 +105,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opentelemetry import trace
+
 from imagegen_runtime.residency import evictions
 
 from ..domain import samplers
@@ -134,12 +136,13 @@ from ..domain.run import (
     Paused,
     RunResult,
 )
-from ..metrics import MODEL_EVICTIONS
+from ..metrics import COLD_LOADS, MODEL_EVICTIONS, WARM_HITS, StepTimer
 from . import accel, controlnets, cuda_memory, registry
 from .batches import batch_part
 from .ml import diffusers_class, import_all, torch_module
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("imagegen.gpu_worker")
 
 # Sampler name -> (diffusers class name, extra config) of the sd15 family (the per-family
 # tables are in domain/samplers.py).
@@ -648,13 +651,22 @@ class DiffusersRunner:
         # 1. The model, warm or loaded now (either way now the most recently used).
         t0 = time.perf_counter()
         warm = plan.model_id in self.loaded
+        (WARM_HITS if warm else COLD_LOADS).inc()  # the cache-miss rate's two counts
         # In use (never unloaded) until the run returns; the plan's LoRAs loaded into it.
         # The control images first (ADR 0706): a missing one fails the run before any load.
         # A net whose window is empty (start >= end percent) would change nothing (diffusers
         # refuses it): it is left out.
         uses = tuple(u for u in plan.controlnets if u.start_percent < u.end_percent)
         images = controlnets.control_images(self.files_dir, uses, plan.width, plan.height)
-        model, lora_ms = self._acquire(plan.model_id, tuple(name for name, _ in plan.loras))
+        with tracer.start_as_current_span(
+            "model load",
+            attributes={
+                "imagegen.model_id": plan.model_id,
+                "imagegen.model.warm": warm,
+                "imagegen.loras": len(plan.loras),
+            },
+        ):
+            model, lora_ms = self._acquire(plan.model_id, tuple(name for name, _ in plan.loras))
         try:
             set_adapters(model, plan.loras)
             control = self._control(uses, model, images) if uses else None
@@ -740,12 +752,17 @@ class DiffusersRunner:
             generator.set_state(saved["generator"])
             latents = saved["latents"].to(self.device)
 
+        # Each step is timed from its first denoiser call to the step callback (metrics.py).
+        steps = StepTimer(model.family)
+
         # 4. Progress, cancellation and pausing at step boundaries (``step`` counts the steps
         # of this call; a resumed call starts after ``skip``).
         def callback(p: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            steps.ended()  # imagegen_denoise_step_seconds{family}
             if cancelled():
                 raise Cancelled(plan.job_id)
             done = skip + step + 1
+            trace.get_current_span().add_event("step", {"imagegen.step": done})
             if done % plan.progress_every == 0 or done == plan.steps:
                 lat = image_latents(pipe, kwargs["latents"], plan)
                 on_step(done, plan.steps, preview_png_b64(lat, model.preview))
@@ -767,9 +784,28 @@ class DiffusersRunner:
             object.__setattr__(
                 pipe, "scheduler", _ResumedSampler(sampler, skip, saved["scheduler"], self.device)
             )
+        denoiser = getattr(pipe, "unet", None)
+        denoiser = getattr(pipe, "transformer", None) if denoiser is None else denoiser
+        hook = getattr(denoiser, "register_forward_pre_hook", None)
+        timing = hook(steps.started) if hook is not None else None
+        denoise: dict[str, str | int] = {  # one span for the loop, an event per step (ADR 0800)
+            "imagegen.model_id": plan.model_id,
+            "imagegen.family": model.family,
+            "imagegen.steps": plan.steps,
+            "imagegen.steps_skipped": skip,
+            "imagegen.sampler": plan.scheduler,
+            "imagegen.num_images": plan.num_images,
+            "imagegen.width": plan.width,
+            "imagegen.height": plan.height,
+            "imagegen.controlnets": 0 if control is None else len(plan.controlnets),
+        }
         try:
             # batch_part: an out-of-memory retry's part of a split batch (ADR 0708).
-            with torch.inference_mode(), batch_part(pipe, plan):
+            with (
+                tracer.start_as_current_span("denoise", attributes=denoise),
+                torch.inference_mode(),
+                batch_part(pipe, plan),
+            ):
                 out = pipe(
                     **call_kwargs(model.family, plan),
                     **extra,
@@ -780,6 +816,8 @@ class DiffusersRunner:
                 )
         finally:
             object.__setattr__(pipe, "scheduler", sampler)
+            if timing is not None:
+                timing.remove()
         t2 = time.perf_counter()
 
         # 6. PNG bytes (deterministic encoder settings: same pixels, same bytes).

@@ -11,6 +11,7 @@ from imagegen_runtime.waiting import sleep_or_stop
 from imagegen_schemas.workers import LoadedModel, WorkerHeartbeat, WorkerStatus
 
 from ..adapters.memory import MemoryInfo
+from ..metrics import record_memory
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,12 @@ async def heartbeat_loop(
     interval_s: float,
     stop: asyncio.Event,
 ) -> None:
-    """Publish ``beat()`` now and then every ``interval_s`` until ``stop`` is set."""
+    """Publish ``beat()`` now and then every ``interval_s`` until ``stop`` is set; each beat
+    also sets the worker's memory gauges (:func:`..metrics.record_memory`)."""
     while not stop.is_set():
         try:
             hb = beat()
+            record_memory(hb)  # the memory gauges show what the heartbeat says
             await publisher.publish(hb, key=hb.worker_id)
         except Exception as exc:  # a missed beat is not fatal; the next one may get through
             log.warning("heartbeat not published", extra={"error": repr(exc)})

@@ -38,7 +38,16 @@ from imagegen_runtime.publishing import Publisher, derived_event_id
 from imagegen_schemas import Envelope, Payload
 from imagegen_schemas.workers import LoadedModel, ModelCorrupted, ModelEvicted, ModelLoaded
 
-from ..domain.residency import COMMAND, NOT_RESIDENT, Corrupted, Loaded, ResidencyChange
+from ..domain.residency import (
+    COMMAND,
+    DISK,
+    NOT_RESIDENT,
+    RAM,
+    Corrupted,
+    Loaded,
+    ResidencyChange,
+)
+from ..metrics import MODEL_LOAD_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +110,8 @@ class ResidencyReporter:
             self.submit(payload, cause, (change.model_id, change.file))
             return
         if isinstance(change, Loaded):
+            if change.source in (DISK, RAM):  # a load; "resident" only answers a command
+                MODEL_LOAD_SECONDS.labels(change.source).observe(max(0.0, change.load_ms) / 1000)
             payload = ModelLoaded(
                 worker_id=self.worker_id,
                 model=LoadedModel(model_id=change.model_id, kind=change.kind, bytes=change.bytes),

@@ -19,6 +19,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from opentelemetry import trace
+
 from imagegen_runtime.kafka import Handler, RecordMeta
 from imagegen_runtime.publishing import Publisher, publish_derived
 from imagegen_schemas import Envelope, Payload
@@ -38,13 +40,15 @@ from ..metrics import CHECK_SECONDS
 from .revocations import Revocations
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("imagegen.safety")
 
 T = TypeVar("T")
 
 
 async def timed_check(kind: str, fn: Callable[..., T], *args: object) -> T:
-    """Run a blocking check in a worker thread, observing its duration under ``kind``."""
-    with CHECK_SECONDS.labels(kind).time():
+    """Run a blocking check in a worker thread, observing its duration under ``kind``, in a
+    ``safety <kind> check`` span (ADR 0800)."""
+    with tracer.start_as_current_span(f"safety {kind} check"), CHECK_SECONDS.labels(kind).time():
         return await asyncio.to_thread(fn, *args)
 
 

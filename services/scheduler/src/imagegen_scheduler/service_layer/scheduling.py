@@ -43,6 +43,7 @@ from ..domain import (
 )
 from ..domain.faults import Deadlines, overdue, unservable
 from ..domain.log import Log, fold, silence
+from ..metrics import QUEUE_DEPTH, QUEUE_WAIT_SECONDS
 
 __all__ = ["DEFAULT_DEADLINES", "Scheduler"]
 log = logging.getLogger(__name__)
@@ -184,12 +185,15 @@ class Scheduler:
                 resume=resume,
             )
             fold(self.log, scheduled, now)
+            QUEUE_WAIT_SECONDS.labels(req.tier.value).observe(queued.wait_s(now))
             out.append(
                 (
                     scheduled,
                     derived_event_id(decision.job_id, scheduled.event_type, decision.fencing_token),
                 )
             )
+        for tier, queue in self.state.queues.items():
+            QUEUE_DEPTH.labels(tier.value).set(len(queue))
         # Published together: one broker round trip for the batch. A failure raises, the
         # service exits, and its restart rebuilds the state from the log (nothing is lost).
         await asyncio.gather(*(self.publisher.publish(s, key=s.job_id, event_id=i) for s, i in out))

@@ -7,7 +7,8 @@
 - ``files``: control image uploads, OpenAI-style (``/v1/files``);
 - ``deps``: what the routes depend on, as typed aliases (``DepsDep``, ``CallerDep``, ...);
 - ``bodies``: the request bodies and the edge rules for every field (ADR 0601);
-- ``errors``: 422 naming the field, 503 naming the dependency that is down.
+- ``errors``: 422 naming the field, 503 naming the dependency that is down;
+- ``ops``: the operator page (``/ops``, ADR 0820), mounted by bootstrap with ``ops.mount``.
 
 ``mount(app, deps)`` adds every route to an app; bootstrap and the tests both use it.
 """
