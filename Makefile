@@ -47,7 +47,7 @@ test-tools: ## what the tests need beyond Python: Chromium, Node.js + npm ci of 
 	deploy/test-tools.sh
 
 test: venv infra-up test-tools ## the test suite (unit, contract, integration, e2e), not the slow marker
-	$(PYTEST) -m "not slow"
+	$(PYTEST) -m "not slow" --durations=25
 
 test-unit: venv ## pure tests only, no broker or database
 	$(PYTEST) -m unit
