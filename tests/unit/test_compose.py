@@ -133,3 +133,14 @@ def test_local_stack_passes_the_same_contract(service: str) -> None:
 
     local = set(stack.service_env(stack.Stack(var=ROOT / "var"), service))
     assert local <= env_vars(settings_class(service))
+
+
+@pytest.mark.parametrize("service", sorted(SETTINGS))
+def test_every_service_can_check_operator_keys(service: str) -> None:
+    """Regression (stops 19-20): under compose the scheduler, gpu-worker and safety had no key
+    store, so their operator-only endpoints (/metrics, /v1/queues) answered 503 to every key and
+    the /ops page's queue panel showed the scheduler as refusing (ADR 0610: fail closed)."""
+    prefix = settings_class(service).model_config["env_prefix"].upper()
+    passed = set(COMPOSE["services"][service].get("environment", {}))
+    stores = {f"{prefix}DATABASE_URL", f"{prefix}AUTH_DATABASE_URL"} & passed
+    assert stores, f"{service} is passed no key store ({prefix}AUTH_DATABASE_URL)"
