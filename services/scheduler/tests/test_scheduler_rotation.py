@@ -15,6 +15,7 @@ from imagegen_scheduler.domain import (
     SchedulerConfig,
     SchedulerState,
     Tier,
+    WorkerLost,
     decide,
     evolve,
 )
@@ -74,17 +75,66 @@ def test_after_bobs_turn_the_flood_resumes_in_its_own_order() -> None:
 
 
 def test_users_take_turns_and_the_least_recently_served_goes_first() -> None:
-    """Three users on one worker: alice (3 jobs), bob (3 jobs), carol (1 job, last to arrive);
-    the worker serves alice, bob, carol, alice, bob, alice, bob."""
-    jobs = [job(f"a{i}", at=0.0, user="alice") for i in range(3)]
-    jobs += [job(f"b{i}", at=0.1, user="bob") for i in range(3)]
+    """Three users on one worker (cap 1): alice (4 jobs), bob (4 jobs), carol (1 job, last to
+    arrive); the worker serves alice, bob, carol, alice, bob, alice, then alice's last job: a
+    user who queues no more jobs than the cap lets them run at once takes no turn, so a3
+    (queued at 0) keeps its age ahead of bob's b2 (queued at 0.1); then bob's two."""
+    jobs = [job(f"a{i}", at=0.0, user="alice") for i in range(4)]
+    jobs += [job(f"b{i}", at=0.1, user="bob") for i in range(4)]
     jobs += [job("c0", at=0.2, user="carol")]
     state = state_of(workers(small("w1", "sdxl")) + queued(*jobs))
     order = []
-    for t in range(0, 80, 10):
+    for t in range(0, 100, 10):
         _finish_all(state, float(t))
         order += _assigned(decide_and_apply(state, decide, float(t)))
-    assert order == ["a0", "b0", "c0", "a1", "b1", "a2", "b2"]
+    assert order == ["a0", "b0", "c0", "a1", "b1", "a2", "a3", "b2", "b3"]
+
+
+def test_a_user_with_two_overlapping_jobs_keeps_age_order() -> None:
+    """Issue #14's cost on seed-peak: an ordinary user whose second job was queued while their
+    first ran went behind every job queued before the first one ended (a whole queue wait more),
+    aged past the relax cold deadline and loaded models. Their one remaining queued job fits
+    under the cap, so it keeps its age: alice's a1 (queued at 0) goes before bob's b0 (at 5)."""
+    jobs = [job("a0", at=0.0, user="alice"), job("a1", at=0.0, user="alice")]
+    state = state_of(workers(small("w1", "sdxl")) + queued(*jobs))
+    assert _assigned(decide_and_apply(state, decide, 0.0)) == ["a0"]
+    for event in queued(job("b0", at=5.0, user="bob")):
+        evolve(state, event)
+    _finish_all(state, 10.0)
+    assert _assigned(decide_and_apply(state, decide, 10.0)) == ["a1"]
+    _finish_all(state, 20.0)
+    assert _assigned(decide_and_apply(state, decide, 20.0)) == ["b0"]
+
+
+def test_the_turn_threshold_follows_the_cap() -> None:
+    """The queues take turns only for users queueing more than the cap (5% of the accepting
+    workers, at least one); it follows the fleet as workers come and go."""
+    fleet = [small(f"w{i:02d}", "sdxl") for i in range(40)]
+    state = state_of(workers(*fleet))
+    assert state.user_cap() == 2
+    assert {q.rotate_above for q in state.queues.values()} == {2}
+    for i in range(21):
+        evolve(state, WorkerLost(f"w{i:02d}", 1.0))
+    assert state.user_cap() == 1
+    assert {q.rotate_above for q in state.queues.values()} == {1}
+
+
+def test_a_changed_threshold_rekeys_the_turns() -> None:
+    queue = TierQueue()
+    state = state_of(
+        queued(job("a0", user="alice"), job("a1", user="alice"), job("b0", at=1.0, user="bob"))
+    )
+    for queued_job in state.queues[Tier.RELAX].arrivals.values():
+        queue.push(queued_job)
+    queue.note_served("alice", 5.0)  # alice's a0 ended at 5 (a0 and a1 were queued again)
+    assert [j.job_id for j in queue.in_order(rotate=True)] == ["b0", "a0", "a1"]
+    queue.set_rotate_above(2)  # alice's two jobs fit under a cap of two: age order
+    assert [j.job_id for j in queue.in_order(rotate=True)] == ["a0", "b0", "a1"]
+    assert queue.turn(queue.by_user["alice"][0]) == 0.0
+    queue.set_rotate_above(1)
+    assert [j.job_id for j in queue.in_order(rotate=True)] == ["b0", "a0", "a1"]
+    queue.remove("a0", "alice")  # alice now queues one job: her turn no longer counts
+    assert [j.job_id for j in queue.in_order(rotate=True)] == ["a1", "b0"]
 
 
 def test_one_round_with_many_free_workers_interleaves_the_users() -> None:
@@ -172,19 +222,18 @@ def test_the_rotation_is_the_same_whatever_order_the_finishes_are_recorded_in() 
 
 def test_a_skipped_user_costs_no_turn_and_keeps_their_place() -> None:
     queue = TierQueue()
-    state = state_of(
-        queued(job("a0", user="alice"), job("a1", user="alice"), job("b0", at=1.0, user="bob"))
-    )
+    alice = [job(f"a{i}", user="alice") for i in range(3)]
+    state = state_of(queued(*alice, job("b0", at=1.0, user="bob")))
     for queued_job in state.queues[Tier.RELAX].arrivals.values():
         queue.push(queued_job)
-    queue.note_served("bob", 9)
-    assert [j.job_id for j in queue.in_order(rotate=True)] == ["a0", "b0", "a1"]
+    queue.note_served("bob", 9)  # bob queues one job: it keeps its age
+    assert [j.job_id for j in queue.in_order(rotate=True)] == ["a0", "b0", "a1", "a2"]
     skip_alice = [j.job_id for j in queue.in_order(lambda u: u == "alice", rotate=True)]
     assert skip_alice == ["b0"]
     queue.remove("a0", "alice")
     queue.note_served("alice", 10)
-    assert [j.job_id for j in queue.in_order(rotate=True)] == ["b0", "a1"]
-    assert [j.job_id for j in queue.in_order()] == ["a1", "b0"]  # age order unchanged
+    assert [j.job_id for j in queue.in_order(rotate=True)] == ["b0", "a1", "a2"]
+    assert [j.job_id for j in queue.in_order()] == ["a1", "a2", "b0"]  # age order unchanged
 
 
 def test_a_user_whose_earlier_job_was_done_keeps_age_order() -> None:

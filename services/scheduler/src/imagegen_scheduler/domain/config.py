@@ -27,7 +27,8 @@ class SchedulerConfig:
     user_share: float = 0.05
     # Per-user rotation inside a tier (ADR 0620): the job a tier gives a free worker is the oldest
     # job of the user served least recently in that tier, so one user's flood interleaves with
-    # everybody else's jobs. The tier order (urgency of each tier's oldest job) is unchanged.
+    # everybody else's jobs. Only users who queue more jobs in a tier than ``user_share`` lets
+    # them run at once take turns; the others keep age order.
     # False: oldest job first inside a tier (the order before ADR 0620).
     user_rotation: bool = True
     # Warm-model affinity looks at most this many of the chosen tier's jobs whose base model the

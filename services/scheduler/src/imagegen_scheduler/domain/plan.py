@@ -28,7 +28,7 @@ class Round:
         self.assigned_by_user: dict[tuple[Tier, str], int] = {}
         accepting = state.accepting_workers()
         self.reserve_slots = math.ceil(state.config.relax_reserve_fraction * accepting)
-        self.user_cap = max(1, math.floor(state.config.user_share * accepting))
+        self.user_cap = state.user_cap()
         self._orders: dict[tuple[Tier, bool], tuple[list[QueuedJob], Iterator[QueuedJob]]] = {}
         # (budget, capabilities) of the accepting workers: the classes of the fleet.
         self._smaller: dict[float, list[Shape]] = {}

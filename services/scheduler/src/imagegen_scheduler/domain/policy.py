@@ -29,7 +29,9 @@ of the workers in that tier (no user monopolises a tier).
    with the earliest turn, ``max(due_since, latest time a job of its user in that tier
    finished on its worker)`` (``TierQueue.in_order(rotate=True)``): a flooder whose job just
    finished ranks behind every job that arrived before that, so a flood interleaves with
-   other users' jobs. If step 4 leaves that head unsettled (briefly waiting for a warmer
+   other users' jobs. The turn counts only for users who queue more jobs in the tier than the
+   per-user cap lets them run at once; the others keep age order (``TierQueue.turn``). If step
+   4 leaves that head unsettled (briefly waiting for a warmer
    worker), step 4 runs again from the tier's oldest candidate, as without rotation.
 4. Warm affinity: the worker may take a warmer job among the chosen tier's first ``lookahead``
    candidates whose base model it holds (model and adapters resident beats model resident

@@ -11,9 +11,14 @@ though it had arrived no earlier than the latest time a job of that user in this
 on its worker (``served``), ``max(due_since, served)``, earliest turn first; then every user's
 second job in the same user order, and so on. A flooder whose job has just finished on the
 worker that freed ranks behind every job that arrived before that moment; a user whose earlier
-jobs were done before the new one arrived keeps plain age order. ``served`` is a max over event
-times, so it does not depend on the order the events are folded in: a replayed scheduler picks
-the same job.
+jobs were done before the new one arrived keeps plain age order. The turn counts only for a
+user who queues more jobs in the tier than the per-user cap lets them run at once
+(``rotate_above``, kept at ``SchedulerState.user_cap`` by ``evolve``); a user whose queued jobs
+all fit under the cap keeps age order, so an ordinary user whose jobs overlap is not sent a
+whole queue wait back (on seed-peak those jobs aged past the relax cold deadline and loaded
+models, ADR 0620). ``served`` is a max over event times and the threshold a function of the
+fleet, so neither depends on the order the events are folded in: a replayed scheduler picks the
+same job.
 """
 
 from __future__ import annotations
@@ -71,6 +76,8 @@ class TierQueue:
         # kept for users with nothing queued too)
         self.served: dict[str, float] = {}
         self.turns: list[_Turn] = []  # one key per user with queued jobs, ascending
+        # the turn counts only for users with more queued jobs than this (``set_rotate_above``)
+        self.rotate_above = 1
 
     def __len__(self) -> int:
         return len(self.arrivals)
@@ -79,14 +86,13 @@ class TierQueue:
         """Queue a job; ``front`` puts a resumed job before its user's other jobs."""
         user = job.request.user_id
         jobs = self.by_user.setdefault(user, deque())
-        if jobs and front:
+        if jobs:
             self._drop_head(jobs[0])
         if front:
             jobs.appendleft(job)
         else:
             jobs.append(job)
-        if jobs[0] is job:
-            self._add_head(job)
+        self._add_head(jobs[0])
         self.arrivals[job.job_id] = job
         self.by_model.setdefault(job.request.model_id, {})[job.job_id] = job
 
@@ -101,15 +107,16 @@ class TierQueue:
         jobs = self.by_user.get(user_id)
         if not jobs:
             return
+        self._drop_head(jobs[0])
         if jobs[0].job_id == job_id:
-            self._drop_head(jobs.popleft())
-            if jobs:
-                self._add_head(jobs[0])
+            jobs.popleft()
         else:
             for queued in jobs:
                 if queued.job_id == job_id:
                     jobs.remove(queued)
                     break
+        if jobs:
+            self._add_head(jobs[0])
         if not jobs:
             del self.by_user[user_id]
 
@@ -127,8 +134,20 @@ class TierQueue:
             self.served[user_id] = at
 
     def turn(self, job: QueuedJob) -> float:
-        """When the job's turn came (rotation): ``max(due_since, served[user])``."""
-        return max(job.due_since, self.served.get(job.request.user_id, float("-inf")))
+        """When the job's turn came (rotation): ``max(due_since, served[user])`` while the user
+        queues more than ``rotate_above`` jobs here, else ``due_since``."""
+        user = job.request.user_id
+        if len(self.by_user.get(user, ())) <= self.rotate_above:
+            return job.due_since  # their queued jobs fit under the cap at once: age order
+        return max(job.due_since, self.served.get(user, float("-inf")))
+
+    def set_rotate_above(self, count: int) -> None:
+        """Users take turns only while they queue more than ``count`` jobs here (the per-user
+        cap, ``SchedulerState.user_cap``); re-keys the turn order when it changes."""
+        if count == self.rotate_above:
+            return
+        self.rotate_above = count
+        self.turns = sorted(self._turn(jobs[0]) for jobs in self.by_user.values())
 
     def oldest_due(self) -> float | None:
         """``due_since`` of the oldest queued job, or None when empty."""
@@ -141,9 +160,9 @@ class TierQueue:
         users for whom ``skip_user`` is true. Lazy: a caller that stops early pays only for
         what it read, and a skipped user costs one step however many jobs they queued.
 
-        With ``rotate``, in per-user rotation order instead: each user's oldest job by its turn,
-        ``max(due_since, served[user])`` (ties: the older job first), then each user's second
-        job in the same user order, and so on."""
+        With ``rotate``, in per-user rotation order instead: each user's oldest job by its turn
+        (``turn``; ties: the older job first), then each user's second job in the same user
+        order, and so on."""
         if rotate:
             yield from self._in_turns(skip_user)
             return

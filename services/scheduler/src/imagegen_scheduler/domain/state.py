@@ -8,6 +8,7 @@ Every handler is idempotent: a duplicate or stale event (old fencing token) chan
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from .config import SchedulerConfig
@@ -61,6 +62,18 @@ class SchedulerState:
 
     def accepting_workers(self) -> int:
         return self.fleet.accepting
+
+    def user_cap(self) -> int:
+        """Most workers one user may occupy in one tier (``SchedulerConfig.user_share``, ADR
+        0102): a share of the accepting workers, at least one."""
+        return max(1, math.floor(self.config.user_share * self.fleet.accepting))
+
+    def sync_user_cap(self) -> None:
+        """Per-user rotation (ADR 0620): users take turns only while they queue more jobs in a
+        tier than the cap lets them run at once; keep the queues' threshold at the cap."""
+        cap = self.user_cap()
+        for queue in self.queues.values():
+            queue.set_rotate_above(cap)
 
 
 def evolve(state: SchedulerState, event: Event) -> SchedulerState:
@@ -121,6 +134,7 @@ def evolve(state: SchedulerState, event: Event) -> SchedulerState:
                 state.queues[queued.request.tier].remove(job_id, queued.request.user_id)
         case WorkerUpdated(worker, at):
             state.fleet.record(worker)
+            state.sync_user_cap()
             if worker.accepting and worker.worker_id not in state.running_on:
                 state.idle.add(worker.worker_id)
             else:
@@ -129,6 +143,7 @@ def evolve(state: SchedulerState, event: Event) -> SchedulerState:
                 state.held.pop(worker.worker_id, None)
         case WorkerLost(worker_id, at):
             state.fleet.forget(worker_id)
+            state.sync_user_cap()
             state.idle.discard(worker_id)
             state.held.pop(worker_id, None)
             orphan = state.running_on.get(worker_id)
