@@ -44,6 +44,11 @@ ZOO_NETS = {
     "tiny-sdxl-controlnet-scribble": ("sdxl", "scribble"),
     "tiny-sdxl-controlnet-tile": ("sdxl", "tile"),
 }
+# SD3 and Flux ControlNets: transformer nets, their control image VAE-encoded by the pipeline.
+TRANSFORMER_NETS = {
+    "tiny-sd3-controlnet-canny": ("sd3", "SD3ControlNetModel"),
+    "tiny-flux-controlnet-canny": ("flux", "FluxControlNetModel"),
+}
 
 
 def shapes(seed: int, size: int = 64) -> Image.Image:
@@ -135,6 +140,33 @@ def test_weight_zero_is_no_controlnet_and_weight_one_is_not(
     assert png(runner, zeros) == base[model_id]
     # and the base pipeline is untouched by the ControlNet runs
     assert png(runner, p) == base[model_id]
+
+
+def test_sd3_and_flux_controlnets_are_registered_with_their_classes(zoo: Path) -> None:
+    for net_id, (family, cls) in TRANSFORMER_NETS.items():
+        entry = registry.verify(zoo / net_id)
+        assert (entry.kind, entry.family, entry.controlnet_type) == ("controlnet", family, "canny")
+        assert entry.pipeline == cls == controlnets.MODEL_CLASSES[family]
+        assert controlnets.find(zoo, family, "canny") == net_id
+
+
+@pytest.mark.parametrize("model_id", ["tiny-sd3", "tiny-flux"])
+def test_sd3_and_flux_weight_zero_is_no_controlnet_and_weight_one_is_not(
+    runner: DiffusersRunner, zoo: Path, files: Files, model_id: str
+) -> None:
+    """Their pipelines VAE-encode the control image: its latents are the encoder's mode, so no
+    random number is drawn (Flux would otherwise draw from the run's generator before the
+    noise, SD3 from torch's global RNG)."""
+    image = files.put(shapes(1))
+    p = tiny_plan(model_id)
+    none = png(DiffusersRunner(zoo), p)  # a runner that never ran a ControlNet
+    assert png(runner, with_nets(p, ControlNetUse("canny", image, 0.0))) == none
+    one = png(runner, with_nets(p, ControlNetUse("canny", image, 1.0)))
+    assert one != none
+    torch.manual_seed(12345)  # the global RNG's state does not matter
+    assert png(runner, with_nets(p, ControlNetUse("canny", image, 1.0))) == one
+    assert png(runner, p) == none  # the base pipeline is untouched (its VAE's encode too)
+    assert "encode" not in vars(runner.loaded[model_id].pipe.vae)
 
 
 def test_several_controlnets_compose_each_with_its_weight_and_window(

@@ -98,11 +98,43 @@ def test_every_lora_is_registered_as_a_lora_of_its_family(builds: tuple[Path, Pa
     assert registry.families(a) == ("flux", "sd15", "sd3", "sdxl")  # LoRAs announce no family
 
 
+# The layers diffusers zero-initialises in each family's ControlNets (the zoo seeds them).
+UNET_SEEDED = (
+    "controlnet_down_blocks",
+    "controlnet_mid_block",
+    "controlnet_cond_embedding.conv_out",
+)
+SEEDED = {
+    "sd15": UNET_SEEDED,
+    "sdxl": UNET_SEEDED,
+    "sd3": ("controlnet_blocks", "pos_embed_input.proj"),
+    "flux": ("controlnet_blocks", "controlnet_single_blocks", "controlnet_x_embedder"),
+}
+
+
+def test_the_sd3_and_flux_controlnets_build_byte_identical_from_their_seeds(
+    tmp_path: Path,
+) -> None:
+    """Built alone (without the base models), twice: the same sha256 for every file; the two
+    nets differ from each other."""
+    nets = ["tiny-sd3-controlnet-canny", "tiny-flux-controlnet-canny"]
+    first = build.build_all(tmp_path / "a", nets)
+    second = build.build_all(tmp_path / "b", nets)
+    for net_id in nets:
+        assert digests(first[net_id]) == digests(second[net_id])
+        assert registry.verify(first[net_id]).pipeline in (
+            "SD3ControlNetModel",
+            "FluxControlNetModel",
+        )
+    sd3, flux = (registry.read_manifest(first[n]).files for n in nets)
+    assert sd3[build.CONTROLNET_FILE] != flux[build.CONTROLNET_FILE]
+
+
 def test_every_controlnet_is_registered_with_its_family_and_type(
     builds: tuple[Path, Path],
 ) -> None:
     a, _ = builds
-    assert {"sd15", "sdxl"} <= {spec.family for spec in build.CONTROLNETS.values()}
+    assert {"sd15", "sdxl", "sd3", "flux"} <= {spec.family for spec in build.CONTROLNETS.values()}
     assert {"canny", "scribble", "tile"} <= {
         spec.controlnet_type for spec in build.CONTROLNETS.values() if spec.family == "sdxl"
     }
@@ -117,7 +149,7 @@ def test_every_controlnet_is_registered_with_its_family_and_type(
             spec.controlnet_type,
             build.CREATED,
         )
-        assert entry.pipeline == "ControlNetModel"
+        assert entry.pipeline == build.CONTROLNET_CLASSES[spec.family]
         assert sorted(entry.files) == ["config.json", build.CONTROLNET_FILE]
         assert sum((a / net_id / name).stat().st_size for name in entry.files) < 2**20
         doc = json.loads((a / net_id / registry.MANIFEST).read_text())
@@ -127,16 +159,9 @@ def test_every_controlnet_is_registered_with_its_family_and_type(
         seeded = [
             t
             for name, t in tensors.items()
-            if name.endswith(".weight")
-            and name.startswith(
-                (
-                    "controlnet_down_blocks",
-                    "controlnet_mid_block",
-                    "controlnet_cond_embedding.conv_out",
-                )
-            )
+            if name.endswith(".weight") and name.startswith(SEEDED[spec.family])
         ]
-        assert len(seeded) >= 3 and all(t.abs().sum() > 0 for t in seeded)
+        assert len(seeded) >= 3 and all(t.abs().sum() > 0 for t in seeded), net_id
     # different seeds: different nets of the same family
     canny = registry.read_manifest(a / "tiny-sd15-controlnet-canny").files
     tile = registry.read_manifest(a / "tiny-sd15-controlnet-tile").files

@@ -169,7 +169,7 @@ def bootstrap(
             within_budget(
                 read_memory(settings.device),
                 diffusers_runner.budget_bytes(),
-                sum(b for _, b in held),
+                sum(b for _, b in diffusers_runner.held()),  # models and ControlNets
             ),
             settings.heartbeat_interval_s,
             worker.state.running_job,

@@ -17,12 +17,15 @@ random (peft's ``init_lora_weights=False``), so at weight 1 a LoRA visibly chang
 each applies to any model of its family built from the same configs (only shapes matter).
 
 ControlNets (:data:`CONTROLNETS`: canny, scribble, tile and depth for sd15; canny, scribble and
-tile for sdxl): a ``ControlNetModel`` folder (``config.json`` and one safetensors file, saved
-with ``save_pretrained``) and a ``model.json`` with ``kind: "controlnet"``, its ``family`` and
-its ``controlnet_type`` (the name a request gives). Each is its family's UNet encoder (the base
-models' seed) with the layers diffusers zero-initialises seeded instead, so at weight 1 it
-changes the image where the control image has structure (:func:`build_controlnet_model`,
-ADR 0706). SD3 and Flux have none yet.
+tile for sdxl; canny for sd3 and flux): a ControlNet model folder (``config.json`` and one
+safetensors file, saved with ``save_pretrained``) and a ``model.json`` with
+``kind: "controlnet"``, its ``family`` and its ``controlnet_type`` (the name a request gives).
+An sd15 or sdxl net is its family's UNet encoder (the base models' seed) with the layers
+diffusers zero-initialises seeded instead, so at weight 1 it changes the image where the
+control image has structure (:func:`build_controlnet_model`, ADR 0706). SD3 and Flux have a
+canny net each (``SD3ControlNetModel``, ``FluxControlNetModel``): their family's tiny
+transformer with diffusers' zero-initialised layers seeded
+(:func:`build_transformer_controlnet`).
 
 Reproducible: every component is initialised right after ``torch.manual_seed`` with its own
 fixed seed, tokenizers are built (not trained) with the ``tokenizers`` library
@@ -201,6 +204,35 @@ def build_sdxl() -> Any:
     )
 
 
+SD3_TRANSFORMER: dict[str, Any] = {
+    "sample_size": SIZE // 8,
+    "patch_size": 1,
+    "in_channels": 4,  # a 4-channel VAE (patch_size 1 pairs with it)
+    "out_channels": 4,
+    # Two blocks: SD3's last block drops its text stream (context_pre_only) and never takes a
+    # ControlNet residual, so a one-block model would ignore every ControlNet.
+    "num_layers": 2,
+    "attention_head_dim": 8,
+    "num_attention_heads": 2,
+    "joint_attention_dim": T5_TEXT["d_model"],  # CLIP states are padded to T5's width
+    "caption_projection_dim": 16,
+    "pooled_projection_dim": 2 * CLIP_TEXT["projection_dim"],
+    "pos_embed_max_size": 32,  # latents up to 32 x 32: images up to 256 px
+}
+FLUX_TRANSFORMER: dict[str, Any] = {
+    "patch_size": 1,
+    "in_channels": 16,  # 2 x 2 packed patches of a 4-channel VAE's latents
+    "num_layers": 1,
+    "num_single_layers": 1,
+    "attention_head_dim": 8,
+    "num_attention_heads": 2,
+    "joint_attention_dim": T5_TEXT["d_model"],
+    "pooled_projection_dim": CLIP_TEXT["hidden_size"],  # CLIPTextModel's pooled output
+    "guidance_embeds": True,  # guidance-distilled, as FLUX.1-dev: guidance is an input
+    "axes_dims_rope": (2, 2, 4),  # sums to attention_head_dim
+}
+
+
 def build_sd3() -> Any:
     from diffusers import (
         FlowMatchEulerDiscreteScheduler,
@@ -210,21 +242,8 @@ def build_sd3() -> Any:
 
     tokenizer = vocab.clip_tokenizer()
     t5_tokenizer = vocab.t5_tokenizer()
-    transformer = {
-        "sample_size": SIZE // 8,
-        "patch_size": 1,
-        "in_channels": 4,  # a 4-channel VAE (patch_size 1 pairs with it)
-        "out_channels": 4,
-        "num_layers": 1,
-        "attention_head_dim": 8,
-        "num_attention_heads": 2,
-        "joint_attention_dim": T5_TEXT["d_model"],  # CLIP states are padded to T5's width
-        "caption_projection_dim": 16,
-        "pooled_projection_dim": 2 * CLIP_TEXT["projection_dim"],
-        "pos_embed_max_size": 32,  # latents up to 32 x 32: images up to 256 px
-    }
     return StableDiffusion3Pipeline(
-        transformer=_seeded(3, lambda: SD3Transformer2DModel(**transformer)),
+        transformer=_seeded(3, lambda: SD3Transformer2DModel(**SD3_TRANSFORMER)),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=_vae(1, scaling_factor=1.5, shift_factor=0.0),
         text_encoder=_clip_text(tokenizer, 2, projection=True),
@@ -241,18 +260,6 @@ def build_flux() -> Any:
 
     tokenizer = vocab.clip_tokenizer()
     t5_tokenizer = vocab.t5_tokenizer()
-    transformer = {
-        "patch_size": 1,
-        "in_channels": 16,  # 2 x 2 packed patches of a 4-channel VAE's latents
-        "num_layers": 1,
-        "num_single_layers": 1,
-        "attention_head_dim": 8,
-        "num_attention_heads": 2,
-        "joint_attention_dim": T5_TEXT["d_model"],
-        "pooled_projection_dim": CLIP_TEXT["hidden_size"],  # CLIPTextModel's pooled output
-        "guidance_embeds": True,  # guidance-distilled, as FLUX.1-dev: guidance is an input
-        "axes_dims_rope": (2, 2, 4),  # sums to attention_head_dim
-    }
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=3.0,
         use_dynamic_shifting=True,
@@ -268,7 +275,7 @@ def build_flux() -> Any:
         tokenizer=tokenizer,
         text_encoder_2=_t5_text(t5_tokenizer, 5),
         tokenizer_2=t5_tokenizer,
-        transformer=_seeded(3, lambda: FluxTransformer2DModel(**transformer)),
+        transformer=_seeded(3, lambda: FluxTransformer2DModel(**FLUX_TRANSFORMER)),
     )
 
 
@@ -391,13 +398,79 @@ CONTROLNETS: dict[str, ControlNetModelSpec] = {
         ControlNetModelSpec("tiny-sdxl-controlnet-canny", "sdxl", "canny", 25),
         ControlNetModelSpec("tiny-sdxl-controlnet-scribble", "sdxl", "scribble", 26),
         ControlNetModelSpec("tiny-sdxl-controlnet-tile", "sdxl", "tile", 27),
+        ControlNetModelSpec("tiny-sd3-controlnet-canny", "sd3", "canny", 28),
+        ControlNetModelSpec("tiny-flux-controlnet-canny", "flux", "canny", 29),
     )
+}
+# The diffusers class of each family's ControlNets (what their manifest's ``pipeline`` names).
+CONTROLNET_CLASSES = {
+    "sd15": "ControlNetModel",
+    "sdxl": "ControlNetModel",
+    "sd3": "SD3ControlNetModel",
+    "flux": "FluxControlNetModel",
 }
 
 
 def build_controlnet_model(spec: ControlNetModelSpec) -> Any:
-    """``spec``'s ControlNet: the encoder half of its family's UNet (seed 3, as the base
-    models'), copied as ControlNet training starts, with the layers a trained ControlNet
+    """``spec``'s ControlNet (:func:`build_unet_controlnet` for sd15 and sdxl,
+    :func:`build_transformer_controlnet` for sd3 and flux)."""
+    if spec.family in ("sd3", "flux"):
+        return build_transformer_controlnet(spec)
+    return build_unet_controlnet(spec)
+
+
+def build_transformer_controlnet(spec: ControlNetModelSpec) -> Any:
+    """``spec``'s SD3 or Flux ControlNet: its family's tiny transformer config (the same
+    layers, the control image entering as VAE latents), its shared layers copied from the base
+    models' transformer (seed 3) as diffusers' ``from_transformer`` does (where the shapes
+    agree: SD3's last base block drops its context outputs, the net's does not), and the layers
+    diffusers zero-initialises (the per-block output projections, and the control input's
+    embedding: SD3's ``pos_embed_input``, Flux's ``controlnet_x_embedder``) given PyTorch's
+    default init from ``spec.seed`` instead, so the net changes the image at weight 1."""
+    import torch
+    from diffusers import (
+        FluxControlNetModel,
+        FluxTransformer2DModel,
+        SD3ControlNetModel,
+        SD3Transformer2DModel,
+    )
+
+    if spec.family == "sd3":
+        transformer = _seeded(3, lambda: SD3Transformer2DModel(**SD3_TRANSFORMER))
+        net = _seeded(spec.seed, lambda: SD3ControlNetModel(**SD3_TRANSFORMER))
+        shared = ["pos_embed", "time_text_embed", "context_embedder", "transformer_blocks"]
+        outputs = [*net.controlnet_blocks, net.pos_embed_input.proj]
+    else:
+        transformer = _seeded(3, lambda: FluxTransformer2DModel(**FLUX_TRANSFORMER))
+        net = _seeded(spec.seed, lambda: FluxControlNetModel(**FLUX_TRANSFORMER))
+        shared = [
+            "pos_embed",
+            "time_text_embed",
+            "context_embedder",
+            "x_embedder",
+            "transformer_blocks",
+            "single_transformer_blocks",
+        ]
+        outputs = [*net.controlnet_blocks, *net.controlnet_single_blocks]
+        outputs.append(net.controlnet_x_embedder)
+    for name in shared:  # tensors of the same name and shape (SD3's last base block differs)
+        own = getattr(net, name).state_dict()
+        copied = {
+            k: v
+            for k, v in getattr(transformer, name).state_dict().items()
+            if k in own and own[k].shape == v.shape
+        }
+        getattr(net, name).load_state_dict(copied, strict=False)
+    torch.manual_seed(spec.seed)
+    with torch.no_grad():
+        for layer in outputs:
+            layer.reset_parameters()
+    return net
+
+
+def build_unet_controlnet(spec: ControlNetModelSpec) -> Any:
+    """``spec``'s sd15 or sdxl ControlNet: the encoder half of its family's UNet (seed 3, as
+    the base models'), copied as ControlNet training starts, with the layers a trained ControlNet
     learns seeded instead of zero (``spec.seed``): every convolution of the conditioning
     embedding He-normal with zero bias (a black control pixel adds nothing), its last one
     scaled by :data:`CONTROLNET_EMBEDDING_GAIN`; the output convolutions after each block
@@ -439,7 +512,7 @@ def build_controlnet(spec: ControlNetModelSpec, out: Path) -> registry.ModelEntr
             staging,
             id=spec.id,
             family=spec.family,
-            pipeline="ControlNetModel",
+            pipeline=CONTROLNET_CLASSES[spec.family],
             kind="controlnet",
             tier=2,
             created=CREATED,

@@ -14,7 +14,12 @@ included, fits beside what stays (``DiffusersRunner.make_room``).
 The inputs are what this worker knows: a resident model's measured size (else the runner's
 estimate from its weight files, which counts float16 weights twice where they load as
 float32), the denoiser's file size from the manifest's ``components`` (it scales the activation
-estimate), a LoRA's measured or file size. The scheduler fills the same formula from the
+estimate), a LoRA's measured or file size, and for each ControlNet the plan uses (the
+registered net of its type for the model's family, counted once however many uses name it) its
+measured size when loaded, else the same estimate from its weight files as a model's (a plan
+naming a type with no net fails here with ``ControlNetUnavailable``). Loaded ControlNets hold
+the budget like models: the job's own stay (their size is in its need), the others are
+evictable, before models (``DiffusersRunner.held``). The scheduler fills the same formula from the
 manifests' file sizes (its catalog), so on CPU, where float16 weights load as float32, it counts
 them at half what the worker counts.
 
@@ -35,7 +40,7 @@ from imagegen_runtime import budget
 from ..domain.memory import OutOfMemory
 from ..domain.plan import RunPlan
 from . import registry
-from .diffusers_runner import DiffusersRunner, estimate_bytes, is_diffusers_component
+from .diffusers_runner import DiffusersRunner, estimate_bytes, is_diffusers_component, net_id_of
 
 log = logging.getLogger(__name__)
 MIB = budget.MIB
@@ -71,6 +76,7 @@ class BudgetAdmission:
             )
         components = entry.components or {}
         denoiser = budget.denoiser_mb(components)
+        nets = self._controlnets(entry.family, plan)
         return budget.job_need_mb(
             weights / MIB,
             entry.family,
@@ -80,7 +86,24 @@ class BudgetAdmission:
             denoiser_mb=denoiser if denoiser else None,
             activation_per_mpix=own,
             loras_mb=[self._lora_mb(plan.model_id, name) for name, _ in plan.loras],
-            controlnets_mb=[None for _ in getattr(plan, "controlnets", ()) or ()],
+            controlnets_mb=[self._net_mb(net_id) for net_id in nets],
+        )
+
+    def _controlnets(self, family: str, plan: RunPlan) -> list[str]:
+        """The ids of the ControlNets ``plan`` runs with, each once (a use whose window is
+        empty is left out, as the runner does); ControlNetUnavailable for a type without one."""
+        uses = [u for u in plan.controlnets if u.start_percent < u.end_percent]
+        return list(dict.fromkeys(self.runner.controlnet_id(family, u.type) for u in uses))
+
+    def _net_mb(self, net_id: str) -> float:
+        """A ControlNet's size: as loaded, else estimated from its weight files."""
+        for held, size in self.runner.resident_controlnets():
+            if held == net_id:
+                return size / MIB
+        on_cuda = self.runner.on_cuda
+        folder = self.runner.models_dir / net_id
+        return (
+            estimate_bytes(folder, upcast=lambda c: not on_cuda or is_diffusers_component(c)) / MIB
         )
 
     def _lora_mb(self, model_id: str, lora_id: str) -> float | None:
@@ -100,8 +123,13 @@ class BudgetAdmission:
         if limit is None:
             return need
         budget_mb = limit / MIB
-        busy = self.runner.in_use() - {plan.model_id}
-        held_busy = sum(size for m, size in self.runner.resident() if m in busy) / MIB
+        entry, _ = self._manifest(self.runner.models_dir / plan.model_id)
+        nets = self._controlnets(entry.family, plan)
+        # What other runs use stays (models and ControlNets); the job's own are in its need.
+        busy = {
+            name for name in self.runner.busy() - {plan.model_id} if net_id_of(name) not in nets
+        }
+        held_busy = sum(size for m, size in self.runner.held() if m in busy) / MIB
         if not budget.fits(budget_mb, need.total_mb + held_busy):
             usable = budget.usable_mb(budget_mb)
             others = f" beside {held_busy:.1f} MiB of models in use" if held_busy else ""
@@ -112,7 +140,9 @@ class BudgetAdmission:
                 f" {budget_mb - usable:.1f} MiB margin)"
             )
         margin = budget.margin_mb(budget_mb)
-        self.runner.make_room(plan.model_id, min(limit, int((need.total_mb + margin) * MIB)))
+        self.runner.make_room(
+            plan.model_id, min(limit, int((need.total_mb + margin) * MIB)), nets=nets
+        )
         return need
 
     def free_cache(self) -> None:

@@ -8,7 +8,8 @@ This module:
   ``models_dir`` whose ``model.json`` says ``kind: "controlnet"``, the ``family`` and the
   ``controlnet_type`` (the first by id when several match; none: :class:`ControlNetUnavailable`);
 - loads it once (the runner's integrity check, ADR 0707, then ``from_pretrained`` offline, in
-  the base model's dtype, on the run's device); the runner keeps it for the worker's lifetime;
+  the base model's dtype, on the run's device); the runner keeps it while it fits its memory
+  budget and a model of its family is resident (``DiffusersRunner``, ADR 0706/0708);
 - reads the control image from the files folder, checks that its bytes hash to its id and
   decodes it (missing, altered or undecodable: :class:`ControlImageUnavailable`);
 - preprocesses it for the type (:mod:`.control_preprocess`);
@@ -29,7 +30,8 @@ import io
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -59,6 +61,12 @@ MODEL_CLASSES = {
     "flux": "FluxControlNetModel",
 }
 IMAGE_ARG = {"sd15": "image", "sdxl": "image", "sd3": "control_image", "flux": "control_image"}
+# Families whose ControlNet pipeline encodes the control image with the VAE and samples the
+# latent distribution: SD3 from torch's global RNG (a run would not reproduce), Flux from the
+# run's generator before the initial noise (the noise would no longer be the seed's, so even a
+# net at weight 0 would change the image). Their control latents are the distribution's mode
+# (:func:`control_latents_by_mode`): deterministic, and no random number is drawn.
+ENCODES_CONTROL = frozenset({"sd3", "flux"})
 # Init arguments a base pipeline does not record in its config but the ControlNet one takes.
 EXTRA_INIT = {"add_watermarker": False, "requires_safety_checker": False}
 
@@ -82,6 +90,7 @@ class LoadedControlNet:
     net: Any  # the diffusers ControlNet module, on the device
     bytes: int  # its parameters' bytes
     load_ms: float  # verify + from_pretrained
+    family: str = ""  # the base family it conditions: unloaded with that family's last model
 
 
 def find(models_dir: Path, family: str, control_type: str) -> str:
@@ -136,7 +145,7 @@ def load(
     size = sum(p.numel() * p.element_size() for p in net.parameters())
     ms = (time.perf_counter() - t0) * 1000
     log.info("ControlNet loaded", extra={"controlnet_id": net_id, "bytes": size, "load_ms": ms})
-    return LoadedControlNet(net_id, net, size, ms)
+    return LoadedControlNet(net_id, net, size, ms, family)
 
 
 class ControlFiles(Protocol):
@@ -219,3 +228,27 @@ def call_kwargs(
         "control_guidance_start": each([float(u.start_percent) for u in uses]),
         "control_guidance_end": each([float(u.end_percent) for u in uses]),
     }
+
+
+@contextmanager
+def control_latents_by_mode(family: str, pipe: Any) -> Iterator[None]:
+    """While a ``family`` ControlNet run of ``pipe`` lasts, its VAE's ``encode`` (only the
+    control image is encoded in a text-to-image run) gives a latent distribution whose
+    ``sample`` is its mode (see :data:`ENCODES_CONTROL`); nothing changes for other families."""
+    if family not in ENCODES_CONTROL:
+        yield
+        return
+    vae = pipe.vae
+    encode = vae.encode
+
+    def by_mode(*args: Any, **kwargs: Any) -> Any:
+        out = encode(*args, **kwargs)
+        dist = out.latent_dist
+        dist.sample = lambda generator=None: dist.mode()
+        return out
+
+    vae.encode = by_mode  # an attribute of this instance, over the class's method
+    try:
+        yield
+    finally:
+        del vae.encode

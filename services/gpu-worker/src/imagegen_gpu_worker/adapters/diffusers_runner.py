@@ -62,8 +62,22 @@ the model's dtype), and the run goes through the family's ControlNet pipeline bu
 model's own components (one net, or diffusers' multi-ControlNet), each net with its weight and
 start/end percent (a net whose window is empty, start >= end, is left out: it would change
 nothing, and diffusers refuses it). A net at weight 0 is run like the others: diffusers adds
-its residuals times 0, and the bytes equal a run without it (tested). Runs with ControlNets
-never pause. The nets are not counted in the memory budget.
+its residuals times 0, and the bytes equal a run without it (tested). SD3 and Flux ControlNet
+pipelines VAE-encode the control image; its latents are the encoder's mode, so no random number
+is drawn for them (:func:`controlnets.control_latents_by_mode`). Runs with ControlNets never
+pause.
+
+ControlNets in the memory budget (ADR 0706, 0708): a loaded net's measured bytes hold the
+budget like a model's (:meth:`DiffusersRunner.held`: the nets, least recently used first, then
+the models). A net is loaded only after room is made for its estimate (its weight files, as a
+model's), and making room unloads nets before base models: the eviction order is the nets by
+least recent use, then the models by least recent use (:func:`evictions` then gives back,
+newest first, whatever need not go). A net a run is using is never unloaded
+(:meth:`DiffusersRunner.busy`). When the last device-resident model of a family is unloaded,
+that family's nets no run is using are unloaded with it (same reason): they only serve that
+family. Nets are freed when unloaded (no RAM tier). Loads and unloads of nets are reported as
+``Loaded(kind="controlnet")`` / ``Unloaded`` facts under the net's id, the id heartbeats list it
+by (:meth:`DiffusersRunner.resident_controlnets`).
 
 The contract with the worker loop (``RunResult``, ``Paused``, ``Cancelled``, ``ModelDoesNotFit``,
 ``RESUMABLE``) is torch-free and lives in ``domain/run.py``; models are verified and opened by
@@ -100,7 +114,7 @@ import struct
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,8 +229,13 @@ class DiffusersRunner:
     # Where the API stores control images (file ids): a folder, or the object store's files/;
     # None: plans with ControlNets fail (ADR 0706).
     files_dir: Path | controlnets.ControlFiles | None = None
-    # (ControlNet id, dtype) -> the net, loaded once and kept (guarded by ``_index_lock``).
-    control_nets: dict[tuple[str, str], controlnets.LoadedControlNet] = field(default_factory=dict)
+    # (ControlNet id, dtype) -> the net, least recently used first (guarded by ``_index_lock``);
+    # counted in the budget, unloaded to make room (before models) and with its family.
+    control_nets: OrderedDict[tuple[str, str], controlnets.LoadedControlNet] = field(
+        default_factory=OrderedDict
+    )
+    # (ControlNet id, dtype) -> runs using it now (guarded by ``_index_lock``): never unloaded.
+    _nets_in_use: Counter[tuple[str, str]] = field(default_factory=Counter)
     # (family, ControlNet type) -> the registered net's id, found once (controlnets.find)
     _net_ids: dict[tuple[str, str], str] = field(default_factory=dict)
 
@@ -256,6 +275,30 @@ class DiffusersRunner:
         with self._index_lock:
             return set(self._in_use)
 
+    def held(self) -> list[tuple[str, int]]:
+        """(name, bytes) of everything that holds the memory budget, in eviction order: the
+        loaded ControlNets (named :func:`net_name`) least recently used first, then the resident
+        models least recently used first (a copy)."""
+        with self._index_lock:
+            nets = [(net_name(key), net.bytes) for key, net in self.control_nets.items()]
+            return nets + [(model_id, m.bytes) for model_id, m in self.loaded.items()]
+
+    def busy(self) -> set[str]:
+        """The names in :meth:`held` that a run is using now (never unloaded)."""
+        with self._index_lock:
+            return set(self._in_use) | {net_name(key) for key in self._nets_in_use}
+
+    def controlnet_id(self, family: str, control_type: str) -> str:
+        """The registered ControlNet of ``control_type`` for ``family`` (manifests read once
+        per pair); ControlNetUnavailable when there is none."""
+        with self._index_lock:
+            net_id = self._net_ids.get((family, control_type))
+        if net_id is None:
+            net_id = controlnets.find(self.models_dir, family, control_type)
+            with self._index_lock:
+                self._net_ids[(family, control_type)] = net_id
+        return net_id
+
     def _report(self, change: ResidencyChange) -> None:
         if self.on_change is None:
             return
@@ -293,12 +336,13 @@ class DiffusersRunner:
                 return
             self._load_locked(model_id)
 
-    def make_room(self, model_id: str, need_bytes: int) -> None:
-        """Unload what must go (least recently used first, never a model a run is using) for a
-        run of ``model_id`` that needs ``need_bytes`` in all, its own weights included: the
-        worker's budget admission (ADR 0708) reserves its activations this way."""
+    def make_room(self, model_id: str, need_bytes: int, nets: Collection[str] = ()) -> None:
+        """Unload what must go (ControlNets, then models, each least recently used first,
+        never one a run is using) for a run of ``model_id`` that needs ``need_bytes`` in all,
+        its own weights and those of its ControlNets ``nets`` (ids) included: the worker's
+        budget admission (ADR 0708) reserves its activations this way."""
         with self._lock:
-            self._make_room(model_id, self.models_dir / model_id, need=need_bytes)
+            self._make_room(model_id, self.models_dir / model_id, need=need_bytes, keep_nets=nets)
 
     def evict(self, model_id: str) -> str:
         """Unload ``model_id`` for an EvictModel command, unless a run is using it. Returns
@@ -552,11 +596,18 @@ class DiffusersRunner:
             log.info("model dropped from RAM", extra={"model_id": gone, "for_model": model_id})
         return True
 
-    def _make_room(self, model_id: str, folder: Path, need: int | None = None) -> None:
-        """Unload what must go for ``model_id`` to fit the budget (least recently used first,
-        only what must go, never a model a run is using); raise ModelDoesNotFit, unloading
-        nothing, when it cannot fit even alone, ModelBlockedByRun when it could only with a
-        model in use unloaded."""
+    def _make_room(
+        self,
+        model_id: str,
+        folder: Path,
+        need: int | None = None,
+        keep_nets: Collection[str] = (),
+    ) -> None:
+        """Unload what must go for ``model_id`` (a model, or a ControlNet's :func:`net_name`) to
+        fit the budget (ControlNets first, then models, each least recently used first, only
+        what must go, never one a run is using, nor the nets ``keep_nets`` whose weights
+        ``need`` already counts); raise ModelDoesNotFit, unloading nothing, when it cannot fit
+        even alone, ModelBlockedByRun when it could only with something in use unloaded."""
         budget = self.budget_bytes()
         if budget is None:
             return
@@ -573,15 +624,19 @@ class DiffusersRunner:
             )
         if need > budget:
             raise ModelDoesNotFit(model_id, need, budget)
-        resident = self.resident()
-        busy = self.in_use() - {model_id}
-        held_busy = sum(size for m, size in resident if m in busy)
+        held = self.held()  # nets, then models: nets are unloaded first
+        own = {name for name, _ in held if net_id_of(name) in keep_nets}
+        busy = self.busy() - {model_id} - own
+        held_busy = sum(size for m, size in held if m in busy)
         # What runs are using stays: it counts as part of what must fit (``keep``).
-        victims = evictions(resident, {model_id} | busy, need + held_busy, budget)
+        victims = evictions(held, {model_id} | busy | own, need + held_busy, budget)
         if victims is None:
             raise ModelBlockedByRun(model_id, need, budget, busy)
         for victim in victims:
-            self._unload(victim, reason=MAKE_ROOM, for_model=model_id)
+            if is_net_name(victim):
+                self._unload_net(victim, reason=MAKE_ROOM, for_model=model_id)
+            else:
+                self._unload(victim, reason=MAKE_ROOM, for_model=model_id)
 
     def _unload(self, model_id: str, *, reason: str, for_model: str | None = None) -> None:
         """Unload a resident model (``_lock`` held) and report it: into the RAM tier when it was
@@ -621,6 +676,49 @@ class DiffusersRunner:
             },
         )
         self._report(Unloaded(model_id, reason, for_model))
+        self._unload_orphan_nets(reason, for_model)
+
+    def _unload_orphan_nets(self, reason: str, for_model: str | None) -> None:
+        """Unload the ControlNets no run is using whose family has no device-resident model
+        left (``_lock`` held): they serve that family only."""
+        with self._index_lock:
+            families = {m.family for m in self.loaded.values()}
+            orphans = [
+                net_name(key)
+                for key, net in self.control_nets.items()
+                if net.family not in families and self._nets_in_use[key] <= 0
+            ]
+        for name in orphans:
+            self._unload_net(name, reason=reason, for_model=for_model)
+
+    def _unload_net(self, name: str, *, reason: str, for_model: str | None = None) -> None:
+        """Unload the ControlNet ``name`` (a :func:`net_name`; ``_lock`` held) and free it;
+        reported ``Unloaded`` under its id once no copy of it (in another dtype) is left."""
+        with self._index_lock:
+            key = next((k for k in self.control_nets if net_name(k) == name), None)
+            if key is None:  # already gone with its family's last model
+                return
+            gone = self.control_nets.pop(key)
+            self._nets_in_use.pop(key, None)
+            last = all(k[0] != key[0] for k in self.control_nets)
+        freed = gone.bytes
+        del gone
+        gc.collect()
+        if self.on_cuda:
+            torch_module().cuda.empty_cache()
+        if reason == MAKE_ROOM:
+            MODEL_EVICTIONS.inc()
+        log.info(
+            "ControlNet evicted",
+            extra={
+                "controlnet_id": key[0],
+                "bytes_freed": freed,
+                "for_model": for_model,
+                "reason": reason,
+            },
+        )
+        if last:
+            self._report(Unloaded(key[0], reason, for_model))
 
     def warm_up(self, model_id: str | None) -> None:
         """Import the ML stack and every sampler class now (not on the first job), then load
@@ -667,35 +765,50 @@ class DiffusersRunner:
             },
         ):
             model, lora_ms = self._acquire(plan.model_id, tuple(name for name, _ in plan.loras))
+        nets: list[tuple[str, str]] = []  # the nets this run uses (in use until it returns)
         try:
             set_adapters(model, plan.loras)
-            control = self._control(uses, model, images) if uses else None
+            control = self._control(uses, model, images, nets) if uses else None
             return self._run(
                 plan, model, warm, t0, on_step, cancelled, pause, saved, lora_ms, control
             )
         finally:
+            self._release_nets(nets)
             self._release(plan.model_id)
 
+    def _release_nets(self, keys: list[tuple[str, str]]) -> None:
+        with self._index_lock:
+            for key in keys:
+                self._nets_in_use[key] -= 1
+                if self._nets_in_use[key] <= 0:
+                    del self._nets_in_use[key]
+
     def _control(
-        self, uses: tuple[ControlNetUse, ...], model: LoadedModel, images: list[Any]
+        self,
+        uses: tuple[ControlNetUse, ...],
+        model: LoadedModel,
+        images: list[Any],
+        in_use: list[tuple[str, str]],
     ) -> tuple[Any, dict[str, Any], float]:
         """The ControlNet pipeline for ``uses`` around ``model``'s components, its call
         arguments and the ms spent loading nets: each registered net of a use's type for the
-        model's family is verified and loaded once per worker (in the model's dtype), under the
-        load lock (ADR 0706)."""
+        model's family is verified and loaded once (in the model's dtype), under the load lock,
+        after room is made for it in the budget (ADR 0706, 0708). Each net is appended to
+        ``in_use`` (the caller releases them) as soon as it is held."""
         denoiser = getattr(model.pipe, "unet", None)
         dtype = (model.pipe.transformer if denoiser is None else denoiser).dtype
         nets, load_ms = [], 0.0
         with self._lock:
             for use in uses:
-                net_id = self._net_ids.get((model.family, use.type))
-                if net_id is None:  # manifests are read once per (family, type)
-                    net_id = controlnets.find(self.models_dir, model.family, use.type)
-                    self._net_ids[(model.family, use.type)] = net_id
+                net_id = self.controlnet_id(model.family, use.type)
                 key = (net_id, str(dtype))
                 with self._index_lock:
                     held = self.control_nets.get(key)
+                    if held is not None:
+                        self.control_nets.move_to_end(key)
                 if held is None:
+                    folder = self.models_dir / net_id
+                    self._make_room(net_name(key), folder)  # for its files' estimate
                     held = controlnets.load(
                         self.models_dir,
                         net_id,
@@ -707,6 +820,10 @@ class DiffusersRunner:
                     load_ms += held.load_ms
                     with self._index_lock:
                         self.control_nets[key] = held
+                    self._report(Loaded(net_id, "controlnet", held.bytes, held.load_ms))
+                with self._index_lock:
+                    self._nets_in_use[key] += 1
+                in_use.append(key)
                 nets.append(held.net)
         pipe = controlnets.pipeline(model.family, model.pipe, nets)
         return pipe, controlnets.call_kwargs(model.family, uses, images), load_ms
@@ -805,6 +922,7 @@ class DiffusersRunner:
                 tracer.start_as_current_span("denoise", attributes=denoise),
                 torch.inference_mode(),
                 batch_part(pipe, plan),
+                controlnets.control_latents_by_mode(model.family if control else "", pipe),
             ):
                 out = pipe(
                     **call_kwargs(model.family, plan),
@@ -833,6 +951,26 @@ class DiffusersRunner:
             },
             plan.steps,
         )
+
+
+NET_PREFIX = "controlnet:"  # how a ControlNet is named among the models in the budget
+
+
+def net_name(key: tuple[str, str]) -> str:
+    """The name of the loaded ControlNet ``(id, dtype)`` in :meth:`DiffusersRunner.held`
+    (never a model id: ids are folder names, without a colon)."""
+    return f"{NET_PREFIX}{key[0]}@{key[1]}"
+
+
+def is_net_name(name: str) -> bool:
+    return name.startswith(NET_PREFIX)
+
+
+def net_id_of(name: str) -> str | None:
+    """The ControlNet id in a :func:`net_name`, None for a model's name."""
+    if not is_net_name(name):
+        return None
+    return name.removeprefix(NET_PREFIX).rsplit("@", 1)[0]
 
 
 def set_adapters(model: LoadedModel, loras: tuple[tuple[str, float], ...]) -> None:
