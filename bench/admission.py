@@ -6,9 +6,11 @@
 1. **Infrastructure**: the shared local Kafka and PostgreSQL (``deploy/stack.py infra-up``, as
    the tests use them, and the tests' database; do not run it beside ``make test-e2e``: infra-up
    rewrites the stack's supervisor config), the catalog's topics under a fresh prefix, a fresh
-   key on the ``turbo`` plan. The API runs as its own process (``python -m imagegen_api``, one
-   process, as ``make up`` runs it), its limits raised (``IMAGEGEN_API_LIMITS``) so that they
-   are checked on every request but never refuse one: the bench measures the work, not a 429.
+   key on the ``turbo`` plan. The API runs as ``make up`` runs it: one ``python -m
+   imagegen_api`` process and its job projector beside it (``python -m imagegen_api.projector``,
+   ADR 0641), which projects the accepted jobs meanwhile. The API's limits are raised
+   (``IMAGEGEN_API_LIMITS``) so that they are checked on every request but never refuse one:
+   the bench measures the work, not a 429.
 2. **Baseline**: a bare FastAPI app (one route that validates a small JSON body with pydantic and
    answers 202 with a JSON body) in its own process, served by the same uvicorn configuration.
 3. **Load**: ``--concurrency`` keep-alive HTTP/1.1 connections from this process, each sending
@@ -262,7 +264,12 @@ def main(argv: list[str]) -> int:
             args.concurrency,
             lambda i: build_request(bare_port, key, idem, i),
         )
-    with process([sys.executable, "-m", "imagegen_api"], api_env, work / "api.log") as api:
+    projector_env = api_env | {"IMAGEGEN_API_HTTP_PORT": str(free_port())}
+    api_env["IMAGEGEN_API_RUN_PROJECTOR"] = "false"  # the projector process runs it (ADR 0641)
+    with (
+        process([sys.executable, "-m", "imagegen_api.projector"], projector_env, work / "proj.log"),
+        process([sys.executable, "-m", "imagegen_api"], api_env, work / "api.log") as api,
+    ):
         wait_http(api_port, api, "/readyz", 120)
         spy = None
         if args.profile:

@@ -30,9 +30,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
-# name -> (python module, HTTP port). The api's port is the public one.
+# name -> (python module, HTTP port). The api's port is the public one; the api's job projector
+# runs as a program of its own (ADR 0641), with the api's settings (IMAGEGEN_API_*).
 SERVICES: dict[str, tuple[str, int]] = {
     "api": ("imagegen_api", 8000),
+    "api-projector": ("imagegen_api.projector", 8106),
     "scheduler": ("imagegen_scheduler", 8101),
     "gpu-worker": ("imagegen_gpu_worker", 8102),
     "safety": ("imagegen_safety", 8103),
@@ -109,10 +111,12 @@ class Stack:
             )
 
     def programs(self) -> list[str]:
-        """The supervised service programs: the six services, the gpu-worker once per worker."""
+        """The supervised service programs: the six services and the api's projector, the
+        gpu-worker once per worker (after the scheduler)."""
         names = [n for n in SERVICES if n != "gpu-worker"]
         workers = ["gpu-worker"] + [f"gpu-worker-{i}" for i in range(2, self.workers + 1)]
-        return names[:2] + workers + names[2:]
+        at = names.index("scheduler") + 1
+        return names[:at] + workers + names[at:]
 
     @staticmethod
     def worker_index(program: str) -> int:
@@ -383,6 +387,12 @@ def setup(st: Stack) -> None:
 def service_env(st: Stack, program: str) -> dict[str, str]:
     """The environment contract of one service (the compose file passes the same variables)."""
     name = "gpu-worker" if program.startswith("gpu-worker") else program
+    if name == "api-projector":  # the api's settings, its own port (ADR 0641)
+        return {
+            "IMAGEGEN_API_KAFKA_BOOTSTRAP": st.kafka_bootstrap,
+            "IMAGEGEN_API_HTTP_PORT": str(st.port(program)),
+            "IMAGEGEN_API_DATABASE_URL": st.database_url,
+        }
     prefix = "IMAGEGEN_" + name.upper().replace("-", "_") + "_"
     env = {
         f"{prefix}KAFKA_BOOTSTRAP": st.kafka_bootstrap,
@@ -393,6 +403,7 @@ def service_env(st: Stack, program: str) -> dict[str, str]:
     if name in ("api", "delivery"):  # the local stack's tests run webhook receivers on loopback
         env[f"{prefix}WEBHOOK_ALLOW"] = "127.0.0.0/8,::1/128"
     if name == "api":
+        env[f"{prefix}RUN_PROJECTOR"] = "false"  # the api-projector program runs it
         env[f"{prefix}PUBLIC_BASE_URL"] = f"http://127.0.0.1:{st.port('api')}"
         # /ops proxies the scheduler's queues and the pool-manager's workers (ADR 0820)
         env[f"{prefix}SCHEDULER_URL"] = f"http://127.0.0.1:{st.port('scheduler')}"

@@ -18,7 +18,7 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
-OFFSET = 1000  # this stack's services listen on 9000, 9101..9105, beside the suite's stack
+OFFSET = 1000  # this stack's services listen on 9000, 9101..9106, beside the suite's stack
 SERVICES = {
     "api": 8000 + OFFSET,
     "scheduler": 8101 + OFFSET,
@@ -26,6 +26,7 @@ SERVICES = {
     "safety": 8103 + OFFSET,
     "delivery": 8104 + OFFSET,
     "pool-manager": 8105 + OFFSET,
+    "api-projector": 8106 + OFFSET,  # the api's job projector, its own program (ADR 0641)
 }
 
 
@@ -97,7 +98,8 @@ def test_up_is_ready_idempotent_and_down_leaves_no_process(tmp_path: Path) -> No
             [*stack, "up"], env=env, capture_output=True, text=True, timeout=120
         )
         assert second.returncode == 0, second.stdout + second.stderr
-        assert second.stdout.count("ready  ") == 9  # kafka, postgres, s3 and six services
+        # kafka, postgres, s3, six services and the api's projector
+        assert second.stdout.count("ready  ") == 10
     finally:
         down = subprocess.run(
             [*stack, "down"], env=env, capture_output=True, text=True, timeout=120

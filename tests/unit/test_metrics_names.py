@@ -144,7 +144,7 @@ def test_the_scrape_config_loads_the_rules_and_sends_the_operator_key() -> None:
     [job] = config["scrape_configs"]
     assert job["authorization"]["credentials_file"].endswith("var/secrets/operator_api_key")
     targets = {t for group in job["static_configs"] for t in group["targets"]}
-    assert targets == {f"127.0.0.1:{port}" for port in (8000, 8101, 8102, 8103, 8104, 8105)}
+    assert targets == {f"127.0.0.1:{port}" for port in (8000, 8101, 8102, 8103, 8104, 8105, 8106)}
 
 
 NO_PROMTOOL = pytest.mark.skipif(

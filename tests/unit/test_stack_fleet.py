@@ -46,7 +46,7 @@ def test_n_workers_with_distinct_ids_ports_and_cycled_budgets(
     ports = [st.port(p) for p in st.programs()]
     assert len(set(ports)) == len(ports)  # no two programs share a port
     assert [e[f"{WORKER}HTTP_PORT"] for e in envs] == ["8202", "8212", "8213"]
-    assert len(st.programs()) == 8  # the five other services once each
+    assert len(st.programs()) == 9  # the five other services and the api-projector once each
 
 
 def test_the_supervisor_config_has_every_worker(

@@ -19,7 +19,7 @@ from .adapters.files import LocalFileStore, S3FileStore
 from .adapters.jobstore import PgJobStore, projector_group
 from .adapters.limiter import PgLimiter
 from .adapters.opsreads import KafkaDlq, PgOpsReads
-from .config import SERVICE, SUBSCRIBES, ApiSettings
+from .config import PROJECTOR, SERVICE, SUBSCRIBES, ApiSettings
 from .domain.limits import with_overrides
 from .entrypoints.http import Deps, mount, ops
 from .projections.jobs import projector
@@ -83,7 +83,7 @@ def bootstrap(settings: ApiSettings, *, publisher: Publisher | None = None) -> S
     app = consumer_service(
         settings,
         SERVICE,
-        SUBSCRIBES,
+        SUBSCRIBES if settings.run_projector else (),  # else the projector process (ADR 0641)
         projector(jobs),
         kafka,
         http=http,
@@ -98,4 +98,44 @@ def bootstrap(settings: ApiSettings, *, publisher: Publisher | None = None) -> S
     # Retention: control images not uploaded again for their limit go (docs/storage.md).
     uploads = sweeper(objects, settings.files_dir, FILES_PREFIX, settings.retention_uploads_s)
     app.tasks.append(sweeper_task("uploads", [uploads], settings.retention_sweep_interval_s))
+    return app
+
+
+def bootstrap_projector(settings: ApiSettings) -> ServiceApp:
+    """The job projector on its own (``python -m imagegen_api.projector``, ADR 0641): the same
+    consumer group and tables as the API's in-process projector, and health routes only."""
+    kafka = KafkaPublisher(
+        settings.kafka_bootstrap, f"{PROJECTOR}-{settings.instance_id}", settings.topic_prefix
+    )
+    engine = make_engine(settings.database_url, pool_size=2)
+    jobs = PgJobStore(engine)
+
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        await jobs.create()
+        yield
+        await engine.dispose()
+
+    operator = OperatorAuth(PgKeyRoles(engine))  # /metrics
+    http = FastAPI(
+        title="imagegen api projector",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app = consumer_service(
+        settings,
+        PROJECTOR,
+        SUBSCRIBES,
+        projector(jobs),
+        kafka,
+        http=http,
+        group=projector_group(settings.topic_prefix),
+        operator=operator,
+    )
+
+    async def database() -> bool:
+        return await jobs.get("readiness-probe") is None
+
+    app.readiness.add("postgres", database)
     return app

@@ -13,6 +13,7 @@ from imagegen_runtime.settings import DatabaseSettingsMixin, ServiceSettings
 from .domain.limits import with_overrides
 
 SERVICE = "api"
+PROJECTOR = "api-projector"  # the job projector as its own process (ADR 0641)
 # Topics this service consumes (catalog names, before the prefix).
 SUBSCRIBES: tuple[str, ...] = (
     "imagegen.jobs.requested",
@@ -99,6 +100,13 @@ class ApiSettings(ServiceSettings, DatabaseSettingsMixin):
         default="http://127.0.0.1:8105",
         pattern=r"^https?://",
         description="Base URL of the pool-manager; /ops shows its GET /v1/workers (ADR 0820).",
+    )
+
+    run_projector: bool = Field(
+        default=True,
+        description="Consume the job topics into the read model in this process; false when"
+        " `python -m imagegen_api.projector` runs beside it (the local stack and compose do:"
+        " admission then never shares its core with a projection backlog, ADR 0641).",
     )
 
     public_base_url: str = Field(

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .history import Fault
 
-SERVICES = ("api", "scheduler", "gpu-worker", "safety", "delivery", "pool-manager")
+SERVICES = ("api", "api-projector", "scheduler", "gpu-worker", "safety", "delivery", "pool-manager")
 TARGETS = (*SERVICES, "kafka", "postgres", "blobs")
 
 

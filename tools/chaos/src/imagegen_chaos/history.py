@@ -74,9 +74,7 @@ class Fault:
     """One injected fault."""
 
     at: float
-    target: (
-        str  # api, scheduler, gpu-worker, safety, delivery, pool-manager, kafka, postgres, blobs
-    )
+    target: str  # a service of faults.SERVICES (api-projector included), kafka, postgres, blobs
     kind: str  # kill (SIGKILL), pause (SIGSTOP then SIGCONT), unwritable (blob folder replaced)
     duration_s: float = 0.0  # pause / unwritable length; 0 for a kill
     detail: str = ""  # pids, or why nothing was done

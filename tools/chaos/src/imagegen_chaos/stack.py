@@ -29,6 +29,7 @@ SERVICE_PORTS = {
     "safety": 8103,
     "delivery": 8104,
     "pool-manager": 8105,
+    "api-projector": 8106,  # the api's job projector (ADR 0641)
 }
 MODEL = "tiny-random"  # tests/fixtures/tiny_model.py: random weights, ~30 ms an image
 # Waits before each webhook retry: short, so the soak sees retries end (the default schedule

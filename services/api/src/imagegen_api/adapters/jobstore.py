@@ -76,8 +76,11 @@ class PgJobStore:
         self.jobs, self.events, self.processed = job_tables(self.metadata, prefix)
 
     async def create(self) -> None:
-        """Create the tables; drop an older version of the projection first (it is rebuilt)."""
+        """Create the tables; drop an older version of the projection first (it is rebuilt).
+        The API and its projector process may do this at once: a transaction-scoped advisory
+        lock makes the second wait for the first and then find the tables made."""
         async with self.engine.begin() as conn:
+            await conn.execute(text("select pg_advisory_xact_lock(hashtext('imagegen-jobs-ddl'))"))
             await conn.execute(
                 text(
                     "create table if not exists projection_versions "
