@@ -7,6 +7,7 @@ gave 500, and a broker one 503 without Retry-After nor the dependency's name.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 
 import asyncpg
 import httpx
@@ -15,7 +16,9 @@ from api_testkit import make_app, make_deps
 from confluent_kafka import KafkaError, KafkaException
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from imagegen_api.adapters.limiter import InMemoryLimiter
 from imagegen_api.adapters.memory import InMemoryAccounts
+from imagegen_api.domain.limits import JobRequest, Limits, Refusal, Take, with_overrides
 from imagegen_api.domain.plans import Caller
 from imagegen_runtime.publishing import InMemoryPublisher
 from imagegen_schemas import Envelope, Payload, Plan
@@ -104,3 +107,48 @@ async def test_a_bug_is_still_a_500_not_a_503() -> None:
             "/v1/generations", json=BODY, headers={"Authorization": f"Bearer {key}"}
         )
     assert r.status_code == 500
+
+
+class DownLimiter(InMemoryLimiter):
+    """The limiter's store down: a request's token (every call) or a job's admission."""
+
+    def __init__(self, error: Callable[[], BaseException], at: str) -> None:
+        super().__init__()
+        self.error, self.at = error, at
+
+    async def take(self, user_id: str, limits: Limits, now: datetime) -> Take:
+        if self.at == "take":
+            raise self.error()
+        return await super().take(user_id, limits, now)
+
+    async def admit(self, req: JobRequest, now: datetime) -> Refusal | None:
+        if self.at == "admit":
+            raise self.error()
+        return await super().admit(req, now)
+
+
+@pytest.mark.parametrize("at", ["take", "admit"])
+@pytest.mark.parametrize("error", DATABASE_DOWN[:1] + DATABASE_DOWN[4:5])
+async def test_the_limiter_down_is_503_naming_postgresql(
+    error: Callable[[], BaseException], at: str
+) -> None:
+    """Regression (stop 21, the 3-worker chaos soak): a PostgreSQL restart during the limiter's
+    token take answered 500 "Internal Server Error" three times; the limiter was not guarded."""
+    accounts = InMemoryAccounts()
+    publisher = InMemoryPublisher()
+    deps = make_deps(
+        accounts=accounts,
+        publisher=publisher,
+        limiter=DownLimiter(error, at),
+        limits=with_overrides({}),
+    )
+    key = await accounts.create_key("alice", Plan.PRO)
+    transport = httpx.ASGITransport(app=make_app(deps), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        r = await client.post(
+            "/v1/generations", json=BODY, headers={"Authorization": f"Bearer {key}"}
+        )
+    assert r.status_code == 503, r.text
+    assert int(r.headers["Retry-After"]) >= 1
+    assert r.json()["dependency"] == "postgresql"
+    assert publisher.records == []  # nothing accepted

@@ -33,6 +33,8 @@ def mount(app: FastAPI, deps: Deps) -> None:
         accounts=errors.guarded(deps.accounts, errors.POSTGRESQL),
         jobs=errors.guarded(deps.jobs, errors.POSTGRESQL),
         publisher=errors.guarded(deps.publisher, errors.KAFKA),
+        # the limits live in PostgreSQL too: an outage is a 503 naming it, not a 500
+        limiter=None if deps.limiter is None else errors.guarded(deps.limiter, errors.POSTGRESQL),
     )
     errors.install(app)
     app.add_middleware(RateLimitHeaders)
