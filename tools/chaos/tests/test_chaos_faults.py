@@ -96,3 +96,29 @@ def test_a_target_that_is_not_running_is_recorded_as_skipped(tmp_path: Path) -> 
     inj = FaultInjector(OneProcess(None), BlobFault(tmp_path / "b"), plan, seed=0)  # type: ignore[arg-type]
     fault = inj.inject(random.Random(0))
     assert fault is not None and fault.kind == "skipped"
+
+
+def test_a_fleet_soak_targets_every_worker_on_the_ports_the_stack_gives_them(
+    tmp_path: Path,
+) -> None:
+    """`--workers N`: the soak's stack runs N gpu-workers (IMAGEGEN_STACK_WORKERS), each a fault
+    target, each checked for readiness on the port deploy/stack.py gives it."""
+    from imagegen_chaos.stack import ROOT, ChaosStack
+
+    sys.path.insert(0, str(ROOT / "deploy"))
+    import stack as local  # deploy/stack.py
+
+    soak = ChaosStack(tmp_path / "chaos", port_offset=100, workers=3)
+    assert soak.more_workers() == ("gpu-worker-2", "gpu-worker-3")
+    assert soak.env()["IMAGEGEN_STACK_WORKERS"] == "3"
+    made = local.Stack(var=tmp_path / "chaos", port_offset=100, workers=3)
+    for program in made.programs():
+        if program.startswith("gpu-worker") or program in ("api", "api-projector"):
+            assert soak.port(program) == made.port(program), program
+    out = subprocess.run(
+        [sys.executable, "-m", "imagegen_chaos", "run", "--workers", "2", "--targets", "x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "gpu-worker-2" in out.stderr  # listed among the known

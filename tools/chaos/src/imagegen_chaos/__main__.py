@@ -36,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--controller-port", type=int, default=29193)
     r.add_argument("--pg-port", type=int, default=25532)
     r.add_argument("--port-offset", type=int, default=100, help="added to each service port")
+    r.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gpu-worker processes in the soak's stack (a local fleet); each is a fault target",
+    )
     r.add_argument("--max-in-flight", type=int, default=24)
     r.add_argument("--max-duration", type=float, default=3600, help="stop submitting after (s)")
     r.add_argument("--give-up", type=float, default=120, help="a client retries this long (s)")
@@ -73,19 +79,30 @@ def main(argv: list[str] | None = None) -> int:
     shared = (ROOT / "var").resolve()
     if var == shared:
         p.error(f"--var {var} is the shared stack's var folder")
+    if not 1 <= args.workers <= 16:
+        p.error(f"--workers must be 1..16, got {args.workers}")
+    stack = ChaosStack(
+        var,
+        args.kafka_port,
+        args.controller_port,
+        args.pg_port,
+        args.port_offset,
+        workers=args.workers,
+    )
+    known = (*TARGETS, *stack.more_workers())
     targets = tuple(t for t in args.targets.split(",") if t)
-    unknown = set(targets) - set(TARGETS)
+    if args.targets == ",".join(TARGETS):  # the default: every worker of the fleet too
+        targets = known
+    unknown = set(targets) - set(known)
     if unknown:
-        p.error(f"unknown fault targets {sorted(unknown)}; known: {', '.join(TARGETS)}")
+        p.error(f"unknown fault targets {sorted(unknown)}; known: {', '.join(known)}")
     deadlines = {
         "turbo": args.deadline_turbo,
         "fast": args.deadline_fast,
         "relax": args.deadline_relax,
     }
     cfg = SoakConfig(
-        stack=ChaosStack(
-            var, args.kafka_port, args.controller_port, args.pg_port, args.port_offset
-        ),
+        stack=stack,
         workload=Workload(
             jobs=args.jobs,
             max_in_flight=args.max_in_flight,

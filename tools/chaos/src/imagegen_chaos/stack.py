@@ -46,6 +46,7 @@ class ChaosStack:
     port_offset: int = 100  # added to every service's HTTP port
     root: Path = ROOT
     webhook_retry_schedule_s: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE_S
+    workers: int = 1  # gpu-worker processes (IMAGEGEN_STACK_WORKERS): gpu-worker, gpu-worker-2, ...
 
     @property
     def models(self) -> Path:
@@ -63,6 +64,16 @@ class ChaosStack:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{SERVICE_PORTS['api'] + self.port_offset}"
 
+    def more_workers(self) -> tuple[str, ...]:
+        """The fleet's programs beyond ``gpu-worker``: gpu-worker-2 ... gpu-worker-N."""
+        return tuple(f"gpu-worker-{i}" for i in range(2, self.workers + 1))
+
+    def port(self, program: str) -> int:
+        """A program's HTTP port, as deploy/stack.py gives it (gpu-worker-i: 8110 + i)."""
+        if program.startswith("gpu-worker-"):
+            return 8110 + int(program.rsplit("-", 1)[1]) + self.port_offset
+        return SERVICE_PORTS[program] + self.port_offset
+
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
@@ -73,6 +84,7 @@ class ChaosStack:
             "IMAGEGEN_STACK_PORT_OFFSET": str(self.port_offset),
             "IMAGEGEN_STACK_MODELS": str(self.models),
             "IMAGEGEN_STACK_PRELOAD_MODEL": MODEL,
+            "IMAGEGEN_STACK_WORKERS": str(self.workers),
             # pydantic-settings reads a tuple setting as JSON: "[1.0, 2.0]", not "1,2".
             "IMAGEGEN_DELIVERY_WEBHOOK_RETRY_SCHEDULE_S": json.dumps(
                 list(self.webhook_retry_schedule_s)
@@ -179,8 +191,8 @@ class ChaosStack:
     def not_ready(self) -> list[str]:
         """Services whose /readyz does not answer 200 now."""
         bad = []
-        for name in SERVICES:
-            url = f"http://127.0.0.1:{SERVICE_PORTS[name] + self.port_offset}/readyz"
+        for name in (*SERVICES, *self.more_workers()):
+            url = f"http://127.0.0.1:{self.port(name)}/readyz"
             try:
                 with urllib.request.urlopen(url, timeout=2) as resp:
                     if resp.status != 200:
