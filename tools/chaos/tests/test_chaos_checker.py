@@ -383,6 +383,25 @@ def test_a_retry_refused_with_422_is_caught_but_409_is_a_retry() -> None:
     assert kinds(history(submissions=(in_flight,))) == {}
 
 
+def test_a_server_error_is_a_violation_and_a_503_is_not() -> None:
+    """Regression (stop 21): the 3-worker soak passed with three 500 answers (the limiter during
+    a PostgreSQL restart); a fault must be answered 503 naming the dependency."""
+    errored = submission(
+        "j1",
+        None,
+        Answer(T0 + 1, 500, "Internal Server Error"),
+        Answer(T0 + 2, 503, {"dependency": "postgresql"}),
+        Answer(T0 + 3, 202, {"id": "j1"}),
+    )
+    report = check(history(submissions=(errored,)))
+    assert report.violation_counts() == {"server_error": 1}
+    assert "500 (attempt 1)" in report.violations[0].detail
+    unavailable = submission(
+        "j1", None, Answer(T0 + 1, 503, {"dependency": "kafka"}), Answer(T0 + 2, 202, {"id": "j1"})
+    )
+    assert kinds(history(submissions=(unavailable,))) == {}
+
+
 def test_a_projection_that_differs_from_the_rebuild_is_caught_per_job() -> None:
     out = "replayed 9 records\n  DIFF j1: live=moderated@x rebuilt=delivered@y\nMISMATCH"
     report = check(history(verification=Verification(True, False, out, 1)))

@@ -335,6 +335,16 @@ def check(h: History) -> Report:  # noqa: C901 - one pass per invariant, in the 
                         f"key {s.idempotency_key}: {a.status}{retry} {str(a.body)[:200]}",
                     )
                 )
+            if a.status is not None and a.status >= 500 and a.status != 503:
+                # a fault is answered 503 naming the dependency, never a bare server error
+                violations.append(
+                    Violation(
+                        "server_error",
+                        None,
+                        f"key {s.idempotency_key}: {a.status} (attempt {i + 1})"
+                        f" {str(a.body)[:200]}",
+                    )
+                )
         for a in s.accepted:
             job_id = str(a.body["id"])
             key_jobs[s.idempotency_key].add(job_id)
