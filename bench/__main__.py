@@ -1,13 +1,13 @@
 """Run a benchmark: python -m bench NAME [options].
 
-NAME: overhead, scheduler, models, fleet, gpu, pool, flood, admission.
+NAME: overhead, scheduler, models, fleet, gpu, pool, flood, admission, lora.
 """
 
 from __future__ import annotations
 
 import sys
 
-from . import admission, fleet, flood, gpu, models, overhead, pool, scheduler
+from . import admission, fleet, flood, gpu, lora, models, overhead, pool, scheduler
 
 BENCHES = {
     "overhead": overhead.main,
@@ -18,6 +18,7 @@ BENCHES = {
     "pool": pool.main,
     "flood": flood.main,
     "admission": admission.main,
+    "lora": lora.main,
 }
 
 if __name__ == "__main__":

@@ -82,6 +82,7 @@ def bootstrap(
         None if budget_mb is None else budget_mb * 2**20,
         ram_cache_bytes=settings.ram_cache_mb * 2**20,  # the RAM tier (ADR 0705)
         accel=settings.accel_settings(),  # dtype, attention, compile, VAE tiling (ADR 0709)
+        premerge=settings.premerge_settings(),  # top LoRAs of tier-1 models fused (ADR 0704)
         # Model file integrity: trust records kept in integrity_dir (ADR 0707).
         integrity=Integrity(TrustStore(settings.integrity_dir)),
         # control images of ControlNet jobs (ADR 0706): the api's folder, or files/ of the bucket

@@ -11,6 +11,7 @@ from pydantic_settings import SettingsConfigDict
 from imagegen_runtime.settings import ServiceSettings
 
 from .domain.accel import AccelSettings
+from .domain.lora_usage import PremergeSettings
 
 SERVICE = "gpu-worker"
 # Topics this service consumes (catalog names, before the prefix).
@@ -90,6 +91,39 @@ class GpuWorkerSettings(ServiceSettings):
             " holds up to model_memory_budget_mb plus this."
         ),
     )
+    # Pre-merged LoRAs of tier-1 models (issue 12; ADR 0704, "Pre-merging the top 5").
+    lora_premerge: bool = Field(
+        default=True,
+        description=(
+            "On a tier-1 model, keep the weight deltas of its lora_premerge_top most used LoRAs"
+            " (and a pristine copy of the weights they touch) beside it, and run a job whose"
+            " LoRAs are exactly one of them with that LoRA fused into the weights instead of as"
+            " a peft adapter. Off: LoRAs are only ever toggled adapters."
+        ),
+    )
+    lora_premerge_top: int = Field(
+        default=5, ge=1, le=64, description="How many LoRAs per tier-1 model are pre-merged."
+    )
+    lora_premerge_window_s: float = Field(
+        default=86400.0,
+        gt=0,
+        description="LoRA uses older than this many seconds do not count for the top.",
+    )
+    lora_premerge_window_jobs: int = Field(
+        default=1000,
+        ge=1,
+        description="Only a model's last this many jobs count for its top LoRAs.",
+    )
+
+    def premerge_settings(self) -> PremergeSettings:
+        """The LoRA pre-merging settings as the domain's :class:`PremergeSettings`."""
+        return PremergeSettings(
+            enabled=self.lora_premerge,
+            top=self.lora_premerge_top,
+            window_s=self.lora_premerge_window_s,
+            window_jobs=self.lora_premerge_window_jobs,
+        )
+
     # Accelerator settings (ADR 0709; the decisions are domain/accel.py's).
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         default="auto",

@@ -67,8 +67,8 @@ class BudgetAdmission:
         folder = self.runner.models_dir / plan.model_id
         entry, own = self._manifest(folder)
         resident = dict(self.runner.resident())
-        if plan.model_id in resident:
-            weights = resident[plan.model_id]
+        if plan.model_id in resident:  # with its pre-merged LoRAs (issue 12), held beside it
+            weights = resident[plan.model_id] + self.runner.premerged_bytes(plan.model_id)
         else:
             on_cuda = self.runner.on_cuda
             weights = estimate_bytes(

@@ -32,7 +32,13 @@ its LoRAs). Every run sets its own adapters: ``set_adapters(names, adapter_weigh
 plan's LoRAs (the same LoRA named twice counts once, its weights added), ``disable_lora()`` for
 a plan with none, so a run without LoRAs computes exactly what a pipeline that never loaded one
 computes (peft's disabled layers call the base layer alone; tested byte for byte). LoRAs are
-toggled, never fused: fuse then unfuse does not give the base weights back bit for bit. A LoRA
+toggled, never fused with diffusers' ``fuse_lora``: fuse then unfuse does not give the base
+weights back bit for bit. On a tier-1 model the ``premerge.top`` most used LoRAs of its recent
+jobs are pre-merged (:mod:`.lora_premerge`, ``_premerge_locked``): their weight deltas are kept
+beside the model with a pristine copy of the weights they touch (counted with the model in
+:meth:`DiffusersRunner.held`, dropped on unload); a job whose LoRAs are exactly one of them at a
+non-zero weight runs with ``W0 + w * delta`` written into the base weights and the adapters off,
+and any other job first gets the pristine weights copied back (bit for bit). A LoRA
 not registered here fails the job with ``ModelNotRegistered``, one of another family (or not a
 LoRA) with :class:`~imagegen_gpu_worker.domain.run.LoraMismatch`, both ``ModelUnavailable``.
 
@@ -121,11 +127,13 @@ from typing import Any
 
 from opentelemetry import trace
 
+from imagegen_runtime.budget import MARGIN_FRACTION
 from imagegen_runtime.residency import evictions
 
 from ..domain import samplers
 from ..domain.accel import AccelSettings
 from ..domain.fragmentation import DefragOutcome, MemoryState
+from ..domain.lora_usage import LoraUsage, PremergeSettings, fused_choice
 from ..domain.plan import ControlNetUse, RunPlan
 from ..domain.residency import (
     COMMAND,
@@ -153,6 +161,7 @@ from ..domain.run import (
 from ..metrics import COLD_LOADS, MODEL_EVICTIONS, WARM_HITS, StepTimer
 from . import accel, controlnets, cuda_memory, registry
 from .batches import batch_part
+from .lora_premerge import NotMergeable, Premerged
 from .ml import diffusers_class, import_all, torch_module
 
 log = logging.getLogger(__name__)
@@ -197,6 +206,16 @@ class LoadedModel:
     kind: str = "base"  # model.json's "kind"
     # LoRA id -> its adapter in ``pipe``, loaded once (ADR 0704); gone with the model.
     loras: dict[str, LoadedLora] = field(default_factory=dict)
+    tier: int = 2  # model.json's "tier": only tier-1 models pre-merge LoRAs
+    # The pre-merged LoRAs' deltas and pristine weights (tier 1 only; dropped on unload).
+    premerged: Premerged | None = None
+    # LoRA ids whose adapters cannot be merged (they stay on the adapter path)
+    unmergeable: set[str] = field(default_factory=set)
+
+    @property
+    def held_bytes(self) -> int:
+        """What the model holds in the budget: its weights and its pre-merged LoRAs."""
+        return self.bytes + (0 if self.premerged is None else self.premerged.bytes)
 
 
 @dataclass
@@ -238,6 +257,15 @@ class DiffusersRunner:
     _nets_in_use: Counter[tuple[str, str]] = field(default_factory=Counter)
     # (family, ControlNet type) -> the registered net's id, found once (controlnets.find)
     _net_ids: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Pre-merging the most used LoRAs of tier-1 models (issue 12; ADR 0704's last section).
+    premerge: PremergeSettings = field(default_factory=PremergeSettings)
+    # The LoRAs each tier-1 model's recent jobs used (kept across unloads: job history).
+    lora_usage: LoraUsage | None = None
+    clock: Callable[[], float] = time.monotonic  # the usage window's clock
+
+    def __post_init__(self) -> None:
+        if self.lora_usage is None:
+            self.lora_usage = LoraUsage(self.premerge)
 
     @property
     def on_cuda(self) -> bool:
@@ -262,6 +290,24 @@ class DiffusersRunner:
                 for lora_id, lora in list(m.loras.items())
             ]
 
+    def premerged(self) -> list[tuple[str, str, int]]:
+        """(model id, LoRA id, bytes of its deltas) of the pre-merged LoRAs of resident models
+        (their pristine copies: :meth:`premerged_bytes`), in order of computation (a copy)."""
+        with self._index_lock:
+            return [
+                (model_id, lora_id, m.premerged.lora_bytes(lora_id))
+                for model_id, m in self.loaded.items()
+                if m.premerged is not None
+                for lora_id in list(m.premerged.deltas)
+            ]
+
+    def premerged_bytes(self, model_id: str) -> int:
+        """Bytes a resident model's pre-merged LoRAs hold (deltas and pristine copies; they
+        count in the budget with the model: :meth:`held`)."""
+        with self._index_lock:
+            m = self.loaded.get(model_id)
+            return 0 if m is None or m.premerged is None else m.premerged.bytes
+
     def resident_controlnets(self) -> list[tuple[str, int]]:
         """(ControlNet id, bytes) of the loaded ControlNets, each once (a copy)."""
         with self._index_lock:
@@ -278,10 +324,11 @@ class DiffusersRunner:
     def held(self) -> list[tuple[str, int]]:
         """(name, bytes) of everything that holds the memory budget, in eviction order: the
         loaded ControlNets (named :func:`net_name`) least recently used first, then the resident
-        models least recently used first (a copy)."""
+        models least recently used first, each with its pre-merged LoRAs' deltas and pristine
+        copies (a copy)."""
         with self._index_lock:
             nets = [(net_name(key), net.bytes) for key, net in self.control_nets.items()]
-            return nets + [(model_id, m.bytes) for model_id, m in self.loaded.items()]
+            return nets + [(model_id, m.held_bytes) for model_id, m in self.loaded.items()]
 
     def busy(self) -> set[str]:
         """The names in :meth:`held` that a run is using now (never unloaded)."""
@@ -381,6 +428,7 @@ class DiffusersRunner:
                 idle = [(m, model) for m, model in self.loaded.items() if m not in busy]
                 skipped = tuple(m for m in self.loaded if m in busy)
             for _, model in idle:
+                self._drop_premerged(model)  # recomputed by the next fused run
                 accel.to_ram(model.pipe, pin=False)
             gc.collect()
             torch.cuda.empty_cache()
@@ -416,19 +464,86 @@ class DiffusersRunner:
             log.warning("device memory not read", extra={"error": repr(exc)[:500]})
             return None
 
-    def _acquire(self, model_id: str, loras: tuple[str, ...] = ()) -> tuple[LoadedModel, float]:
-        """:meth:`load` for a run, with ``loras`` loaded into it: the model is in use (never
-        unloaded) until :meth:`_release`. Returns the model and the ms spent loading LoRAs."""
+    def _acquire(
+        self, model_id: str, loras: tuple[tuple[str, float], ...] = ()
+    ) -> tuple[LoadedModel, float, bool]:
+        """:meth:`load` for a run, with ``loras`` ((id, weight), ...) loaded into it: the model
+        is in use (never unloaded) until :meth:`_release`. Returns the model, the ms spent
+        loading LoRAs and computing deltas, and whether the run is fused (:meth:`_premerge_locked`:
+        the base weights hold its LoRA; else they are pristine)."""
         with self._lock:
             model = self._load_locked(model_id)
             with self._index_lock:
                 self._in_use[model_id] += 1
             try:
-                lora_ms = sum(self._load_lora_locked(model_id, model, lora) for lora in loras)
+                names = dict.fromkeys(name for name, _ in loras)
+                lora_ms = sum(self._load_lora_locked(model_id, model, lora) for lora in names)
+                fused, delta_ms = self._premerge_locked(model_id, model, loras)
             except BaseException:
                 self._release(model_id)
                 raise
-            return model, lora_ms
+            return model, lora_ms + delta_ms, fused
+
+    def _premerge_locked(
+        self, model_id: str, model: LoadedModel, loras: tuple[tuple[str, float], ...]
+    ) -> tuple[bool, float]:
+        """Prepare ``model``'s base weights for a run with ``loras`` (``_lock`` held): on a tier-1
+        model with pre-merging on, the job is counted in the model's LoRA usage; a job whose
+        LoRAs are exactly one of the ``top`` most used at a non-zero weight gets that LoRA fused
+        (its deltas computed now if they are not yet: the ms are returned); any other job gets
+        the pristine weights back. Deltas of LoRAs that left the top are dropped. Pre-merging
+        never evicts: a LoRA whose deltas would not fit the budget beside what is held stays on
+        the adapter path. Returns (fused, ms spent computing deltas)."""
+        state = model.premerged
+        if not self.premerge.enabled or model.tier != 1 or self.lora_usage is None:
+            if state is not None:  # never on such a model; restore for safety
+                state.restore()
+            return False, 0.0
+        now = self.clock()
+        self.lora_usage.record(model_id, loras, now)
+        top = self.lora_usage.top(model_id, now)
+        if state is not None:
+            for gone in [lora for lora in state.deltas if lora not in top]:
+                state.drop(gone)
+                log.info("LoRA no longer pre-merged", extra={"model_id": model_id, "lora_id": gone})
+        choice = fused_choice(loras)
+        if choice is None or choice[0] not in top or choice[0] in model.unmergeable:
+            if state is not None:
+                state.restore()
+            return False, 0.0
+        lora_id, weight = choice
+        if state is None:
+            state = Premerged()
+        ms = 0.0
+        if lora_id not in state.deltas:
+            state.restore()  # deltas and pristine copies come from the loaded weights
+            adapter = model.loras[lora_id].adapter
+            try:
+                extra = state.extra_bytes(model.pipe, adapter)
+            except NotMergeable as exc:
+                model.unmergeable.add(lora_id)
+                log.warning(
+                    "LoRA not mergeable; it runs as an adapter",
+                    extra={"model_id": model_id, "lora_id": lora_id, "error": str(exc)},
+                )
+                return False, 0.0
+            limit = self.budget_bytes()
+            held = sum(size for _, size in self.held())
+            if limit is not None and held + extra > limit * (1 - MARGIN_FRACTION):
+                log.info(
+                    "LoRA not pre-merged: its deltas do not fit the budget",
+                    extra={"model_id": model_id, "lora_id": lora_id, "bytes": extra},
+                )
+                return False, 0.0
+            ms = state.add(lora_id, model.pipe, adapter)
+            with self._index_lock:
+                model.premerged = state
+            log.info(
+                "LoRA pre-merged",
+                extra={"model_id": model_id, "lora_id": lora_id, "bytes": extra, "delta_ms": ms},
+            )
+        state.fuse(lora_id, weight)
+        return True, ms
 
     def _load_lora_locked(self, model_id: str, model: LoadedModel, lora_id: str) -> float:
         """Load LoRA ``lora_id`` into ``model``'s pipeline unless it is there (``_lock`` held);
@@ -508,6 +623,14 @@ class DiffusersRunner:
                 self._unload(m, reason=CORRUPTED)
             return busy
 
+    def _drop_premerged(self, model: LoadedModel) -> None:
+        """Restore ``model``'s base weights and drop its pre-merged deltas and pristine copies
+        (no run is using it)."""
+        with self._index_lock:
+            premerged, model.premerged = model.premerged, None
+        if premerged is not None:
+            premerged.clear()
+
     def _release(self, model_id: str) -> None:
         with self._index_lock:
             self._in_use[model_id] -= 1
@@ -544,6 +667,7 @@ class DiffusersRunner:
             entry.preview,
             entry.family,
             entry.kind,
+            tier=entry.tier,
         )
         with self._index_lock:
             self.loaded[model_id] = model
@@ -644,8 +768,9 @@ class DiffusersRunner:
         first), else freed."""
         with self._index_lock:
             gone = self.loaded.pop(model_id)
-        freed = gone.bytes
-        to_ram = reason in (MAKE_ROOM, COMMAND) and 0 < freed <= self.ram_cache_bytes
+        freed = gone.held_bytes
+        self._drop_premerged(gone)  # its deltas and pristine copies go with it, weights restored
+        to_ram = reason in (MAKE_ROOM, COMMAND) and 0 < gone.bytes <= self.ram_cache_bytes
         if to_ram and self.on_cuda:
             try:
                 accel.to_ram(gone.pipe, self.accel.pin_ram_tier)  # pinned (ADR 0709)
@@ -764,10 +889,11 @@ class DiffusersRunner:
                 "imagegen.loras": len(plan.loras),
             },
         ):
-            model, lora_ms = self._acquire(plan.model_id, tuple(name for name, _ in plan.loras))
+            model, lora_ms, fused = self._acquire(plan.model_id, plan.loras)
         nets: list[tuple[str, str]] = []  # the nets this run uses (in use until it returns)
         try:
-            set_adapters(model, plan.loras)
+            # fused: its one LoRA is in the base weights, the adapters are off
+            set_adapters(model, () if fused else plan.loras)
             control = self._control(uses, model, images, nets) if uses else None
             return self._run(
                 plan, model, warm, t0, on_step, cancelled, pause, saved, lora_ms, control
