@@ -80,21 +80,8 @@ def bootstrap(settings: ApiSettings, *, publisher: Publisher | None = None) -> S
             pool_manager_url=settings.pool_manager_url,
         ),
     )
-    app = consumer_service(
-        settings,
-        SERVICE,
-        SUBSCRIBES if settings.run_projector else (),  # else the projector process (ADR 0641)
-        projector(jobs),
-        kafka,
-        http=http,
-        group=projector_group(settings.topic_prefix),
-        operator=operator,
-    )
-
-    async def database() -> bool:
-        return await jobs.get("readiness-probe") is None
-
-    app.readiness.add("postgres", database)
+    # the projector runs here, or in its own process (ADR 0641)
+    app = _jobs_service(settings, SERVICE, settings.run_projector, jobs, kafka, http, operator)
     # Retention: control images not uploaded again for their limit go (docs/storage.md).
     uploads = sweeper(objects, settings.files_dir, FILES_PREFIX, settings.retention_uploads_s)
     app.tasks.append(sweeper_task("uploads", [uploads], settings.retention_sweep_interval_s))
@@ -123,10 +110,24 @@ def bootstrap_projector(settings: ApiSettings) -> ServiceApp:
         redoc_url=None,
         openapi_url=None,
     )
+    return _jobs_service(settings, PROJECTOR, True, jobs, kafka, http, operator)
+
+
+def _jobs_service(
+    settings: ApiSettings,
+    service: str,
+    projects: bool,
+    jobs: PgJobStore,
+    kafka: KafkaPublisher,
+    http: FastAPI,
+    operator: OperatorAuth,
+) -> ServiceApp:
+    """``http`` as a service ready once the job tables answer; with ``projects``, it also
+    consumes the job topics into them (the job projector's group)."""
     app = consumer_service(
         settings,
-        PROJECTOR,
-        SUBSCRIBES,
+        service,
+        SUBSCRIBES if projects else (),
         projector(jobs),
         kafka,
         http=http,
