@@ -11,8 +11,10 @@ import pytest
 from imagegen_scheduler.adapters.catalog import load_catalog
 from imagegen_scheduler.domain import AdapterKind, footprint_gb
 from imagegen_scheduler.domain.facts import JobFacts, job_request
-from imagegen_schemas import GenerationParams, LoraSpec, Plan, Tier
+from imagegen_scheduler.domain.log import held_id
+from imagegen_schemas import ControlNetSpec, GenerationParams, LoraSpec, Plan, Tier
 from imagegen_schemas import jobs as ev
+from imagegen_schemas.workers import LoadedModel
 
 pytestmark = pytest.mark.unit
 
@@ -64,3 +66,60 @@ def test_a_job_with_a_known_lora_carries_it_and_an_unknown_one_is_left_out(
     unknown = job_request(facts_for(("ink", "registered-later")), catalog, 0.0)
     assert unknown is not None and unknown.adapters == ("lora/ink",)
     assert footprint_gb(unknown, catalog) > 0  # no KeyError on the way
+
+
+def cn_facts(model: str, types: tuple[str, ...]) -> JobFacts:
+    params = GenerationParams(
+        prompt="p",
+        model=model,
+        width=64,
+        height=64,
+        steps=4,
+        guidance_scale=5,
+        seed=1,
+        controlnets=tuple(ControlNetSpec(type=t, image_uri="file:x") for t in types),
+    )
+    f = JobFacts()
+    f.request = ev.GenerationRequested(
+        job_id="j", user_id="u", plan=Plan.PRO, tier=Tier.FAST, params=params
+    )
+    return f
+
+
+def test_a_job_names_a_controlnet_by_type_and_gets_its_familys_registered_net(
+    tmp_path: Path,
+) -> None:
+    """Issue 12: jobs named nets ``cn/<type>``, which the catalog did not know, so the scheduler
+    neither counted a net's memory nor saw the workers that hold it warm. Now ``cn/canny`` on an
+    sd15 model is the sd15 canny net the workers run (the first by id), counted at its size,
+    under the id a worker's heartbeat gives it."""
+    register(tmp_path, {"id": "tiny-sd15", "family": "sd15"})
+    register(tmp_path, {"id": "tiny-sdxl", "family": "sdxl"})
+    for net, family, size in (
+        ("b-sd15-canny", "sd15", 3_000_000),
+        ("a-sd15-canny", "sd15", 2_000_000),
+        ("sdxl-canny", "sdxl", 5_000_000),
+    ):
+        doc = {"id": net, "kind": "controlnet", "family": family, "controlnet_type": "canny"}
+        register(tmp_path, doc, size=size)
+    catalog = load_catalog(tmp_path)
+    assert catalog.controlnets == {
+        ("sd15", "canny"): "cn/a-sd15-canny",
+        ("sdxl", "canny"): "cn/sdxl-canny",
+    }
+    net = catalog.adapters["cn/a-sd15-canny"]
+    assert (net.kind, net.family) == (AdapterKind.CONTROLNET, "sd15")
+    assert net.weights_gb == pytest.approx(0.002, rel=0.01)
+    sd15 = job_request(cn_facts("tiny-sd15", ("canny",)), catalog, 0.0)
+    sdxl = job_request(cn_facts("tiny-sdxl", ("canny",)), catalog, 0.0)
+    assert sd15 is not None and sd15.adapters == ("cn/a-sd15-canny",)
+    assert sdxl is not None and sdxl.adapters == ("cn/sdxl-canny",)
+    bare = job_request(cn_facts("tiny-sd15", ()), catalog, 0.0)
+    assert bare is not None
+    assert footprint_gb(sd15, catalog) - footprint_gb(bare, catalog) == pytest.approx(
+        0.002, rel=0.05
+    )
+    held = held_id(LoadedModel(model_id="a-sd15-canny", kind="controlnet", bytes=2_000_000))
+    assert held in sd15.adapters  # a worker holding the net is warm for the job
+    unknown = job_request(cn_facts("tiny-sd15", ("depth",)), catalog, 0.0)
+    assert unknown is not None and unknown.adapters == ()  # not held back for it

@@ -23,9 +23,11 @@ MB_TO_GB = budget.MIB / budget.GB
 
 def load_catalog(models_dir: Path) -> ModelCatalog:
     """Base models by id; LoRAs (``"kind": "lora"``) as adapters ``lora/<id>``, the id a job's
-    ``loras[].name`` gives (``facts.job_request``)."""
+    ``loras[].name`` gives (``facts.job_request``); ControlNets as adapters ``cn/<id>``, found
+    for a job by (family, ``controlnet_type``), the first by id as the worker picks them."""
     models = {}
     adapters = {}
+    controlnets: dict[tuple[str, str], str] = {}
     for manifest in sorted(models_dir.glob("*/model.json")):
         doc = json.loads(manifest.read_text())
         size = sum(p.stat().st_size for p in manifest.parent.rglob("*") if p.is_file())
@@ -40,8 +42,26 @@ def load_catalog(models_dir: Path) -> ModelCatalog:
                 0.0,
             )
             continue
+        if doc.get("kind") == "controlnet" and doc.get("controlnet_type"):
+            adapter_id = f"cn/{doc['id']}"  # as a heartbeat lists it (``log.held_id``)
+            components = doc.get("components") or {}
+            adapters[adapter_id] = AdapterSpec(
+                adapter_id,
+                AdapterKind.CONTROLNET,
+                doc["family"],
+                float(
+                    doc.get(
+                        "weights_gb",
+                        budget.weights_mb(components) * MB_TO_GB if components else size / 1e9,
+                    )
+                ),
+                tuple(doc.get("load_s", (0.05, 0.3))),  # type: ignore[arg-type]
+                float(doc.get("step_overhead", 0.2)),
+            )
+            controlnets.setdefault((doc["family"], doc["controlnet_type"]), adapter_id)
+            continue
         if doc.get("kind", "base") != "base":
-            continue  # ControlNets are not placed by the scheduler yet
+            continue
         components = doc.get("components") or {}
         weights_gb = budget.weights_mb(components) * MB_TO_GB if components else size / 1e9
         models[doc["id"]] = ModelSpec(
@@ -52,7 +72,7 @@ def load_catalog(models_dir: Path) -> ModelCatalog:
             step_s=float(doc.get("step_s", 0.01)),
             activation_gb_per_mpix=_activation_gb_per_mpix(doc, components),
         )
-    return ModelCatalog(models=models, adapters=adapters)
+    return ModelCatalog(models=models, adapters=adapters, controlnets=controlnets)
 
 
 def _activation_gb_per_mpix(doc: dict[str, object], components: dict[str, int]) -> float:

@@ -146,10 +146,12 @@ def job_request(
     if req is None or req.params.model not in catalog.models:
         return None  # refused at the API edge; an old event for a removed model stays out
     p = req.params
-    # Adapters the catalog does not know (registered after this process started, or a kind the
-    # scheduler does not place yet) do not steer placement: the job is not held back for them.
+    # Adapters the catalog does not know (registered after this process started) do not steer
+    # placement: the job is not held back for them. A ControlNet is named by its type: the one
+    # the workers run for the model's family (``catalog.controlnets``) is placed and counted.
+    family = catalog.models[p.model].family
     named = tuple(f"lora/{lo.name}" for lo in p.loras) + tuple(
-        f"cn/{c.type}" for c in p.controlnets
+        catalog.controlnets.get((family, c.type), f"cn/{c.type}") for c in p.controlnets
     )
     adapters = tuple(a for a in named if a in catalog.adapters)
     return JobRequest(

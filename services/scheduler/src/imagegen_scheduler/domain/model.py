@@ -61,6 +61,9 @@ class ModelCatalog:
 
     models: Mapping[str, ModelSpec]  # by model_id
     adapters: Mapping[str, AdapterSpec]  # by adapter_id
+    # (family, control type) -> the adapter id of the ControlNet a worker runs for it (``cn/<id>``,
+    # the first registered by id, as the worker picks it); a job names nets by type only
+    controlnets: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
