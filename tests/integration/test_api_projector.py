@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 
 from imagegen_api.adapters.jobstore import PgJobStore
 from imagegen_api.bootstrap import bootstrap, bootstrap_projector
@@ -20,6 +19,7 @@ from imagegen_runtime.kafka import KafkaPublisher, ensure_topics
 from imagegen_runtime.service import run_until
 from imagegen_schemas import GenerationParams
 from imagegen_schemas.jobs import GenerationRequested
+from tests.support.pg import fresh_database
 
 pytestmark = pytest.mark.integration
 
@@ -27,16 +27,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def db(infra: Any) -> AsyncIterator[str]:
     """A fresh database with no job tables (dropped afterwards); its URL."""
-    name = f"t_proj_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(infra.database_url, pool_size=1).execution_options(
-        isolation_level="AUTOCOMMIT"
-    )
-    async with admin.connect() as conn:
-        await conn.execute(text(f"create database {name}"))
-    yield infra.database_url.rsplit("/", 1)[0] + "/" + name
-    async with admin.connect() as conn:
-        await conn.execute(text(f"drop database {name} with (force)"))
-    await admin.dispose()
+    async with fresh_database(infra.database_url, "t_proj") as url:
+        yield url
 
 
 def settings(infra: Any, db: str, prefix: str, **extra: Any) -> ApiSettings:

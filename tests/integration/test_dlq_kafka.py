@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from sqlalchemy import text
 
 from imagegen.cli import main as cli
 from imagegen_api.adapters.accounts import PgAccounts
@@ -29,6 +28,7 @@ from imagegen_runtime.faststream_consumer import FastStreamConsumer
 from imagegen_runtime.kafka import REDRIVE_OF, KafkaPublisher, RecordMeta
 from imagegen_schemas import Envelope, Payload, Plan, parse
 from imagegen_schemas.jobs import CancellationRequested, FailureReason
+from tests.support.pg import fresh_database
 
 from .test_kafka import read_all
 
@@ -41,23 +41,14 @@ ENDED = "imagegen.jobs.ended"
 @pytest.fixture(scope="module")
 async def keys(infra: Any) -> AsyncIterator[tuple[str, str, str]]:
     """A fresh database with api_keys (dropped afterwards): (its URL, operator key, user key)."""
-    name = f"t_dlq_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(infra.database_url, pool_size=1).execution_options(
-        isolation_level="AUTOCOMMIT"
-    )
-    async with admin.connect() as conn:
-        await conn.execute(text(f"create database {name}"))
-    url = infra.database_url.rsplit("/", 1)[0] + "/" + name
-    engine = make_engine(url, pool_size=1)
-    accounts = PgAccounts(engine)
-    await accounts.create_tables()
-    operator = await accounts.create_key("ops", Plan.FREE, "operator")
-    user = await accounts.create_key("someone", Plan.PRO, "user")
-    await engine.dispose()
-    yield url, operator, user
-    async with admin.connect() as conn:
-        await conn.execute(text(f"drop database {name} with (force)"))
-    await admin.dispose()
+    async with fresh_database(infra.database_url, "t_dlq") as url:
+        engine = make_engine(url, pool_size=1)
+        accounts = PgAccounts(engine)
+        await accounts.create_tables()
+        operator = await accounts.create_key("ops", Plan.FREE, "operator")
+        user = await accounts.create_key("someone", Plan.PRO, "user")
+        await engine.dispose()
+        yield url, operator, user
 
 
 class Dlq:

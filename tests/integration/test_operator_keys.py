@@ -19,6 +19,7 @@ from imagegen_runtime.db import make_engine
 from imagegen_runtime.operator_auth import OperatorAuth, PgKeyRoles
 from imagegen_runtime.service import ServiceApp
 from imagegen_schemas import Plan
+from tests.support.pg import fresh_database
 
 pytestmark = pytest.mark.integration
 
@@ -26,17 +27,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 async def db(infra: Any) -> AsyncIterator[str]:
     """A fresh database (dropped afterwards); its URL."""
-    name = f"t_keys_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(infra.database_url, pool_size=1).execution_options(
-        isolation_level="AUTOCOMMIT"
-    )
-    async with admin.connect() as conn:
-        await conn.execute(text(f"create database {name}"))
-    url = infra.database_url.rsplit("/", 1)[0] + "/" + name
-    yield url
-    async with admin.connect() as conn:
-        await conn.execute(text(f"drop database {name} with (force)"))
-    await admin.dispose()
+    async with fresh_database(infra.database_url, "t_keys") as url:
+        yield url
 
 
 @pytest.fixture
@@ -158,40 +150,32 @@ async def test_an_operator_key_has_the_operator_role(
 
 async def test_an_old_api_keys_table_is_migrated(infra: Any) -> None:
     """A table made before roles: its keys keep working as users and get an id to name them."""
-    name = f"t_old_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(infra.database_url, pool_size=1).execution_options(
-        isolation_level="AUTOCOMMIT"
-    )
-    async with admin.connect() as conn:
-        await conn.execute(text(f"create database {name}"))
-    engine = make_engine(infra.database_url.rsplit("/", 1)[0] + "/" + name, pool_size=1)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "create table api_keys (key_hash varchar(64) primary key, user_id"
-                    " varchar(128) not null, plan varchar(16) not null, created_at timestamptz"
-                    " not null, revoked boolean not null)"
+    async with fresh_database(infra.database_url, "t_old") as url:
+        engine = make_engine(url, pool_size=1)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    text(
+                        "create table api_keys (key_hash varchar(64) primary key, user_id"
+                        " varchar(128) not null, plan varchar(16) not null, created_at"
+                        " timestamptz not null, revoked boolean not null)"
+                    )
                 )
-            )
-            await conn.execute(
-                text("insert into api_keys values (:h, 'olduser', 'pro', now(), false)"),
-                {"h": hash_key("igk_old-style-key")},
-            )
-        accounts = PgAccounts(engine)
-        await accounts.create_tables()
-        await accounts.create_tables()  # idempotent
-        caller = await accounts.caller("igk_old-style-key")
-        assert caller is not None and (caller.user_id, caller.role) == ("olduser", "user")
-        [old] = await accounts.keys("olduser")
-        assert old.key_id == "old_" + hash_key("igk_old-style-key")[:12]
-        assert (await accounts.revoke(old.key_id)) is not None
-        assert await accounts.caller("igk_old-style-key") is None
-    finally:
-        await engine.dispose()
-        async with admin.connect() as conn:
-            await conn.execute(text(f"drop database {name} with (force)"))
-        await admin.dispose()
+                await conn.execute(
+                    text("insert into api_keys values (:h, 'olduser', 'pro', now(), false)"),
+                    {"h": hash_key("igk_old-style-key")},
+                )
+            accounts = PgAccounts(engine)
+            await accounts.create_tables()
+            await accounts.create_tables()  # idempotent
+            caller = await accounts.caller("igk_old-style-key")
+            assert caller is not None and (caller.user_id, caller.role) == ("olduser", "user")
+            [old] = await accounts.keys("olduser")
+            assert old.key_id == "old_" + hash_key("igk_old-style-key")[:12]
+            assert (await accounts.revoke(old.key_id)) is not None
+            assert await accounts.caller("igk_old-style-key") is None
+        finally:
+            await engine.dispose()
 
 
 async def test_pg_key_roles_sees_roles_and_revocations(accounts: PgAccounts, db: str) -> None:

@@ -20,6 +20,7 @@ from imagegen_api.adapters.limiter import InMemoryLimiter
 from imagegen_api.adapters.memory import InMemoryAccounts
 from imagegen_api.domain.limits import JobRequest, Limits, Refusal, Take, with_overrides
 from imagegen_api.domain.plans import Caller
+from imagegen_api.entrypoints.http import Deps
 from imagegen_runtime.publishing import InMemoryPublisher
 from imagegen_schemas import Envelope, Payload, Plan
 
@@ -36,6 +37,15 @@ DATABASE_DOWN: list[Callable[[], BaseException]] = [
     lambda: asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed"),
     lambda: TimeoutError(),
 ]
+
+
+async def post_generation(deps: Deps, key: str) -> httpx.Response:
+    """POST /v1/generations with ``key`` to an app on ``deps``, as a client sees the answer."""
+    transport = httpx.ASGITransport(app=make_app(deps), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        return await client.post(
+            "/v1/generations", json=BODY, headers={"Authorization": f"Bearer {key}"}
+        )
 
 
 class DownAccounts(InMemoryAccounts):
@@ -68,11 +78,7 @@ async def test_database_down_is_503_with_retry_after(error: Callable[[], BaseExc
     deps = make_deps(accounts=accounts)
     key = await accounts.create_key("alice", Plan.PRO)
     accounts.down = True
-    transport = httpx.ASGITransport(app=make_app(deps), raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
-        r = await client.post(
-            "/v1/generations", json=BODY, headers={"Authorization": f"Bearer {key}"}
-        )
+    r = await post_generation(deps, key)
     assert r.status_code == 503, r.text
     assert int(r.headers["Retry-After"]) >= 1
     assert r.json()["dependency"] == "postgresql"
@@ -101,11 +107,7 @@ async def test_a_bug_is_still_a_500_not_a_503() -> None:
     deps = make_deps(accounts=accounts)
     key = await accounts.create_key("alice", Plan.PRO)
     accounts.down = True
-    transport = httpx.ASGITransport(app=make_app(deps), raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
-        r = await client.post(
-            "/v1/generations", json=BODY, headers={"Authorization": f"Bearer {key}"}
-        )
+    r = await post_generation(deps, key)
     assert r.status_code == 500
 
 
@@ -143,11 +145,7 @@ async def test_the_limiter_down_is_503_naming_postgresql(
         limits=with_overrides({}),
     )
     key = await accounts.create_key("alice", Plan.PRO)
-    transport = httpx.ASGITransport(app=make_app(deps), raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
-        r = await client.post(
-            "/v1/generations", json=BODY, headers={"Authorization": f"Bearer {key}"}
-        )
+    r = await post_generation(deps, key)
     assert r.status_code == 503, r.text
     assert int(r.headers["Retry-After"]) >= 1
     assert r.json()["dependency"] == "postgresql"

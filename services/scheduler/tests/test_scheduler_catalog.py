@@ -37,16 +37,19 @@ def test_loras_are_adapters_and_other_kinds_are_left_out(tmp_path: Path) -> None
     assert ink.weights_gb == pytest.approx(0.002, rel=0.01)
 
 
-def facts_for(loras: tuple[str, ...]) -> JobFacts:
+def facts_for(
+    loras: tuple[str, ...] = (), model: str = "tiny-sd15", controlnets: tuple[str, ...] = ()
+) -> JobFacts:
     params = GenerationParams(
         prompt="p",
-        model="tiny-sd15",
+        model=model,
         width=64,
         height=64,
         steps=4,
         guidance_scale=5,
         seed=1,
         loras=tuple(LoraSpec(name=n) for n in loras),
+        controlnets=tuple(ControlNetSpec(type=t, image_uri="file:x") for t in controlnets),
     )
     f = JobFacts()
     f.request = ev.GenerationRequested(
@@ -66,24 +69,6 @@ def test_a_job_with_a_known_lora_carries_it_and_an_unknown_one_is_left_out(
     unknown = job_request(facts_for(("ink", "registered-later")), catalog, 0.0)
     assert unknown is not None and unknown.adapters == ("lora/ink",)
     assert footprint_gb(unknown, catalog) > 0  # no KeyError on the way
-
-
-def cn_facts(model: str, types: tuple[str, ...]) -> JobFacts:
-    params = GenerationParams(
-        prompt="p",
-        model=model,
-        width=64,
-        height=64,
-        steps=4,
-        guidance_scale=5,
-        seed=1,
-        controlnets=tuple(ControlNetSpec(type=t, image_uri="file:x") for t in types),
-    )
-    f = JobFacts()
-    f.request = ev.GenerationRequested(
-        job_id="j", user_id="u", plan=Plan.PRO, tier=Tier.FAST, params=params
-    )
-    return f
 
 
 def test_a_job_names_a_controlnet_by_type_and_gets_its_familys_registered_net(
@@ -110,16 +95,16 @@ def test_a_job_names_a_controlnet_by_type_and_gets_its_familys_registered_net(
     net = catalog.adapters["cn/a-sd15-canny"]
     assert (net.kind, net.family) == (AdapterKind.CONTROLNET, "sd15")
     assert net.weights_gb == pytest.approx(0.002, rel=0.01)
-    sd15 = job_request(cn_facts("tiny-sd15", ("canny",)), catalog, 0.0)
-    sdxl = job_request(cn_facts("tiny-sdxl", ("canny",)), catalog, 0.0)
+    sd15 = job_request(facts_for(controlnets=("canny",)), catalog, 0.0)
+    sdxl = job_request(facts_for(model="tiny-sdxl", controlnets=("canny",)), catalog, 0.0)
     assert sd15 is not None and sd15.adapters == ("cn/a-sd15-canny",)
     assert sdxl is not None and sdxl.adapters == ("cn/sdxl-canny",)
-    bare = job_request(cn_facts("tiny-sd15", ()), catalog, 0.0)
+    bare = job_request(facts_for(), catalog, 0.0)
     assert bare is not None
     assert footprint_gb(sd15, catalog) - footprint_gb(bare, catalog) == pytest.approx(
         0.002, rel=0.05
     )
     held = held_id(LoadedModel(model_id="a-sd15-canny", kind="controlnet", bytes=2_000_000))
     assert held in sd15.adapters  # a worker holding the net is warm for the job
-    unknown = job_request(cn_facts("tiny-sd15", ("depth",)), catalog, 0.0)
+    unknown = job_request(facts_for(controlnets=("depth",)), catalog, 0.0)
     assert unknown is not None and unknown.adapters == ()  # not held back for it
