@@ -25,6 +25,22 @@ class LoadedModel(BaseModel):
     bytes: int = Field(ge=0)
 
 
+class PremergedLora(BaseModel):
+    """A LoRA pre-merged into a resident model (ADR 0704, "Pre-merging the top 5"): its weight
+    deltas are ready beside that model, so a job naming this LoRA alone on it runs with the
+    LoRA in the base weights (no per-step adapter cost)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_id: str = Field(description="The resident base model it is pre-merged into.")
+    lora_id: str = Field(description="The LoRA's registry id (as in a kind 'lora' loaded entry).")
+    bytes: int = Field(
+        ge=0,
+        description="Its weight deltas. The pristine copies of the base weights the model's "
+        "pre-merged LoRAs touch are held once per model beside them and not counted here.",
+    )
+
+
 class WorkerHeartbeat(Payload):
     """Periodic state of one worker; the latest per worker is the worker's state (compacted)."""
 
@@ -45,6 +61,12 @@ class WorkerHeartbeat(Payload):
         "None on CPU.",
     )
     loaded: tuple[LoadedModel, ...] = ()
+    premerged_loras: tuple[PremergedLora, ...] = Field(
+        default=(),
+        description="LoRAs pre-merged into resident models, per (model, LoRA); each is also "
+        "listed in loaded as kind 'lora' (it is loaded as an adapter too). Empty from workers "
+        "that pre-merge nothing, or that predate this field.",
+    )
     running_job_id: str | None = None
     capabilities: tuple[str, ...] = Field(default=(), description="families, e.g. 'sd15', 'sdxl'.")
     interval_s: float = Field(
@@ -76,6 +98,10 @@ class ModelEvicted(Payload):
     event_type: ClassVar[str] = "imagegen.model.evicted"
     worker_id: str
     model_id: str
+    kind: str = Field(
+        default="base",
+        description="What left, as ModelLoaded's model.kind says: base, lora, controlnet.",
+    )
     reason: str = Field(
         default="",
         description="make_room (unloaded for a load), command (an EvictModel), not_resident (an "

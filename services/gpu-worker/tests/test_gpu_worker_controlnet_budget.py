@@ -119,7 +119,7 @@ def test_a_budget_too_small_for_base_and_nets_evicts_the_lru_net_first(
     assert nets(runner) == [SCRIBBLE, TILE]
     assert list(runner.loaded) == ["tiny-sdxl", "tiny-sd15"]
     assert [f for f in facts if isinstance(f, Unloaded)] == [
-        Unloaded(CANNY, MAKE_ROOM, net_name((SCRIBBLE, F32)))
+        Unloaded(CANNY, MAKE_ROOM, net_name((SCRIBBLE, F32)), kind="controlnet")
     ]
 
     # Through the worker's admission (margin included): a job using the tile net keeps it and
@@ -135,7 +135,7 @@ def test_a_budget_too_small_for_base_and_nets_evicts_the_lru_net_first(
     assert nets(runner) == [TILE]
     assert list(runner.loaded) == ["tiny-sdxl", "tiny-sd15"]
     assert [f for f in facts if isinstance(f, Unloaded)] == [
-        Unloaded(SCRIBBLE, MAKE_ROOM, "tiny-sd15")
+        Unloaded(SCRIBBLE, MAKE_ROOM, "tiny-sd15", kind="controlnet")
     ]
 
 
@@ -150,7 +150,7 @@ def test_an_unused_net_goes_with_its_familys_last_model(
     assert nets(runner) == [SDXL_CANNY]  # the sdxl net stays with its model
     assert [f for f in facts if isinstance(f, Unloaded)] == [
         Unloaded("tiny-sd15", COMMAND),
-        Unloaded(CANNY, COMMAND),
+        Unloaded(CANNY, COMMAND, kind="controlnet"),
     ]
     # Made room for: loading sd15 into a budget that holds sdxl and its net unloads both.
     runner.memory_budget_bytes = sum(b for _, b in runner.held())

@@ -22,8 +22,11 @@ from gpu_worker_testkit import tiny_plan
 
 from imagegen_gpu_worker.adapters.admission import BudgetAdmission
 from imagegen_gpu_worker.adapters.diffusers_runner import DiffusersRunner
+from imagegen_gpu_worker.adapters.memory import MemoryInfo
 from imagegen_gpu_worker.config import GpuWorkerSettings
 from imagegen_gpu_worker.domain.lora_usage import LoraUsage, PremergeSettings, fused_choice
+from imagegen_gpu_worker.service_layer.heartbeat import heartbeat, loaded_models, premerged_loras
+from imagegen_schemas.workers import WorkerHeartbeat
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.unit
@@ -230,3 +233,78 @@ def test_the_usage_window_and_the_fused_choice() -> None:
     assert fused_choice((("a", 0.0),)) is None
     assert fused_choice((("a", 1.0), ("b", 1.0))) is None
     assert fused_choice(()) is None
+
+
+def beat(runner: DiffusersRunner) -> WorkerHeartbeat:
+    """The heartbeat ``bootstrap`` builds from ``runner``, as a consumer reads it (JSON)."""
+    hb = heartbeat(
+        "w1",
+        MemoryInfo(1, 1, "cpu"),
+        2.0,
+        None,
+        loaded_models(runner.resident(), runner.resident_loras(), runner.resident_controlnets()),
+        premerged=premerged_loras(runner.premerged()),
+    )
+    return WorkerHeartbeat.model_validate_json(hb.model_dump_json())
+
+
+def test_heartbeats_report_which_loras_are_premerged_into_which_model(tier1: Path) -> None:
+    runner = DiffusersRunner(tier1, premerge=PremergeSettings(top=1))
+    png(runner, (INK, 1.0), (GLOW, 1.0))  # both loaded as adapters; two LoRAs: none fused
+    hb = beat(runner)
+    assert [(m.model_id, m.kind) for m in hb.loaded] == [
+        (SD15, "base"),
+        (GLOW, "lora"),
+        (INK, "lora"),
+    ]
+    assert hb.premerged_loras == ()
+    png(runner, (INK, 1.0))  # ink: the most used (2 jobs), fused
+    hb = beat(runner)
+    [merged] = hb.premerged_loras
+    assert (merged.model_id, merged.lora_id) == (SD15, INK)
+    # its deltas; the pristine copies (as much again for one LoRA) are the model's
+    assert merged.bytes > 0 and 2 * merged.bytes == runner.premerged_bytes(SD15)
+    assert {m.model_id for m in hb.loaded if m.kind == "lora"} == {INK, GLOW}  # still adapters
+    png(runner, (GLOW, 1.0))  # a tie, the most recent wins: glow fused, ink's deltas dropped
+    assert [(p.model_id, p.lora_id) for p in beat(runner).premerged_loras] == [(SD15, GLOW)]
+    assert runner.evict(SD15) == "evicted"  # its pre-merged LoRAs go with it
+    assert beat(runner).premerged_loras == () and beat(runner).loaded == ()
+
+
+def test_the_wired_heartbeat_carries_the_runners_premerged_loras(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from imagegen_gpu_worker.adapters.diffusers_runner import DiffusersRunner as Runner
+    from imagegen_gpu_worker.bootstrap import bootstrap
+    from imagegen_runtime.publishing import InMemoryPublisher
+
+    # What the runner answers (its own listing is tested above), in order of computation.
+    held = [("m2", "a", 3), ("m1", "b", 5), ("m1", "a", 4)]
+    monkeypatch.setattr(Runner, "premerged", lambda self: list(held))
+    publisher = InMemoryPublisher()
+    (tmp_path / "models").mkdir()
+    settings = GpuWorkerSettings(
+        kafka_bootstrap="127.0.0.1:1",
+        models_dir=tmp_path / "models",
+        **{name: tmp_path / name for name in ("blob_dir", "files_dir", "integrity_dir")},
+    )
+    app = bootstrap(settings, publisher=publisher)  # type: ignore[arg-type]
+    [beats] = [t for t in app.tasks if getattr(t, "__name__", "") == "beats"]
+
+    async def one_beat() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(beats(stop))
+        while not publisher.records:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await task
+
+    asyncio.run(one_beat())
+    hb = WorkerHeartbeat.model_validate(publisher.records[0].envelope.data)
+    assert [(p.model_id, p.lora_id, p.bytes) for p in hb.premerged_loras] == [
+        ("m1", "a", 4),
+        ("m1", "b", 5),
+        ("m2", "a", 3),
+    ]

@@ -78,3 +78,16 @@ def test_a_lora_a_heartbeat_lists_is_warm_under_the_id_jobs_use() -> None:
         }
     )
     assert warm([(hb, 10.0)]) == {"a", "lora/ink"}
+
+
+def test_a_controlnet_evicted_leaves_under_the_id_it_was_loaded_as() -> None:
+    """A net's ModelLoaded lists it as ``cn/<id>``; its ModelEvicted (kind controlnet) must
+    remove that same id, not a bare ``<id>`` nobody holds (the net stayed warm until the next
+    heartbeat before)."""
+    net = LoadedModel(model_id="sd15-canny", kind="controlnet", bytes=1)
+    loaded = ModelLoaded(worker_id="w1", model=net, load_ms=5.0)
+    evicted = ModelEvicted(
+        worker_id="w1", model_id="sd15-canny", kind="controlnet", reason="make_room"
+    )
+    assert warm([(beat("a"), 10.0), (loaded, 11.0)]) == {"a", "cn/sd15-canny"}
+    assert warm([(beat("a"), 10.0), (loaded, 11.0), (evicted, 12.0)]) == {"a"}

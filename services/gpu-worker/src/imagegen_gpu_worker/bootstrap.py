@@ -32,7 +32,7 @@ from .adapters.memory import read_memory, within_budget
 from .adapters.registry import Integrity, TrustStore, families
 from .config import SERVICE, GpuWorkerSettings
 from .service_layer.commands import ModelHost, PoolCommands
-from .service_layer.heartbeat import heartbeat, heartbeat_loop, loaded_models
+from .service_layer.heartbeat import heartbeat, heartbeat_loop, loaded_models, premerged_loras
 from .service_layer.integrity import IntegrityChecker
 from .service_layer.residency import Cause
 from .service_layer.worker import Runner, Worker, WorkerState
@@ -180,6 +180,7 @@ def bootstrap(
                 diffusers_runner.resident_controlnets(),
             ),
             capabilities,
+            premerged_loras(diffusers_runner.premerged()),  # ADR 0704's top-5 pre-merge
         )
 
     async def beats(stop: asyncio.Event) -> None:

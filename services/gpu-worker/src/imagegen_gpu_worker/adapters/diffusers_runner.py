@@ -392,13 +392,25 @@ class DiffusersRunner:
             self._make_room(model_id, self.models_dir / model_id, need=need_bytes, keep_nets=nets)
 
     def evict(self, model_id: str) -> str:
-        """Unload ``model_id`` for an EvictModel command, unless a run is using it. Returns
+        """Unload ``model_id`` for an EvictModel command, unless a run is using it: a resident
+        model, or a loaded ControlNet named by its registry id (the id heartbeats and its
+        ``Loaded(kind="controlnet")`` fact give it; every dtype copy of it goes). Returns
         ``"evicted"`` (reported ``Unloaded(command)``), ``"not_resident"`` (reported
-        ``Unloaded(not_resident)``: nothing to do) or ``"in_use"`` (nothing done or reported)."""
+        ``Unloaded(not_resident)``: nothing to do) or ``"in_use"`` (nothing done or reported;
+        for a net: a run uses one of its copies). A LoRA id is not resident here: LoRAs live
+        inside their models' pipelines and go with them (ADR 0704)."""
         with self._lock:
             with self._index_lock:
                 present = model_id in self.loaded
                 busy = self._in_use[model_id] > 0
+                nets = [key for key in self.control_nets if key[0] == model_id]
+                nets_busy = any(self._nets_in_use[key] > 0 for key in nets)
+            if not present and nets:  # ids are folder names: a model's or a net's, never both
+                if nets_busy:
+                    return "in_use"
+                for key in nets:  # reported Unloaded(command) once, with the last copy
+                    self._unload_net(net_name(key), reason=COMMAND)
+                return "evicted"
             if not present:
                 self._report(Unloaded(model_id, NOT_RESIDENT))
                 return "not_resident"
@@ -843,7 +855,7 @@ class DiffusersRunner:
             },
         )
         if last:
-            self._report(Unloaded(key[0], reason, for_model))
+            self._report(Unloaded(key[0], reason, for_model, kind="controlnet"))
 
     def warm_up(self, model_id: str | None) -> None:
         """Import the ML stack and every sampler class now (not on the first job), then load

@@ -47,6 +47,7 @@ class Unloaded:
     model_id: str
     reason: str
     for_model: str | None = None  # make_room: the model it made room for
+    kind: str = "base"  # or "controlnet" (a net's id), as Loaded.kind
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,10 @@ republishes the same ids):
   command_id)``; not resident -> ``ModelEvicted(reason="not_resident", command_id)``, nothing
   unloaded; in use by the running job -> nothing now: the eviction is carried out when that run
   ends, and its ``ModelEvicted(reason="command", command_id)`` published then (a newer command
-  for that model cancels it).
+  for that model cancels it). ``model_id`` may also be a loaded ControlNet's registry id (the
+  id heartbeats list it by, ``kind="controlnet"``): answered the same way, "in use" meaning a
+  running job uses the net. A LoRA id answers ``not_resident``: LoRAs live inside their
+  models' pipelines and are unloaded with them (ADR 0704).
 - ``DefragmentMemory``: the runner compacts the device's memory (CUDA: idle pipelines off the
   device, the allocator's cache emptied, the pipelines back side by side); nothing is published
   unless a model could not be moved back (``ModelEvicted(reason="oom")``). What was done is
@@ -68,7 +71,8 @@ class ModelHost(Protocol):
 
     def preload(self, model_id: str) -> None: ...
 
-    def evict(self, model_id: str) -> str: ...  # "evicted", "not_resident" or "in_use"
+    # A model's or a loaded ControlNet's id -> "evicted", "not_resident" or "in_use"
+    def evict(self, model_id: str) -> str: ...
 
     def defragment(self) -> DefragOutcome | None: ...
 

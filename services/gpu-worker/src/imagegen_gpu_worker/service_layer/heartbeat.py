@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 
 from imagegen_runtime.publishing import Publisher
 from imagegen_runtime.waiting import sleep_or_stop
-from imagegen_schemas.workers import LoadedModel, WorkerHeartbeat, WorkerStatus
+from imagegen_schemas.workers import LoadedModel, PremergedLora, WorkerHeartbeat, WorkerStatus
 
 from ..adapters.memory import MemoryInfo
 from ..metrics import record_memory
@@ -23,10 +23,12 @@ def heartbeat(
     running_job: str | None = None,
     loaded: tuple[LoadedModel, ...] = (),
     capabilities: tuple[str, ...] = (),
+    premerged: tuple[PremergedLora, ...] = (),
 ) -> WorkerHeartbeat:
-    """The worker's state now: busy with ``running_job`` or idle, its resident models, and the
-    model families it can run (``capabilities``: those of the models registered in its
-    ``models_dir``, read from their manifests at start; see ``bootstrap``)."""
+    """The worker's state now: busy with ``running_job`` or idle, its resident models (and
+    adapters), the LoRAs pre-merged into them (``premerged``, ADR 0704), and the model families
+    it can run (``capabilities``: those of the models registered in its ``models_dir``, read
+    from their manifests at start; see ``bootstrap``)."""
     return WorkerHeartbeat(
         worker_id=worker_id,
         status=WorkerStatus.BUSY if running_job else WorkerStatus.IDLE,
@@ -39,6 +41,7 @@ def heartbeat(
         interval_s=interval_s,
         running_job_id=running_job,
         loaded=loaded,
+        premerged_loras=premerged,
     )
 
 
@@ -64,6 +67,17 @@ def loaded_models(
             LoadedModel(model_id=net_id, kind="controlnet", bytes=size)
             for net_id, size in controlnets
         )
+    )
+
+
+def premerged_loras(premerged: Iterable[tuple[str, str, int]]) -> tuple[PremergedLora, ...]:
+    """The heartbeat's ``premerged_loras`` from the runner's (model id, LoRA id, bytes of its
+    deltas) (``DiffusersRunner.premerged``), by model then LoRA. Each such LoRA is loaded as an
+    adapter too, so :func:`loaded_models` lists it as ``kind="lora"`` as well; this says on
+    which model it is pre-merged."""
+    return tuple(
+        PremergedLora(model_id=model_id, lora_id=lora_id, bytes=size)
+        for model_id, lora_id, size in sorted(premerged)
     )
 
 

@@ -127,6 +127,7 @@ class ResidencyReporter:
             payload = ModelEvicted(
                 worker_id=self.worker_id,
                 model_id=change.model_id,
+                kind=change.kind,
                 reason=change.reason,
                 # An EvictModel's own answer; an eviction to make room for a LoadModel is not.
                 command_id=command_id if change.reason in (COMMAND, NOT_RESIDENT) else None,

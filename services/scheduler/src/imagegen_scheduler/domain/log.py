@@ -101,7 +101,12 @@ def fold(log: Log, payload: object, at: float) -> list[Payload]:  # noqa: C901
             _update_worker(log, view, at)
         return out
     if isinstance(payload, ModelLoaded | ModelEvicted):
-        model_id = held_id(payload.model) if isinstance(payload, ModelLoaded) else payload.model_id
+        model = (
+            payload.model
+            if isinstance(payload, ModelLoaded)
+            else LoadedModel(model_id=payload.model_id, kind=payload.kind, bytes=0)
+        )
+        model_id = held_id(model)
         resident = isinstance(payload, ModelLoaded)
         newest = log.residency.fact(payload.worker_id, model_id, resident, at)
         if newest and payload.worker_id in log.seen:
