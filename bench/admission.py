@@ -22,6 +22,9 @@
    the per-request latency; the medians over ``--rounds`` rounds are reported, with
    ``ratio_vs_bare_fastapi`` = accepted/s of the API / answered/s of the bare app. Every answer
    of the API must be a 202 (the bench fails otherwise, naming the first other answer).
+   ``cpu_ms_per_request``: the CPU milliseconds the API, its projector and the bare app each used
+   per answered request (``/proc/<pid>/stat``, median over the rounds): the figure to compare
+   changes by on a shared machine, where the rates move with whatever else runs.
 """
 
 from __future__ import annotations
@@ -189,15 +192,41 @@ def run_round(
     }
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from ``/proc/<pid>/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(
-    port: int, rounds: int, total: int, concurrency: int, make: Callable[[int], bytes]
-) -> dict[str, float]:
+    port: int,
+    rounds: int,
+    total: int,
+    concurrency: int,
+    make: Callable[[int], bytes],
+    pids: dict[str, int],
+) -> dict[str, object]:
+    """Median figures over ``rounds``, and the CPU milliseconds per answered request that each
+    process in ``pids`` used during the rounds: on a shared machine this moves far less than
+    the rates and latencies do (other work takes wall time from a round, not CPU from it)."""
     run_round(port, 100, concurrency, make)  # warm-up: connections, pools, JIT-free caches
-    results = [run_round(port, total, concurrency, make) for _ in range(rounds)]
-    return {
+    results = []
+    cpu: dict[str, list[float]] = {name: [] for name in pids}
+    for _ in range(rounds):
+        before = {name: cpu_s(pid) for name, pid in pids.items()}
+        result = run_round(port, total, concurrency, make)
+        for name, pid in pids.items():
+            cpu[name].append((cpu_s(pid) - before[name]) * 1000 / result["answered"])
+        results.append(result)
+    figures: dict[str, object] = {
         name: round(statistics.median(r[name] for r in results), 1)
         for name in ("per_s", "p50_ms", "p99_ms")
-    } | {"rounds": [round(r["per_s"], 1) for r in results]}  # type: ignore[dict-item]
+    }
+    figures["rounds"] = [round(r["per_s"], 1) for r in results]
+    figures["cpu_ms_per_request"] = {
+        name: round(statistics.median(values), 3) for name, values in cpu.items()
+    }
+    return figures
 
 
 def main(argv: list[str]) -> int:
@@ -263,11 +292,14 @@ def main(argv: list[str]) -> int:
             args.requests,
             args.concurrency,
             lambda i: build_request(bare_port, key, idem, i),
+            {"bare_fastapi": bare.pid},
         )
     projector_env = api_env | {"IMAGEGEN_API_HTTP_PORT": str(free_port())}
     api_env["IMAGEGEN_API_RUN_PROJECTOR"] = "false"  # the projector process runs it (ADR 0641)
     with (
-        process([sys.executable, "-m", "imagegen_api.projector"], projector_env, work / "proj.log"),
+        process(
+            [sys.executable, "-m", "imagegen_api.projector"], projector_env, work / "proj.log"
+        ) as projector,
         process([sys.executable, "-m", "imagegen_api"], api_env, work / "api.log") as api,
     ):
         wait_http(api_port, api, "/readyz", 120)
@@ -285,6 +317,7 @@ def main(argv: list[str]) -> int:
             args.requests,
             args.concurrency,
             lambda i: build_request(api_port, key, idem, i),
+            {"api": api.pid, "projector": projector.pid},
         )
         if spy is not None:
             spy.send_signal(2)  # SIGINT: py-spy writes its file and exits
@@ -297,6 +330,7 @@ def main(argv: list[str]) -> int:
         "p99_ms": api_fig["p99_ms"],
         "bare_fastapi_per_s": bare_fig["per_s"],
         "ratio_vs_bare_fastapi": round(api_fig["per_s"] / bare_fig["per_s"], 3),
+        "cpu_ms_per_request": api_fig["cpu_ms_per_request"] | bare_fig["cpu_ms_per_request"],
     }
     out = summary | out
     if args.json:

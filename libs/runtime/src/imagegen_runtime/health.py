@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .http_metrics import install_http_metrics
 from .operator_auth import OperatorAuth
+from .tracing import FASTAPI_TELEMETRY
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,12 @@ def add_health_routes(
 
 def health_app(service: str, readiness: Readiness, operator: OperatorAuth | None = None) -> FastAPI:
     """A FastAPI app with only the health routes (services without their own HTTP API)."""
-    app = FastAPI(title=f"imagegen-{service}", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title=f"imagegen-{service}",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        telemetry=FASTAPI_TELEMETRY,
+    )
     add_health_routes(app, service, readiness, operator)
     return app

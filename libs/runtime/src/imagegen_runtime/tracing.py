@@ -37,6 +37,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from fastapi.telemetry import TelemetryConfig
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
@@ -382,6 +383,20 @@ def trace_id_of(traceparent: str | None) -> str | None:
 
 
 # ---- instrumentation -----------------------------------------------------------------------------
+# FastAPI (>= 0.160) traces, meters and logs every request itself through the global OpenTelemetry
+# providers unless told not to. Our server spans come from ``instrument_http_app`` (one source,
+# probes left out, only when exported) and our HTTP metrics from Prometheus, so every app turns
+# FastAPI's own telemetry off: it made a second span and an operation span per dependency on
+# every request, exported or not (about a sixth of the API's CPU per POST; ADR 0641).
+FASTAPI_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+    "auto_configure": False,
+}
+
+
 def instrument_http_app(app: FastAPI) -> None:
     """Server spans for ``app``'s requests (``<METHOD> <route>``), probes and scrapes left out;
     the ASGI send/receive sub-spans are left out too. Nothing when no span is exported."""

@@ -11,6 +11,7 @@ from imagegen_runtime.operator_auth import OperatorAuth, PgKeyRoles, mount_opera
 from imagegen_runtime.publishing import Publisher
 from imagegen_runtime.service import ServiceApp
 from imagegen_runtime.standard import consumer_service
+from imagegen_runtime.tracing import FASTAPI_TELEMETRY
 
 from .adapters.accounts import PgAccounts
 from .adapters.catalog import load_catalog
@@ -33,11 +34,16 @@ def bootstrap(settings: ApiSettings, *, publisher: Publisher | None = None) -> S
     engine = make_engine(settings.database_url, pool_size=10)
     objects = object_store(settings.storage)  # None: local folders (docs/storage.md)
     accounts, jobs = PgAccounts(engine), PgJobStore(engine)
-    cheap = make_engine(settings.database_url, pool_size=5, async_commit=True)  # ADR 0640
+    # The admission path's own engines: every use is a group commit run through
+    # retry_if_disconnected, so they skip the per-checkout ping (ADR 0641).
+    claims = make_engine(settings.database_url, pool_size=5, pre_ping=False)
+    cheap = make_engine(  # ADR 0640
+        settings.database_url, pool_size=5, async_commit=True, pre_ping=False
+    )
     limiter = PgLimiter(cheap, jobs.jobs.name)
     deps = Deps(
         # cached key lookups, group-committed claims and marks (ADR 0640)
-        accounts=FastAccounts(accounts, engine, marks_engine=cheap),
+        accounts=FastAccounts(accounts, claims, marks_engine=cheap),
         jobs=jobs,
         publisher=publisher,
         catalog=load_catalog(settings.models_dir),
@@ -56,6 +62,7 @@ def bootstrap(settings: ApiSettings, *, publisher: Publisher | None = None) -> S
         await limiter.create_tables()
         yield
         await engine.dispose()
+        await claims.dispose()
         await cheap.dispose()
 
     operator = OperatorAuth(PgKeyRoles(engine))  # /metrics; /docs unless public_docs
@@ -67,6 +74,7 @@ def bootstrap(settings: ApiSettings, *, publisher: Publisher | None = None) -> S
         docs_url="/docs" if public else None,
         redoc_url="/redoc" if public else None,
         openapi_url="/openapi.json" if public else None,
+        telemetry=FASTAPI_TELEMETRY,
     )
     if not public:
         mount_operator_docs(http, operator)
@@ -109,6 +117,7 @@ def bootstrap_projector(settings: ApiSettings) -> ServiceApp:
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        telemetry=FASTAPI_TELEMETRY,
     )
     return _jobs_service(settings, PROJECTOR, True, jobs, kafka, http, operator)
 

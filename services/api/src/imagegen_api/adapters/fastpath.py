@@ -32,6 +32,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagegen_runtime.batching import GroupCommit
+from imagegen_runtime.db import retry_if_disconnected
 
 from ..domain.idempotency import Claim, HeldKey
 from ..domain.plans import Caller
@@ -53,6 +54,15 @@ _CLAIM = text(
     bindparam("created", type_=ARRAY(DateTime(timezone=True))),
     bindparam("answers", type_=ARRAY(JSONB)),
     bindparam("claimed", type_=ARRAY(DateTime(timezone=True))),
+)
+_OURS = text(
+    "select i.user_id, i.key from idempotency_keys i"
+    " join unnest(:users, :keys, :jobs) as v(u, k, j)"
+    " on i.user_id = v.u and i.key = v.k and i.job_id = v.j"
+).bindparams(
+    bindparam("users", type_=ARRAY(String)),
+    bindparam("keys", type_=ARRAY(String)),
+    bindparam("jobs", type_=ARRAY(String)),
 )
 _MARK = text(
     "update idempotency_keys i set published = true"
@@ -135,37 +145,42 @@ class FastAccounts:
         for i, (user, key, _) in enumerate(items):
             firsts.setdefault((user, key), i)
         rows = [items[i] for i in sorted(firsts.values())]
-        async with self.engine.begin() as conn:
-            won = {
-                (r.user_id, r.key)
-                for r in await conn.execute(
-                    _CLAIM,
-                    {
-                        "users": [u for u, _, _ in rows],
-                        "keys": [k for _, k, _ in rows],
-                        "jobs": [p.answer["id"] for _, _, p in rows],
-                        "hashes": [p.request_hash for _, _, p in rows],
-                        "created": [p.created_at for _, _, p in rows],
-                        "answers": [p.answer for _, _, p in rows],
-                        "claimed": [p.claimed_at for _, _, p in rows],
-                    },
-                )
-            }
+        params = {
+            "users": [u for u, _, _ in rows],
+            "keys": [k for _, k, _ in rows],
+            "jobs": [p.answer["id"] for _, _, p in rows],
+            "hashes": [p.request_hash for _, _, p in rows],
+            "created": [p.created_at for _, _, p in rows],
+            "answers": [p.answer for _, _, p in rows],
+            "claimed": [p.claimed_at for _, _, p in rows],
+        }
+
+        async def insert(again: bool) -> set[tuple[str, str]]:
+            async with self.engine.begin() as conn:
+                won = {(r.user_id, r.key) for r in await conn.execute(_CLAIM, params)}
+                if again:  # the first run's commit may have landed: its rows are ours too
+                    ours = {n: params[n] for n in ("users", "keys", "jobs")}
+                    won |= {(r.user_id, r.key) for r in await conn.execute(_OURS, ours)}
+                return won
+
+        won = await retry_if_disconnected(insert)
         return [
             firsts[(user, key)] == i and (user, key) in won
             for i, (user, key, _) in enumerate(items)
         ]
 
     async def _mark_batch(self, items: list[tuple[str, str, str]]) -> Sequence[None]:
-        async with self.marks_engine.begin() as conn:
-            await conn.execute(
-                _MARK,
-                {
-                    "users": [u for u, _, _ in items],
-                    "keys": [k for _, k, _ in items],
-                    "jobs": [j for _, _, j in items],
-                },
-            )
+        params = {
+            "users": [u for u, _, _ in items],
+            "keys": [k for _, k, _ in items],
+            "jobs": [j for _, _, j in items],
+        }
+
+        async def update(_: bool) -> None:  # setting a flag twice is harmless
+            async with self.marks_engine.begin() as conn:
+                await conn.execute(_MARK, params)
+
+        await retry_if_disconnected(update)
         return [None] * len(items)
 
     async def release(self, user_id: str, key: str, claimed_at: datetime) -> None:

@@ -39,6 +39,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagegen_runtime.batching import GroupCommit
+from imagegen_runtime.db import retry_if_disconnected
 
 from ..domain.job import TERMINAL
 from ..domain.limits import (
@@ -127,6 +128,9 @@ _SAVE_IMAGES = text(
     bindparam("days", type_=ARRAY(Date)),
     bindparam("images", type_=ARRAY(Integer)),
 )
+_ADMITTED = text("select job_id from admitted_jobs where job_id = any(:jobs)").bindparams(
+    bindparam("jobs", type_=ARRAY(String))
+)
 _ADMIT = text(
     "insert into admitted_jobs (job_id, user_id, images, admitted_at)"
     " select * from unnest(:jobs, :users, :images, :ats) on conflict (job_id) do nothing"
@@ -191,30 +195,38 @@ class PgLimiter:
 
     async def release(self, user_id: str, job_id: str) -> None:
         """The admitted job was never published: give back its slot and its images."""
-        async with self.engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    text(
-                        "delete from admitted_jobs where job_id = :job and user_id = :user"
-                        " returning images, admitted_at"
-                    ),
-                    {"job": job_id, "user": user_id},
-                )
-            ).first()
-            if row is not None:
-                await conn.execute(
-                    text(
-                        "update rate_limits set images_today = greatest(0, images_today - :n)"
-                        " where user_id = :user and day = :day"
-                    ),
-                    {"n": row.images, "user": user_id, "day": row.admitted_at.date()},
-                )
+
+        async def give_back(_: bool) -> None:  # a second run finds the row gone: a no-op
+            async with self.engine.begin() as conn:
+                row = (
+                    await conn.execute(
+                        text(
+                            "delete from admitted_jobs where job_id = :job and user_id = :user"
+                            " returning images, admitted_at"
+                        ),
+                        {"job": job_id, "user": user_id},
+                    )
+                ).first()
+                if row is not None:
+                    await conn.execute(
+                        text(
+                            "update rate_limits set images_today = greatest(0, images_today - :n)"
+                            " where user_id = :user and day = :day"
+                        ),
+                        {"n": row.images, "user": user_id, "day": row.admitted_at.date()},
+                    )
+
+        await retry_if_disconnected(give_back)
 
     async def _lock(self, conn: Any, users: list[str]) -> dict[str, Any]:
         rows = await conn.execute(_LOCK_USERS, {"users": users})
         return {r.user_id: r for r in rows}
 
     async def _take_batch(self, items: list[_TakeItem]) -> Sequence[Take]:
+        # A second run after a commit lost in flight may take these requests' tokens twice.
+        return await retry_if_disconnected(lambda _: self._take_once(items))
+
+    async def _take_once(self, items: list[_TakeItem]) -> Sequence[Take]:
         users = sorted({i.user_id for i in items})  # one lock order: no deadlock between batches
         async with self.engine.begin() as conn:
             rows = await self._lock(conn, users)
@@ -248,6 +260,9 @@ class PgLimiter:
         return out
 
     async def _admit_batch(self, items: list[_AdmitItem]) -> Sequence[Refusal | None]:
+        return await retry_if_disconnected(lambda again: self._admit_once(items, again))
+
+    async def _admit_once(self, items: list[_AdmitItem], again: bool) -> Sequence[Refusal | None]:
         users = sorted({i.req.user_id for i in items})
         now = max(i.now for i in items)
         async with self.engine.begin() as conn:
@@ -257,9 +272,16 @@ class PgLimiter:
             images: dict[str, tuple[date | None, int]] = {
                 u: (r.day, r.images_today) for u, r in rows.items()
             }
+            landed: set[str] = set()  # admitted by a first run whose commit landed after all
+            if again:
+                jobs = [i.req.job_id for i in items]
+                landed = {r.job_id for r in await conn.execute(_ADMITTED, {"jobs": jobs})}
             out: list[Refusal | None] = []
             admitted: list[_AdmitItem] = []
             for item in items:
+                if item.req.job_id in landed:
+                    out.append(None)
+                    continue
                 user = item.req.user_id
                 day, count = images[user]
                 refusal = admit(item.req, active.get(user, 0), count, day, item.now)

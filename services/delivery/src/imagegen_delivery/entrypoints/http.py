@@ -14,6 +14,8 @@ import time
 
 from fastapi import FastAPI, HTTPException, Response
 
+from imagegen_runtime.tracing import FASTAPI_TELEMETRY
+
 from ..adapters.store import BlobStore
 from ..config import DeliverySettings
 from ..domain.links import EXPIRES, FILE_NAME, JOB_ID, LinkCheck, file_path, verify
@@ -23,7 +25,13 @@ from ..service_layer.handlers import Clock
 def make_http_app(
     store: BlobStore, settings: DeliverySettings, clock: Clock = time.time
 ) -> FastAPI:
-    app = FastAPI(title="imagegen-delivery", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="imagegen-delivery",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        telemetry=FASTAPI_TELEMETRY,
+    )
     key = settings.signing_key.get_secret_value().encode()
 
     @app.get("/files/{job_id}/{file_name}")
