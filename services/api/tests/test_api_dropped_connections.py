@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -32,14 +33,27 @@ R = TypeVar("R")
 LIMITS = Limits(60, burst=5, active_jobs=3, images_per_day=10)
 
 
+@dataclass
+class Engines:
+    """Ping-less engines as the API's admission path has them (the limiter's runs
+    transactions, the claims' and marks' autocommit), and an ordinary one to kill with."""
+
+    tx: AsyncEngine
+    auto: AsyncEngine
+    admin: AsyncEngine
+
+
 @pytest.fixture
-async def engines(infra: Any) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
-    """A ping-less engine (as the API's admission path has) and an ordinary one to kill with."""
-    hot = make_engine(infra.database_url, pool_size=1, pre_ping=False)
-    admin = make_engine(infra.database_url, pool_size=1)
-    yield hot, admin
-    await hot.dispose()
-    await admin.dispose()
+async def engines(infra: Any) -> AsyncIterator[Engines]:
+    url = infra.database_url
+    made = Engines(
+        make_engine(url, pool_size=1, pre_ping=False),
+        make_engine(url, pool_size=1, pre_ping=False, autocommit=True),
+        make_engine(url, pool_size=1),
+    )
+    yield made
+    for engine in (made.tx, made.auto, made.admin):
+        await engine.dispose()
 
 
 async def drop_pooled_connection(hot: AsyncEngine, admin: AsyncEngine) -> None:
@@ -50,11 +64,12 @@ async def drop_pooled_connection(hot: AsyncEngine, admin: AsyncEngine) -> None:
         assert (await conn.execute(text("select pg_terminate_backend(:p)"), {"p": pid})).scalar()
 
 
+@pytest.mark.parametrize("kind", ["tx", "auto"])
 async def test_without_a_ping_the_first_use_of_a_dropped_connection_fails(
-    engines: tuple[AsyncEngine, AsyncEngine],
+    engines: Engines, kind: str
 ) -> None:
-    hot, admin = engines
-    await drop_pooled_connection(hot, admin)
+    hot = getattr(engines, kind)
+    await drop_pooled_connection(hot, engines.admin)
     with pytest.raises(DBAPIError) as failed:
         async with hot.begin() as conn:
             await conn.execute(text("select 1"))
@@ -69,19 +84,16 @@ def proposal(job_id: str) -> HeldKey:
 
 
 @pytest.fixture
-async def accounts(
-    engines: tuple[AsyncEngine, AsyncEngine],
-) -> AsyncIterator[FastAccounts]:
-    hot, admin = engines
-    pg = PgAccounts(admin)
+async def accounts(engines: Engines) -> AsyncIterator[FastAccounts]:
+    pg = PgAccounts(engines.admin)
     await pg.create_tables()
-    yield FastAccounts(pg, hot, marks_engine=hot)
+    yield FastAccounts(pg, engines.auto, marks_engine=engines.auto)
 
 
 async def test_a_claim_and_its_mark_on_a_dropped_connection_still_win(
-    engines: tuple[AsyncEngine, AsyncEngine], accounts: FastAccounts
+    engines: Engines, accounts: FastAccounts
 ) -> None:
-    hot, admin = engines
+    hot, admin = engines.auto, engines.admin
     user = f"u-{uuid.uuid4().hex[:8]}"
     await drop_pooled_connection(hot, admin)
     claim = await accounts.claim(user, "k1", proposal("j1"))
@@ -111,22 +123,19 @@ async def test_a_second_run_after_a_landed_commit_still_wins_the_claim(
 
 
 @pytest.fixture
-async def pg_limiter(
-    engines: tuple[AsyncEngine, AsyncEngine],
-) -> AsyncIterator[PgLimiter]:
-    hot, admin = engines
-    jobs = PgJobStore(admin, prefix=f"t{uuid.uuid4().hex[:8]}_")
+async def pg_limiter(engines: Engines) -> AsyncIterator[PgLimiter]:
+    jobs = PgJobStore(engines.admin, prefix=f"t{uuid.uuid4().hex[:8]}_")
     await jobs.create()
-    subject = PgLimiter(hot, jobs.jobs.name)
+    subject = PgLimiter(engines.tx, jobs.jobs.name)
     await subject.create_tables()
     yield subject
     await jobs.drop()
 
 
 async def test_admission_and_release_on_a_dropped_connection_still_count(
-    engines: tuple[AsyncEngine, AsyncEngine], pg_limiter: PgLimiter
+    engines: Engines, pg_limiter: PgLimiter
 ) -> None:
-    hot, admin = engines
+    hot, admin = engines.tx, engines.admin
     user, now = f"u-{uuid.uuid4().hex[:8]}", datetime.now(UTC)
     await drop_pooled_connection(hot, admin)
     assert (await pg_limiter.take(user, LIMITS, now)).granted == 1

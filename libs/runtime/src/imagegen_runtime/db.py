@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -15,7 +15,12 @@ R = TypeVar("R")
 
 
 def make_engine(
-    url: str, pool_size: int = 5, *, async_commit: bool = False, pre_ping: bool = True
+    url: str,
+    pool_size: int = 5,
+    *,
+    async_commit: bool = False,
+    pre_ping: bool = True,
+    autocommit: bool = False,
 ) -> AsyncEngine:
     """An async engine; nothing connects until first use.
 
@@ -30,18 +35,19 @@ def make_engine(
     its WAL is flushed; a database crash may forget the last few hundred milliseconds of them,
     a process crash nothing). Only for state that is cheap to lose (ADR 0640).
 
+    ``autocommit``: every statement is its own transaction, with no ``begin`` and ``commit``
+    round trips around it (the asyncpg dialect sends each as a statement). Only for an engine
+    whose every use is one statement, or statements that need no common transaction.
+
     Its statements are traced as client spans inside traced work (a request, a consumed record;
     ADR 0800); a query run by no traced work (a readiness ping) starts no trace.
     """
+    options: dict[str, Any] = {"pool_size": pool_size, "pool_pre_ping": pre_ping}
     if async_commit:
-        engine = create_async_engine(
-            url,
-            pool_size=pool_size,
-            pool_pre_ping=pre_ping,
-            connect_args={"server_settings": {"synchronous_commit": "off"}},
-        )
-    else:
-        engine = create_async_engine(url, pool_size=pool_size, pool_pre_ping=pre_ping)
+        options["connect_args"] = {"server_settings": {"synchronous_commit": "off"}}
+    if autocommit:
+        options["isolation_level"] = "AUTOCOMMIT"
+    engine = create_async_engine(url, **options)
     instrument_engine(engine)
     return engine
 

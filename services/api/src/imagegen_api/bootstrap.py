@@ -35,15 +35,16 @@ def bootstrap(settings: ApiSettings, *, publisher: Publisher | None = None) -> S
     objects = object_store(settings.storage)  # None: local folders (docs/storage.md)
     accounts, jobs = PgAccounts(engine), PgJobStore(engine)
     # The admission path's own engines: every use is a group commit run through
-    # retry_if_disconnected, so they skip the per-checkout ping (ADR 0641).
-    claims = make_engine(settings.database_url, pool_size=5, pre_ping=False)
-    cheap = make_engine(  # ADR 0640
-        settings.database_url, pool_size=5, async_commit=True, pre_ping=False
-    )
+    # retry_if_disconnected, so they skip the per-checkout ping (ADR 0641). Claims and marks
+    # are one statement each: autocommit, no begin/commit round trips.
+    url = settings.database_url
+    claims = make_engine(url, pool_size=5, pre_ping=False, autocommit=True)
+    marks = make_engine(url, pool_size=2, async_commit=True, pre_ping=False, autocommit=True)
+    cheap = make_engine(url, pool_size=5, async_commit=True, pre_ping=False)  # ADR 0640
     limiter = PgLimiter(cheap, jobs.jobs.name)
     deps = Deps(
         # cached key lookups, group-committed claims and marks (ADR 0640)
-        accounts=FastAccounts(accounts, claims, marks_engine=cheap),
+        accounts=FastAccounts(accounts, claims, marks_engine=marks),
         jobs=jobs,
         publisher=publisher,
         catalog=load_catalog(settings.models_dir),
@@ -63,6 +64,7 @@ def bootstrap(settings: ApiSettings, *, publisher: Publisher | None = None) -> S
         yield
         await engine.dispose()
         await claims.dispose()
+        await marks.dispose()
         await cheap.dispose()
 
     operator = OperatorAuth(PgKeyRoles(engine))  # /metrics; /docs unless public_docs

@@ -119,49 +119,47 @@ _SAVE_BUCKETS = text(
     bindparam("tokens", type_=ARRAY(Float)),
     bindparam("ats", type_=ARRAY(DateTime(timezone=True))),
 )
-_SAVE_IMAGES = text(
-    "update rate_limits r set day = v.day, images_today = v.images"
-    " from unnest(:users, :days, :images) as v(user_id, day, images)"
-    " where r.user_id = v.user_id"
-).bindparams(
-    bindparam("users", type_=ARRAY(String)),
-    bindparam("days", type_=ARRAY(Date)),
-    bindparam("images", type_=ARRAY(Integer)),
-)
 _ADMITTED = text("select job_id from admitted_jobs where job_id = any(:jobs)").bindparams(
     bindparam("jobs", type_=ARRAY(String))
 )
-_ADMIT = text(
-    "insert into admitted_jobs (job_id, user_id, images, admitted_at)"
-    " select * from unnest(:jobs, :users, :images, :ats) on conflict (job_id) do nothing"
+_ADMIT = text(  # the admissions and the users' image counts, in one statement
+    "with admitted as (insert into admitted_jobs (job_id, user_id, images, admitted_at)"
+    " select * from unnest(:jobs, :users, :images, :ats) on conflict (job_id) do nothing)"
+    " update rate_limits r set day = v.day, images_today = v.images"
+    " from unnest(:changed, :days, :counts) as v(user_id, day, images)"
+    " where r.user_id = v.user_id"
 ).bindparams(
     bindparam("jobs", type_=ARRAY(String)),
     bindparam("users", type_=ARRAY(String)),
     bindparam("images", type_=ARRAY(Integer)),
     bindparam("ats", type_=ARRAY(DateTime(timezone=True))),
+    bindparam("changed", type_=ARRAY(String)),
+    bindparam("days", type_=ARRAY(Date)),
+    bindparam("counts", type_=ARRAY(Integer)),
 )
 
 
-def _prune(jobs_table: str) -> Any:
+def _prune_and_count(jobs_table: str) -> Any:
+    """One statement: drop the users' admissions whose job ended (or never showed up in the
+    projection within ``STALE_AFTER``), and count what is left per user. The count reads the
+    snapshot from before the delete, so it leaves the deleted rows out itself."""
     ended = ", ".join(f"'{s}'" for s in sorted(TERMINAL))
     return text(
-        f"delete from admitted_jobs a where a.user_id = any(:users) and ("
+        f"with pruned as (delete from admitted_jobs a where a.user_id = any(:users) and ("
         f" exists (select 1 from {jobs_table} j where j.job_id = a.job_id"
         f" and j.status in ({ended}))"
         f" or (a.admitted_at < :stale and not exists"
         f" (select 1 from {jobs_table} j where j.job_id = a.job_id)))"
+        f" returning a.job_id)"
+        f" select a.user_id, count(*) as n from admitted_jobs a where a.user_id = any(:users)"
+        f" and a.job_id not in (select job_id from pruned) group by a.user_id"
     ).bindparams(bindparam("users", type_=ARRAY(String)))
-
-
-_COUNT = text(
-    "select user_id, count(*) as n from admitted_jobs where user_id = any(:users) group by user_id"
-).bindparams(bindparam("users", type_=ARRAY(String)))
 
 
 class PgLimiter:
     def __init__(self, engine: AsyncEngine, jobs_table: str = "jobs") -> None:
         self.engine = engine
-        self._prune = _prune(jobs_table)
+        self._prune_and_count = _prune_and_count(jobs_table)
         self._takes: GroupCommit[_TakeItem, Take] = GroupCommit(self._take_batch)
         self._admits: GroupCommit[_AdmitItem, Refusal | None] = GroupCommit(self._admit_batch)
         self._leases: dict[str, _Lease] = {}
@@ -267,8 +265,10 @@ class PgLimiter:
         now = max(i.now for i in items)
         async with self.engine.begin() as conn:
             rows = await self._lock(conn, users)
-            await conn.execute(self._prune, {"users": users, "stale": now - STALE_AFTER})
-            active = {r.user_id: r.n for r in await conn.execute(_COUNT, {"users": users})}
+            counted = await conn.execute(
+                self._prune_and_count, {"users": users, "stale": now - STALE_AFTER}
+            )
+            active = {r.user_id: r.n for r in counted}
             images: dict[str, tuple[date | None, int]] = {
                 u: (r.day, r.images_today) for u, r in rows.items()
             }
@@ -292,6 +292,7 @@ class PgLimiter:
                     active[user] = active.get(user, 0) + 1
                     admitted.append(item)
             if admitted:
+                changed = sorted({i.req.user_id for i in admitted})
                 await conn.execute(
                     _ADMIT,
                     {
@@ -299,15 +300,9 @@ class PgLimiter:
                         "users": [i.req.user_id for i in admitted],
                         "images": [i.req.images for i in admitted],
                         "ats": [i.now for i in admitted],
-                    },
-                )
-                changed = sorted({i.req.user_id for i in admitted})
-                await conn.execute(
-                    _SAVE_IMAGES,
-                    {
-                        "users": changed,
+                        "changed": changed,
                         "days": [images[u][0] for u in changed],
-                        "images": [images[u][1] for u in changed],
+                        "counts": [images[u][1] for u in changed],
                     },
                 )
         return out
