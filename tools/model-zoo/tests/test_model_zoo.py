@@ -7,6 +7,7 @@ models run is tested by the gpu-worker (services/gpu-worker/tests/test_gpu_worke
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -183,6 +184,29 @@ def test_a_built_model_is_kept_unless_forced(tmp_path: Path) -> None:
     assert manifest.stat().st_mtime_ns != before
     registry.verify(tmp_path / "tiny-sd15")
     assert sorted(p.name for p in tmp_path.iterdir()) == [build.PRISTINE, "tiny-sd15"]
+
+
+def test_a_pristine_copy_of_an_older_build_is_made_again(tmp_path: Path) -> None:
+    """A model rebuilt after a change (``--force``) must not keep the old build's pristine copy:
+    a repair from it would bring back files its new manifest refuses."""
+    build.build_all(tmp_path, only=["tiny-sd15"])
+    copy = tmp_path / build.PRISTINE / "tiny-sd15"
+    # Stand in for an older build: a copy that verifies by itself but holds other bytes.
+    config = copy / "scheduler" / "scheduler_config.json"
+    config.write_text(config.read_text().replace("}", ', "older_build": 1}', 1))
+    doc = json.loads((copy / registry.MANIFEST).read_text())
+    doc["files"]["scheduler/scheduler_config.json"] = hashlib.sha256(
+        config.read_bytes()
+    ).hexdigest()
+    (copy / registry.MANIFEST).write_text(json.dumps(doc))
+    registry.verify(copy)  # valid on its own
+    assert (
+        registry.read_manifest(copy).files
+        != registry.read_manifest(copy.parents[1] / "tiny-sd15").files
+    )
+    build.build_all(tmp_path, only=["tiny-sd15"])
+    model = registry.read_manifest(tmp_path / "tiny-sd15")
+    assert registry.read_manifest(copy).files == model.files
 
 
 def test_an_unknown_id_is_refused(tmp_path: Path) -> None:

@@ -597,11 +597,14 @@ PRISTINE = ".pristine"  # beside the models: the copies a worker repairs corrupt
 def keep_pristine(folder: Path) -> None:
     """Keep a pristine copy of a (just verified) model under ``<models>/.pristine/<id>`` and
     name it as the manifest's ``source``, so a worker that finds a file corrupted repairs it
-    from there (ADR 0707). A copy that no longer verifies is made again."""
+    from there (ADR 0707). A copy that no longer verifies, or holds other files than the model
+    (a model rebuilt with ``--force`` after a change), is made again."""
     import json
 
     copy = folder.parent / PRISTINE / folder.name
-    if not _has_valid_manifest(copy):
+    if not _has_valid_manifest(copy) or (
+        registry.read_manifest(copy).files != registry.read_manifest(folder).files
+    ):
         if copy.exists():
             shutil.rmtree(copy)
         copy.parent.mkdir(parents=True, exist_ok=True)
