@@ -103,6 +103,19 @@ async def settle(publisher: InMemoryPublisher, n: int, timeout: float = 10.0) ->
         await asyncio.sleep(0.01)
 
 
+def assert_net_evicted_by(publisher: InMemoryPublisher, env: Envelope) -> None:
+    """The latest fact answers ``env``: the canny net unloaded, under an id derived from it."""
+    (fact, evicted) = facts(publisher)[-1]
+    assert isinstance(evicted, ModelEvicted)
+    assert (evicted.model_id, evicted.kind, evicted.reason, evicted.command_id) == (
+        CANNY,
+        "controlnet",  # the scheduler removes it as cn/<id>, as it was loaded
+        "command",
+        env.event_id,
+    )
+    assert fact.event_id == derived_event_id(env.event_id, ModelEvicted.event_type, CANNY)
+
+
 def nets(runner: DiffusersRunner) -> list[str]:
     return [net_id for net_id, _ in runner.resident_controlnets()]
 
@@ -123,15 +136,7 @@ async def test_evict_model_of_a_loaded_controlnet_unloads_it_and_answers_once(
     assert nets(runner) == [CANNY]
 
     env = await send(commands, evict(CANNY), offset=10)
-    (fact, evicted) = facts(publisher)[-1]
-    assert isinstance(evicted, ModelEvicted)
-    assert (evicted.model_id, evicted.kind, evicted.reason, evicted.command_id) == (
-        CANNY,
-        "controlnet",  # the scheduler removes it as cn/<id>, as it was loaded
-        "command",
-        env.event_id,
-    )
-    assert fact.event_id == derived_event_id(env.event_id, ModelEvicted.event_type, CANNY)
+    assert_net_evicted_by(publisher, env)
     # The net is gone from the budget and the heartbeat's list; its model stays.
     assert nets(runner) == [] and [name for name, _ in runner.held()] == ["tiny-sd15"]
     count = len(facts(publisher))
@@ -191,14 +196,6 @@ async def test_evicting_the_controlnet_of_the_running_job_waits_for_the_run_to_e
     await asyncio.wait_for(run, 60)
     await commands.after_run()  # what the worker calls when a run ends
     await settle(publisher, count + 1)
-    (fact, evicted) = facts(publisher)[-1]
-    assert isinstance(evicted, ModelEvicted)
-    assert (evicted.model_id, evicted.kind, evicted.reason, evicted.command_id) == (
-        CANNY,
-        "controlnet",  # the scheduler removes it as cn/<id>, as it was loaded
-        "command",
-        env.event_id,
-    )
-    assert fact.event_id == derived_event_id(env.event_id, ModelEvicted.event_type, CANNY)
+    assert_net_evicted_by(publisher, env)
     assert nets(runner) == [] and list(runner.loaded) == ["tiny-sd15"]
     assert commands.deferred == {}
