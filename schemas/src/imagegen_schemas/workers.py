@@ -120,7 +120,8 @@ class ModelLoadFailed(Payload):
     model_id: str
     reason: str = Field(
         description="does_not_fit, in_use (fits only by unloading the running job's model), "
-        "unknown_model, corrupted, out_of_memory, load_error."
+        "unknown_model, not_a_base_model (a LoRA's or a ControlNet's id: those load with a "
+        "job's model), corrupted, out_of_memory, load_error."
     )
     message: str = Field(default="", max_length=4000)
     command_id: str = Field(description="Event id of the LoadModel command.")

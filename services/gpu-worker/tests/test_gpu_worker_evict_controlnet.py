@@ -27,7 +27,13 @@ from imagegen_gpu_worker.service_layer.residency import Cause, ResidencyReporter
 from imagegen_runtime.kafka import RecordMeta
 from imagegen_runtime.publishing import InMemoryPublisher, derived_event_id
 from imagegen_schemas import Envelope, parse
-from imagegen_schemas.workers import EvictModel, ModelEvicted, ModelLoaded
+from imagegen_schemas.workers import (
+    EvictModel,
+    LoadModel,
+    ModelEvicted,
+    ModelLoaded,
+    ModelLoadFailed,
+)
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.unit
@@ -78,7 +84,7 @@ async def job(
     await cause.settled()
 
 
-async def send(commands: PoolCommands, payload: EvictModel, offset: int) -> Envelope:
+async def send(commands: PoolCommands, payload: EvictModel | LoadModel, offset: int) -> Envelope:
     env = Envelope.wrap(payload, correlation_id=WORKER, producer="pool-manager")
     meta = RecordMeta("imagegen.pool.commands", 0, offset, WORKER, {})
     await commands.handle(env, payload, meta)
@@ -199,3 +205,24 @@ async def test_evicting_the_controlnet_of_the_running_job_waits_for_the_run_to_e
     assert_net_evicted_by(publisher, env)
     assert nets(runner) == [] and list(runner.loaded) == ["tiny-sd15"]
     assert commands.deferred == {}
+
+
+@pytest.mark.parametrize("model_id", [CANNY, "tiny-sd15-lora-ink"])
+async def test_load_model_of_a_controlnet_or_lora_id_fails_and_unloads_nothing(
+    commands: PoolCommands, runner: DiffusersRunner, publisher: InMemoryPublisher, model_id: str
+) -> None:
+    """A net or a LoRA loads with the model a job runs, never alone: a LoadModel for its id is
+    answered ``not_a_base_model`` before anything is unloaded for it (before, it went on to
+    make room and then failed opening the folder as a pipeline)."""
+    runner.load("tiny-sd15")
+    runner.memory_budget_bytes = sum(b for _, b in runner.held())  # any room made would evict
+    before = len(facts(publisher))
+    env = await send(commands, LoadModel(worker_id=WORKER, model_id=model_id), offset=3)
+    [(_, answer)] = facts(publisher)[before:]
+    assert isinstance(answer, ModelLoadFailed)
+    assert (answer.model_id, answer.reason, answer.command_id) == (
+        model_id,
+        "not_a_base_model",
+        env.event_id,
+    )
+    assert list(runner.loaded) == ["tiny-sd15"] and nets(runner) == []

@@ -155,6 +155,7 @@ from ..domain.run import (
     LoraMismatch,
     ModelBlockedByRun,
     ModelDoesNotFit,
+    NotABaseModel,
     Paused,
     RunResult,
 )
@@ -663,6 +664,8 @@ class DiffusersRunner:
         folder = self.models_dir / model_id
         t0 = time.perf_counter()
         entry = self._verified_locked(model_id, folder)  # before anything is read (ADR 0707)
+        if entry.kind != "base":  # before anything is unloaded for it
+            raise NotABaseModel(f"{model_id} is a registered {entry.kind}, not a base model")
         self._make_room(model_id, folder)
         pipe = accel.open_pipeline(folder, entry, self.device, self.accel)  # ADR 0709
         size = sum(

@@ -58,6 +58,11 @@ class ModelNotRegistered(ModelUnavailable):
     """No model of that id is registered on this worker (no ``model.json`` in its folder)."""
 
 
+class NotABaseModel(ModelUnavailable):
+    """The id names a registered LoRA or ControlNet, not a base model: those are loaded with
+    the base model a job runs (ADRs 0704, 0706), never on their own."""
+
+
 class LoraMismatch(ModelUnavailable):
     """A LoRA the plan names is registered here but cannot apply to the plan's model: it is
     not a LoRA (another ``kind``), it is of another family, or its weights do not load."""

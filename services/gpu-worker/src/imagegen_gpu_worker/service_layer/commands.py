@@ -54,7 +54,13 @@ from imagegen_schemas.workers import DefragmentMemory, EvictModel, LoadModel, Mo
 
 from ..domain.fragmentation import DefragOutcome
 from ..domain.residency import ResidencyChange
-from ..domain.run import ModelBlockedByRun, ModelDoesNotFit, ModelNotRegistered, ModelUnavailable
+from ..domain.run import (
+    ModelBlockedByRun,
+    ModelDoesNotFit,
+    ModelNotRegistered,
+    ModelUnavailable,
+    NotABaseModel,
+)
 from .residency import Cause, ResidencyReporter
 
 log = logging.getLogger(__name__)
@@ -79,6 +85,8 @@ class ModelHost(Protocol):
 
 def load_failure_reason(exc: Exception) -> str:
     """``ModelLoadFailed.reason`` of a load that raised ``exc`` (not an unknown model)."""
+    if isinstance(exc, NotABaseModel):  # a LoRA's or a ControlNet's id
+        return "not_a_base_model"
     if isinstance(exc, ModelBlockedByRun):
         return "in_use"
     if isinstance(exc, ModelDoesNotFit):
