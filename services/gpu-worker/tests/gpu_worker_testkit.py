@@ -3,7 +3,12 @@ has a conftest)."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from imagegen_gpu_worker.domain.plan import RunPlan
+from imagegen_runtime.publishing import InMemoryPublisher
+from imagegen_schemas.workers import WorkerHeartbeat
 
 # A sampler each tiny family runs with a 3-step schedule.
 SAMPLER = {"tiny-sd15": "ddim", "tiny-sdxl": "euler", "tiny-sd3": "euler", "tiny-flux": "euler"}
@@ -28,3 +33,25 @@ def tiny_plan(model_id: str, loras: tuple[tuple[str, float], ...] = (), seed: in
         progress_every=1,
         loras=tuple(loras),
     )
+
+
+def first_heartbeat(
+    app: Any, publisher: InMemoryPublisher, timeout_s: float = 30.0
+) -> WorkerHeartbeat:
+    """Run the bootstrapped worker ``app``'s heartbeat task until it has published once (to
+    ``publisher``), stop it, and return that heartbeat."""
+    beats = [t for t in app.tasks if getattr(t, "__name__", "") == "beats"]
+    assert beats, "the heartbeat task is wired"
+
+    async def one_beat() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(beats[0](stop))
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not publisher.records:
+            assert asyncio.get_running_loop().time() < deadline, "no heartbeat published"
+            await asyncio.sleep(0.01)
+        stop.set()
+        await task
+
+    asyncio.run(one_beat())
+    return WorkerHeartbeat.model_validate(publisher.records[0].envelope.data)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gpu_worker_testkit import first_heartbeat
 from PIL import Image
 
 from imagegen_gpu_worker.adapters import registry
@@ -26,7 +27,6 @@ from imagegen_gpu_worker.domain.plan import RunPlan
 from imagegen_gpu_worker.domain.samplers import EXCLUDED, SAMPLERS, UnsupportedSampler
 from imagegen_gpu_worker.service_layer.heartbeat import heartbeat
 from imagegen_schemas.common import SCHEDULERS
-from imagegen_schemas.workers import WorkerHeartbeat
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.unit
@@ -313,18 +313,5 @@ def test_bootstrap_announces_the_registered_families(zoo: Path, tmp_path: Path) 
         kafka_bootstrap="127.0.0.1:1", blob_dir=tmp_path / "blobs", models_dir=zoo
     )
     app = bootstrap(settings, publisher=publisher)  # type: ignore[arg-type]
-    beats = [t for t in app.tasks if getattr(t, "__name__", "") == "beats"]
-    assert beats, "the heartbeat task is wired"
-    import asyncio
-
-    async def one_beat() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(beats[0](stop))
-        while not publisher.records:
-            await asyncio.sleep(0.01)
-        stop.set()
-        await task
-
-    asyncio.run(one_beat())
-    hb = WorkerHeartbeat.model_validate(publisher.records[0].envelope.data)
+    hb = first_heartbeat(app, publisher)
     assert hb.capabilities == ("flux", "sd15", "sd3", "sdxl")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gpu_worker_testkit import tiny_plan
+from gpu_worker_testkit import first_heartbeat, tiny_plan
 
 from imagegen_gpu_worker.adapters.admission import BudgetAdmission
 from imagegen_gpu_worker.adapters.diffusers_runner import DiffusersRunner
@@ -274,8 +274,6 @@ def test_heartbeats_report_which_loras_are_premerged_into_which_model(tier1: Pat
 def test_the_wired_heartbeat_carries_the_runners_premerged_loras(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import asyncio
-
     from imagegen_gpu_worker.adapters.diffusers_runner import DiffusersRunner as Runner
     from imagegen_gpu_worker.bootstrap import bootstrap
     from imagegen_runtime.publishing import InMemoryPublisher
@@ -291,18 +289,7 @@ def test_the_wired_heartbeat_carries_the_runners_premerged_loras(
         **{name: tmp_path / name for name in ("blob_dir", "files_dir", "integrity_dir")},
     )
     app = bootstrap(settings, publisher=publisher)  # type: ignore[arg-type]
-    [beats] = [t for t in app.tasks if getattr(t, "__name__", "") == "beats"]
-
-    async def one_beat() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(beats(stop))
-        while not publisher.records:
-            await asyncio.sleep(0.01)
-        stop.set()
-        await task
-
-    asyncio.run(one_beat())
-    hb = WorkerHeartbeat.model_validate(publisher.records[0].envelope.data)
+    hb = first_heartbeat(app, publisher)
     assert [(p.model_id, p.lora_id, p.bytes) for p in hb.premerged_loras] == [
         ("m1", "a", 4),
         ("m1", "b", 5),

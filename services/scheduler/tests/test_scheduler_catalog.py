@@ -14,7 +14,6 @@ from imagegen_scheduler.domain.facts import JobFacts, job_request
 from imagegen_scheduler.domain.log import held_id
 from imagegen_schemas import ControlNetSpec, GenerationParams, LoraSpec, Plan, Tier
 from imagegen_schemas import jobs as ev
-from imagegen_schemas.workers import LoadedModel
 
 pytestmark = pytest.mark.unit
 
@@ -104,7 +103,7 @@ def test_a_job_names_a_controlnet_by_type_and_gets_its_familys_registered_net(
     assert footprint_gb(sd15, catalog) - footprint_gb(bare, catalog) == pytest.approx(
         0.002, rel=0.05
     )
-    held = held_id(LoadedModel(model_id="a-sd15-canny", kind="controlnet", bytes=2_000_000))
+    held = held_id("a-sd15-canny", "controlnet")  # as a heartbeat lists the loaded net
     assert held in sd15.adapters  # a worker holding the net is warm for the job
     unknown = job_request(facts_for(controlnets=("depth",)), catalog, 0.0)
     assert unknown is not None and unknown.adapters == ()  # not held back for it

@@ -31,7 +31,7 @@ from imagegen_runtime import budget
 from imagegen_runtime.residency import ResidencyFacts
 from imagegen_schemas import Payload
 from imagegen_schemas import jobs as ev
-from imagegen_schemas.workers import LoadedModel, ModelEvicted, ModelLoaded, WorkerHeartbeat
+from imagegen_schemas.workers import ModelEvicted, ModelLoaded, WorkerHeartbeat
 
 from .config import SchedulerConfig
 from .events import (
@@ -94,19 +94,19 @@ def fold(log: Log, payload: object, at: float) -> list[Payload]:  # noqa: C901
     were published the first time and are read back; the service publishes them only live."""
     out: list[Payload] = []
     if isinstance(payload, WorkerHeartbeat):
-        log.residency.snapshot(payload.worker_id, {held_id(m): None for m in payload.loaded}, at)
+        log.residency.snapshot(
+            payload.worker_id, {held_id(m.model_id, m.kind): None for m in payload.loaded}, at
+        )
         if at >= log.beats.get(payload.worker_id, float("-inf")):
             log.beats[payload.worker_id] = at
             view = worker_view(payload, log.budget_fraction)
             _update_worker(log, view, at)
         return out
     if isinstance(payload, ModelLoaded | ModelEvicted):
-        model = (
-            payload.model
-            if isinstance(payload, ModelLoaded)
-            else LoadedModel(model_id=payload.model_id, kind=payload.kind, bytes=0)
-        )
-        model_id = held_id(model)
+        if isinstance(payload, ModelLoaded):
+            model_id = held_id(payload.model.model_id, payload.model.kind)
+        else:
+            model_id = held_id(payload.model_id, payload.kind)
         resident = isinstance(payload, ModelLoaded)
         newest = log.residency.fact(payload.worker_id, model_id, resident, at)
         if newest and payload.worker_id in log.seen:
@@ -168,11 +168,12 @@ def fold(log: Log, payload: object, at: float) -> list[Payload]:  # noqa: C901
     return out
 
 
-def held_id(model: LoadedModel) -> str:
-    """The catalog's id of what a heartbeat lists: a model's own id, ``lora/<id>`` for a LoRA
-    (the id a job's adapters use, ``facts.job_request``), ``cn/<id>`` for a ControlNet."""
-    prefix = {"lora": "lora/", "controlnet": "cn/"}.get(model.kind, "")
-    return prefix + model.model_id
+def held_id(model_id: str, kind: str) -> str:
+    """The catalog's id of what a worker holds (a heartbeat's entry, a ModelLoaded or
+    ModelEvicted fact): a model's own id, ``lora/<id>`` for a LoRA (the id a job's adapters
+    use, ``facts.job_request``), ``cn/<id>`` for a ControlNet."""
+    prefix = {"lora": "lora/", "controlnet": "cn/"}.get(kind, "")
+    return prefix + model_id
 
 
 def _update_worker(log: Log, view: WorkerView, at: float) -> None:
