@@ -23,7 +23,7 @@
    as causation and source disk or ram). LoRA loads are not residency events, so the real half
    judges the base model only. ``cold_loads`` counts every base-model load from disk or RAM, the
    pool's own included; ``duplicate_loads`` counts ``LoadModel`` commands for a model its worker
-   already held.
+   already held (a pin for a held model, which loads nothing, excepted).
 5. **Simulated figures**: the fleet simulator (tools/fleet-sim) on the same jobs and the same
    fleet (one GPU class per budget; each job arrives when it became schedulable in the real
    run). Its catalog is read from the same ``model.json`` files and calibrated on this run: each
@@ -384,11 +384,13 @@ def observe(
 
 def duplicate_loads(commands: list[Any], residency: list[Any]) -> int:
     """``LoadModel`` commands for a model their worker held when the command was published (the
-    residency facts before it in time, newest per (worker, model) wins)."""
+    residency facts before it in time, newest per (worker, model) wins). A command with ``pin``
+    for a held model is a pin confirmation (answered ``resident``, nothing read; ADR 0711), not
+    a duplicate load: not counted."""
     facts = sorted(residency, key=lambda r: r.occurred_at)
     count = 0
     for cmd in commands:
-        if cmd.type != "imagegen.pool.load_model":
+        if cmd.type != "imagegen.pool.load_model" or cmd.data.get("pin"):
             continue
         key = (cmd.data["worker_id"], cmd.data["model_id"])
         held = False

@@ -97,8 +97,8 @@ def test_figures_from_the_log_warm_by_cause_waits_from_the_verdict() -> None:
 
 
 def test_a_load_command_for_a_model_the_worker_holds_is_a_duplicate() -> None:
-    def command(at: float, model: str) -> LogRecord:
-        data = {"worker_id": "w1", "model_id": model}
+    def command(at: float, model: str, pin: bool = False) -> LogRecord:
+        data = {"worker_id": "w1", "model_id": model, "pin": pin}
         return rec("imagegen.pool.commands", "imagegen.pool.load_model", at, "", data)
 
     evicted = rec(
@@ -112,6 +112,8 @@ def test_a_load_command_for_a_model_the_worker_holds_is_a_duplicate() -> None:
     assert bf.duplicate_loads([command(0.5, "m")], residency) == 0  # not held yet
     assert bf.duplicate_loads([command(2.0, "m")], residency) == 1  # held
     assert bf.duplicate_loads([command(6.0, "m")], residency) == 0  # evicted since
+    # a pin for a held model confirms the pin (answered resident, ADR 0711): not a duplicate
+    assert bf.duplicate_loads([command(2.0, "m", pin=True)], residency) == 0
 
 
 def test_the_simulator_replays_the_trace_on_a_fleet_of_the_same_budgets(tmp_path: Path) -> None:

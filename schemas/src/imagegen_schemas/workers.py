@@ -68,6 +68,12 @@ class WorkerHeartbeat(Payload):
         "that pre-merge nothing, or that predate this field.",
     )
     running_job_id: str | None = None
+    pinned: tuple[str, ...] = Field(
+        default=(),
+        description="Models the pool-manager pinned on this worker (LoadModel with pin), by id, "
+        "resident or not: while one is resident the worker's own eviction passes it over unless "
+        "a job cannot fit otherwise (ADR 0711). Empty from workers that predate this field.",
+    )
     capabilities: tuple[str, ...] = Field(default=(), description="families, e.g. 'sd15', 'sdxl'.")
     interval_s: float = Field(
         default=2.0, gt=0, description="Heartbeat period; loss is judged on it."
@@ -143,6 +149,13 @@ class LoadModel(Payload):
     worker_id: str
     model_id: str
     reason: str = Field(default="", description="e.g. 'predicted_demand'.")
+    pin: bool = Field(
+        default=False,
+        description="Pin the model on this worker (a tier-1 pin, ADR 0711): loaded, or already "
+        "resident (answered source 'resident'), it stays while anything else can make room; a "
+        "job that cannot fit beside it still unloads it, and it is protected again once loaded "
+        "again. An EvictModel for it unpins it.",
+    )
 
 
 class EvictModel(Payload):

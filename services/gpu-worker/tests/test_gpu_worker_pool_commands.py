@@ -617,3 +617,89 @@ def test_the_runner_reports_every_load_and_unload_in_order(runner: LightRunner) 
         ("Unloaded", "a", "not_resident"),
         ("Unloaded", "b", "command"),
     ]
+
+
+# Pins (ADR 0711): LoadModel(pin=True) keeps a tier-1 model while anything else can make room
+
+
+def pin(model_id: str) -> LoadModel:
+    return LoadModel(worker_id=WORKER, model_id=model_id, reason="pin", pin=True)
+
+
+def overrides() -> float:
+    from imagegen_gpu_worker.metrics import PIN_OVERRIDES
+
+    return PIN_OVERRIDES._value.get()
+
+
+async def test_a_pinned_model_is_passed_over_by_the_eviction_that_makes_room(
+    commands: PoolCommands, runner: LightRunner, publisher: InMemoryPublisher
+) -> None:
+    await send(commands, pin("a"))  # the least recently used from here on
+    await send(commands, load("b"))
+    await send(commands, load("c"))
+    evicted = [p.model_id for _, p in facts(publisher) if isinstance(p, ModelEvicted)]
+    assert evicted == ["b"]  # without the pin, "a" (least recently used) would have gone
+    assert [m for m, _ in runner.resident()] == ["a", "c"]
+    assert runner.pins() == ["a"]
+    mem = MemoryInfo(BUDGET, BUDGET // 2, "cpu")
+    assert heartbeat(WORKER, mem, 2.0, pinned=tuple(runner.pins())).pinned == ("a",)
+
+
+async def test_pinning_a_resident_model_answers_resident_and_protects_it(
+    commands: PoolCommands, runner: LightRunner, publisher: InMemoryPublisher
+) -> None:
+    runner.load("a")
+    runner.load("b")
+    env = await send(commands, pin("a"))
+    [(_, answer)] = facts(publisher)
+    assert isinstance(answer, ModelLoaded)
+    assert (answer.source, answer.command_id) == ("resident", env.event_id)
+    runner.load("b")  # "a" is the least recently used again
+    runner.load("c")  # a job's load (no command): the worker's own eviction honours the pin
+    assert [m for m, _ in runner.resident()] == ["a", "c"]
+
+
+async def test_a_job_that_cannot_fit_beside_the_pins_unloads_one_and_the_pin_outlives_it(
+    commands: PoolCommands, runner: LightRunner, publisher: InMemoryPublisher
+) -> None:
+    await send(commands, pin("a"))
+    await send(commands, pin("b"))
+    before = overrides()
+    await send(commands, load("c"))  # 120 MiB with both pins: one must go, the older first
+    assert [m for m, _ in runner.resident()] == ["b", "c"]
+    assert overrides() == before + 1
+    assert runner.pins() == ["a", "b"]  # "a" is still pinned, though not resident
+    runner.load("a")  # loaded again (a job): protected again, so the unpinned "c" makes room
+    assert [m for m, _ in runner.resident()] == ["b", "a"]
+    assert overrides() == before + 1
+
+
+async def test_evict_model_unpins_and_a_failed_pin_pins_nothing(
+    commands: PoolCommands, runner: LightRunner, publisher: InMemoryPublisher
+) -> None:
+    await send(commands, pin("a"))
+    await send(commands, evict("a"))
+    assert runner.pins() == [] and runner.resident() == []
+    await send(commands, pin("big"))  # does not fit: answered does_not_fit, nothing pinned
+    (_, failed) = facts(publisher)[-1]
+    assert isinstance(failed, ModelLoadFailed) and failed.reason == "does_not_fit"
+    assert runner.pins() == []
+
+
+def test_the_wired_heartbeat_lists_the_runners_pins(tmp_path: Path, monkeypatch: Any) -> None:
+    from gpu_worker_testkit import first_heartbeat
+
+    from imagegen_gpu_worker.bootstrap import bootstrap
+    from imagegen_gpu_worker.config import GpuWorkerSettings
+
+    monkeypatch.setattr(dr.DiffusersRunner, "pins", lambda self: ["m1", "m2"])
+    publisher = InMemoryPublisher()
+    (tmp_path / "models").mkdir()
+    settings = GpuWorkerSettings(
+        kafka_bootstrap="127.0.0.1:1",
+        models_dir=tmp_path / "models",
+        **{name: tmp_path / name for name in ("blob_dir", "files_dir", "integrity_dir")},
+    )
+    app = bootstrap(settings, publisher=publisher)  # type: ignore[arg-type]
+    assert first_heartbeat(app, publisher).pinned == ("m1", "m2")

@@ -30,7 +30,9 @@ PARAMS = GenerationParams(
 MB = 1 << 20
 
 
-def beat(wid: str, *loaded: LoadedModel, running: str | None = None) -> WorkerHeartbeat:
+def beat(
+    wid: str, *loaded: LoadedModel, running: str | None = None, pinned: tuple[str, ...] = ()
+) -> WorkerHeartbeat:
     return WorkerHeartbeat(
         worker_id=wid,
         status=WorkerStatus.BUSY if running else WorkerStatus.IDLE,
@@ -40,6 +42,7 @@ def beat(wid: str, *loaded: LoadedModel, running: str | None = None) -> WorkerHe
         loaded=loaded,
         running_job_id=running,
         capabilities=("sdxl", "sd15"),
+        pinned=pinned,
     )
 
 
@@ -57,7 +60,16 @@ def fold(events: list[tuple[object, float]]) -> Fleet:
 def test_a_worker_projects_its_state_memory_models_adapters_and_jobs() -> None:
     fleet = fold(
         [
-            (beat("w1", model("tiny-sdxl"), model("ink", "lora", MB), running="j1"), 10.0),
+            (
+                beat(
+                    "w1",
+                    model("tiny-sdxl"),
+                    model("ink", "lora", MB),
+                    running="j1",
+                    pinned=("tiny-sdxl", "tiny-sd15"),  # a pin outlives an unload
+                ),
+                10.0,
+            ),
             (
                 ev.JobScheduled(
                     job_id="j1",
@@ -83,6 +95,7 @@ def test_a_worker_projects_its_state_memory_models_adapters_and_jobs() -> None:
         "largest_free_block_bytes": None,
         "models": [{"model_id": "tiny-sdxl", "kind": "base", "bytes": 3 * MB}],
         "adapters": [{"model_id": "ink", "kind": "lora", "bytes": MB}],
+        "pinned": ["tiny-sd15", "tiny-sdxl"],
         "running_job_id": "j1",
         "in_flight": ["j1"],
         "last_seen": 10.0,

@@ -36,7 +36,12 @@ MODELS = {
 }
 
 
-def beat(wid: str, *loaded: str, status: WorkerStatus = WorkerStatus.IDLE) -> WorkerHeartbeat:
+def beat(
+    wid: str,
+    *loaded: str,
+    status: WorkerStatus = WorkerStatus.IDLE,
+    pinned: tuple[str, ...] = (),
+) -> WorkerHeartbeat:
     return WorkerHeartbeat(
         worker_id=wid,
         status=status,
@@ -45,6 +50,8 @@ def beat(wid: str, *loaded: str, status: WorkerStatus = WorkerStatus.IDLE) -> Wo
         memory_free_bytes=400 * (1 << 20),
         capabilities=("sd15", "sdxl", "flux"),
         loaded=tuple(LoadedModel(model_id=m, bytes=int(MODELS[m].size)) for m in loaded),
+        pinned=pinned,
+        interval_s=2.0,
     )
 
 
@@ -107,9 +114,106 @@ async def test_a_tier_1_model_is_pinned_on_a_worker_that_lacks_it() -> None:
     assert [(c.worker_id, c.model_id, c.reason) for c in loads] == [("w1", "demo", "pin")]
 
 
-async def test_demand_in_a_quiet_period_preloads_onto_an_idle_worker() -> None:
+async def test_only_a_pin_load_is_published_with_pin() -> None:
+    quiet = World()  # w1 lacks the tier-1 model; sdxl was asked for in the last hour
+    quiet.feed(beat("w1"), NOW - 1)
+    for i in range(5):
+        quiet.feed(requested(f"old{i}", "sdxl"), NOW - 600 + i)
+        quiet.feed(ev.GenerationCancelled(job_id=f"old{i}"), NOW - 500 + i)
+    loads = await quiet.round()
+    assert [(c.model_id, c.reason, c.pin) for c in loads] == [
+        ("demo", "pin", True),
+        ("sdxl", "predictive", False),
+    ]
+    spike = World()  # a queue spike for a cold model while no worker holds the tier-1 model
+    for w in ("w1", "w2", "w3", "w4"):
+        spike.feed(beat(w), NOW - 1)
+    for i in range(12):
+        spike.feed(requested(f"j{i}", "flux"), NOW - 30)
+    loads = await spike.round()
+    assert {(c.reason, c.pin) for c in loads} == {("pin", True), ("storm", False)}
+
+
+def answer_pin(world: World, at: float, model: str = "demo") -> str:
+    """The worker answers the newest pin command: the model was resident (nothing read)."""
+    [*_, command] = [e for e in world.log if e.type == LoadModel.event_type]
+    assert command.data["pin"] is True
+    loaded = ModelLoaded(
+        worker_id=command.data["worker_id"],
+        model=LoadedModel(model_id=model, bytes=int(MODELS[model].size)),
+        load_ms=0.0,
+        source="resident",
+        command_id=command.event_id,
+    )
+    world.feed(loaded, at)
+    return command.event_id
+
+
+async def test_a_pin_stays_on_the_worker_that_pins_it() -> None:
+    """The worker whose heartbeat lists the pin keeps it (it lost the model to a job that could
+    not fit beside it), though another worker holds the model: pins do not wander."""
     world = World()
     world.feed(beat("w1", "demo"), NOW - 1)
+    world.feed(beat("w2", pinned=("demo",)), NOW - 1)
+    loads = await world.round()
+    assert [(c.worker_id, c.model_id, c.pin) for c in loads] == [("w2", "demo", True)]
+
+
+async def test_a_worker_holding_the_tier_1_model_unpinned_is_asked_to_pin_it_once() -> None:
+    world = World()
+    world.feed(beat("w1", "demo"), NOW - 1)  # holds it; its heartbeat does not list it pinned
+    loads = await world.round()
+    assert [(c.worker_id, c.model_id, c.reason, c.pin) for c in loads] == [
+        ("w1", "demo", "pin", True)
+    ]
+    assert await world.round(NOW + 1) == []  # under way: not asked again
+    answer_pin(world, NOW + 2)
+    assert world.pool.demand.pending == {}
+    assert await world.round(NOW + 3) == []  # the newest heartbeat predates the answer
+    world.feed(beat("w1", "demo"), NOW + 3.5)  # within one interval: built before the pin
+    assert await world.round(NOW + 4) == []
+    world.feed(beat("w1", "demo", pinned=("demo",)), NOW + 5.5)  # it lists the pin
+    assert await world.round(NOW + 6) == []
+    world.feed(beat("w1", "demo", pinned=("demo",)), NOW + 60)
+    assert await world.round(NOW + 61) == []
+
+
+async def test_a_pin_lost_with_a_worker_restart_is_asked_again() -> None:
+    world = World()
+    world.feed(beat("w1", "demo"), NOW - 1)
+    [first] = await world.round()
+    answer_pin(world, NOW + 2)
+    world.feed(beat("w1", "demo", pinned=("demo",)), NOW + 3)
+    assert await world.round(NOW + 4) == []
+    world.feed(beat("w1", "demo"), NOW + 30)  # well after the answer, without the pin
+    [again] = await world.round(NOW + 31)
+    assert (again.worker_id, again.model_id, again.reason, again.pin) == ("w1", "demo", "pin", True)
+    assert await world.round(NOW + 32) == []  # under way
+    answer_pin(world, NOW + 33)
+    assert await world.round(NOW + 34) == []  # answered after the heartbeat
+
+
+async def test_a_restarted_pool_manager_asks_for_no_pin_it_already_has_answered() -> None:
+    world = World()
+    world.feed(beat("w1", "demo"), NOW - 1)
+    assert len(await world.round()) == 1
+    command_id = answer_pin(world, NOW + 2)
+    world.feed(beat("w1", "demo"), NOW + 3.5)  # predates the pin (within one interval)
+    assert await world.round(NOW + 4) == []
+    assert await world.restart().round(NOW + 5) == []
+    # the answer replayed before its command (another topic, read first) counts the same
+    answer = [e for e in world.log if e.data.get("command_id") == command_id]
+    rest = [e for e in world.log if e.data.get("command_id") != command_id]
+    assert await World(answer + rest).round(NOW + 5) == []
+    world.feed(beat("w1", "demo", pinned=("demo",)), NOW + 5.5)
+    assert await world.restart().round(NOW + 6) == []
+    world.feed(beat("w1", "demo"), NOW + 30)  # the worker restarted since: the pin is lost
+    assert [(c.model_id, c.pin) for c in await world.restart().round(NOW + 31)] == [("demo", True)]
+
+
+async def test_demand_in_a_quiet_period_preloads_onto_an_idle_worker() -> None:
+    world = World()
+    world.feed(beat("w1", "demo", pinned=("demo",)), NOW - 1)
     world.feed(beat("w2", "demo", status=WorkerStatus.BUSY), NOW - 1)
     for i in range(5):  # sdxl asked for (and served) in the last hour
         world.feed(requested(f"old{i}", "sdxl"), NOW - 600 + i)
@@ -152,7 +256,7 @@ async def test_an_answered_load_ends_and_the_worker_holding_it_needs_none() -> N
 async def test_a_queue_spike_for_a_cold_model_gets_parallel_preloads() -> None:
     world = World()
     for w in ("w1", "w2", "w3", "w4"):
-        world.feed(beat(w, "demo"), NOW - 1)
+        world.feed(beat(w, "demo", pinned=("demo",)), NOW - 1)
     for i in range(12):
         world.feed(requested(f"j{i}", "flux"), NOW - 30)
     loads = await world.round()
@@ -163,7 +267,7 @@ async def test_a_queue_spike_for_a_cold_model_gets_parallel_preloads() -> None:
 
 async def test_the_autoscaling_signal_is_published_when_it_changes() -> None:
     world = World(step_s=50.0)  # 4 steps of a 64 px job: 10 s of work each
-    world.feed(beat("w1", "demo"), NOW - 1)
+    world.feed(beat("w1", "demo", pinned=("demo",)), NOW - 1)
     await world.round()
     for i in range(40):
         world.feed(requested(f"j{i}", "sdxl"), NOW - 120)

@@ -181,6 +181,7 @@ def bootstrap(
             ),
             capabilities,
             premerged_loras(diffusers_runner.premerged()),  # ADR 0704's top-5 pre-merge
+            tuple(diffusers_runner.pins()),  # ADR 0711
         )
 
     async def beats(stop: asyncio.Event) -> None:

@@ -21,6 +21,10 @@ MODEL_EVICTIONS = Counter(
     "imagegen_gpu_worker_model_evictions_total",
     "Loaded pipelines unloaded to make room for another model under the memory budget.",
 )
+PIN_OVERRIDES = Counter(
+    "imagegen_gpu_worker_pin_overrides_total",
+    "Pinned models unloaded because a load or a job could not fit beside them (ADR 0711).",
+)
 # One per run started (each part of a split retry counts): warm when the job's model was
 # resident on the device as the run began, cold when it had to be loaded (from disk or RAM).
 WARM_HITS = Counter(

@@ -159,7 +159,7 @@ from ..domain.run import (
     Paused,
     RunResult,
 )
-from ..metrics import COLD_LOADS, MODEL_EVICTIONS, WARM_HITS, StepTimer
+from ..metrics import COLD_LOADS, MODEL_EVICTIONS, PIN_OVERRIDES, WARM_HITS, StepTimer
 from . import accel, controlnets, cuda_memory, registry
 from .batches import batch_part
 from .lora_premerge import NotMergeable, Premerged
@@ -263,6 +263,11 @@ class DiffusersRunner:
     # The LoRAs each tier-1 model's recent jobs used (kept across unloads: job history).
     lora_usage: LoraUsage | None = None
     clock: Callable[[], float] = time.monotonic  # the usage window's clock
+    # Models the pool-manager pinned here (LoadModel with pin, tier 1; guarded by
+    # ``_index_lock``): while resident, the eviction that makes room passes them over unless
+    # nothing else can go. A pin outlives an unload (the model is protected again once loaded
+    # again); an EvictModel for the model removes it (ADR 0711).
+    pinned: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if self.lora_usage is None:
@@ -371,18 +376,29 @@ class DiffusersRunner:
         with self._lock:
             return self._load_locked(model_id)
 
-    def preload(self, model_id: str) -> None:
+    def preload(self, model_id: str, pin: bool = False) -> None:
         """:meth:`load` for a LoadModel command: a model already resident is reported too
-        (``Loaded(source="resident")``; it becomes the most recently used)."""
+        (``Loaded(source="resident")``; it becomes the most recently used). With ``pin`` the
+        model is pinned once resident (:attr:`pinned`); a load that fails pins nothing."""
         with self._lock:
             with self._index_lock:
                 hit = self.loaded.get(model_id)
                 if hit is not None:
                     self.loaded.move_to_end(model_id)
+                    if pin:
+                        self.pinned.add(model_id)
             if hit is not None:
                 self._report(Loaded(model_id, hit.kind, hit.bytes, 0.0, RESIDENT))
                 return
             self._load_locked(model_id)
+            if pin:
+                with self._index_lock:
+                    self.pinned.add(model_id)
+
+    def pins(self) -> list[str]:
+        """The pinned models, by id, resident or not (the heartbeat's ``pinned``)."""
+        with self._index_lock:
+            return sorted(self.pinned)
 
     def make_room(self, model_id: str, need_bytes: int, nets: Collection[str] = ()) -> None:
         """Unload what must go (ControlNets, then models, each least recently used first,
@@ -399,9 +415,11 @@ class DiffusersRunner:
         ``"evicted"`` (reported ``Unloaded(command)``), ``"not_resident"`` (reported
         ``Unloaded(not_resident)``: nothing to do) or ``"in_use"`` (nothing done or reported;
         for a net: a run uses one of its copies). A LoRA id is not resident here: LoRAs live
-        inside their models' pipelines and go with them (ADR 0704)."""
+        inside their models' pipelines and go with them (ADR 0704). Whatever the outcome, the
+        model is no longer pinned here."""
         with self._lock:
             with self._index_lock:
+                self.pinned.discard(model_id)
                 present = model_id in self.loaded
                 busy = self._in_use[model_id] > 0
                 nets = [key for key in self.control_nets if key[0] == model_id]
@@ -767,8 +785,23 @@ class DiffusersRunner:
         own = {name for name, _ in held if net_id_of(name) in keep_nets}
         busy = self.busy() - {model_id} - own
         held_busy = sum(size for m, size in held if m in busy)
-        # What runs are using stays: it counts as part of what must fit (``keep``).
-        victims = evictions(held, {model_id} | busy | own, need + held_busy, budget)
+        with self._index_lock:
+            pins = {m for m, _ in held if m in self.pinned} - busy - {model_id}
+        held_pins = sum(size for m, size in held if m in pins)
+        # What runs are using stays: it counts as part of what must fit (``keep``); so do the
+        # pinned models while the rest can make room (ADR 0711).
+        victims = evictions(
+            held, {model_id} | busy | own | pins, need + held_busy + held_pins, budget
+        )
+        if victims is None and pins:
+            victims = evictions(held, {model_id} | busy | own, need + held_busy, budget)
+            overridden = [v for v in victims or () if v in pins]
+            if overridden:
+                PIN_OVERRIDES.inc(len(overridden))
+                log.warning(
+                    "pinned model unloaded: the load cannot fit beside it",
+                    extra={"model_id": model_id, "pinned": overridden, "need_bytes": need},
+                )
         if victims is None:
             raise ModelBlockedByRun(model_id, need, budget, busy)
         for victim in victims:

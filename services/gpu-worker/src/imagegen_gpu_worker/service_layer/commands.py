@@ -8,21 +8,24 @@ republishes the same ids):
 - ``LoadModel``: loaded from disk (its files checked first, ADR 0707) -> ``ModelLoaded(source=
   "disk", load_ms, command_id)``, after a ``ModelEvicted(reason="make_room")`` for each model
   unloaded to make room; already resident -> ``ModelLoaded(source="resident", load_ms=0,
-  command_id)``, nothing read. Cannot be carried out -> ``ModelLoadFailed(command_id,
-  reason)``: ``does_not_fit`` (larger than the memory budget), ``in_use`` (fits only with a
-  model unloaded that the running job is using), ``corrupted`` (a file fails its sha256),
-  ``load_error`` (anything else); nothing was unloaded for the first three. A model not
-  registered on this worker is poison: ``ModelLoadFailed(reason="unknown_model")`` is published,
-  then the handler raises :class:`UnknownModel`, which the consumer retries ``max_attempts``
-  times and dead-letters (ADR 0008); nothing else changes.
+  command_id)``, nothing read. With ``pin`` the model is pinned once resident (ADR 0711): the
+  worker's eviction passes it over while anything else can make room. Cannot be carried out ->
+  ``ModelLoadFailed(command_id, reason)``: ``does_not_fit`` (larger than the memory budget),
+  ``in_use`` (fits only with a model unloaded that the running job is using), ``corrupted`` (a
+  file fails its sha256), ``load_error`` (anything else); nothing was unloaded for the first
+  three. A model not registered on this worker is poison:
+  ``ModelLoadFailed(reason="unknown_model")`` is published, then the handler raises
+  :class:`UnknownModel`, which the consumer retries ``max_attempts`` times and dead-letters (ADR
+  0008); nothing else changes.
 - ``EvictModel``: resident and unused -> unloaded, ``ModelEvicted(reason="command",
   command_id)``; not resident -> ``ModelEvicted(reason="not_resident", command_id)``, nothing
   unloaded; in use by the running job -> nothing now: the eviction is carried out when that run
   ends, and its ``ModelEvicted(reason="command", command_id)`` published then (a newer command
-  for that model cancels it). ``model_id`` may also be a loaded ControlNet's registry id (the
-  id heartbeats list it by, ``kind="controlnet"``): answered the same way, "in use" meaning a
-  running job uses the net. A LoRA id answers ``not_resident``: LoRAs live inside their
-  models' pipelines and are unloaded with them (ADR 0704).
+  for that model cancels it). The model is unpinned whatever the outcome. ``model_id`` may
+  also be a loaded ControlNet's registry id (the id heartbeats list it by,
+  ``kind="controlnet"``): answered the same way, "in use" meaning a running job uses the net.
+  A LoRA id answers ``not_resident``: LoRAs live inside their models' pipelines and are
+  unloaded with them (ADR 0704).
 - ``DefragmentMemory``: the runner compacts the device's memory (CUDA: idle pipelines off the
   device, the allocator's cache emptied, the pipelines back side by side); nothing is published
   unless a model could not be moved back (``ModelEvicted(reason="oom")``). What was done is
@@ -75,7 +78,7 @@ class ModelHost(Protocol):
 
     on_change: Callable[[ResidencyChange], None] | None
 
-    def preload(self, model_id: str) -> None: ...
+    def preload(self, model_id: str, pin: bool = False) -> None: ...
 
     # A model's or a loaded ControlNet's id -> "evicted", "not_resident" or "in_use"
     def evict(self, model_id: str) -> str: ...
@@ -152,7 +155,7 @@ class PoolCommands:
                 "deferred eviction cancelled by a newer LoadModel", extra={"model": msg.model_id}
             )
         try:
-            await self.residency.in_thread(self.host.preload, msg.model_id, cause=cause)
+            await self.residency.in_thread(self.host.preload, msg.model_id, msg.pin, cause=cause)
         except ModelNotRegistered as exc:
             self._failed(cause, msg, "unknown_model", exc)
             await cause.settled()

@@ -24,9 +24,11 @@ def heartbeat(
     loaded: tuple[LoadedModel, ...] = (),
     capabilities: tuple[str, ...] = (),
     premerged: tuple[PremergedLora, ...] = (),
+    pinned: tuple[str, ...] = (),
 ) -> WorkerHeartbeat:
     """The worker's state now: busy with ``running_job`` or idle, its resident models (and
-    adapters), the LoRAs pre-merged into them (``premerged``, ADR 0704), and the model families
+    adapters), the LoRAs pre-merged into them (``premerged``, ADR 0704), the models the pool
+    pinned here (``pinned``, ADR 0711), and the model families
     it can run (``capabilities``: those of the models registered in its ``models_dir``, read
     from their manifests at start; see ``bootstrap``)."""
     return WorkerHeartbeat(
@@ -42,6 +44,7 @@ def heartbeat(
         running_job_id=running_job,
         loaded=loaded,
         premerged_loras=premerged,
+        pinned=pinned,
     )
 
 

@@ -11,6 +11,9 @@ uses per worker, and the pool's own load commands still under way.
 - **Loads under way**: each ``LoadModel`` the pool sent, until the worker answers it
   (``ModelLoaded`` / ``ModelLoadFailed`` naming the command) or it times out. Rebuilt by the
   replay, so a restarted pool-manager knows what it already asked for and asks nothing twice.
+- **Pins answered**: per (worker, model), when a pin command (``LoadModel.pin``) for it was last
+  answered by a ``ModelLoaded`` (ADR 0711): the planner does not ask again for a pin that the
+  worker's heartbeats may not show yet.
 
 Order-independent like the fleet fold: an end folded before its request still ends it.
 """
@@ -43,6 +46,7 @@ class Pending:
     worker_id: str
     model_id: str
     at: float
+    pin: bool = False  # a tier-1 pin (LoadModel.pin)
 
 
 @dataclass
@@ -55,6 +59,10 @@ class Demand:
     uses: dict[tuple[str, str], deque[float]] = field(default_factory=dict)  # (worker, model)
     pending: dict[str, Pending] = field(default_factory=dict)  # command id -> load
     answered: set[str] = field(default_factory=set)  # command ids answered
+    # (worker, model) -> the newest ModelLoaded answering a pin command for it (its time)
+    pins_answered: dict[tuple[str, str], float] = field(default_factory=dict)
+    # command id -> time of a ModelLoaded folded before its command (pin or not: unknown yet)
+    loaded_early: dict[str, float] = field(default_factory=dict)
 
 
 def fold_demand(demand: Demand, payload: object, at: float, event_id: str) -> None:
@@ -85,14 +93,29 @@ def fold_demand(demand: Demand, payload: object, at: float, event_id: str) -> No
             token = payload.fencing_token or 0
             demand.failed[payload.job_id] = max(demand.failed.get(payload.job_id, 0), token)
         case LoadModel():
+            loaded_at = demand.loaded_early.pop(event_id, None)  # its answer, folded first
+            if payload.pin and loaded_at is not None:
+                _pin_answered(demand, payload.worker_id, payload.model_id, loaded_at)
             if event_id not in demand.answered and event_id not in demand.pending:
                 demand.pending[event_id] = Pending(
-                    event_id, payload.worker_id, payload.model_id, at
+                    event_id, payload.worker_id, payload.model_id, at, payload.pin
                 )
         case ModelLoaded() | ModelLoadFailed():
-            if payload.command_id is not None:
-                demand.answered.add(payload.command_id)
-                demand.pending.pop(payload.command_id, None)
+            command_id = payload.command_id
+            if command_id is not None:
+                again = command_id in demand.answered  # a duplicate answer: already taken
+                demand.answered.add(command_id)
+                asked = demand.pending.pop(command_id, None)
+                if isinstance(payload, ModelLoaded) and not again:
+                    if asked is None:  # its command is not folded yet: keep the answer's time
+                        demand.loaded_early[command_id] = at
+                    elif asked.pin:
+                        _pin_answered(demand, asked.worker_id, asked.model_id, at)
+
+
+def _pin_answered(demand: Demand, worker_id: str, model_id: str, at: float) -> None:
+    key = (worker_id, model_id)
+    demand.pins_answered[key] = max(demand.pins_answered.get(key, at), at)
 
 
 def _over(demand: Demand, job_id: str) -> None:

@@ -157,7 +157,8 @@ def project(fleet: Fleet) -> dict[str, dict[str, Any]]:
     ``state`` is ``lost``, ``busy`` or ``idle``; ``models`` are the resident base models and
     ``adapters`` the LoRAs and ControlNets (``{"model_id", "kind", "bytes"}``);
     ``memory_used_bytes`` is the device memory in use (total minus free, as the worker measured
-    it); ``in_flight`` are the jobs assigned to it and not ended.
+    it); ``pinned`` are the models the pool-manager pinned there, as its newest heartbeat lists
+    them, resident or not (ADR 0711); ``in_flight`` are the jobs assigned to it and not ended.
     """
     out: dict[str, dict[str, Any]] = {}
     for wid in sorted(fleet.workers):
@@ -175,6 +176,7 @@ def project(fleet: Fleet) -> dict[str, dict[str, Any]]:
             "largest_free_block_bytes": hb.largest_free_block_bytes,
             "models": [m for m in held if m["kind"] == "base"],
             "adapters": [m for m in held if m["kind"] != "base"],
+            "pinned": sorted(hb.pinned),
             "running_job_id": hb.running_job_id,
             "in_flight": sorted(j for j, f in fleet.in_flight.items() if f.worker_id == wid),
             "last_seen": w.last_seen,

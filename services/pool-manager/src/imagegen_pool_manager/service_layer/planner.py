@@ -7,12 +7,16 @@ Every ``plan_every_s`` once caught up with the log:
    memory), families, memory budget (what its heartbeat reports as total), resident models with
    their sizes, last use and uses in 24 h, whether it is idle (accepting, running nothing, no
    load under way), and the tier-1 models it pins;
-2. loads: pins (a tier-1 model its pinning worker does not hold), predictive preloads in quiet
-   periods (top 5 predicted models, onto idle workers lacking them) and cold-start storm
-   preloads; a (worker, model) with a load under way is never asked again. Each load is one
-   ``LoadModel`` on ``imagegen.pool.commands``; the worker answers ``ModelLoaded`` or
-   ``ModelLoadFailed`` naming the command. The commands and answers are in the log, so a
-   restarted pool-manager replays them and sends no duplicate;
+2. loads: pins, predictive preloads in quiet periods (top 5 predicted models, onto idle workers
+   lacking them) and cold-start storm preloads; a (worker, model) with a load under way is never
+   asked again. A pin is a ``LoadModel`` with ``pin`` (ADR 0711), asked when the pinning worker
+   does not hold the tier-1 model, or holds it and its newest heartbeat does not list it in
+   ``pinned`` -- unless a pin command for it was answered (``ModelLoaded``) no more than one
+   heartbeat interval before that heartbeat, which may predate the pin (a heartbeat clearly
+   newer that lacks it: the worker restarted and lost the pin). Each load is one ``LoadModel``
+   on ``imagegen.pool.commands``; the worker answers ``ModelLoaded`` (``source`` resident for a
+   pin on a model it holds) or ``ModelLoadFailed`` naming the command. The commands and
+   answers are in the log, so a restarted pool-manager replays them and sends no duplicate;
 3. the autoscaling signal: desired workers per pool, exported as the gauge
    ``imagegen_pool_desired_workers{pool}`` and published as ``AutoscaleRecommended`` when it
    changes.
@@ -112,6 +116,7 @@ class Planner:
                     budget=float(hb.memory_total_bytes),
                     resident=tuple(items),
                     idle=idle,
+                    pinned=frozenset(hb.pinned),  # pin_targets keeps pins where they are
                 )
             )
         pins = policy.pin_targets(out, self.models, self.config.policy)
@@ -161,7 +166,7 @@ class Planner:
         loads: list[policy.Load] = []
         for w in workers:
             for model_id in sorted(w.pinned):
-                if not w.holds(model_id):
+                if not w.holds(model_id) or not self._pinned_there(w.worker_id, model_id):
                     loads.append(policy.Load(w.worker_id, model_id, "pin"))
         weights = policy.learn_hourly_weights(self.demand.arrivals)
         demand = policy.predict_demand(self.demand.arrivals, now, weights, cfg.policy)
@@ -194,6 +199,17 @@ class Planner:
             fresh.append(load)
         return fresh
 
+    def _pinned_there(self, worker_id: str, model_id: str) -> bool:
+        """Whether ``model_id`` is pinned on ``worker_id`` as far as the pool knows: its newest
+        heartbeat lists it, or a pin command for it was answered no more than one heartbeat
+        interval before that heartbeat (which may predate the pin)."""
+        worker = self.fleet.workers[worker_id]
+        hb = worker.heartbeat
+        if model_id in hb.pinned:
+            return True
+        answered_at = self.demand.pins_answered.get((worker_id, model_id))
+        return answered_at is not None and worker.last_seen <= answered_at + hb.interval_s
+
     def _autoscale(self, workers: list[policy.WorkerState], queue: list[policy.QueuedWork]) -> None:
         pools: dict[str, policy.PoolLoad] = {}
         for w in workers:
@@ -215,7 +231,10 @@ class Planner:
         loads = self.plan(now)
         for load in loads:
             command = LoadModel(
-                worker_id=load.worker_id, model_id=load.model_id, reason=load.reason
+                worker_id=load.worker_id,
+                model_id=load.model_id,
+                reason=load.reason,
+                pin=load.reason == "pin",
             )
             env = await self.publisher.publish(command, key=load.worker_id)
             # Under way at once; the consumer folds the same command again when it reads it
