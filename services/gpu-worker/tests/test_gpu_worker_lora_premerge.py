@@ -295,3 +295,16 @@ def test_the_wired_heartbeat_carries_the_runners_premerged_loras(
         ("m1", "b", 5),
         ("m2", "a", 3),
     ]
+
+
+def test_evicting_a_premerged_lora_restores_the_base_weights_and_drops_its_deltas(
+    tier1: Path, ref: dict[Any, bytes]
+) -> None:
+    runner = DiffusersRunner(tier1)
+    png(runner, (INK, 1.0))  # fused: the base weights hold ink
+    assert [lora for _, lora, _ in runner.premerged()] == [INK]
+    assert runner.evict(INK) == "evicted"
+    assert runner.premerged() == [] and runner.premerged_bytes(SD15) == 0
+    assert runner.resident_loras() == []
+    assert png(runner) == ref[None]  # the pristine weights are back
+    assert png(runner, (INK, 1.0)) == png(DiffusersRunner(tier1), (INK, 1.0))

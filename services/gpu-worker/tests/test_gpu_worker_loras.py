@@ -174,3 +174,56 @@ def test_the_loras_reach_the_plan_and_a_pause_state(runner: DiffusersRunner) -> 
     load_state(paused.value.state, p)
     with pytest.raises(ValueError, match="does not match"):
         load_state(paused.value.state, RunPlan(**{**p.__dict__, "loras": ((INK, 0.8),)}))
+
+
+# EvictModel with a LoRA's id (ADR 0704): its adapter leaves every model holding it
+
+
+def test_evicting_a_lora_deletes_its_adapter_and_the_next_job_loads_it_again(
+    runner: DiffusersRunner, base: dict[str, bytes], zoo: Path
+) -> None:
+    from imagegen_gpu_worker.domain.residency import Unloaded
+
+    changes: list[Any] = []
+    runner.on_change = changes.append
+    png(runner, plan("tiny-sd15", (INK, 1.0), (GLOW, 0.5)))
+    counter = LoadCounter(runner.loaded["tiny-sd15"].pipe)
+    assert runner.evict(INK) == "evicted"
+    assert changes[-1] == Unloaded(INK, "command", kind="lora")
+    assert [lora for _, lora, _ in runner.resident_loras()] == [GLOW]
+    assert png(runner, plan("tiny-sd15")) == base["tiny-sd15"]  # nothing of ink is left
+    fresh = DiffusersRunner(zoo)  # the references: a runner that never evicted anything
+    assert png(runner, plan("tiny-sd15", (GLOW, 0.5))) == png(fresh, plan("tiny-sd15", (GLOW, 0.5)))
+    both = plan("tiny-sd15", (INK, 1.0), (GLOW, 0.5))
+    assert png(runner, both) == png(fresh, both)  # ink loaded again, under a new adapter name
+    assert counter.calls == [str(runner.models_dir / INK)]
+    adapters = {lora.adapter for lora in runner.loaded["tiny-sd15"].loras.values()}
+    assert len(adapters) == 2  # never a name already in use
+    assert runner.evict(INK) == "evicted" and runner.evict(GLOW) == "evicted"
+    assert runner.resident_loras() == []
+    assert png(runner, plan("tiny-sd15")) == base["tiny-sd15"]
+    assert runner.evict(INK) == "not_resident"  # held by no model now
+
+
+def test_a_lora_whose_model_is_running_is_evicted_after_the_run(runner: DiffusersRunner) -> None:
+    import threading
+
+    png(runner, plan("tiny-sd15", (INK, 1.0)))
+    running, release = threading.Event(), threading.Event()
+
+    def step(*_: Any) -> None:
+        running.set()
+        assert release.wait(30)
+
+    job = threading.Thread(
+        target=runner.run, args=(plan("tiny-sd15"), step, lambda: False), daemon=True
+    )
+    job.start()
+    assert running.wait(30)
+    try:
+        assert runner.evict(INK) == "in_use"  # its model's pipeline is in use: not now
+        assert [lora for _, lora, _ in runner.resident_loras()] == [INK]
+    finally:
+        release.set()
+        job.join(30)
+    assert runner.evict(INK) == "evicted"  # what the worker's deferred eviction does then

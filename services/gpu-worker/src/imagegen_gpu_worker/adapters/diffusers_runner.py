@@ -212,6 +212,9 @@ class LoadedModel:
     premerged: Premerged | None = None
     # LoRA ids whose adapters cannot be merged (they stay on the adapter path)
     unmergeable: set[str] = field(default_factory=set)
+    # Adapters ever loaded into ``pipe``: the next one's name ("lora<n>"), never reused (an
+    # evicted LoRA's name could otherwise be given again while another adapter holds it).
+    adapters_made: int = 0
 
     @property
     def held_bytes(self) -> int:
@@ -415,8 +418,10 @@ class DiffusersRunner:
         ``"evicted"`` (reported ``Unloaded(command)``), ``"not_resident"`` (reported
         ``Unloaded(not_resident)``: nothing to do) or ``"in_use"`` (nothing done or reported;
         for a net: a run uses one of its copies). A LoRA id is not resident here: LoRAs live
-        inside their models' pipelines and go with them (ADR 0704). Whatever the outcome, the
-        model is no longer pinned here."""
+        A LoRA's id (as heartbeats list it, ``kind="lora"``) unloads it from every resident
+        model that holds it (its adapter deleted, its pre-merged deltas dropped), reported
+        ``Unloaded(command, kind="lora")`` once; ``"in_use"`` while a run uses one of those
+        models (ADR 0704). Whatever the outcome, the model is no longer pinned here."""
         with self._lock:
             with self._index_lock:
                 self.pinned.discard(model_id)
@@ -424,11 +429,20 @@ class DiffusersRunner:
                 busy = self._in_use[model_id] > 0
                 nets = [key for key in self.control_nets if key[0] == model_id]
                 nets_busy = any(self._nets_in_use[key] > 0 for key in nets)
+                holders = [(m_id, m) for m_id, m in self.loaded.items() if model_id in m.loras]
+                holders_busy = any(self._in_use[m_id] > 0 for m_id, _ in holders)
             if not present and nets:  # ids are folder names: a model's or a net's, never both
                 if nets_busy:
                     return "in_use"
                 for key in nets:  # reported Unloaded(command) once, with the last copy
                     self._unload_net(net_name(key), reason=COMMAND)
+                return "evicted"
+            if not present and holders:  # a LoRA's id
+                if holders_busy:
+                    return "in_use"
+                for m_id, m in holders:
+                    self._unload_lora(m_id, m, model_id)
+                self._report(Unloaded(model_id, COMMAND, kind="lora"))
                 return "evicted"
             if not present:
                 self._report(Unloaded(model_id, NOT_RESIDENT))
@@ -596,7 +610,8 @@ class DiffusersRunner:
             raise LoraMismatch(
                 f"LoRA {lora_id!r} must hold one top-level .safetensors file, has {weights}"
             )
-        adapter = f"lora{len(model.loras)}"
+        adapter = f"lora{model.adapters_made}"
+        model.adapters_made += 1
         try:
             model.pipe.load_lora_weights(folder, weight_name=weights[0], adapter_name=adapter)
         except Exception as exc:  # e.g. shapes of another architecture of the same family
@@ -653,6 +668,26 @@ class DiffusersRunner:
             for m in resident:
                 self._unload(m, reason=CORRUPTED)
             return busy
+
+    def _unload_lora(self, model_id: str, model: LoadedModel, lora_id: str) -> None:
+        """Delete LoRA ``lora_id``'s adapter from ``model``'s pipeline (``_lock`` held, no run
+        using the model), with its pre-merged deltas (the base weights restored first when it
+        is the fused one); the next job naming it loads it again."""
+        state = model.premerged
+        if state is not None and lora_id in state.deltas:
+            state.drop(lora_id)
+            with self._index_lock:
+                if not state.deltas:
+                    model.premerged = None
+        lora = model.loras[lora_id]
+        model.pipe.delete_adapters(lora.adapter)
+        with self._index_lock:
+            del model.loras[lora_id]
+        model.unmergeable.discard(lora_id)
+        log.info(
+            "LoRA evicted",
+            extra={"model_id": model_id, "lora_id": lora_id, "bytes_freed": lora.bytes},
+        )
 
     def _drop_premerged(self, model: LoadedModel) -> None:
         """Restore ``model``'s base weights and drop its pre-merged deltas and pristine copies

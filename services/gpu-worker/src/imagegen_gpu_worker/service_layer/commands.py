@@ -24,8 +24,10 @@ republishes the same ids):
   for that model cancels it). The model is unpinned whatever the outcome. ``model_id`` may
   also be a loaded ControlNet's registry id (the id heartbeats list it by,
   ``kind="controlnet"``): answered the same way, "in use" meaning a running job uses the net.
-  A LoRA id answers ``not_resident``: LoRAs live inside their models' pipelines and are
-  unloaded with them (ADR 0704).
+  A LoRA's id (``kind="lora"`` in heartbeats) deletes its adapter from every resident model
+  holding it (pre-merged deltas dropped, base weights restored), answered ``ModelEvicted(kind=
+  "lora", reason="command")``; deferred the same way while a run uses one of those models; a
+  LoRA no model holds answers ``not_resident`` (ADR 0704).
 - ``DefragmentMemory``: the runner compacts the device's memory (CUDA: idle pipelines off the
   device, the allocator's cache emptied, the pipelines back side by side); nothing is published
   unless a model could not be moved back (``ModelEvicted(reason="oom")``). What was done is
