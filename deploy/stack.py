@@ -421,6 +421,8 @@ def service_env(st: Stack, program: str) -> dict[str, str]:
         env[f"{prefix}MODELS_DIR"] = str(st.models)
     if name == "pool-manager" and os.environ.get("IMAGEGEN_STACK_POOL"):
         env[f"{prefix}POOL"] = os.environ["IMAGEGEN_STACK_POOL"]  # ours | none (bench fleet)
+    if name == "scheduler" and os.environ.get("IMAGEGEN_STACK_POOL") == "none":
+        env[f"{prefix}GUARD_SWITCHES"] = "false"  # the pool's switch guard too (ADR 0712)
     # IMAGEGEN_STORAGE=s3: images, pause states and uploads in the stack's S3 server.
     if name in ("api", "gpu-worker", "safety", "delivery") and storage() == "s3":
         env[f"{prefix}STORAGE"] = "s3"

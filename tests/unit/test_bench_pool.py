@@ -13,7 +13,7 @@ def test_a_small_pool_table_has_every_arm_its_targets_and_the_noise() -> None:
     from bench import pool
 
     report = pool.run([1, 2], hours=0.05, gpus=10, noise=1, day_shift_runs=False)
-    assert set(report["rows"]) == {"none", "ours", "score"}
+    assert set(report["rows"]) == {"none", "guard", "ours", "score"}
     none, ours = report["rows"]["none"], report["rows"]["ours"]
     assert set(none) == set(ours) == {"1", "2"}
     fewer = sum(ours[s]["cold_loads_per_hour"] < none[s]["cold_loads_per_hour"] for s in "12")
@@ -22,8 +22,14 @@ def test_a_small_pool_table_has_every_arm_its_targets_and_the_noise() -> None:
     # the noise runs: the none run first, then one re-draw of times per seed
     assert [len(v) for v in report["none_cold_loads_noise"].values()] == [2, 2]
     assert report["none_cold_loads_noise"]["1"][0] == none["1"]["cold_loads_per_hour"]
+    assert report["ours_cold_loads_noise"]["2"][0] == ours["2"]["cold_loads_per_hour"]
+    fewer_mean = sum(
+        sum(report["ours_cold_loads_noise"][s]) < sum(report["none_cold_loads_noise"][s])
+        for s in "12"
+    )
+    assert report["targets"]["fewer_cold_loads_seeds_mean_of_draws"] == fewer_mean
     text = pool.table(report)
-    assert text.count("| 1 | ") == 3 and text.count("| 2 | ") == 3
+    assert text.count("| 1 | ") == 5 and text.count("| 2 | ") == 5  # 4 arms and the draws
     assert "fewer cold loads than none on" in text and report["day_shift"] == {}
 
 

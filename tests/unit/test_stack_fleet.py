@@ -69,3 +69,18 @@ def test_a_bad_fleet_setting_is_refused_by_name(
     monkeypatch.setenv("IMAGEGEN_STACK_WORKER_BUDGETS_MB", budgets)
     with pytest.raises(SystemExit, match="IMAGEGEN_STACK_WORKER"):
         stack.Stack(var=tmp_path)
+
+
+@pytest.mark.parametrize(("pool", "guard"), [(None, None), ("ours", None), ("none", "false")])
+def test_the_pool_setting_reaches_the_pool_manager_and_the_schedulers_switch_guard(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pool: str | None, guard: str | None
+) -> None:
+    """IMAGEGEN_STACK_POOL=none turns off the whole warm pool: the pool-manager's policy and the
+    scheduler's switch guard (ADR 0712; on by default in the scheduler's settings)."""
+    if pool is None:
+        monkeypatch.delenv("IMAGEGEN_STACK_POOL", raising=False)
+    else:
+        monkeypatch.setenv("IMAGEGEN_STACK_POOL", pool)
+    st = stack.Stack(var=tmp_path)
+    assert stack.service_env(st, "pool-manager").get("IMAGEGEN_POOL_MANAGER_POOL") == pool
+    assert stack.service_env(st, "scheduler").get("IMAGEGEN_SCHEDULER_GUARD_SWITCHES") == guard

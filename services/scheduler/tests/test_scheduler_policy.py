@@ -321,3 +321,64 @@ def test_relax_adapter_wait_a_model_warm_worker_loads_the_adapters_of_an_old_hea
     assert assigned(decide(state_of(events(30), NO_RESERVE), 130.0)) == {"warm": "w1"}  # ends soon
     off = dataclasses.replace(NO_RESERVE, relax_adapter_wait_s=None)
     assert assigned(decide(state_of(events(300), off), 130.0)) == {"warm": "w1"}
+
+
+def guard_events(sdxl_queued: int) -> list:
+    """w1 holds sdxl (idle); w2 holds sdxl-alt and runs a long job; a fast sdxl-alt job has
+    waited since 0 s, and ``sdxl_queued`` relax sdxl jobs wait too."""
+    filler = job("filler-w2", Tier.TURBO, at=0.0, user="filler", steps=3000)
+    return (
+        workers(small("w1", "sdxl"), small("w2", "sdxl-alt"))
+        + queued(filler)
+        + [JobAssigned(filler.job_id, "w2", 1000, 0.0)]
+        + queued(
+            job("alt", Tier.FAST, at=0.0, model="sdxl-alt"),
+            *(job(f"x{i}", at=1.0 + i) for i in range(sdxl_queued)),
+        )
+    )
+
+
+def test_the_switch_guard_keeps_a_worker_on_the_model_in_more_demand() -> None:
+    """ADR 0712: past its warm wait (45 s) and within its wait target (60 s), the fast head's
+    model is held by a busy worker; loading it on w1 would unload sdxl, which has 3 queued jobs
+    for its one holder against sdxl-alt's 1 for two: w1 serves sdxl instead. Without the guard
+    (today's rule) w1 loads sdxl-alt."""
+    guarded = dataclasses.replace(NO_RESERVE, guard_switches=True)
+    assert assigned(decide(state_of(guard_events(3), guarded), 50.0)) == {"x0": "w1"}
+    assert assigned(decide(state_of(guard_events(3), NO_RESERVE), 50.0)) == {"alt": "w1"}
+    # bounded by the wait target: at 61 s the head is loaded here
+    assert assigned(decide(state_of(guard_events(3), guarded), 61.0)) == {"alt": "w1"}
+
+
+def test_the_switch_guard_lets_a_worker_switch_from_a_model_in_less_demand() -> None:
+    guarded = dataclasses.replace(NO_RESERVE, guard_switches=True)
+    # nothing queued for sdxl: unloading it costs no queued job
+    assert assigned(decide(state_of(guard_events(0), guarded), 50.0)) == {"alt": "w1"}
+
+
+def test_queued_jobs_are_counted_per_model() -> None:
+    state = state_of(
+        workers(small("w1"))
+        + queued(job("a"), job("b"), job("c", model="sdxl-alt"), job("d", model="flux"))
+    )
+    assert state.queued_by_model == {"sdxl": 2, "sdxl-alt": 1, "flux": 1}
+    evolve(state, JobAssigned("a", "w1", 1, 1.0))
+    evolve(state, JobCancelled("d", 1.0))
+    assert state.queued_by_model == {"sdxl": 1, "sdxl-alt": 1}
+    evolve(state, WorkerLost("w1", 2.0))  # its job queued again
+    assert state.queued_by_model == {"sdxl": 2, "sdxl-alt": 1}
+
+
+def test_the_service_runs_the_switch_guard_unless_told_not_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On in the service (the warm pool's default, ADR 0712), off in the policy's own defaults
+    (today's rule for the baselines and the simulator's --pool none)."""
+    from imagegen_scheduler.bootstrap import scheduler_config
+    from imagegen_scheduler.config import SchedulerSettings
+
+    monkeypatch.delenv("IMAGEGEN_SCHEDULER_GUARD_SWITCHES", raising=False)
+    assert scheduler_config(SchedulerSettings(kafka_bootstrap="k:9092")).guard_switches is True
+    monkeypatch.setenv("IMAGEGEN_SCHEDULER_GUARD_SWITCHES", "false")
+    assert scheduler_config(SchedulerSettings(kafka_bootstrap="k:9092")).guard_switches is False
+    assert SchedulerConfig().guard_switches is False

@@ -22,6 +22,15 @@ from .service_layer.usage import GROUP as USAGE_GROUP
 from .service_layer.usage import USAGE_TOPICS, UsageMeter
 
 
+def scheduler_config(settings: SchedulerSettings) -> SchedulerConfig:
+    """The policy's knobs the service's settings set (the rest keep the policy's defaults)."""
+    return SchedulerConfig(
+        preemption=settings.preemption,
+        user_rotation=settings.user_rotation,
+        guard_switches=settings.guard_switches,
+    )
+
+
 def bootstrap(settings: SchedulerSettings, *, publisher: Publisher | None = None) -> ServiceApp:
     kafka = KafkaPublisher(
         settings.kafka_bootstrap, f"{SERVICE}-{settings.instance_id}", settings.topic_prefix
@@ -31,9 +40,7 @@ def bootstrap(settings: SchedulerSettings, *, publisher: Publisher | None = None
         load_catalog(settings.models_dir),
         max_attempts=settings.max_attempts,
         worker_silent_after_s=settings.worker_silent_after_s,
-        config=SchedulerConfig(
-            preemption=settings.preemption, user_rotation=settings.user_rotation
-        ),
+        config=scheduler_config(settings),
         deadlines=Deadlines(
             queue_s={
                 Tier.TURBO: settings.queue_deadline_turbo_s,

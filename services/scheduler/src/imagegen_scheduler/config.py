@@ -74,6 +74,13 @@ class SchedulerSettings(ServiceSettings):
         description="Per-user rotation inside each tier (ADR 0620): a user's next job takes its"
         " turn when their last one ended, so one user's flood never runs ahead of others.",
     )
+    guard_switches: bool = Field(
+        default=True,
+        description="The warm pool's switch guard (ADR 0712): a cold job whose model a busy worker"
+        " holds waits for it, up to its wait target, rather than unload a model in at least as"
+        " much demand (queued jobs per holder) elsewhere. false: load on demand (the stack sets"
+        " it false with IMAGEGEN_STACK_POOL=none).",
+    )
     preemption: bool = Field(
         default=True,
         description=(

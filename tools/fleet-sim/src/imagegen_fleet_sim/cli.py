@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
         "--preload", choices=("on", "off"), default="on", help="with --pool ours: predictive"
     )
     parser.add_argument(
+        "--switch-guard",
+        choices=("on", "off"),
+        default=None,
+        help="the scheduler's switch guard (ADR 0712); default: on with --pool ours, off with none",
+    )
+    parser.add_argument(
         "--rotation",
         choices=("on", "off"),
         default="on",
@@ -103,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     started = time.perf_counter()
     pool, eviction, preload = options.pool, options.eviction, options.preload == "on"
+    guard = None if options.switch_guard is None else options.switch_guard == "on"
     config = SchedulerConfig(user_rotation=options.rotation == "on")
     result = simulate(
         scenario,
@@ -112,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pool=pool,
         eviction=eviction,
         preload=preload,
+        guard=guard,
     )
     summary = result.summary()
     summary["wall_s"] = round(time.perf_counter() - started, 2)
@@ -120,7 +128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         others = [
             simulate(
-                scenario, p, options.seed, config, pool=pool, eviction=eviction, preload=preload
+                scenario,
+                p,
+                options.seed,
+                config,
+                pool=pool,
+                eviction=eviction,
+                preload=preload,
+                guard=guard,
             )
             for p in POLICIES
             if p != options.policy

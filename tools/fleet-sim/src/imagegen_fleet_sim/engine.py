@@ -11,6 +11,7 @@ import heapq
 import random
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import replace
 
 from imagegen_pool_manager.domain import policy as pool
 from imagegen_scheduler.domain import (
@@ -94,13 +95,16 @@ class Simulation:
         preload: bool = True,
         perturb: int = 0,
         *,
+        guard: bool | None = None,
         catalog: ModelCatalog | None = None,
         tiers: Mapping[str, int] | None = None,
         trace: Sequence[JobRequest] | None = None,
     ) -> None:
         """``catalog``, ``tiers`` and ``trace`` replay a recorded run (``bench fleet``): its
         models, their warm-pool tiers and its arrivals instead of the scenario's generated ones;
-        the fleet then starts idle and empty but for the tier-1 pins (as a live fleet does)."""
+        the fleet then starts idle and empty but for the tier-1 pins (as a live fleet does).
+        ``guard``: the scheduler's switch guard (ADR 0712); None: on with the pool (``ours``),
+        off without it, as the platform runs them."""
         self.scenario, self.policy_name, self.policy = scenario, policy, POLICIES[policy]
         self.perturb = perturb
         assert pool_mode in POOLS and eviction in EVICTIONS
@@ -109,6 +113,9 @@ class Simulation:
         self.catalog = catalog if catalog is not None else seed_catalog()
         self.tiers: Mapping[str, int] = tiers if tiers is not None else SEED_TIERS
         self.trace = trace
+        self.guard = pool_mode == "ours" if guard is None else guard
+        if self.guard != config.guard_switches:
+            config = replace(config, guard_switches=self.guard)
         self.state = SchedulerState(config, self.catalog)
         self.end = scenario.hours * 3600
         self.workers: dict[str, SimWorker] = {}
@@ -494,6 +501,7 @@ class Simulation:
         hours = self.scenario.hours
         figures: dict[str, object] = {
             "pool": self.pool_mode,
+            "switch_guard": self.guard,
             "autoscale_desired_workers": {
                 name: {
                     "workers": sum(n for g, n in self.scenario.fleet if g.name == name),
@@ -568,10 +576,20 @@ def simulate(
     eviction: str = DEFAULT_EVICTION,
     preload: bool = True,
     perturb: int = 0,
+    guard: bool | None = None,
 ) -> SimResult:
     """One simulated run. ``perturb``: draw that many extra numbers from the job stream once the
     demand is drawn: the same arrivals, another draw of load and denoising times (the spread of
-    a figure between such runs is its noise; ADR 0701)."""
+    a figure between such runs is its noise; ADR 0701). ``guard``: the switch guard (ADR 0712);
+    None: on with ``pool="ours"``, off with ``"none"``."""
     return Simulation(
-        scenario, policy, seed, config or SchedulerConfig(), pool, eviction, preload, perturb
+        scenario,
+        policy,
+        seed,
+        config or SchedulerConfig(),
+        pool,
+        eviction,
+        preload,
+        perturb,
+        guard=guard,
     ).run()

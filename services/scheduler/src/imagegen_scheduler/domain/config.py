@@ -65,6 +65,12 @@ class SchedulerConfig:
     # worker takes it and loads the adapters (0.5-4 s) rather than leaving it to wait for the
     # few workers that hold them. None switches it off (wait for any fully warm worker).
     relax_adapter_wait_s: float | None = 10.0
+    # Switch guard (ADR 0712; part of the warm pool: on with ``--pool ours`` and in the
+    # service): a cold head that a busy worker holds warmer waits for it up to its wait target
+    # (instead of ``warm_wait_s``) when loading it here would unload a base model with at least
+    # as many queued jobs per holder as the head's model would have with this worker added.
+    # False: today's rule.
+    guard_switches: bool = False
     # Whether a turbo job may pause a running relax job at a step boundary.
     preemption: bool = True
     # A tier scan stops after this many queued jobs; bounds the cost of one decision.

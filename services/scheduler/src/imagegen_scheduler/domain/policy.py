@@ -53,7 +53,11 @@ of the workers in that tier (no user monopolises a tier).
    wait*: past its warm wait (120 s), a relax head on a worker that holds its model but not all its
    adapters is passed over for a worker holding those too only while such a worker is idle or
    expected to finish within ``relax_adapter_wait_s`` (10 s); otherwise it is taken here and
-   its adapters loaded. ADR 0109.
+   its adapters loaded. ADR 0109. *Switch guard* (``guard_switches``, ADR 0712): a cold head
+   that another worker holds warmer (busy now) is not loaded here, up to its wait target
+   rather than its warm wait, when the load would unload a base model with at least as many
+   queued jobs per holder as the head's model would have with this worker added: the holders
+   of a model in demand are not switched away one at a time for a model in less demand.
 
 After assigning, turbo jobs that would still miss their wait target may pause relax jobs
 (``preemption.preemptions``).
@@ -244,7 +248,38 @@ def _warmest(
         and best.due_since - head.due_since >= config.relax_cold_gap_s
     ):
         return head, True  # relax cold deadline: load the head rather than take a much younger job
-    return best, best_level == WarmLevel.FULL or not patient or elsewhere <= best_level
+    settled = best_level == WarmLevel.FULL or not patient or elsewhere <= best_level
+    if (
+        settled
+        and best_level == WarmLevel.COLD  # the head itself: no warmer pick here
+        and elsewhere > WarmLevel.COLD  # a worker it fits holds its model (busy now)
+        and config.guard_switches
+        and waited < config.wait_targets_s[tier]
+        and _unloads_for(
+            plan.state, head, worker, _pressure(plan.state, head.request.model_id, extra=1)
+        )
+    ):
+        return head, False  # switch guard (ADR 0712): wait for a holder of its model
+    return best, settled
+
+
+def _pressure(state: SchedulerState, model_id: str, extra: int = 0) -> float:
+    """Queued jobs of ``model_id`` per worker holding it (``extra`` holders added)."""
+    holders = len(state.holders.get(model_id, ())) + extra
+    return state.queued_by_model.get(model_id, 0) / max(1, holders)
+
+
+def _unloads_for(state: SchedulerState, job: QueuedJob, worker: WorkerView, want: float) -> bool:
+    """Whether a cold start of ``job`` on ``worker`` would unload a resident base model whose
+    pressure is at least ``want`` (the job does not fit beside the resident base models)."""
+    models = state.catalog.models
+    resident = [m for m in worker.resident if m in models]
+    if not resident or job.request.model_id in worker.resident:
+        return False
+    held = sum(models[m].weights_gb for m in resident)
+    if held + job.footprint_gb <= worker.budget_gb:
+        return False  # fits beside them: nothing unloaded
+    return any(_pressure(state, m) >= want for m in resident)
 
 
 def _warmest_elsewhere(

@@ -46,6 +46,7 @@ class SchedulerState:
         self.idle: set[str] = set()  # accepting workers with nothing running
         self.queues: dict[Tier, TierQueue] = {tier: TierQueue() for tier in TIERS}
         self.queued: dict[str, QueuedJob] = {}
+        self.queued_by_model: dict[str, int] = {}  # base model id -> queued jobs (ADR 0712)
         self.running: dict[str, RunningJob] = {}  # by job id
         self.running_on: dict[str, str] = {}  # worker id -> job id
         self.running_by_tier: dict[Tier, int] = dict.fromkeys(TIERS, 0)
@@ -97,6 +98,7 @@ def evolve(state: SchedulerState, event: Event) -> SchedulerState:
             if queued is None or worker_id in state.running_on:
                 return state
             del state.queued[job_id]
+            _count(state, queued, -1)
             state.queues[queued.request.tier].remove(job_id, queued.request.user_id)
             worker = state.workers.get(worker_id)
             end = at
@@ -131,6 +133,7 @@ def evolve(state: SchedulerState, event: Event) -> SchedulerState:
         case JobCancelled(job_id, at):
             queued = state.queued.pop(job_id, None)
             if queued is not None:
+                _count(state, queued, -1)
                 state.queues[queued.request.tier].remove(job_id, queued.request.user_id)
         case WorkerUpdated(worker, at):
             state.fleet.record(worker)
@@ -154,8 +157,18 @@ def evolve(state: SchedulerState, event: Event) -> SchedulerState:
     return state
 
 
+def _count(state: SchedulerState, job: QueuedJob, step: int) -> None:
+    model = job.request.model_id
+    n = state.queued_by_model.get(model, 0) + step
+    if n:
+        state.queued_by_model[model] = n
+    else:
+        state.queued_by_model.pop(model, None)
+
+
 def _enqueue(state: SchedulerState, job: QueuedJob, *, front: bool) -> None:
     state.queued[job.job_id] = job
+    _count(state, job, 1)
     state.queues[job.request.tier].push(job, front=front)
 
 
