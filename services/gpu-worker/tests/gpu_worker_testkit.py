@@ -4,6 +4,7 @@ has a conftest)."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from imagegen_gpu_worker.domain.plan import RunPlan
@@ -55,3 +56,20 @@ def first_heartbeat(
 
     asyncio.run(one_beat())
     return WorkerHeartbeat.model_validate(publisher.records[0].envelope.data)
+
+
+def wired_heartbeat(tmp_path: Path) -> WorkerHeartbeat:
+    """The first heartbeat of a worker bootstrapped as the service does (an empty models
+    folder, no broker: an in-memory publisher): what its wiring reads from the runner."""
+    from imagegen_gpu_worker.bootstrap import bootstrap
+    from imagegen_gpu_worker.config import GpuWorkerSettings
+
+    publisher = InMemoryPublisher()
+    (tmp_path / "models").mkdir()
+    settings = GpuWorkerSettings(
+        kafka_bootstrap="127.0.0.1:1",
+        models_dir=tmp_path / "models",
+        **{name: tmp_path / name for name in ("blob_dir", "files_dir", "integrity_dir")},
+    )
+    app = bootstrap(settings, publisher=publisher)  # type: ignore[arg-type]
+    return first_heartbeat(app, publisher)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gpu_worker_testkit import first_heartbeat, tiny_plan
+from gpu_worker_testkit import tiny_plan, wired_heartbeat
 
 from imagegen_gpu_worker.adapters.admission import BudgetAdmission
 from imagegen_gpu_worker.adapters.diffusers_runner import DiffusersRunner
@@ -275,21 +275,11 @@ def test_the_wired_heartbeat_carries_the_runners_premerged_loras(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from imagegen_gpu_worker.adapters.diffusers_runner import DiffusersRunner as Runner
-    from imagegen_gpu_worker.bootstrap import bootstrap
-    from imagegen_runtime.publishing import InMemoryPublisher
 
     # What the runner answers (its own listing is tested above), in order of computation.
     held = [("m2", "a", 3), ("m1", "b", 5), ("m1", "a", 4)]
     monkeypatch.setattr(Runner, "premerged", lambda self: list(held))
-    publisher = InMemoryPublisher()
-    (tmp_path / "models").mkdir()
-    settings = GpuWorkerSettings(
-        kafka_bootstrap="127.0.0.1:1",
-        models_dir=tmp_path / "models",
-        **{name: tmp_path / name for name in ("blob_dir", "files_dir", "integrity_dir")},
-    )
-    app = bootstrap(settings, publisher=publisher)  # type: ignore[arg-type]
-    hb = first_heartbeat(app, publisher)
+    hb = wired_heartbeat(tmp_path)
     assert [(p.model_id, p.lora_id, p.bytes) for p in hb.premerged_loras] == [
         ("m1", "a", 4),
         ("m1", "b", 5),

@@ -688,18 +688,7 @@ async def test_evict_model_unpins_and_a_failed_pin_pins_nothing(
 
 
 def test_the_wired_heartbeat_lists_the_runners_pins(tmp_path: Path, monkeypatch: Any) -> None:
-    from gpu_worker_testkit import first_heartbeat
-
-    from imagegen_gpu_worker.bootstrap import bootstrap
-    from imagegen_gpu_worker.config import GpuWorkerSettings
+    from gpu_worker_testkit import wired_heartbeat
 
     monkeypatch.setattr(dr.DiffusersRunner, "pins", lambda self: ["m1", "m2"])
-    publisher = InMemoryPublisher()
-    (tmp_path / "models").mkdir()
-    settings = GpuWorkerSettings(
-        kafka_bootstrap="127.0.0.1:1",
-        models_dir=tmp_path / "models",
-        **{name: tmp_path / name for name in ("blob_dir", "files_dir", "integrity_dir")},
-    )
-    app = bootstrap(settings, publisher=publisher)  # type: ignore[arg-type]
-    assert first_heartbeat(app, publisher).pinned == ("m1", "m2")
+    assert wired_heartbeat(tmp_path).pinned == ("m1", "m2")
