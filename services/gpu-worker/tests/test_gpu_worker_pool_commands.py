@@ -627,9 +627,9 @@ def pin(model_id: str) -> LoadModel:
 
 
 def overrides() -> float:
-    from imagegen_gpu_worker.metrics import PIN_OVERRIDES
+    from prometheus_client import REGISTRY
 
-    return PIN_OVERRIDES._value.get()
+    return REGISTRY.get_sample_value("imagegen_gpu_worker_pin_overrides_total") or 0.0
 
 
 async def test_a_pinned_model_is_passed_over_by_the_eviction_that_makes_room(

@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from imagegen_scheduler.domain import SchedulerConfig, Tier
 
@@ -108,35 +109,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(fluid_bound(scenario, options.seed)))
         return 0
     started = time.perf_counter()
-    pool, eviction, preload = options.pool, options.eviction, options.preload == "on"
     guard = None if options.switch_guard is None else options.switch_guard == "on"
+    pooling: dict[str, Any] = {
+        "pool": options.pool,
+        "eviction": options.eviction,
+        "preload": options.preload == "on",
+        "guard": guard,
+    }
     config = SchedulerConfig(user_rotation=options.rotation == "on")
-    result = simulate(
-        scenario,
-        options.policy,
-        options.seed,
-        config,
-        pool=pool,
-        eviction=eviction,
-        preload=preload,
-        guard=guard,
-    )
+    result = simulate(scenario, options.policy, options.seed, config, **pooling)
     summary = result.summary()
     summary["wall_s"] = round(time.perf_counter() - started, 2)
     if options.plot is not None:
         from .plot import plot
 
         others = [
-            simulate(
-                scenario,
-                p,
-                options.seed,
-                config,
-                pool=pool,
-                eviction=eviction,
-                preload=preload,
-                guard=guard,
-            )
+            simulate(scenario, p, options.seed, config, **pooling)
             for p in POLICIES
             if p != options.policy
         ]

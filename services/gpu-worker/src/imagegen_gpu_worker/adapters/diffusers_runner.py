@@ -417,11 +417,11 @@ class DiffusersRunner:
         ``Loaded(kind="controlnet")`` fact give it; every dtype copy of it goes). Returns
         ``"evicted"`` (reported ``Unloaded(command)``), ``"not_resident"`` (reported
         ``Unloaded(not_resident)``: nothing to do) or ``"in_use"`` (nothing done or reported;
-        for a net: a run uses one of its copies). A LoRA id is not resident here: LoRAs live
-        A LoRA's id (as heartbeats list it, ``kind="lora"``) unloads it from every resident
-        model that holds it (its adapter deleted, its pre-merged deltas dropped), reported
-        ``Unloaded(command, kind="lora")`` once; ``"in_use"`` while a run uses one of those
-        models (ADR 0704). Whatever the outcome, the model is no longer pinned here."""
+        for a net: a run uses one of its copies). A LoRA's id (as heartbeats list it,
+        ``kind="lora"``) unloads it from every resident model that holds it (its adapter
+        deleted, its pre-merged deltas dropped), reported ``Unloaded(command, kind="lora")``
+        once; ``"in_use"`` while a run uses one of those models (ADR 0704). Whatever the
+        outcome, the model is no longer pinned here."""
         with self._lock:
             with self._index_lock:
                 self.pinned.discard(model_id)

@@ -28,9 +28,9 @@ def heartbeat(
 ) -> WorkerHeartbeat:
     """The worker's state now: busy with ``running_job`` or idle, its resident models (and
     adapters), the LoRAs pre-merged into them (``premerged``, ADR 0704), the models the pool
-    pinned here (``pinned``, ADR 0711), and the model families
-    it can run (``capabilities``: those of the models registered in its ``models_dir``, read
-    from their manifests at start; see ``bootstrap``)."""
+    pinned here (``pinned``, ADR 0711), and the model families it can run (``capabilities``:
+    those of the models registered in its ``models_dir``, read from their manifests at start;
+    see ``bootstrap``)."""
     return WorkerHeartbeat(
         worker_id=worker_id,
         status=WorkerStatus.BUSY if running_job else WorkerStatus.IDLE,
