@@ -93,7 +93,14 @@ def test_figures_from_the_log_warm_by_cause_waits_from_the_verdict() -> None:
     assert o.queued_at == {0: pytest.approx(0.5), 1: pytest.approx(1.2)}
     # only the warm job's run calibrates the step time (1 s over STEPS steps)
     assert o.service_s_per_step == {"tiny-sd15": [pytest.approx(1.0 / bf.STEPS)]}
-    assert o.load_s["tiny-sd15"] == [0.5]
+    # a base model's load costs what its cold run took over a warm run (2.0 - 1.0 s), not the
+    # worker's load_ms (0.5 s): the first run after a load is slow too (ADR 0713)
+    assert o.load_s["tiny-sd15"] == [pytest.approx(1.0)]
+    # the replay starts from what each worker held when the counted window began
+    assert o.started_at == {0: pytest.approx(1.0), 1: pytest.approx(4.2)}
+    assert bf.observe(records, driven, trace, settle_s=2.0).resident_at_settle == {
+        "w1": ["tiny-sd15"]
+    }
 
 
 def test_a_load_command_for_a_model_the_worker_holds_is_a_duplicate() -> None:
@@ -158,4 +165,35 @@ def test_the_simulator_replays_the_trace_on_a_fleet_of_the_same_budgets(tmp_path
         "warm_hit_within_0.10": True,
         "p95_wait_ratio": {"fast": 1.2},
         "p95_within_25pct": True,
+    }
+
+
+def test_turnaround_from_images_stored_to_the_next_assignment_with_work_waiting() -> None:
+    """ADR 0713: a turnaround runs from a job's images to its worker's next assignment, counted
+    only where that next job was already schedulable (the worker had work waiting)."""
+    trace = [bf.Arrival(float(i), "relax", 0, "tiny-sd15", (), i) for i in range(4)]
+    driven = bf.Driven(job_ids=dict(enumerate("abcd")), t0=100.0, finished_at=130.0)
+    records = [
+        *job_log("a", 100.0, 101.0, 101.01, 102.0),
+        *job_log("b", 101.0, 101.5, 102.03, 103.0),  # waiting when a ended: 0.03
+        *job_log("c", 102.0, 103.5, 103.6, 104.0),  # schedulable after b ended: not counted
+        *job_log("d", 103.0, 103.8, 104.25, 105.0),  # waiting when c ended: 0.25
+    ]
+    assert bf.turnarounds(records, driven, trace) == [pytest.approx(0.03), pytest.approx(0.25)]
+    # runs that ended in the settle window calibrate nothing
+    assert bf.turnarounds(records, driven, trace, settle_s=30.0) == []
+
+
+def test_the_replay_starts_from_the_real_fleets_models_on_workers_of_the_same_class() -> None:
+    from imagegen_fleet_sim.scenario import GpuType
+
+    fleet = (
+        (GpuType("cpu-2MiB", 0.0017, 1.0, frozenset()), 2),
+        (GpuType("cpu-3MiB", 0.0025, 1.0, frozenset()), 2),
+    )
+    held = {"worker-local-3": ["tiny-sdxl"], "worker-local-1": ["tiny-sd15"], "worker-local-4": []}
+    assert bf.sim_residency(held, [2, 2, 3, 3], fleet) == {
+        "gpu-000-cpu-2MiB": ["tiny-sd15"],
+        "gpu-002-cpu-3MiB": ["tiny-sdxl"],
+        "gpu-003-cpu-3MiB": [],
     }

@@ -366,3 +366,59 @@ def test_python_m_bench_flood_prints_the_figure(capsys: pytest.CaptureFixture[st
     assert report["flood_started_ahead"] == [1, 1]
     assert report["baseline_flood_started_ahead"] == [10, 10]
     assert report["ratio_vs_baseline"] < 0.5
+
+
+@pytest.mark.unit
+def test_replayed_platform_latency_delays_what_the_scheduler_sees_and_counts_as_wait() -> None:
+    """ADR 0713: an arrival reaches the scheduler a reaction time late, a finished worker is free
+    a turnaround late, and both count in the job's wait (from its arrival); the job stream's
+    draws (load and run times) are not disturbed."""
+    from dataclasses import replace
+
+    from imagegen_fleet_sim.engine import PlatformLatency, Simulation
+    from imagegen_fleet_sim.scenario import A100
+    from imagegen_scheduler.domain import JobRequest
+
+    scenario = replace(seed_peak(gpus=2, hours=0.05), fleet=((A100, 1),), floods=())
+
+    def job(i: int, at: float) -> JobRequest:
+        return JobRequest(f"j{i}", f"u{i}", Tier.RELAX, "sdxl-base-1.0", (), 1024, 1024, 1, 30, at)
+
+    def waits(latency: PlatformLatency | None) -> list[float]:
+        sim = Simulation(
+            scenario,
+            "ours",
+            1,
+            SchedulerConfig(),
+            trace=[job(1, 10.0), job(2, 10.1)],
+            latency=latency,
+        )
+        sim.run()
+        return [sim.records[j].total_wait(sim.end) for j in ("j1", "j2")]
+
+    instant = waits(None)
+    lagged = waits(PlatformLatency(reaction_s=(0.5,), turnaround_s=(2.0,)))
+    assert instant[0] == pytest.approx(0.0)
+    assert lagged[0] == pytest.approx(0.5)  # idle worker: the wait is the reaction alone
+    # the second job waits for the first to end (started 0.5 s later) and the turnaround
+    assert lagged[1] - instant[1] == pytest.approx(0.5 + 2.0)
+
+
+@pytest.mark.unit
+def test_a_replay_starts_with_the_models_the_real_workers_held() -> None:
+    from dataclasses import replace
+
+    from imagegen_fleet_sim.engine import Simulation
+    from imagegen_fleet_sim.scenario import A100
+    from imagegen_scheduler.domain import JobRequest
+
+    scenario = replace(seed_peak(gpus=2, hours=0.05), fleet=((A100, 1),), floods=())
+    job = JobRequest("j1", "u1", Tier.RELAX, "sdxl-base-1.0", (), 1024, 1024, 1, 30, 10.0)
+
+    def first_cold(resident: dict[str, list[str]] | None) -> bool | None:
+        sim = Simulation(scenario, "ours", 1, SchedulerConfig(), trace=[job], resident=resident)
+        sim.run()
+        return sim.records["j1"].first_cold
+
+    assert first_cold(None) is True
+    assert first_cold({"gpu-000-A100-80GB": ["sdxl-base-1.0"]}) is False

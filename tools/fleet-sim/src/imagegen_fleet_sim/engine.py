@@ -11,7 +11,7 @@ import heapq
 import random
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from imagegen_pool_manager.domain import policy as pool
 from imagegen_scheduler.domain import (
@@ -58,6 +58,19 @@ _FINISH, _PAUSED, _ARRIVE, _LOADED = 0, 1, 2, 3
 ETA_EVERY_S = 60.0
 POOL_EVERY_S = 15.0  # the pool policy's round (storms, predictive preloads)
 AUTOSCALE_EVERY_S = 60.0  # samples of the autoscaling signal
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformLatency:
+    """The platform's own reaction times, measured on a real fleet and replayed (``bench fleet``,
+    ADR 0713). Without them the simulated scheduler learns of an arrival and of a finished job at
+    the instant they happen; the real one learns of them over Kafka hops and its own loop
+    (milliseconds, with a tail of stalls), which is most of a sub-second wait."""
+
+    reaction_s: Sequence[float]  # schedulable -> assigned, for jobs the policy starts on arrival
+    turnaround_s: Sequence[float]  # images stored -> the worker's next assignment, work queued
+
+
 POOLS = ("none", "ours")
 EVICTIONS = ("score", "lru")
 DEFAULT_EVICTION = "lru"  # measured better than the seed's score on seeds 1-10 (ADR 0701)
@@ -99,12 +112,18 @@ class Simulation:
         catalog: ModelCatalog | None = None,
         tiers: Mapping[str, int] | None = None,
         trace: Sequence[JobRequest] | None = None,
+        latency: PlatformLatency | None = None,
+        resident: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         """``catalog``, ``tiers`` and ``trace`` replay a recorded run (``bench fleet``): its
         models, their warm-pool tiers and its arrivals instead of the scenario's generated ones;
         the fleet then starts idle and empty but for the tier-1 pins (as a live fleet does).
         ``guard``: the scheduler's switch guard (ADR 0712); None: on with the pool (``ours``),
-        off without it, as the platform runs them."""
+        off without it, as the platform runs them. ``latency``: replay measured reaction times
+        (each arrival reaches the scheduler, and each finished worker becomes free, a draw from
+        them later; waits still count from the arrival); None: the scheduler reacts at once.
+        ``resident``: base models each worker (by id) holds at t = 0 of a replayed run, besides
+        its pins (the real fleet's state where the replay starts)."""
         self.scenario, self.policy_name, self.policy = scenario, policy, POLICIES[policy]
         self.perturb = perturb
         assert pool_mode in POOLS and eviction in EVICTIONS
@@ -113,6 +132,9 @@ class Simulation:
         self.catalog = catalog if catalog is not None else seed_catalog()
         self.tiers: Mapping[str, int] = tiers if tiers is not None else SEED_TIERS
         self.trace = trace
+        self.latency = latency
+        self.resident_at_start = resident or {}
+        self.latency_rng = random.Random(seed * 104729 + 3)  # not the jobs' stream
         self.guard = pool_mode == "ours" if guard is None else guard
         if self.guard != config.guard_switches:
             config = replace(config, guard_switches=self.guard)
@@ -262,7 +284,8 @@ class Simulation:
             if generated
             else self.trace or ()
         ):
-            self.push(request.queued_at, _ARRIVE, request)
+            lag = self._lag(self.latency.reaction_s) if self.latency else 0.0
+            self.push(request.queued_at + lag, _ARRIVE, request)
         for _ in range(self.perturb):  # same demand, another draw of load and denoising times
             self.rng.random()
         next_eta = next_pool = next_scale = 0.0
@@ -322,10 +345,11 @@ class Simulation:
             self.push(max(info.end, 0.0), _FINISH, (worker.worker_id, i + 1, 0))
 
     def _idle_start(self) -> None:
-        """t = 0 of a replayed run: every worker idle, holding only its tier-1 pins (the live
-        pool-manager pins them before the first job)."""
+        """t = 0 of a replayed run: every worker idle, holding its tier-1 pins (the live
+        pool-manager pins them before the first job) and what ``resident`` gives it."""
         for worker in self.workers.values():
-            for model in sorted(worker.pinned - set(worker.resident)):
+            held = [*self.resident_at_start.get(worker.worker_id, ()), *sorted(worker.pinned)]
+            for model in dict.fromkeys(m for m in held if m not in worker.resident):
                 worker.preload(JobRequest("w", "w", Tier.RELAX, model, (), 64, 64, 1, 1, 0))
             evolve(self.state, WorkerUpdated(worker.view(), 0.0))
 
@@ -339,11 +363,15 @@ class Simulation:
                 shift.model_id in w.resident and w.loading is None for w in self.workers.values()
             )
         self.offered_work_s += denoise_s(request, request.steps, 1.0, self.catalog)
-        self.records[request.job_id] = JobRecord(request.tier, request.user_id, now, now)
+        arrived = request.queued_at if self.latency else now  # a replayed reaction counts as wait
+        self.records[request.job_id] = JobRecord(request.tier, request.user_id, arrived, arrived)
         evolve(self.state, JobQueued(request, now))
         self._count_queued(request, 1)
         if self.pool_mode == "ours":
             self.recent.append((self.clock0 + now, request.model_id))
+
+    def _lag(self, samples: Sequence[float]) -> float:
+        return self.latency_rng.choice(samples) if samples else 0.0
 
     def _count_queued(self, request: JobRequest, step: int) -> None:
         uses = self.queued_uses
@@ -390,7 +418,8 @@ class Simulation:
                 if now < shift.at_s + 900:
                     self.shift_jobs[0] += 1
                     self.shift_jobs[1] += not info.cold
-            self.push(info.end, _FINISH, (worker.worker_id, decision.fencing_token, 0))
+            lag = self._lag(self.latency.turnaround_s) if self.latency else 0.0
+            self.push(info.end + lag, _FINISH, (worker.worker_id, decision.fencing_token, 0))
             c = self.counters
             c.starts += 1
             c.warm_full += info.warm_full

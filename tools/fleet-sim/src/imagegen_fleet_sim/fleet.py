@@ -186,7 +186,8 @@ class SimWorker:
         run = self.run
         assert run is not None
         self.run = None
-        start, end = run.denoise_start, min(now, window_end)
+        # a replayed turnaround (PlatformLatency) may stop it after its end: not denoising
+        start, end = run.denoise_start, min(now, run.end, window_end)
         if end > start:
             self.denoise_s_total += end - max(start, 0.0)
         return run
