@@ -25,8 +25,9 @@
    pool's own included; ``duplicate_loads`` counts ``LoadModel`` commands for a model its worker
    already held (a pin for a held model, which loads nothing, excepted).
 5. **Simulated figures**: the fleet simulator (tools/fleet-sim) on the same jobs and the same
-   fleet (one GPU class per budget, each the budget less the budget model's margin, as the
-   scheduler sees it; each job arrives when it became schedulable in the real run). Its catalog
+   fleet (one GPU class per budget: jobs fit into the budget less the budget model's margin, as
+   the scheduler sees it, and resident weights are kept within the whole budget, as the worker's
+   eviction does; each job arrives when it became schedulable in the real run). Its catalog
    is read from the same ``model.json`` files and calibrated on this run (ADR 0713): each
    model's warm run time per step (assignment to images stored), its load time as what its cold
    runs took over a warm run (10th to 90th percentile), each LoRA's disk load time. The replay
@@ -540,11 +541,12 @@ def simulate_same(
     cal = ModelCatalog(models=calibrated, adapters=adapters)
     families = frozenset(spec.family for spec in calibrated.values())
     classes: Counter[int] = Counter(budgets[i % len(budgets)] for i in range(workers))
-    # the budget the scheduler and the workers use: the worker's memory less the budget model's
-    # margin (imagegen_runtime.budget, ADR 0708), as the seed's GPU types are (A10G: 20 of 24 GB)
+    # The scheduler fits jobs into the worker's memory less the budget model's margin
+    # (imagegen_runtime.budget, ADR 0708); the worker's own eviction keeps resident weights
+    # within the whole memory setting (its budget_bytes)
     usable = budget.USABLE_FRACTION * budget.MIB / budget.GB
     fleet = tuple(
-        (GpuType(f"cpu-{mb}MiB", mb * usable, 1.0, families), n)
+        (GpuType(f"cpu-{mb}MiB", mb * usable, 1.0, families, mb * budget.MIB / budget.GB), n)
         for mb, n in sorted(classes.items())
     )
     tier_enum = {"turbo": Tier.TURBO, "fast": Tier.FAST, "relax": Tier.RELAX}

@@ -422,3 +422,24 @@ def test_a_replay_starts_with_the_models_the_real_workers_held() -> None:
 
     assert first_cold(None) is True
     assert first_cold({"gpu-000-A100-80GB": ["sdxl-base-1.0"]}) is False
+
+
+@pytest.mark.unit
+def test_a_worker_keeps_weights_within_its_memory_and_is_offered_jobs_by_its_budget() -> None:
+    """ADR 0713: a replayed CPU worker's eviction keeps weights within the whole memory setting,
+    the scheduler fits jobs into the budget less the margin."""
+    from imagegen_fleet_sim.fleet import SimWorker
+    from imagegen_fleet_sim.scenario import GpuType
+    from imagegen_scheduler.domain import JobRequest
+
+    def held_after_two_loads(gpu: GpuType) -> set[str]:
+        worker = SimWorker("w", gpu, seed_catalog())
+        for model in ("sdxl-base-1.0", "juggernaut-xl"):  # 13.5 GB each
+            worker.preload(JobRequest("j", "u", Tier.RELAX, model, (), 64, 64, 1, 1, 0.0))
+        assert worker.view().budget_gb == gpu.budget_gb
+        return set(worker.resident)
+
+    caps = frozenset({"sdxl"})
+    assert held_after_two_loads(GpuType("one", 20.0, 1.0, caps)) == {"juggernaut-xl"}
+    both = held_after_two_loads(GpuType("two", 20.0, 1.0, caps, memory_gb=30.0))
+    assert both == {"sdxl-base-1.0", "juggernaut-xl"}

@@ -99,7 +99,9 @@ class SimWorker:
         Returns when it is done, or None when the model cannot fit."""
         assert self.run is None and self.loading is None, f"{self.worker_id} is not idle"
         spec = self.catalog.models[model_id]
-        victims = self.evict(self.resident.items(), {model_id}, spec.weights_gb, self.gpu.budget_gb)
+        victims = self.evict(
+            self.resident.items(), {model_id}, spec.weights_gb, self.gpu.residency_gb
+        )
         if victims is None:
             return None
         for key in victims:
@@ -129,7 +131,7 @@ class SimWorker:
         model = self.catalog.models[request.model_id]
         activations = model.activation_gb_per_mpix * request.megapixels * request.batch
         need = sum(sizes.values()) + activations
-        victims = self.evict(self.resident.items(), sizes, need, self.gpu.budget_gb)
+        victims = self.evict(self.resident.items(), sizes, need, self.gpu.residency_gb)
         if victims is None:
             raise AssertionError(f"{request.job_id} cannot fit {self.worker_id}: policy bug")
         for key in victims:

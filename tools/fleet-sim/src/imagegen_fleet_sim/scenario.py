@@ -25,6 +25,13 @@ class GpuType:
     budget_gb: float  # VRAM for models and activations: total minus safety models and CUDA
     speed: float  # relative throughput (A10G = 1.0)
     capabilities: frozenset[str]  # model families it can run
+    # What the worker's own eviction keeps resident weights within, where it differs from the
+    # scheduler's budget (a replayed CPU fleet: the whole memory setting, ADR 0713); None: same
+    memory_gb: float | None = None
+
+    @property
+    def residency_gb(self) -> float:
+        return self.budget_gb if self.memory_gb is None else self.memory_gb
 
 
 A10G = GpuType("A10G-24GB", 20.0, 1.0, frozenset({"sdxl", "sd3"}))
