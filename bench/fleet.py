@@ -440,15 +440,13 @@ def observe(
         per_step,
         driven.finished_at - driven.t0,
         queued_at,
-        turnarounds(records, driven, trace, settle_s),
+        turnarounds(records, driven, settle_s),
         started_at,
         {w: [m for m, on in models.items() if on] for w, models in held.items()},
     )
 
 
-def turnarounds(
-    records: list[Any], driven: Driven, trace: list[Arrival], settle_s: float = 0.0
-) -> list[float]:
+def turnarounds(records: list[Any], driven: Driven, settle_s: float = 0.0) -> list[float]:
     """How long a finished worker stays unused on the real run (ADR 0713), for the simulator
     to replay: from a job's images stored to its worker's next assignment, where that next job
     was already schedulable (work waiting), after the settle window."""

@@ -171,7 +171,6 @@ def test_the_simulator_replays_the_trace_on_a_fleet_of_the_same_budgets(tmp_path
 def test_turnaround_from_images_stored_to_the_next_assignment_with_work_waiting() -> None:
     """ADR 0713: a turnaround runs from a job's images to its worker's next assignment, counted
     only where that next job was already schedulable (the worker had work waiting)."""
-    trace = [bf.Arrival(float(i), "relax", 0, "tiny-sd15", (), i) for i in range(4)]
     driven = bf.Driven(job_ids=dict(enumerate("abcd")), t0=100.0, finished_at=130.0)
     records = [
         *job_log("a", 100.0, 101.0, 101.01, 102.0),
@@ -179,9 +178,9 @@ def test_turnaround_from_images_stored_to_the_next_assignment_with_work_waiting(
         *job_log("c", 102.0, 103.5, 103.6, 104.0),  # schedulable after b ended: not counted
         *job_log("d", 103.0, 103.8, 104.25, 105.0),  # waiting when c ended: 0.25
     ]
-    assert bf.turnarounds(records, driven, trace) == [pytest.approx(0.03), pytest.approx(0.25)]
+    assert bf.turnarounds(records, driven) == [pytest.approx(0.03), pytest.approx(0.25)]
     # runs that ended in the settle window calibrate nothing
-    assert bf.turnarounds(records, driven, trace, settle_s=30.0) == []
+    assert bf.turnarounds(records, driven, settle_s=30.0) == []
 
 
 def test_the_replay_starts_from_the_real_fleets_models_on_workers_of_the_same_class() -> None:

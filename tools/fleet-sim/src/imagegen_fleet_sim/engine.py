@@ -58,6 +58,9 @@ _FINISH, _PAUSED, _ARRIVE, _LOADED = 0, 1, 2, 3
 ETA_EVERY_S = 60.0
 POOL_EVERY_S = 15.0  # the pool policy's round (storms, predictive preloads)
 AUTOSCALE_EVERY_S = 60.0  # samples of the autoscaling signal
+POOLS = ("none", "ours")
+EVICTIONS = ("score", "lru")
+DEFAULT_EVICTION = "lru"  # measured better than the seed's score on seeds 1-10 (ADR 0701)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +72,6 @@ class PlatformLatency:
 
     reaction_s: Sequence[float]  # schedulable -> assigned, for jobs the policy starts on arrival
     turnaround_s: Sequence[float]  # images stored -> the worker's next assignment, work queued
-
-
-POOLS = ("none", "ours")
-EVICTIONS = ("score", "lru")
-DEFAULT_EVICTION = "lru"  # measured better than the seed's score on seeds 1-10 (ADR 0701)
 
 
 def mean_work_s(sampler: RequestSampler, catalog: ModelCatalog) -> dict[str, float]:
