@@ -36,8 +36,9 @@
    replays the platform's own latency measured on the run: an arrival reaches the simulated
    scheduler a draw of the real *reaction* times later (the real waits of the jobs that the
    simulator, reacting at once, starts on arrival in every draw), and a finished worker is free
-   a draw of the real *turnarounds* later (images stored to the worker's next assignment, with
-   work waiting). Each figure is the median of ``DRAWS`` (9) simulator runs, other draws of
+   a draw of the real *turnarounds* later (images stored to the worker's next assignment, where
+   that next job was waiting and of the model the worker had just run: nothing but the platform
+   delayed it). Each figure is the median of ``DRAWS`` (9) simulator runs, other draws of
    load, run and latency times; ``without_platform_latency`` gives the same with the scheduler
    reacting at once. Its ``warm_hit_rate`` is the base model's too
    (``warm_hit_rate_all_starts_with_adapters`` counts LoRAs); compare its ``cold_loads`` with
@@ -462,17 +463,23 @@ def observe(
         per_step,
         driven.finished_at - driven.t0,
         queued_at,
-        turnarounds(records, driven, settle_s),
+        turnarounds(records, driven, trace, settle_s),
         started_at,
         {w: [m for m, on in models.items() if on] for w, models in held.items()},
     )
 
 
-def turnarounds(records: list[Any], driven: Driven, settle_s: float = 0.0) -> list[float]:
+def turnarounds(
+    records: list[Any], driven: Driven, trace: list[Arrival], settle_s: float = 0.0
+) -> list[float]:
     """How long a finished worker stays unused on the real run (ADR 0713), for the simulator
     to replay: from a job's images stored to its worker's next assignment, where that next job
-    was already schedulable (work waiting), after the settle window."""
-    runs: dict[str, list[tuple[float, float, float]]] = defaultdict(list)  # worker -> runs
+    was already schedulable (work waiting) and is of the model the worker had just run, after
+    the settle window. A next job of that model was waiting warm on an idle worker, which the
+    policy takes at once, so only the platform stood between; a next job of another model may
+    also have waited for the policy's own reasons (affinity patience, the switch guard), which
+    the simulator models itself and would otherwise count twice."""
+    runs: dict[str, list[tuple[float, float, float, str]]] = defaultdict(list)  # worker -> runs
     by_job: dict[str, list[Any]] = defaultdict(list)
     for r in records:
         if r.job_id:
@@ -485,12 +492,17 @@ def turnarounds(records: list[Any], driven: Driven, settle_s: float = 0.0) -> li
         scheduled = [r for r in recs if r.type == "imagegen.job.scheduled"]
         if ready is None or stored is None or len(scheduled) != 1 or job_id not in index_of:
             continue
-        runs[scheduled[0].data["worker_id"]].append((scheduled[0].occurred_at, stored, ready))
+        model = trace[index_of[job_id]].model
+        runs[scheduled[0].data["worker_id"]].append(
+            (scheduled[0].occurred_at, stored, ready, model)
+        )
     out: list[float] = []
     for worker_runs in runs.values():
         worker_runs.sort()
-        for (_, stored, _), (assigned, _, ready) in zip(worker_runs, worker_runs[1:], strict=False):
-            if stored >= driven.t0 + settle_s and ready < stored:
+        for (_, stored, _, ran), (assigned, _, ready, model) in zip(
+            worker_runs, worker_runs[1:], strict=False
+        ):
+            if stored >= driven.t0 + settle_s and ready < stored and model == ran:
                 out.append(max(0.0, assigned - stored))
     return out
 

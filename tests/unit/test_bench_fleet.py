@@ -173,17 +173,27 @@ def test_the_simulator_replays_the_trace_on_a_fleet_of_the_same_budgets(tmp_path
 
 def test_turnaround_from_images_stored_to_the_next_assignment_with_work_waiting() -> None:
     """ADR 0713: a turnaround runs from a job's images to its worker's next assignment, counted
-    only where that next job was already schedulable (the worker had work waiting)."""
-    driven = bf.Driven(job_ids=dict(enumerate("abcd")), t0=100.0, finished_at=130.0)
+    only where that next job was already schedulable (the worker had work waiting) and is of
+    the model the worker had just run (a job of another model may have waited for the policy,
+    which the simulator models itself)."""
+    driven = bf.Driven(job_ids=dict(enumerate("abcdef")), t0=100.0, finished_at=130.0)
+    models = ["tiny-sd15"] * 4 + ["tiny-sdxl", "tiny-sdxl"]
+    trace = [bf.Arrival(float(i), "fast", 0, m, (), i) for i, m in enumerate(models)]
     records = [
         *job_log("a", 100.0, 101.0, 101.01, 102.0),
         *job_log("b", 101.0, 101.5, 102.03, 103.0),  # waiting when a ended: 0.03
         *job_log("c", 102.0, 103.5, 103.6, 104.0),  # schedulable after b ended: not counted
         *job_log("d", 103.0, 103.8, 104.25, 105.0),  # waiting when c ended: 0.25
+        *job_log("e", 104.0, 104.5, 106.0, 107.0),  # another model: the policy may have held it
+        *job_log("f", 105.0, 105.5, 107.1, 108.0),  # the same model as e again: 0.1
     ]
-    assert bf.turnarounds(records, driven) == [pytest.approx(0.03), pytest.approx(0.25)]
+    assert bf.turnarounds(records, driven, trace) == [
+        pytest.approx(0.03),
+        pytest.approx(0.25),
+        pytest.approx(0.1),
+    ]
     # runs that ended in the settle window calibrate nothing
-    assert bf.turnarounds(records, driven, settle_s=30.0) == []
+    assert bf.turnarounds(records, driven, trace, settle_s=30.0) == []
 
 
 def test_the_replay_starts_from_the_real_fleets_models_on_workers_of_the_same_class() -> None:
