@@ -443,3 +443,29 @@ def test_a_worker_keeps_weights_within_its_memory_and_is_offered_jobs_by_its_bud
     assert held_after_two_loads(GpuType("one", 20.0, 1.0, caps)) == {"juggernaut-xl"}
     both = held_after_two_loads(GpuType("two", 20.0, 1.0, caps, memory_gb=30.0))
     assert both == {"sdxl-base-1.0", "juggernaut-xl"}
+
+
+@pytest.mark.unit
+def test_the_pool_sees_a_workers_whole_memory_as_the_pool_manager_does() -> None:
+    """A replayed worker's memory is larger than the scheduler's budget (the margin, ADR 0713).
+    The pool-manager judges pins by the memory a heartbeat reports (``memory_total_bytes``), so
+    the simulated pool must too: a tier-1 model within a quarter of the memory but not of the
+    budget is pinned in both. (Judged by the budget, the replay of a 4-worker CPU fleet pinned
+    nothing while the real one pinned a worker, and made a fifth more loads than it.)"""
+    from dataclasses import replace
+
+    from imagegen_fleet_sim.engine import Simulation, pool_config
+    from imagegen_fleet_sim.scenario import GpuType
+    from imagegen_pool_manager.domain import policy as pool
+    from imagegen_scheduler.domain import JobRequest
+
+    gpu = GpuType("cpu", 40.0, 1.0, frozenset({"sdxl", "sd3"}), memory_gb=60.0)
+    scenario = replace(seed_peak(gpus=1, hours=0.05), fleet=((gpu, 1),), floods=())
+    job = JobRequest("j1", "u1", Tier.RELAX, "sdxl-base-1.0", (), 1024, 1024, 1, 30, 10.0)
+    sim = Simulation(scenario, "ours", 1, SchedulerConfig(), "ours", trace=[job])
+    (worker,) = sim.workers.values()
+    assert worker.pinned == {"sdxl-base-1.0"}  # 13.5 GB: within 60 / 4, not within 40 / 4
+    manager_view = pool.WorkerState("w", "cpu", gpu.capabilities, 60.0, (), True, frozenset())
+    assert pool.pin_targets([manager_view], sim.models, pool_config(1)) == {
+        "w": frozenset({"sdxl-base-1.0"})
+    }

@@ -257,7 +257,7 @@ class Simulation:
             worker.worker_id,
             worker.gpu.name,
             worker.gpu.capabilities,
-            worker.gpu.budget_gb,
+            worker.gpu.residency_gb,  # the whole memory, as a worker's heartbeat reports it
             tuple(
                 pool.Resident(n, s, worker.last_used.get(n, now), worker.uses_24h(n, now))
                 for n, s in worker.resident.items()
