@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -71,6 +72,7 @@ def run_main(
     exported on the way out.
     """
     settings = load_settings(settings_cls)
+    configure_gc(settings.gc_thresholds)
     configure_logging(service, settings.log_level)
     try:
         configure_tracing(service, settings.trace_exporter)
@@ -85,6 +87,20 @@ def run_main(
         return await serve(app, settings.http_host, settings.http_port)
 
     sys.exit(asyncio.run(main()))
+
+
+def configure_gc(thresholds: str) -> tuple[int, ...]:
+    """Set the garbage collector's thresholds from ``ServiceSettings.gc_thresholds`` ("python"
+    keeps Python's own) and return the ones in force (ADR 0642).
+
+    A full collection walks every object the process holds and stops the event loop while it
+    does: 75-95 ms in the API, whose heap holds FastAPI, pydantic, SQLAlchemy and the Kafka
+    client. With Python's thresholds (700, 10, 10) the API ran four in one admission bench run,
+    each holding up all 32 requests in flight: that was most of its p99."""
+    if thresholds != "python":
+        gen0, gen1, gen2 = (int(n) for n in thresholds.split(","))
+        gc.set_threshold(gen0, gen1, gen2)
+    return gc.get_threshold()
 
 
 def database_check(url: str) -> tuple[ReadinessCheck, Closer]:
