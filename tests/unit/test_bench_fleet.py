@@ -242,3 +242,20 @@ def test_the_real_p95_comes_with_the_interval_its_sample_alone_allows() -> None:
     assert out["p95_within_25pct"] is False
     assert out["p95_within_real_interval90"] == {"fast": True, "turbo": False}
     assert out["p95_all_tiers_within_real_interval90"] is False
+
+
+def test_the_bench_stack_lifts_the_daily_image_quota_and_keeps_the_other_limits(
+    tmp_path: Path,
+) -> None:
+    """A 20-minute run at rate 2 asks about 400 images of each relax (free plan) user, past the
+    plan's 200 a day: 609 of 2,465 submissions were still being refused when the run was
+    stopped, 35 minutes in. The bench's own stack lifts that quota for its plans, and only that
+    one."""
+    from imagegen_api.domain.limits import DEFAULT_LIMITS, Plan, with_overrides
+
+    env = bf.fleet_stack(tmp_path, 4, "2,2,3,3", "ours").env()
+    limits = with_overrides(json.loads(env["IMAGEGEN_STACK_API_LIMITS"]))  # the API's own parser
+    for plan in (Plan(p) for p, _ in bf.TIERS.values()):
+        assert limits[plan].images_per_day >= 100 * DEFAULT_LIMITS[plan].images_per_day
+        assert limits[plan].requests_per_minute == DEFAULT_LIMITS[plan].requests_per_minute
+        assert limits[plan].active_jobs == DEFAULT_LIMITS[plan].active_jobs
