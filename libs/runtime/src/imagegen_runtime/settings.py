@@ -12,6 +12,9 @@ from typing import Literal, TypeVar
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# ``gen0,gen1,gen2`` garbage-collector thresholds, or "python" for Python's own (ADR 0642)
+GC_THRESHOLDS_PATTERN = r"^(python|[1-9][0-9]*,[0-9]+,[0-9]+)$"
+
 
 class ServiceSettings(BaseSettings):
     """Knobs every service has. Subclasses set ``model_config`` with their own ``env_prefix``."""
@@ -44,7 +47,7 @@ class ServiceSettings(BaseSettings):
     )
     gc_thresholds: str = Field(
         default="python",
-        pattern=r"^(python|[1-9][0-9]*,[0-9]+,[0-9]+)$",
+        pattern=GC_THRESHOLDS_PATTERN,
         description="The garbage collector's generation thresholds for this process,"
         " 'gen0,gen1,gen2' (e.g. 50000,20,100), or 'python' for Python's own (700,10,10)."
         " Fewer collections cut the latency tail of a busy process (ADR 0642).",

@@ -8,7 +8,11 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from imagegen_runtime.settings import DatabaseSettingsMixin, ServiceSettings
+from imagegen_runtime.settings import (
+    GC_THRESHOLDS_PATTERN,
+    DatabaseSettingsMixin,
+    ServiceSettings,
+)
 
 from .domain.limits import with_overrides
 
@@ -34,7 +38,7 @@ class ApiSettings(ServiceSettings, DatabaseSettingsMixin):
     http_port: int = Field(default=8000, ge=1, le=65535, description="Port of the HTTP server.")
     gc_thresholds: str = Field(
         default="50000,20,100",
-        pattern=r"^(python|[1-9][0-9]*,[0-9]+,[0-9]+)$",
+        pattern=GC_THRESHOLDS_PATTERN,
         description="Garbage-collector thresholds 'gen0,gen1,gen2', or 'python' for Python's own:"
         " a full collection stalls every request in flight, so the API runs far fewer"
         " (ADR 0642: admission p99 129 -> 47 ms, median of runs).",
