@@ -356,6 +356,8 @@ class Observed:
     started_at: dict[int, float] = field(default_factory=dict)  # first assignment (s from t0)
     # base models each real worker held when the counted window began (t0 + settle)
     resident_at_settle: dict[str, list[str]] = field(default_factory=dict)
+    # base model -> bytes it takes loaded, as its worker measured them (``ModelLoaded.bytes``)
+    loaded_bytes: dict[str, int] = field(default_factory=dict)
 
 
 def observe(
@@ -475,6 +477,11 @@ def observe(
         turnarounds(records, driven, trace, settle_s),
         started_at,
         {w: [m for m, on in models.items() if on] for w, models in held.items()},
+        {
+            m["model_id"]: int(m["bytes"])
+            for d, _ in loads
+            if (m := d["model"]).get("kind", "base") == "base" and m.get("bytes")
+        },
     )
 
 
@@ -570,10 +577,12 @@ def simulate_same(
         steps = observed.service_s_per_step.get(m) or all_steps or [step_all]
         loads = observed.load_s.get(m) or load_all
         mpix = 64 * 64 / 1_000_000  # the tiny models' default size, every job's here
+        measured = observed.loaded_bytes.get(m)
         calibrated[m] = replace(
             spec,
             step_s=statistics.median(steps) / mpix,
             load_s=(pct(loads, 0.1), pct(loads, 0.9)),
+            weights_gb=measured / budget.GB if measured else spec.weights_gb,
         )
     adapters = {}
     for a_id, spec in catalog.adapters.items():
@@ -734,6 +743,7 @@ def simulate_same(
                 m: {
                     "step_s_per_mpix": round(s.step_s, 3),
                     "load_s": [round(x, 3) for x in s.load_s],
+                    "weights_mib": round(s.weights_gb * budget.GB / budget.MIB, 3),
                 }
                 for m, s in calibrated.items()
             },

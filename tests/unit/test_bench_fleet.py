@@ -61,10 +61,17 @@ def job_log(job: str, t0: float, moderated: float, scheduled: float, generated: 
     ]
 
 
-def loaded(at: float, model: str, source: str, cause: str | None, command: str | None = None):
+def loaded(
+    at: float,
+    model: str,
+    source: str,
+    cause: str | None,
+    command: str | None = None,
+    size: int | None = None,
+):
     data = {
         "worker_id": "w1",
-        "model": {"model_id": model, "kind": "base"},
+        "model": {"model_id": model, "kind": "base", **({"bytes": size} if size else {})},
         "load_ms": 500.0,
         "source": source,
         "command_id": command,
@@ -80,7 +87,7 @@ def test_figures_from_the_log_warm_by_cause_waits_from_the_verdict() -> None:
     driven = bf.Driven(job_ids={0: "a", 1: "b"}, t0=100.0, finished_at=110.0)
     records = [
         *job_log("a", 100.0, 100.5, 101.0, 103.0),  # cold: its assignment loaded the model
-        loaded(101.5, "tiny-sd15", "disk", "sched-a"),
+        loaded(101.5, "tiny-sd15", "disk", "sched-a", size=617_356),
         *job_log("b", 101.0, 101.2, 104.2, 105.2),  # warm: nothing loaded for it
         # a pool command's load: counted as a cold load, not against a job
         loaded(106.0, "tiny-sdxl", "disk", "cmd-1", command="cmd-1"),
@@ -101,6 +108,8 @@ def test_figures_from_the_log_warm_by_cause_waits_from_the_verdict() -> None:
     assert bf.observe(records, driven, trace, settle_s=2.0).resident_at_settle == {
         "w1": ["tiny-sd15"]
     }
+    # the bytes a model takes loaded, as its worker measured them (none reported for tiny-sdxl)
+    assert o.loaded_bytes == {"tiny-sd15": 617_356}
 
 
 def test_a_load_command_for_a_model_the_worker_holds_is_a_duplicate() -> None:
@@ -148,8 +157,12 @@ def test_the_simulator_replays_the_trace_on_a_fleet_of_the_same_budgets(tmp_path
         service_s_per_step={m: [0.02] for m in bf.BEFORE},
         makespan_s=200.0,
         queued_at={},
+        loaded_bytes={"tiny-sd15": 617_356},
     )
     out = bf.simulate_same(trace, observed, tmp_path, 4, [2, 2, 3, 3], "ours", 1)
+    # a model's weights are what its worker measured loaded, where it did; else its files'
+    assert out["calibration"]["tiny-sd15"]["weights_mib"] == round(617_356 / 2**20, 3)
+    assert out["calibration"]["tiny-sdxl"]["weights_mib"] == round(650_000 / 2**20, 3)
     assert out["jobs"] == len(trace) and out["refused"] == 0
     assert 0.0 < out["warm_hit_rate"] <= 1.0 and out["cold_loads"] >= 1
     assert sum(t["jobs"] for t in out["tiers"].values()) == len(trace)

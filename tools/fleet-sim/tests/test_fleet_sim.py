@@ -446,6 +446,44 @@ def test_a_worker_keeps_weights_within_its_memory_and_is_offered_jobs_by_its_bud
 
 
 @pytest.mark.unit
+def test_a_replayed_worker_makes_room_for_a_job_as_the_real_workers_admission_does() -> None:
+    """ADR 0713, stop 27: the real worker admits a job only when what stays beside the job's
+    need by the budget formula fits the budget less the margin (``BudgetAdmission.admit``), and
+    unloads least recently used models until it does. Pool loads and the state a replay starts
+    from may fill the whole memory. The simulated worker kept weights and activations within the
+    whole memory for jobs too, so a replayed fleet held more models than the real one: 105
+    cold loads where the real fleet made 225, a warm hit 0.052 too high."""
+    import random
+
+    from imagegen_fleet_sim.fleet import SimWorker
+    from imagegen_fleet_sim.scenario import GpuType
+    from imagegen_scheduler.domain import JobRequest, footprint_gb
+
+    catalog = seed_catalog()
+    job = JobRequest("j", "u", Tier.RELAX, "juggernaut-xl", (), 64, 64, 1, 1, 0.0)
+
+    def held_after_a_job(gpu: GpuType) -> tuple[set[str], set[str]]:
+        worker = SimWorker("w", gpu, catalog)
+        for model in ("sdxl-base-1.0", "juggernaut-xl"):  # 13.5 GB each, as the pool loads them
+            worker.preload(JobRequest("p", "u", Tier.RELAX, model, (), 64, 64, 1, 1, 0.0))
+        before = set(worker.resident)
+        info = worker.start(job, 1, 1, 0.0, random.Random(1))
+        assert not info.cold  # its own model stays
+        return before, set(worker.resident)
+
+    caps = frozenset({"sdxl"})
+    # memory 30 GB, budget (memory less the margin) 24 GB: both fit the memory, but the job's
+    # need (13.5 GB and more) beside the other 13.5 GB does not fit the budget
+    before, after = held_after_a_job(GpuType("replayed", 24.0, 1.0, caps, memory_gb=30.0))
+    assert before == {"sdxl-base-1.0", "juggernaut-xl"}
+    assert after == {"juggernaut-xl"}
+    assert footprint_gb(job, catalog) + 13.5 > 24.0
+    # a seed GPU class (one budget) is as before: weights and activations within its budget
+    before, after = held_after_a_job(GpuType("seed", 30.0, 1.0, caps))
+    assert before == after == {"sdxl-base-1.0", "juggernaut-xl"}
+
+
+@pytest.mark.unit
 def test_the_pool_sees_a_workers_whole_memory_as_the_pool_manager_does() -> None:
     """A replayed worker's memory is larger than the scheduler's budget (the margin, ADR 0713).
     The pool-manager judges pins by the memory a heartbeat reports (``memory_total_bytes``), so

@@ -15,7 +15,13 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from imagegen_runtime.residency import evictions
-from imagegen_scheduler.domain import JobRequest, ModelCatalog, WorkerView, denoise_s
+from imagegen_scheduler.domain import (
+    JobRequest,
+    ModelCatalog,
+    WorkerView,
+    denoise_s,
+    footprint_gb,
+)
 
 from .scenario import GpuType
 
@@ -120,18 +126,29 @@ class SimWorker:
 
     def preload(self, request: JobRequest, now: float = 0.0) -> None:
         """Make a job's weights resident without counting a load (initial warm pool)."""
-        self._make_room(request)
+        self._make_room(request, job=False)
         for key, gb in self._sizes(request).items():
             self.resident[key] = gb
             self.resident.move_to_end(key)
             self._touch(key, now, used=False)
 
-    def _make_room(self, request: JobRequest) -> None:
+    def _make_room(self, request: JobRequest, *, job: bool) -> None:
+        """Unload what must go for ``request``'s weights (the eviction's order, only what must go).
+
+        A job on a worker whose memory is larger than its budget (a replayed CPU worker, ADR
+        0713) is admitted as the real worker admits it (``BudgetAdmission.admit``, ADR 0708):
+        what stays beside the job's need by the budget formula (``footprint_gb``) must fit the
+        budget, the memory less the margin. Only weights made resident without a job (a pool
+        load, the state a replay starts from) may fill the whole memory. Elsewhere (the seed's
+        GPU classes: one budget) the weights and the job's activations fit the budget."""
         sizes = self._sizes(request)
-        model = self.catalog.models[request.model_id]
-        activations = model.activation_gb_per_mpix * request.megapixels * request.batch
-        need = sum(sizes.values()) + activations
-        victims = self.evict(self.resident.items(), sizes, need, self.gpu.residency_gb)
+        if job and self.gpu.memory_gb is not None:
+            need, limit = footprint_gb(request, self.catalog), self.gpu.budget_gb
+        else:
+            model = self.catalog.models[request.model_id]
+            activations = model.activation_gb_per_mpix * request.megapixels * request.batch
+            need, limit = sum(sizes.values()) + activations, self.gpu.residency_gb
+        victims = self.evict(self.resident.items(), sizes, need, limit)
         if victims is None:
             raise AssertionError(f"{request.job_id} cannot fit {self.worker_id}: policy bug")
         for key in victims:
@@ -142,7 +159,7 @@ class SimWorker:
     ) -> StartInfo:
         assert self.run is None, f"{self.worker_id} is busy: policy assigned twice"
         assert self.loading is None, f"{self.worker_id} is preloading: not accepting"
-        self._make_room(request)
+        self._make_room(request, job=True)
         load = 0.0
         base_loads = adapter_loads = 0
         for key, gb in self._sizes(request).items():
