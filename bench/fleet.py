@@ -589,6 +589,12 @@ def simulate_same(
         loads = observed.load_s.get(a_id)
         adapters[a_id] = replace(spec, load_s=(pct(loads, 0.1), pct(loads, 0.9))) if loads else spec
     cal = ModelCatalog(models=calibrated, adapters=adapters)
+    # Loads are drawn from the measured samples as they are (the catalog keeps their 10th-90th
+    # percentile range, which the scheduler's load estimate reads): a uniform draw over that
+    # range drops both tails and moves the mean.
+    load_samples = {m: observed.load_s.get(m) or load_all for m in base} | {
+        a: observed.load_s[a] for a in catalog.adapters if observed.load_s.get(a)
+    }
     families = frozenset(spec.family for spec in calibrated.values())
     classes: Counter[int] = Counter(budgets[i % len(budgets)] for i in range(workers))
     # The scheduler fits jobs into the worker's memory less the budget model's margin
@@ -656,6 +662,7 @@ def simulate_same(
             trace=requests,
             latency=latency,
             resident=resident,
+            load_samples=load_samples,
         )
         result = sim.run()
         waits: dict[str, list[float]] = defaultdict(list)
@@ -743,6 +750,7 @@ def simulate_same(
                 m: {
                     "step_s_per_mpix": round(s.step_s, 3),
                     "load_s": [round(x, 3) for x in s.load_s],
+                    "load_samples": len(load_samples[m]),
                     "weights_mib": round(s.weights_gb * budget.GB / budget.MIB, 3),
                 }
                 for m, s in calibrated.items()

@@ -170,6 +170,7 @@ def test_the_simulator_replays_the_trace_on_a_fleet_of_the_same_budgets(tmp_path
         low, high = figures["p95_wait_s_draws"]
         assert low <= figures["p95_wait_s"] <= high
     assert out["calibration"]["tiny-sd15"]["load_s"] == [0.5, 0.8]
+    assert out["calibration"]["tiny-sd15"]["load_samples"] == 2  # drawn from as measured
     none = bf.simulate_same(trace, observed, tmp_path, 4, [2, 2, 3, 3], "none", 1)
     assert none["jobs"] == len(trace)
     diff = bf.compare(

@@ -446,6 +446,34 @@ def test_a_worker_keeps_weights_within_its_memory_and_is_offered_jobs_by_its_bud
 
 
 @pytest.mark.unit
+def test_a_replayed_worker_draws_its_loads_from_the_measured_samples() -> None:
+    """ADR 0713, stop 27: a replay draws each load from the times measured on the real fleet as
+    they are (``load_samples``); without samples a load is uniform over the catalog's range."""
+    import random
+
+    from imagegen_fleet_sim.fleet import SimWorker
+    from imagegen_fleet_sim.scenario import A100
+    from imagegen_scheduler.domain import JobRequest
+
+    catalog = seed_catalog()
+    job = JobRequest("j", "u", Tier.RELAX, "sdxl-base-1.0", (), 64, 64, 1, 1, 0.0)
+    measured = SimWorker("w", A100, catalog, {"sdxl-base-1.0": [0.25, 40.0]})
+    loads = set()
+    for seed in range(20):
+        measured.resident.clear()
+        measured.run = None
+        measured.start(job, 1, 1, 0.0, random.Random(seed))
+        assert measured.run is not None
+        loads.add(measured.run.denoise_start)
+    assert loads == {0.25, 40.0}  # both tails, outside the catalog's 8-15 s
+    idle = SimWorker("p", A100, catalog, {"flux-dev": [3.0]})
+    assert idle.begin_load("flux-dev", 10.0, random.Random(1)) == 13.0  # a pool load too
+    plain = SimWorker("w", A100, catalog)
+    plain.start(job, 1, 1, 0.0, random.Random(1))
+    assert plain.run is not None and 8.0 <= plain.run.denoise_start <= 15.0
+
+
+@pytest.mark.unit
 def test_a_replayed_worker_makes_room_for_a_job_as_the_real_workers_admission_does() -> None:
     """ADR 0713, stop 27: the real worker admits a job only when what stays beside the job's
     need by the budget formula fits the budget less the margin (``BudgetAdmission.admit``), and

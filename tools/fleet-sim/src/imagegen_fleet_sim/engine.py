@@ -112,6 +112,7 @@ class Simulation:
         trace: Sequence[JobRequest] | None = None,
         latency: PlatformLatency | None = None,
         resident: Mapping[str, Sequence[str]] | None = None,
+        load_samples: Mapping[str, Sequence[float]] | None = None,
     ) -> None:
         """``catalog``, ``tiers`` and ``trace`` replay a recorded run (``bench fleet``): its
         models, their warm-pool tiers and its arrivals instead of the scenario's generated ones;
@@ -121,7 +122,9 @@ class Simulation:
         (each arrival reaches the scheduler, and each finished worker becomes free, a draw from
         them later; waits still count from the arrival); None: the scheduler reacts at once.
         ``resident``: base models each worker (by id) holds at t = 0 of a replayed run, besides
-        its pins (the real fleet's state where the replay starts)."""
+        its pins (the real fleet's state where the replay starts). ``load_samples``: load times
+        measured on a real fleet per model or adapter id, drawn from as they are instead of the
+        catalog's ``load_s`` range (``SimWorker``)."""
         self.scenario, self.policy_name, self.policy = scenario, policy, POLICIES[policy]
         self.perturb = perturb
         assert pool_mode in POOLS and eviction in EVICTIONS
@@ -142,7 +145,7 @@ class Simulation:
         for gpu, count in scenario.fleet:
             for _ in range(count):
                 worker_id = f"gpu-{len(self.workers):03d}-{gpu.name}"
-                self.workers[worker_id] = SimWorker(worker_id, gpu, self.catalog)
+                self.workers[worker_id] = SimWorker(worker_id, gpu, self.catalog, load_samples)
         self.fleet = FleetCapabilities.of(w.view() for w in self.workers.values())
         self.sampler = RequestSampler(scenario, self.catalog)
         self.peak_rate = capacity_jobs_per_s(scenario, self.sampler) * scenario.load_factor

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 from collections import OrderedDict, deque
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from imagegen_runtime.residency import evictions
@@ -56,10 +56,20 @@ class StartInfo:
 
 
 class SimWorker:
-    def __init__(self, worker_id: str, gpu: GpuType, catalog: ModelCatalog) -> None:
+    def __init__(
+        self,
+        worker_id: str,
+        gpu: GpuType,
+        catalog: ModelCatalog,
+        load_samples: Mapping[str, Sequence[float]] | None = None,
+    ) -> None:
+        """``load_samples``: load times measured on a real fleet, per model or adapter id, drawn
+        from as they are (a replay, ADR 0713); an item without samples draws uniformly from its
+        catalog range ``load_s``."""
         self.worker_id = worker_id
         self.gpu = gpu
         self.catalog = catalog
+        self.load_samples: Mapping[str, Sequence[float]] = load_samples or {}
         self.resident: OrderedDict[str, float] = OrderedDict()  # id -> GB, least recent first
         self.run: Run | None = None
         self.denoise_s_total = 0.0  # time spent denoising inside the measured window
@@ -114,9 +124,13 @@ class SimWorker:
             del self.resident[key]
         self.resident[model_id] = spec.weights_gb
         self._touch(model_id, now, used=False)
-        done = now + rng.uniform(*spec.load_s)
+        done = now + self._load_s(model_id, spec.load_s, rng)
         self.loading = (model_id, done)
         return done
+
+    def _load_s(self, key: str, span: tuple[float, float], rng: random.Random) -> float:
+        samples = self.load_samples.get(key)
+        return rng.choice(samples) if samples else rng.uniform(*span)
 
     def _sizes(self, request: JobRequest) -> dict[str, float]:
         sizes = {request.model_id: self.catalog.models[request.model_id].weights_gb}
@@ -165,7 +179,7 @@ class SimWorker:
         for key, gb in self._sizes(request).items():
             if key not in self.resident:
                 spec = self.catalog.models.get(key) or self.catalog.adapters[key]
-                load += rng.uniform(*spec.load_s)
+                load += self._load_s(key, spec.load_s, rng)
                 if key == request.model_id:
                     base_loads += 1
                 else:
