@@ -31,15 +31,15 @@
    worker's admission does, while pool loads may fill the whole memory; each job arrives when it
    became schedulable in the real run). Its catalog is read from the same ``model.json`` files and
    calibrated on this run (ADR 0713): each model's size as its worker measured it loaded, its warm
-   run time per step (assignment to images stored), its load time as what its cold runs took over a
-   warm run (10th to 90th percentile), each LoRA's disk load time. The replay starts where the
-   counted window does (``--settle``), each simulated worker holding the base models its real
-   counterpart held then; jobs the real fleet started before are left out. It replays the platform's
-   own latency measured on the run: an arrival reaches the simulated scheduler a draw of the real
-   *reaction* times later (the real waits of the jobs that the simulator, reacting at once, starts
-   on arrival in every draw), and a finished worker is free a draw of the real *turnarounds* later
-   (images stored to the worker's next assignment, where that next job was waiting and of the model
-   the worker had just run: nothing but the platform delayed it). Each figure is the median of
+   run time per step (assignment to images stored), its load times as what its cold runs took over a
+   warm run, each LoRA's disk load times; each load is a draw from those samples. The replay starts
+   where the counted window does (``--settle``), each simulated worker holding the base models its
+   real counterpart held then; jobs the real fleet started before are left out. It replays the
+   platform's own latency measured on the run: an arrival reaches the simulated scheduler a draw of
+   the real *reaction* times later (the real waits of the jobs that the simulator, reacting at once,
+   starts on arrival in every draw), and a finished worker is free a draw of the real *turnarounds*
+   later (images stored to the worker's next assignment, where that next job was waiting and of the
+   model the worker had just run: nothing but the platform delayed it). Each figure is the median of
    ``DRAWS`` (9) simulator runs, other draws of load, run and latency times;
    ``without_platform_latency`` gives the same with the scheduler reacting at once. Its
    ``warm_hit_rate`` is the base model's too (``warm_hit_rate_all_starts_with_adapters`` counts
