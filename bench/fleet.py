@@ -573,9 +573,13 @@ def simulate_same(
     step_all = statistics.median(all_steps) if all_steps else 0.05
     load_all = [s for m in BEFORE for s in observed.load_s.get(m, [])] or [0.5]
     calibrated = {}
+    # Loads are drawn from the measured samples as they are (the catalog keeps their 10th-90th
+    # percentile range, which the scheduler's load estimate reads): a uniform draw over that
+    # range drops both tails and moves the mean.
+    load_samples: dict[str, list[float]] = {}
     for m, spec in base.items():
         steps = observed.service_s_per_step.get(m) or all_steps or [step_all]
-        loads = observed.load_s.get(m) or load_all
+        loads = load_samples[m] = observed.load_s.get(m) or load_all
         mpix = 64 * 64 / 1_000_000  # the tiny models' default size, every job's here
         measured = observed.loaded_bytes.get(m)
         calibrated[m] = replace(
@@ -587,14 +591,10 @@ def simulate_same(
     adapters = {}
     for a_id, spec in catalog.adapters.items():
         loads = observed.load_s.get(a_id)
+        if loads:
+            load_samples[a_id] = loads
         adapters[a_id] = replace(spec, load_s=(pct(loads, 0.1), pct(loads, 0.9))) if loads else spec
     cal = ModelCatalog(models=calibrated, adapters=adapters)
-    # Loads are drawn from the measured samples as they are (the catalog keeps their 10th-90th
-    # percentile range, which the scheduler's load estimate reads): a uniform draw over that
-    # range drops both tails and moves the mean.
-    load_samples = {m: observed.load_s.get(m) or load_all for m in base} | {
-        a: observed.load_s[a] for a in catalog.adapters if observed.load_s.get(a)
-    }
     families = frozenset(spec.family for spec in calibrated.values())
     classes: Counter[int] = Counter(budgets[i % len(budgets)] for i in range(workers))
     # The scheduler fits jobs into the worker's memory less the budget model's margin
