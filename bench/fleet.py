@@ -24,7 +24,8 @@
    as causation and source disk or ram). LoRA loads are not residency events, so the real half
    judges the base model only. ``cold_loads`` counts every base-model load from disk or RAM, the
    pool's own included; ``duplicate_loads`` counts ``LoadModel`` commands for a model its worker
-   already held (a pin for a held model, which loads nothing, excepted).
+   already held (a pin for a held model, which loads nothing, excepted); ``pool_loads_unused``
+   counts the pool's loads that no job was assigned on their worker before the model left it.
 5. **Simulated figures**: the fleet simulator (tools/fleet-sim) on the same jobs and the same fleet
    (one GPU class per budget: jobs fit into the budget less the budget model's margin, as the
    scheduler sees it; a job makes room so that what stays beside its need fits that budget, as the
@@ -433,6 +434,13 @@ def observe(
             warm = statistics.median(per_step[m]) * STEPS
             load_s[m] = [max(0.0, r - warm) for r in runs]
     base_loads = [d for d, _ in loads if d["model"].get("kind", "base") == "base"]
+    assigned = [  # every assignment: (worker, base model, when)
+        (r.data["worker_id"], trace[index_of[job_id]].model, r.occurred_at)
+        for job_id, recs in by_job.items()
+        if job_id in index_of
+        for r in recs
+        if r.type == "imagegen.job.scheduled"
+    ]
     figures = {
         "jobs": len(driven.job_ids),
         "jobs_counted": started,
@@ -448,6 +456,7 @@ def observe(
             if d["model"].get("kind", "base") == "base" and at >= driven.t0 + settle_s
         ),
         "pool_loads": sum(1 for d in base_loads if d.get("command_id")),
+        "pool_loads_unused": unused_pool_loads(residency, assigned),
         "duplicate_loads": duplicate_loads(commands, residency),
         "tiers": {
             t: {
@@ -521,6 +530,38 @@ def turnarounds(
             if stored >= driven.t0 + settle_s and ready < stored and model == ran:
                 out.append(max(0.0, assigned - stored))
     return out
+
+
+def unused_pool_loads(residency: list[Any], assigned: list[tuple[str, str, float]]) -> int:
+    """Base-model loads answering a pool command (``ModelLoaded`` with a ``command_id``, from
+    disk or RAM) that no job was assigned on that worker before the model left it again
+    (``ModelEvicted``) or the run ended: a preload that served nobody."""
+    uses: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for worker, model, at in assigned:
+        uses[(worker, model)].append(at)
+    facts = sorted(residency, key=lambda r: r.occurred_at)
+    unused = 0
+    for i, f in enumerate(facts):
+        d = f.data
+        if (
+            f.type != "imagegen.model.loaded"
+            or not d.get("command_id")
+            or d.get("source") not in ("disk", "ram")
+            or d["model"].get("kind", "base") != "base"
+        ):
+            continue
+        key = (d["worker_id"], d["model"]["model_id"])
+        gone = next(
+            (
+                g.occurred_at
+                for g in facts[i + 1 :]
+                if g.type == "imagegen.model.evicted"
+                and (g.data.get("worker_id"), g.data.get("model_id")) == key
+            ),
+            math.inf,
+        )
+        unused += not any(f.occurred_at <= t < gone for t in uses[key])
+    return unused
 
 
 def duplicate_loads(commands: list[Any], residency: list[Any]) -> int:

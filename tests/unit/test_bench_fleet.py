@@ -132,6 +132,24 @@ def test_a_load_command_for_a_model_the_worker_holds_is_a_duplicate() -> None:
     assert bf.duplicate_loads([command(2.0, "m", pin=True)], residency) == 0
 
 
+def test_a_pool_load_no_job_used_before_its_model_left_is_unused() -> None:
+    def evicted(at: float, model: str) -> LogRecord:
+        data = {"worker_id": "w1", "model_id": model, "reason": "make_room"}
+        return rec("imagegen.workers.models", "imagegen.model.evicted", at, "", data)
+
+    residency = [
+        loaded(1.0, "a", "ram", "cmd-1", command="cmd-1"),  # used at 2.0, before it left
+        evicted(3.0, "a"),
+        loaded(4.0, "a", "ram", "cmd-2", command="cmd-2"),  # gone at 5.0, used only after
+        evicted(5.0, "a"),
+        loaded(6.0, "b", "disk", "cmd-3", command="cmd-3"),  # used on another worker only
+        loaded(7.0, "c", "disk", "sched-x"),  # a job's own load: not the pool's
+    ]
+    assigned = [("w1", "a", 2.0), ("w1", "a", 5.5), ("w2", "b", 6.5), ("w1", "c", 7.0)]
+    assert bf.unused_pool_loads(residency, assigned) == 2
+    assert bf.unused_pool_loads(residency, [*assigned, ("w1", "b", 9.0)]) == 1  # still held
+
+
 def test_the_simulator_replays_the_trace_on_a_fleet_of_the_same_budgets(tmp_path: Path) -> None:
     for name in bf.BEFORE:
         folder = tmp_path / name

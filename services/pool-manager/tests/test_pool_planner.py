@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from imagegen_pool_manager.domain.demand import fold_demand
+from imagegen_pool_manager.domain.demand import RUN_SAMPLES, fold_demand, mean_run_s
 from imagegen_pool_manager.domain.fleet import evolve
 from imagegen_pool_manager.domain.policy import ModelInfo
 from imagegen_pool_manager.service_layer.planner import Planner, PlannerConfig, pool_of
@@ -221,6 +221,49 @@ async def test_demand_in_a_quiet_period_preloads_onto_an_idle_worker() -> None:
     loads = await world.round()
     assert [(c.worker_id, c.model_id) for c in loads] == [("w1", "sdxl")]
     assert loads[0].reason == "predictive"
+
+
+def made(job: str, total_ms: float, load_ms: float = 0.0) -> ev.ImageGenerated:
+    timings = {"load": load_ms, "total": total_ms}
+    return ev.ImageGenerated(
+        job_id=job, worker_id="w2", fencing_token=1, images=(), timings_ms=timings
+    )
+
+
+async def test_a_model_warm_on_enough_workers_for_its_measured_work_gets_no_preload() -> None:
+    """The share rule alone wants sdxl on every idle worker (it is all the demand); its measured
+    run time says one holder serves that demand, as the simulator's policy knows (ADR 0701)."""
+
+    def world(served: bool) -> World:
+        w = World()
+        w.feed(beat("w1", "demo", pinned=("demo",)), NOW - 1)
+        w.feed(beat("w2", "sdxl"), NOW - 1)
+        for i in range(5):  # sdxl asked for in the last hour, served on w2 or cancelled
+            w.feed(requested(f"old{i}", "sdxl"), NOW - 600 + i)
+            end = made(f"old{i}", 400.0, load_ms=100.0) if served else None
+            w.feed(end or ev.GenerationCancelled(job_id=f"old{i}"), NOW - 500 + i)
+        return w
+
+    unmeasured = world(served=False)
+    assert [(c.worker_id, c.model_id) for c in await unmeasured.round()] == [("w1", "sdxl")]
+    measured = world(served=True)
+    assert measured.planner.measured_models()["sdxl"].work_s == pytest.approx(0.3)
+    assert measured.planner.measured_models()["flux"].work_s == 0  # no image yet: unknown
+    assert await measured.round() == []
+    assert await measured.restart().round() == []  # the run times come back with the log
+
+
+def test_run_times_count_each_image_once_without_its_load_and_follow_the_recent_ones() -> None:
+    world = World()
+    world.feed(requested("a", "sdxl"), NOW - 10)
+    world.feed(made("a", 900.0, load_ms=600.0), NOW - 9)
+    world.feed(made("a", 5000.0), NOW - 8)  # redelivered, or a job this log never requested
+    world.feed(made("never-requested", 5000.0), NOW - 8)
+    assert mean_run_s(world.pool.demand, "sdxl") == pytest.approx(0.3)
+    for i in range(RUN_SAMPLES):
+        world.feed(requested(f"j{i}", "sdxl"), NOW - 7)
+        world.feed(made(f"j{i}", 100.0), NOW - 6)
+    assert mean_run_s(world.pool.demand, "sdxl") == pytest.approx(0.1)
 
 
 async def test_a_load_under_way_is_not_asked_again_even_after_a_restart() -> None:

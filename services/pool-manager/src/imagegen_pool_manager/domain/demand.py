@@ -8,6 +8,9 @@ uses per worker, and the pool's own load commands still under way.
   assigned again.
 - **Uses**: each assignment is a use of its model on its worker (``last_used``, uses in the
   last 24 h: the eviction score's inputs).
+- **Run times**: each image made (``ImageGenerated``) gives its model's run time on the worker,
+  load excluded (``timings_ms`` total less load); the last ``RUN_SAMPLES`` per model give the
+  mean work of one request (``mean_run_s``, the policy's ``ModelInfo.work_s``).
 - **Loads under way**: each ``LoadModel`` the pool sent, until the worker answers it
   (``ModelLoaded`` / ``ModelLoadFailed`` naming the command) or it times out. Rebuilt by the
   replay, so a restarted pool-manager knows what it already asked for and asks nothing twice.
@@ -27,6 +30,7 @@ from imagegen_schemas import jobs as ev
 from imagegen_schemas.workers import LoadModel, ModelLoaded, ModelLoadFailed
 
 DAY_S = 24 * 3600.0
+RUN_SAMPLES = 50  # run times kept per model: the mean follows the recent requests
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,7 @@ class Demand:
     pins_answered: dict[tuple[str, str], float] = field(default_factory=dict)
     # command id -> time of a ModelLoaded folded before its command (pin or not: unknown yet)
     loaded_early: dict[str, float] = field(default_factory=dict)
+    run_s: dict[str, deque[float]] = field(default_factory=dict)  # model -> recent run seconds
 
 
 def fold_demand(demand: Demand, payload: object, at: float, event_id: str) -> None:
@@ -85,7 +90,10 @@ def fold_demand(demand: Demand, payload: object, at: float, event_id: str) -> No
                 uses.append(at)
                 while uses and uses[0] < at - DAY_S:
                     uses.popleft()
-        case ev.ImageGenerated() | ev.GenerationCancelled():
+        case ev.ImageGenerated():
+            _ran(demand, payload)
+            _over(demand, payload.job_id)
+        case ev.GenerationCancelled():
             _over(demand, payload.job_id)
         case ev.GenerationFailed(terminal=True):
             _over(demand, payload.job_id)
@@ -116,6 +124,21 @@ def fold_demand(demand: Demand, payload: object, at: float, event_id: str) -> No
 def _pin_answered(demand: Demand, worker_id: str, model_id: str, at: float) -> None:
     key = (worker_id, model_id)
     demand.pins_answered[key] = max(demand.pins_answered.get(key, at), at)
+
+
+def _ran(demand: Demand, payload: ev.ImageGenerated) -> None:
+    request = demand.requests.get(payload.job_id)
+    total = payload.timings_ms.get("total")
+    if request is None or total is None:  # not requested in this log, or no timings
+        return
+    run_s = max(0.0, total - payload.timings_ms.get("load", 0.0)) / 1000
+    demand.run_s.setdefault(request.model_id, deque(maxlen=RUN_SAMPLES)).append(run_s)
+
+
+def mean_run_s(demand: Demand, model_id: str) -> float:
+    """Mean run time (seconds, load excluded) of ``model_id``'s recent images; 0: none yet."""
+    runs = demand.run_s.get(model_id)
+    return sum(runs) / len(runs) if runs else 0.0
 
 
 def _over(demand: Demand, job_id: str) -> None:

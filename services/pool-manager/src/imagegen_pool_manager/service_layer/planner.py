@@ -8,7 +8,9 @@ Every ``plan_every_s`` once caught up with the log:
    their sizes, last use and uses in 24 h, whether it is idle (accepting, running nothing, no
    load under way), and the tier-1 models it pins;
 2. loads: pins, predictive preloads in quiet periods (top 5 predicted models, onto idle workers
-   lacking them) and cold-start storm preloads; a (worker, model) with a load under way is never
+   lacking them, while fewer workers hold a model than its predicted work needs: each model's
+   ``work_s`` is the mean run time of its recent images, as the log reports them) and
+   cold-start storm preloads; a (worker, model) with a load under way is never
    asked again. A pin is a ``LoadModel`` with ``pin`` (ADR 0711), asked when the pinning worker
    does not hold the tier-1 model, or holds it and its newest heartbeat does not list it in
    ``pinned`` -- unless a pin command for it was answered (``ModelLoaded``) no more than one
@@ -30,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prometheus_client import Gauge
 
@@ -43,6 +45,7 @@ from ..domain.demand import (
     Requested,
     fold_demand,
     loads_under_way,
+    mean_run_s,
     queued,
     uses_24h,
 )
@@ -170,9 +173,10 @@ class Planner:
                     loads.append(policy.Load(w.worker_id, model_id, "pin"))
         weights = policy.learn_hourly_weights(self.demand.arrivals)
         demand = policy.predict_demand(self.demand.arrivals, now, weights, cfg.policy)
+        models = self.measured_models()
         loads += policy.preload_plan(
             workers,
-            self.models,
+            models,
             demand,
             queued_jobs=len(queue),
             loading=loading,
@@ -180,7 +184,7 @@ class Planner:
         )
         storm = policy.storm_plan(
             workers,
-            self.models,
+            models,
             queue,
             now=now,
             tiers=self.tiers,
@@ -198,6 +202,17 @@ class Planner:
             seen.add(pair)
             fresh.append(load)
         return fresh
+
+    def measured_models(self) -> dict[str, policy.ModelInfo]:
+        """The models with ``work_s`` measured: the mean run time of each model's recent images
+        (``mean_run_s``; workers report speed 1.0, so seconds on this fleet), as the simulator
+        gives the policy each model's mean work. A model with no image yet keeps the registry's
+        (0: unknown, the share rule alone)."""
+        out = {}
+        for model_id, info in self.models.items():
+            work = mean_run_s(self.demand, model_id)
+            out[model_id] = replace(info, work_s=work) if work > 0 else info
+        return out
 
     def _pinned_there(self, worker_id: str, model_id: str) -> bool:
         """Whether ``model_id`` is pinned on ``worker_id`` as far as the pool knows: its newest
