@@ -25,7 +25,9 @@
    judges the base model only. ``cold_loads`` counts every base-model load from disk or RAM, the
    pool's own included; ``duplicate_loads`` counts ``LoadModel`` commands for a model its worker
    already held (a pin for a held model, which loads nothing, excepted); ``pool_loads_unused``
-   counts the pool's loads that no job was assigned on their worker before the model left it.
+   counts the pool's loads that no job was assigned on their worker before the model left it;
+   ``pool_loads_after_settle`` the pool's loads in the window the simulated half replays, whose
+   ``pool_loads`` counts its predictive and storm loads.
 5. **Simulated figures**: the fleet simulator (tools/fleet-sim) on the same jobs and the same fleet
    (one GPU class per budget: jobs fit into the budget less the budget model's margin, as the
    scheduler sees it; a job makes room so that what stays beside its need fits that budget, as the
@@ -456,6 +458,13 @@ def observe(
             if d["model"].get("kind", "base") == "base" and at >= driven.t0 + settle_s
         ),
         "pool_loads": sum(1 for d in base_loads if d.get("command_id")),
+        "pool_loads_after_settle": sum(
+            1
+            for d, at in loads
+            if d["model"].get("kind", "base") == "base"
+            and d.get("command_id")
+            and at >= driven.t0 + settle_s
+        ),
         "pool_loads_unused": unused_pool_loads(residency, assigned),
         "duplicate_loads": duplicate_loads(commands, residency),
         "tiers": {
@@ -724,6 +733,7 @@ def simulate_same(
             "warm_hit_rate": 1 - sum(colds) / len(colds) if colds else 0.0,
             "warm_hit_rate_all_starts_with_adapters": result.warm_hit_rate,
             "cold_loads": result.cold_loads_per_hour * result.hours,
+            "pool_loads": sum(sim.preloads.values()),  # predictive and storm loads
             "tiers": {
                 t: {"jobs": len(w), "p50_wait_s": pct(w, 0.5), "p95_wait_s": pct(w, 0.95)}
                 for t, w in waits.items()
@@ -747,6 +757,7 @@ def simulate_same(
                 lambda r: r["warm_hit_rate_all_starts_with_adapters"]
             ),
             "cold_loads": med(lambda r: r["cold_loads"], 1),
+            "pool_loads": med(lambda r: r["pool_loads"], 1),
             "tiers": {
                 t: {
                     "jobs": runs[0]["tiers"][t]["jobs"],

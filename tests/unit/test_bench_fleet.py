@@ -95,6 +95,9 @@ def test_figures_from_the_log_warm_by_cause_waits_from_the_verdict() -> None:
     o = bf.observe(records, driven, trace)
     assert o.figures["warm_hit_rate"] == 0.5
     assert o.figures["cold_loads"] == 2 and o.figures["pool_loads"] == 1
+    # the pool's loads in the window the simulated half replays (its load came 6 s in)
+    assert bf.observe(records, driven, trace, settle_s=5.0).figures["pool_loads_after_settle"] == 1
+    assert bf.observe(records, driven, trace, settle_s=7.0).figures["pool_loads_after_settle"] == 0
     assert o.figures["tiers"]["turbo"]["p50_wait_s"] == pytest.approx(0.5)
     assert o.figures["tiers"]["relax"]["p95_wait_s"] == pytest.approx(3.0)
     assert o.queued_at == {0: pytest.approx(0.5), 1: pytest.approx(1.2)}
@@ -190,7 +193,7 @@ def test_the_simulator_replays_the_trace_on_a_fleet_of_the_same_budgets(tmp_path
     assert out["calibration"]["tiny-sd15"]["load_s"] == [0.5, 0.8]
     assert out["calibration"]["tiny-sd15"]["load_samples"] == 2  # drawn from as measured
     none = bf.simulate_same(trace, observed, tmp_path, 4, [2, 2, 3, 3], "none", 1)
-    assert none["jobs"] == len(trace)
+    assert none["jobs"] == len(trace) and none["pool_loads"] == 0  # no pool, no pool loads
     diff = bf.compare(
         {"warm_hit_rate": 0.9, "tiers": {"fast": {"p95_wait_s": 10.0}}},
         {"warm_hit_rate": 0.85, "tiers": {"fast": {"p95_wait_s": 12.0}}},
