@@ -613,6 +613,7 @@ def simulate_same(
 
     from imagegen_fleet_sim.engine import PlatformLatency, Simulation
     from imagegen_fleet_sim.scenario import GpuType, Scenario
+    from imagegen_pool_manager.service_layer.planner import PlannerConfig
     from imagegen_runtime import budget
     from imagegen_scheduler.adapters.catalog import load_catalog
     from imagegen_scheduler.domain import JobRequest, ModelCatalog, SchedulerConfig, Tier
@@ -713,6 +714,7 @@ def simulate_same(
             latency=latency,
             resident=resident,
             load_samples=load_samples,
+            pool_every_s=PlannerConfig().plan_every_s,  # the live pool-manager's round
         )
         result = sim.run()
         waits: dict[str, list[float]] = defaultdict(list)

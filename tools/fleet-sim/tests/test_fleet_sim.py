@@ -297,6 +297,24 @@ def test_the_pool_knows_each_models_mean_work() -> None:
 
 
 @pytest.mark.unit
+def test_the_pool_plans_as_often_as_the_run_asks() -> None:
+    """The seed's pool plans every 15 simulated s; a replay plans as often as the live
+    pool-manager (``bench fleet`` passes its ``plan_every_s``)."""
+    from imagegen_fleet_sim.engine import POOL_EVERY_S, Simulation
+
+    scenario = seed_peak(gpus=10, hours=0.05)  # 180 s
+    for every in (POOL_EVERY_S, 5.0):
+        sim = Simulation(scenario, "ours", 1, SchedulerConfig(), "ours", pool_every_s=every)
+        rounds: list[float] = []
+        plan = sim._pool_round
+        sim._pool_round = lambda now, plan=plan, rounds=rounds: (rounds.append(now), plan(now))[1]  # type: ignore[method-assign]
+        sim.run()
+        gaps = [b - a for a, b in zip(rounds, rounds[1:], strict=False)]
+        assert gaps and min(gaps) >= every - 1e-9
+        assert len(rounds) >= 0.8 * 180 / every
+
+
+@pytest.mark.unit
 def test_a_preload_occupies_the_worker_and_pins_hold() -> None:
     import random
 

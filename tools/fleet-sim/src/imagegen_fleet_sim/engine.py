@@ -113,6 +113,7 @@ class Simulation:
         latency: PlatformLatency | None = None,
         resident: Mapping[str, Sequence[str]] | None = None,
         load_samples: Mapping[str, Sequence[float]] | None = None,
+        pool_every_s: float = POOL_EVERY_S,
     ) -> None:
         """``catalog``, ``tiers`` and ``trace`` replay a recorded run (``bench fleet``): its
         models, their warm-pool tiers and its arrivals instead of the scenario's generated ones;
@@ -124,9 +125,11 @@ class Simulation:
         ``resident``: base models each worker (by id) holds at t = 0 of a replayed run, besides
         its pins (the real fleet's state where the replay starts). ``load_samples``: load times
         measured on a real fleet per model or adapter id, drawn from as they are instead of the
-        catalog's ``load_s`` range (``SimWorker``)."""
+        catalog's ``load_s`` range (``SimWorker``). ``pool_every_s``: how often the pool policy
+        plans (a replay uses the live pool-manager's ``plan_every_s``)."""
         self.scenario, self.policy_name, self.policy = scenario, policy, POLICIES[policy]
         self.perturb = perturb
+        self.pool_every_s = pool_every_s
         assert pool_mode in POOLS and eviction in EVICTIONS
         self.pool_mode, self.eviction, self.preload_on = pool_mode, eviction, preload
         self.rng = random.Random(seed)
@@ -315,7 +318,7 @@ class Simulation:
                 next_scale = now + AUTOSCALE_EVERY_S
             if pool_on and now >= next_pool:
                 self._pool_round(now)
-                next_pool = now + POOL_EVERY_S
+                next_pool = now + self.pool_every_s
         for worker in self.workers.values():
             worker.account_until(self.end)
         return self._result()
