@@ -19,8 +19,11 @@ from imagegen_schemas import Envelope, GenerationParams, Plan, Tier, parse
 from imagegen_schemas import jobs as ev
 from imagegen_schemas.workers import (
     AutoscaleRecommended,
+    DefragmentMemory,
+    EvictModel,
     LoadedModel,
     LoadModel,
+    ModelEvicted,
     ModelLoaded,
     WorkerHeartbeat,
     WorkerStatus,
@@ -41,13 +44,16 @@ def beat(
     *loaded: str,
     status: WorkerStatus = WorkerStatus.IDLE,
     pinned: tuple[str, ...] = (),
+    total_mb: int = 512,
+    fragmentation: float | None = None,
 ) -> WorkerHeartbeat:
     return WorkerHeartbeat(
         worker_id=wid,
         status=status,
         gpu_type="cpu",
-        memory_total_bytes=512 * (1 << 20),
-        memory_free_bytes=400 * (1 << 20),
+        memory_total_bytes=total_mb * (1 << 20),
+        memory_free_bytes=total_mb * (1 << 19),
+        fragmentation_ratio=fragmentation,
         capabilities=("sd15", "sdxl", "flux"),
         loaded=tuple(LoadedModel(model_id=m, bytes=int(MODELS[m].size)) for m in loaded),
         pinned=pinned,
@@ -96,12 +102,20 @@ class World:
         )
 
     async def round(self, now: float = NOW) -> list[LoadModel]:
+        return [p for p in await self.commands(now) if isinstance(p, LoadModel)]
+
+    async def commands(self, now: float = NOW) -> list[object]:
+        """One planning round: every pool command it published (read back through the log)."""
         before = len(self.publisher.records)
         await self.planner.run_once(now)
         new = self.publisher.records[before:]
         for rec in new:  # the commands come back through the log
             self._fold(rec.envelope)
-        return [p for p in (parse(r.envelope) for r in new) if isinstance(p, LoadModel)]
+        return [
+            p
+            for p in (parse(r.envelope) for r in new)
+            if isinstance(p, LoadModel | EvictModel | DefragmentMemory)
+        ]
 
     def restart(self) -> World:
         return World(self.log)
@@ -347,3 +361,119 @@ async def test_a_command_for_a_worker_the_fleet_never_heard_from_is_poison() -> 
         await world.pool.on_event(env, command, None, True)  # type: ignore[arg-type]
     assert world.pool.demand.pending == {}  # the fleet and the pool are unchanged
     await world.pool.on_event(env, command, None, False)  # replayed: folded, never refused
+
+
+# --- upkeep: pins released, memory defragmented (ADR 0714) ------------------------------------
+
+
+def brief(commands: list[object]) -> list[tuple[str, ...]]:
+    out: list[tuple[str, ...]] = []
+    for c in commands:
+        if isinstance(c, LoadModel):
+            out.append(("load", c.worker_id, c.model_id, c.reason))
+        elif isinstance(c, EvictModel):
+            out.append(("evict", c.worker_id, c.model_id, c.reason))
+        elif isinstance(c, DefragmentMemory):
+            out.append(("defrag", c.worker_id))
+    return out
+
+
+def answer_evict(world: World, at: float) -> None:
+    """The worker answers the newest EvictModel: the model left its memory."""
+    [*_, command] = [e for e in world.log if e.type == EvictModel.event_type]
+    evicted = ModelEvicted(
+        worker_id=command.data["worker_id"],
+        model_id=command.data["model_id"],
+        reason="command",
+        command_id=command.event_id,
+    )
+    world.feed(evicted, at)
+
+
+async def test_a_second_pin_of_a_model_is_released_once_and_never_asked_again() -> None:
+    """w2 was declared lost and came back pinning the tier-1 model, which w1 pins now: the
+    pool wants one pin (``tier1_min_workers=1``), so w2's is released with an EvictModel,
+    once, also across a restart and while w2's heartbeats still show the pin."""
+    world = World()
+    world.feed(beat("w1", "demo", pinned=("demo",)), NOW - 1)
+    world.feed(beat("w2", "demo", pinned=("demo",), status=WorkerStatus.BUSY), NOW - 1)
+    assert brief(await world.commands()) == [("evict", "w2", "demo", "unpin")]
+    assert await world.commands(NOW + 1) == []  # under way
+    assert await world.restart().commands(NOW + 1) == []  # the replayed log says so too
+    answer_evict(world, NOW + 2)
+    assert world.pool.demand.evicting == {}
+    world.feed(beat("w2", "demo", pinned=("demo",)), NOW + 3)  # built before it dropped the pin
+    assert await world.commands(NOW + 4) == []
+    assert await world.restart().commands(NOW + 4) == []
+    # the answer replayed before its command (another topic, read first) counts the same
+    answer = [e for e in world.log if e.type == ModelEvicted.event_type]
+    rest = [e for e in world.log if e.type != ModelEvicted.event_type]
+    reordered = World(answer + rest)
+    assert reordered.pool.demand.evicting == {}  # answered, not under way
+    assert await reordered.commands(NOW + 4) == []
+    world.feed(beat("w2"), NOW + 5)  # unpinned and unloaded
+    assert await world.commands(NOW + 6) == []
+    world.feed(beat("w2", "demo", pinned=("demo",)), NOW + 60)  # pinned again, well after
+    assert brief(await world.commands(NOW + 61)) == [("evict", "w2", "demo", "unpin")]
+
+
+async def test_an_unanswered_release_is_asked_again_after_the_timeout() -> None:
+    world = World()
+    world.feed(beat("w1", "demo", pinned=("demo",)), NOW - 1)
+    world.feed(beat("w2", "demo", pinned=("demo",)), NOW - 1)
+    assert len(await world.commands()) == 1
+    [asked_at] = [p.at for p in world.pool.demand.evicting.values()]
+    assert await world.commands(asked_at + 119) == []
+    assert brief(await world.commands(asked_at + 121)) == [("evict", "w2", "demo", "unpin")]
+
+
+async def test_a_pin_is_kept_until_the_worker_taking_it_over_holds_it() -> None:
+    """w2 (40 MB) can no longer hold the tier-1 model within a quarter of its memory; w1 gets
+    the pin, and w2 keeps its own until w1's heartbeat lists the new one."""
+    world = World()
+    world.feed(beat("w1"), NOW - 1)
+    world.feed(beat("w2", "demo", pinned=("demo",), total_mb=40), NOW - 1)
+    assert brief(await world.commands()) == [("load", "w1", "demo", "pin")]
+    answer_pin(world, NOW + 1)
+    assert await world.commands(NOW + 2) == []  # w1's heartbeat does not list it yet
+    world.feed(beat("w1", "demo", pinned=("demo",)), NOW + 3)
+    assert brief(await world.commands(NOW + 4)) == [("evict", "w2", "demo", "unpin")]
+
+
+async def test_pins_of_models_not_in_tier_1_are_released_at_once() -> None:
+    """The registry moved sdxl to tier 2 and dropped ``retired`` (the pool-manager restarted
+    on the new registry): the pins the workers still hold for them go."""
+    world = World()
+    world.feed(beat("w1", "demo", "sdxl", pinned=("demo", "retired", "sdxl")), NOW - 1)
+    assert brief(await world.commands()) == [
+        ("evict", "w1", "retired", "unpin"),
+        ("evict", "w1", "sdxl", "unpin"),
+    ]
+
+
+async def test_an_idle_worker_with_fragmented_memory_is_defragmented_every_ten_minutes() -> None:
+    world = World()
+    world.feed(beat("w1", "demo", pinned=("demo",), fragmentation=0.45), NOW - 1)
+    world.feed(beat("w2", fragmentation=0.29), NOW - 1)  # below 0.3: one block is most of it
+    world.feed(beat("w3", status=WorkerStatus.BUSY, fragmentation=0.8), NOW - 1)  # running
+    world.feed(beat("w4"), NOW - 1)  # a CPU worker measures nothing
+    commands = await world.commands()
+    assert brief(commands) == [("defrag", "w1")]
+    assert isinstance(commands[0], DefragmentMemory)
+    assert commands[0].reason == "fragmentation 0.45 >= 0.30"
+    world.feed(beat("w1", "demo", pinned=("demo",), fragmentation=0.45), NOW + 30)
+    assert await world.commands(NOW + 31) == []  # asked 31 s ago
+    restarted = world.restart()
+    # The replayed command carries the time it was published (the wall clock, at or after NOW)
+    asked_at = restarted.pool.demand.defragmented["w1"]
+    assert await restarted.commands(asked_at + 599) == []  # the log says when it was asked
+    restarted.feed(beat("w1", "demo", pinned=("demo",), fragmentation=0.45), asked_at + 600)
+    assert brief(await restarted.commands(asked_at + 601)) == [("defrag", "w1")]
+    restarted.feed(beat("w1", "demo", pinned=("demo",), fragmentation=0.05), asked_at + 1300)
+    assert await restarted.commands(asked_at + 1301) == []  # compact now
+
+
+async def test_a_worker_given_a_load_is_not_defragmented_in_the_same_round() -> None:
+    world = World()
+    world.feed(beat("w1", fragmentation=0.6), NOW - 1)  # lacks the tier-1 model
+    assert brief(await world.commands()) == [("load", "w1", "demo", "pin")]

@@ -17,6 +17,10 @@ uses per worker, and the pool's own load commands still under way.
 - **Pins answered**: per (worker, model), when a pin command (``LoadModel.pin``) for it was last
   answered by a ``ModelLoaded`` (ADR 0711): the planner does not ask again for a pin that the
   worker's heartbeats may not show yet.
+- **Evictions**: each ``EvictModel`` the pool sent, under way until the worker answers it
+  (``ModelEvicted`` naming the command), then when it was answered per (worker, model): the
+  planner does not ask again while a heartbeat may still list the pin it dropped (ADR 0714).
+- **Defragmentations**: when the pool last sent each worker a ``DefragmentMemory`` (ADR 0714).
 
 Order-independent like the fleet fold: an end folded before its request still ends it.
 """
@@ -27,7 +31,14 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from imagegen_schemas import jobs as ev
-from imagegen_schemas.workers import LoadModel, ModelLoaded, ModelLoadFailed
+from imagegen_schemas.workers import (
+    DefragmentMemory,
+    EvictModel,
+    LoadModel,
+    ModelEvicted,
+    ModelLoaded,
+    ModelLoadFailed,
+)
 
 DAY_S = 24 * 3600.0
 RUN_SAMPLES = 50  # run times kept per model: the mean follows the recent requests
@@ -68,6 +79,11 @@ class Demand:
     # command id -> time of a ModelLoaded folded before its command (pin or not: unknown yet)
     loaded_early: dict[str, float] = field(default_factory=dict)
     run_s: dict[str, deque[float]] = field(default_factory=dict)  # model -> recent run seconds
+    evicting: dict[str, Pending] = field(default_factory=dict)  # command id -> eviction asked
+    # (worker, model) -> when the newest EvictModel for it was answered (ModelEvicted)
+    evictions_answered: dict[tuple[str, str], float] = field(default_factory=dict)
+    evicted_early: dict[str, float] = field(default_factory=dict)  # answer folded before command
+    defragmented: dict[str, float] = field(default_factory=dict)  # worker -> last Defragment sent
 
 
 def fold_demand(demand: Demand, payload: object, at: float, event_id: str) -> None:
@@ -108,6 +124,27 @@ def fold_demand(demand: Demand, payload: object, at: float, event_id: str) -> No
                 demand.pending[event_id] = Pending(
                     event_id, payload.worker_id, payload.model_id, at, payload.pin
                 )
+        case EvictModel():
+            answered_at = demand.evicted_early.pop(event_id, None)  # its answer, folded first
+            if answered_at is not None:
+                _evict_answered(demand, payload.worker_id, payload.model_id, answered_at)
+            elif event_id not in demand.answered and event_id not in demand.evicting:
+                demand.evicting[event_id] = Pending(
+                    event_id, payload.worker_id, payload.model_id, at
+                )
+        case ModelEvicted(command_id=str() as evict_id):  # only an EvictModel's answer
+            if evict_id in demand.answered:
+                return  # a duplicate answer: already taken
+            demand.answered.add(evict_id)
+            asked = demand.evicting.pop(evict_id, None)
+            if asked is None:  # its command is not folded yet: keep the answer's time
+                demand.evicted_early[evict_id] = at
+            else:
+                _evict_answered(demand, asked.worker_id, asked.model_id, at)
+        case DefragmentMemory():
+            demand.defragmented[payload.worker_id] = max(
+                demand.defragmented.get(payload.worker_id, at), at
+            )
         case ModelLoaded() | ModelLoadFailed():
             command_id = payload.command_id
             if command_id is not None:
@@ -124,6 +161,11 @@ def fold_demand(demand: Demand, payload: object, at: float, event_id: str) -> No
 def _pin_answered(demand: Demand, worker_id: str, model_id: str, at: float) -> None:
     key = (worker_id, model_id)
     demand.pins_answered[key] = max(demand.pins_answered.get(key, at), at)
+
+
+def _evict_answered(demand: Demand, worker_id: str, model_id: str, at: float) -> None:
+    key = (worker_id, model_id)
+    demand.evictions_answered[key] = max(demand.evictions_answered.get(key, at), at)
 
 
 def _ran(demand: Demand, payload: ev.ImageGenerated) -> None:
@@ -170,6 +212,11 @@ def queued(demand: Demand) -> dict[str, Requested]:
 def loads_under_way(demand: Demand, now: float, timeout_s: float) -> list[Pending]:
     """Loads asked for, not answered, and younger than ``timeout_s``."""
     return [p for p in demand.pending.values() if now - p.at <= timeout_s]
+
+
+def evictions_under_way(demand: Demand, now: float, timeout_s: float) -> list[Pending]:
+    """Evictions asked for, not answered, and younger than ``timeout_s``."""
+    return [p for p in demand.evicting.values() if now - p.at <= timeout_s]
 
 
 def uses_24h(demand: Demand, worker_id: str, model_id: str, now: float) -> tuple[float, int]:

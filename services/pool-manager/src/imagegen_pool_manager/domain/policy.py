@@ -51,6 +51,11 @@ class PoolConfig:
     # a predictive preload is wanted while the holders are fewer than the predicted work needs
     # at this utilisation (models whose ``work_s`` is known)
     preload_utilisation: float = 0.85
+    # scheduled defragmentation (live only: the simulator has no allocator): an idle worker
+    # whose largest free block is under 70% of its free memory (the seed's "fragmentation ratio
+    # < 0.7"; our heartbeat's ratio is 1 - that, so >= 0.3), at most once per ``defrag_every_s``
+    defrag_ratio: float = 0.3
+    defrag_every_s: float = 600.0
 
 
 class Resident(NamedTuple):
@@ -115,6 +120,23 @@ class Load(NamedTuple):
 class StormPlan:
     loads: tuple[Load, ...]
     promoted: frozenset[str]  # models whose queued jobs the scheduler should serve first
+
+
+class Evict(NamedTuple):
+    """An eviction command: unload ``model_id`` from ``worker_id`` (and drop its pin)."""
+
+    worker_id: str
+    model_id: str
+    reason: str  # "unpin"
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryReading:
+    """A worker's device memory as its newest heartbeat reports it, and the pool's last
+    ``DefragmentMemory`` for it."""
+
+    fragmentation: float | None  # 1 - largest free block / free memory; None: not measured
+    last_defrag: float | None = None  # when the pool last asked it to defragment; None: never
 
 
 def tier_of(name: str, tiers: Mapping[str, int]) -> int:
@@ -221,6 +243,62 @@ def pin_targets(
         for worker in eligible[: config.tier1_min_workers]:
             pins.setdefault(worker.worker_id, set()).add(model.model_id)
     return {w: frozenset(names) for w, names in pins.items()}
+
+
+def pins_to_release(
+    held: Mapping[str, Collection[str]],
+    targets: Mapping[str, frozenset[str]],
+    models: Mapping[str, ModelInfo],
+) -> list[Evict]:
+    """The pins workers hold that :func:`pin_targets` no longer gives them, as evictions (an
+    ``EvictModel`` is how a worker drops a pin, ADR 0711). ``held``: worker -> the models its
+    heartbeat lists as pinned. A surplus pin arises when a worker declared lost comes back after
+    another took its pin, when a model leaves tier 1 or the registry, or when a worker can no
+    longer hold it. A pin of a tier-1 model is released only once every worker the targets give
+    it already holds its pin, so the model is never pinned on fewer workers than the minimum
+    while a new pin loads. Sorted by worker, then model."""
+    pinning: dict[str, set[str]] = {}  # model -> workers that pin it now
+    for worker_id, names in held.items():
+        for name in names:
+            pinning.setdefault(name, set()).add(worker_id)
+    wanted: dict[str, set[str]] = {}  # model -> workers the targets give it
+    for worker_id, names in targets.items():
+        for name in names:
+            wanted.setdefault(name, set()).add(worker_id)
+    out = []
+    for worker_id in sorted(held):
+        for name in sorted(held[worker_id]):
+            if name in targets.get(worker_id, frozenset()):
+                continue
+            model = models.get(name)
+            still_tier_1 = model is not None and model.tier == TIER_PINNED
+            if still_tier_1 and not wanted.get(name, set()) <= pinning.get(name, set()):
+                continue  # its new pin is not held yet: keep this one meanwhile
+            out.append(Evict(worker_id, name, "unpin"))
+    return out
+
+
+def defrag_plan(
+    workers: Sequence[WorkerState],
+    readings: Mapping[str, MemoryReading],
+    now: float,
+    config: PoolConfig,
+) -> list[str]:
+    """Scheduled defragmentation (the seed's "fragmentation ratio < 0.7 -> scheduled
+    defragmentation"): the idle workers whose memory is fragmented (ratio >= ``defrag_ratio``)
+    and that the pool has not asked to defragment in the last ``defrag_every_s``. A worker
+    that does not measure fragmentation (CPU) is never asked. Sorted by id."""
+    out = []
+    for w in sorted(workers, key=lambda w: w.worker_id):
+        reading = readings.get(w.worker_id)
+        if not w.idle or reading is None or reading.fragmentation is None:
+            continue
+        if reading.fragmentation < config.defrag_ratio:
+            continue
+        if reading.last_defrag is not None and now - reading.last_defrag < config.defrag_every_s:
+            continue
+        out.append(w.worker_id)
+    return out
 
 
 # --- predictive preloading --------------------------------------------------------------------

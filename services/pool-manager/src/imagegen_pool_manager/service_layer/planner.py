@@ -19,12 +19,22 @@ Every ``plan_every_s`` once caught up with the log:
    on ``imagegen.pool.commands``; the worker answers ``ModelLoaded`` (``source`` resident for a
    pin on a model it holds) or ``ModelLoadFailed`` naming the command. The commands and
    answers are in the log, so a restarted pool-manager replays them and sends no duplicate;
-3. the autoscaling signal: desired workers per pool, exported as the gauge
+3. upkeep (ADR 0714): an ``EvictModel`` (reason ``unpin``) for each pin a worker holds that
+   the pin rule no longer gives it (``policy.pins_to_release``: a worker back after being
+   declared lost while another took its pin, a model no longer tier 1 or no longer
+   registered), once the pin's new holders hold it; and a ``DefragmentMemory`` for each idle
+   worker whose heartbeat reports its memory fragmented (``policy.defrag_plan``: ratio >= 0.3,
+   the seed's "largest free block under 70% of free memory", at most once in 10 minutes per
+   worker). An eviction under way, or answered no more than one heartbeat interval before the
+   worker's newest heartbeat, is not asked again; both commands are in the log, so a
+   restarted pool-manager knows them too;
+4. the autoscaling signal: desired workers per pool, exported as the gauge
    ``imagegen_pool_desired_workers{pool}`` and published as ``AutoscaleRecommended`` when it
    changes.
 
-Eviction stays with the workers ("LRU, only what must go"): the simulator measured the seed's
-score as worse at peak (ADR 0701), so the pool does not send ``EvictModel`` to make room.
+Eviction to make room stays with the workers ("LRU, only what must go"): the simulator
+measured the seed's score as worse at peak (ADR 0701), so the pool sends ``EvictModel`` only to
+release pins.
 """
 
 from __future__ import annotations
@@ -34,15 +44,22 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from imagegen_runtime.publishing import Publisher
-from imagegen_schemas.workers import AutoscaleRecommended, LoadModel, WorkerStatus
+from imagegen_schemas.workers import (
+    AutoscaleRecommended,
+    DefragmentMemory,
+    EvictModel,
+    LoadModel,
+    WorkerStatus,
+)
 
 from ..domain import policy
 from ..domain.demand import (
     Demand,
     Requested,
+    evictions_under_way,
     fold_demand,
     loads_under_way,
     mean_run_s,
@@ -59,7 +76,21 @@ DESIRED = Gauge(
     ["pool"],
 )
 LOADS_SENT = Gauge("imagegen_pool_loads_under_way", "LoadModel commands sent and not yet answered.")
+COMMANDS_SENT = Counter(
+    "imagegen_pool_commands_sent_total",
+    "Pool commands the pool-manager published, by command and reason.",
+    ["command", "reason"],
+)
 GIB = float(1 << 30)
+
+
+@dataclass(frozen=True)
+class Round:
+    """What one planning round asks of the workers."""
+
+    loads: list[policy.Load]
+    evictions: list[policy.Evict]
+    defrags: list[tuple[str, float]]  # (worker, its fragmentation ratio)
 
 
 @dataclass(frozen=True)
@@ -95,7 +126,7 @@ class Planner:
         self.desired: dict[str, int] = {}
         self._changed: dict[str, tuple[int, int]] = {}  # pool -> (desired, current), changed
         self._queue_by_pool: dict[str, list[policy.QueuedWork]] = {}
-        self.sent = 0  # LoadModel commands published by this process
+        self.sent = 0  # pool commands published by this process
 
     def workers(self, now: float, loading: set[tuple[str, str]]) -> list[policy.WorkerState]:
         out = []
@@ -156,8 +187,9 @@ class Planner:
     def _work_s(self, r: Requested) -> float:
         return r.steps * self.config.step_s * max(r.megapixels, 0.01)
 
-    def plan(self, now: float) -> list[policy.Load]:
-        """The loads to ask for now (none already under way), pins first."""
+    def plan(self, now: float) -> Round:
+        """The commands to send now: loads (none already under way, pins first), evictions
+        that release pins, defragmentations."""
         cfg = self.config
         under_way = loads_under_way(self.demand, now, cfg.load_timeout_s)
         loading_pairs = {(p.worker_id, p.model_id) for p in under_way}
@@ -201,7 +233,43 @@ class Planner:
                 continue
             seen.add(pair)
             fresh.append(load)
-        return fresh
+        loaded_now = {load.worker_id for load in fresh}
+        readings = {
+            w.worker_id: policy.MemoryReading(
+                self.fleet.workers[w.worker_id].heartbeat.fragmentation_ratio,
+                self.demand.defragmented.get(w.worker_id),
+            )
+            for w in workers
+        }
+        defrags = [
+            (wid, readings[wid].fragmentation or 0.0)
+            for wid in policy.defrag_plan(workers, readings, now, cfg.policy)
+            if wid not in loaded_now
+        ]
+        return Round(fresh, self._releases(now, workers), defrags)
+
+    def _releases(self, now: float, workers: list[policy.WorkerState]) -> list[policy.Evict]:
+        """The pins to release by ``EvictModel``, less those asked for already: under way, or
+        answered no more than one heartbeat interval before the worker's newest heartbeat
+        (which may still list the pin)."""
+        held = {w.worker_id: self.fleet.workers[w.worker_id].heartbeat.pinned for w in workers}
+        targets = {w.worker_id: w.pinned for w in workers}
+        under_way = {
+            (p.worker_id, p.model_id)
+            for p in evictions_under_way(self.demand, now, self.config.load_timeout_s)
+        }
+        out = []
+        for evict in policy.pins_to_release(held, targets, self.models):
+            pair = (evict.worker_id, evict.model_id)
+            worker = self.fleet.workers[evict.worker_id]
+            answered_at = self.demand.evictions_answered.get(pair)
+            if pair in under_way or (
+                answered_at is not None
+                and worker.last_seen <= answered_at + worker.heartbeat.interval_s
+            ):
+                continue
+            out.append(evict)
+        return out
 
     def measured_models(self) -> dict[str, policy.ModelInfo]:
         """The models with ``work_s`` measured: the mean run time of each model's recent images
@@ -242,8 +310,10 @@ class Planner:
         self._queue_by_pool = {pool: [q for q in queue if q.pool == pool] for pool in desired}
 
     async def run_once(self, now: float) -> int:
-        """Plan, then publish the loads and any changed autoscaling signal; returns loads sent."""
-        loads = self.plan(now)
+        """Plan, then publish the commands and any changed autoscaling signal; returns the
+        number of commands sent."""
+        planned = self.plan(now)
+        loads = planned.loads
         for load in loads:
             command = LoadModel(
                 worker_id=load.worker_id,
@@ -259,7 +329,29 @@ class Planner:
                 "load asked",
                 extra={"worker_id": load.worker_id, "model_id": load.model_id, "why": load.reason},
             )
-        self.sent += len(loads)
+            COMMANDS_SENT.labels("LoadModel", load.reason).inc()
+        for evict in planned.evictions:
+            eviction = EvictModel(
+                worker_id=evict.worker_id, model_id=evict.model_id, reason=evict.reason
+            )
+            env = await self.publisher.publish(eviction, key=evict.worker_id)
+            fold_demand(self.demand, eviction, now, env.event_id)  # under way at once
+            COMMANDS_SENT.labels("EvictModel", evict.reason).inc()
+            log.info(
+                "pin released",
+                extra={"worker_id": evict.worker_id, "model_id": evict.model_id},
+            )
+        for worker_id, ratio in planned.defrags:
+            defrag = DefragmentMemory(
+                worker_id=worker_id,
+                reason=f"fragmentation {ratio:.2f} >= {self.config.policy.defrag_ratio:.2f}",
+            )
+            env = await self.publisher.publish(defrag, key=worker_id)
+            fold_demand(self.demand, defrag, now, env.event_id)
+            COMMANDS_SENT.labels("DefragmentMemory", "fragmentation").inc()
+            log.info("defragmentation asked", extra={"worker_id": worker_id, "ratio": ratio})
+        sent = len(loads) + len(planned.evictions) + len(planned.defrags)
+        self.sent += sent
         LOADS_SENT.set(len(loads_under_way(self.demand, now, self.config.load_timeout_s)))
         for pool, (n, current) in sorted(self._changed.items()):
             waiting = self._queue_by_pool.get(pool, [])
@@ -272,4 +364,4 @@ class Planner:
                 reason="queue depth and waits (policy.desired_workers)",
             )
             await self.publisher.publish(signal, key=pool)
-        return len(loads)
+        return sent
