@@ -322,6 +322,29 @@ async def test_a_queue_spike_for_a_cold_model_gets_parallel_preloads() -> None:
     assert len({c.worker_id for c in storm}) == len(storm)  # on different workers
 
 
+async def test_storm_loads_take_their_workers_before_any_prediction() -> None:
+    """Priority promotion, as the simulator runs it (``policy.pool_round``): in a quiet period
+    on 24 workers a spike of 8 flux jobs is a storm; its loads are asked first, and predictive
+    preloads go only to workers no storm load took (before, the same worker could get both).
+    The quiet test counts the workers left (8 queued jobs, 16 workers), as in the simulator."""
+    world = World()
+    world.feed(beat("w01", "demo", pinned=("demo",)), NOW - 1)
+    for i in range(2, 25):
+        world.feed(beat(f"w{i:02}"), NOW - 1)
+    for i in range(5):  # sdxl asked for (and served) in the last hour
+        world.feed(requested(f"old{i}", "sdxl"), NOW - 600 + i)
+        world.feed(ev.GenerationCancelled(job_id=f"old{i}"), NOW - 500 + i)
+    for i in range(8):
+        world.feed(requested(f"j{i}", "flux"), NOW - 30)
+    loads = await world.round()
+    reasons = [c.reason for c in loads]
+    assert reasons.count("storm") == 8 and "predictive" in reasons
+    assert reasons == sorted(reasons, key=lambda r: r != "storm")  # storms first
+    workers = [c.worker_id for c in loads]
+    assert len(workers) == len(set(workers))  # one load per worker
+    assert world.planner.promoted == {"flux"}
+
+
 async def test_the_autoscaling_signal_is_published_when_it_changes() -> None:
     world = World(step_s=50.0)  # 4 steps of a 64 px job: 10 s of work each
     world.feed(beat("w1", "demo", pinned=("demo",)), NOW - 1)

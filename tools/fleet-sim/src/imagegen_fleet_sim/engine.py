@@ -487,32 +487,26 @@ class Simulation:
     def _pool_round(self, now: float) -> None:
         """Storm preloads first (priority promotion), then predictive preloads if quiet."""
         views = [self._pool_view(w) for w in self.workers.values() if w.loading is None]
-        storm = pool.storm_plan(
-            views,
-            self.models,
-            self._queue_work(now),
-            now=now,
-            tiers=self.tiers,
-            queued_uses=self.queued_uses,
-            loading=self.loading,
-            config=self.pool_config,
-        )
-        self.promoted_rounds += bool(storm.promoted)
-        taken = {load.worker_id for load in storm.loads}
-        loads = list(storm.loads)
+        demand = None
         if self.preload_on:
             clock = self.clock0 + now
             while self.recent and self.recent[0][0] <= clock - self.pool_config.demand_window_s:
                 self.recent.popleft()
             demand = pool.predict_demand(self.recent, clock, self.weights, self.pool_config)
-            loads += pool.preload_plan(
-                [v for v in views if v.worker_id not in taken],
-                self.models,
-                demand,
-                queued_jobs=len(self.state.queued),
-                loading=self.loading,
-                config=self.pool_config,
-            )
+        planned = pool.pool_round(
+            views,
+            self.models,
+            self._queue_work(now),
+            demand,
+            now=now,
+            queued_jobs=len(self.state.queued),
+            tiers=self.tiers,
+            queued_uses=self.queued_uses,
+            loading=self.loading,
+            config=self.pool_config,
+        )
+        self.promoted_rounds += bool(planned.promoted)
+        loads = planned.loads
         for load in loads:
             worker = self.workers[load.worker_id]
             done = worker.begin_load(load.model_id, now, self.pool_rng)

@@ -522,6 +522,47 @@ def storm_plan(
     return StormPlan(tuple(loads), frozenset(promoted))
 
 
+def pool_round(
+    workers: Sequence[WorkerState],
+    models: Mapping[str, ModelInfo],
+    queue: Sequence[QueuedWork],
+    demand: Sequence[tuple[str, float]] | None,
+    *,
+    now: float,
+    queued_jobs: int,
+    tiers: Mapping[str, int] | None = None,
+    queued_uses: Mapping[str, int] | None = None,
+    loading: Mapping[str, int] | None = None,
+    config: PoolConfig | None = None,
+) -> StormPlan:
+    """One round of the pool's loads, as the pool-manager and the simulator both run it: storm
+    loads first (priority promotion: a storm model gets its workers before any prediction),
+    then, with ``demand`` given (``None``: preloading off), predictive preloads onto the idle
+    workers no storm load took. Returns the loads in that order and the storm's ``promoted``."""
+    storm = storm_plan(
+        workers,
+        models,
+        queue,
+        now=now,
+        tiers=tiers,
+        queued_uses=queued_uses,
+        loading=loading,
+        config=config,
+    )
+    if demand is None:
+        return storm
+    taken = {load.worker_id for load in storm.loads}
+    preloads = preload_plan(
+        [w for w in workers if w.worker_id not in taken],
+        models,
+        demand,
+        queued_jobs=queued_jobs,
+        loading=loading,
+        config=config,
+    )
+    return StormPlan(storm.loads + tuple(preloads), storm.promoted)
+
+
 # --- autoscaling ------------------------------------------------------------------------------
 
 

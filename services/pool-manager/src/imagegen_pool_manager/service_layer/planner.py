@@ -7,18 +7,21 @@ Every ``plan_every_s`` once caught up with the log:
    memory), families, memory budget (what its heartbeat reports as total), resident models with
    their sizes, last use and uses in 24 h, whether it is idle (accepting, running nothing, no
    load under way), and the tier-1 models it pins;
-2. loads: pins, predictive preloads in quiet periods (top 5 predicted models, onto idle workers
-   lacking them, while fewer workers hold a model than its predicted work needs: each model's
-   ``work_s`` is the mean run time of its recent images, as the log reports them) and
-   cold-start storm preloads; a (worker, model) with a load under way is never
-   asked again. A pin is a ``LoadModel`` with ``pin`` (ADR 0711), asked when the pinning worker
-   does not hold the tier-1 model, or holds it and its newest heartbeat does not list it in
-   ``pinned`` -- unless a pin command for it was answered (``ModelLoaded``) no more than one
-   heartbeat interval before that heartbeat, which may predate the pin (a heartbeat clearly
-   newer that lacks it: the worker restarted and lost the pin). Each load is one ``LoadModel``
-   on ``imagegen.pool.commands``; the worker answers ``ModelLoaded`` (``source`` resident for a
-   pin on a model it holds) or ``ModelLoadFailed`` naming the command. The commands and
-   answers are in the log, so a restarted pool-manager replays them and sends no duplicate;
+2. loads: pins, then one round of ``policy.pool_round`` (as the simulator runs it): cold-start
+   storm preloads first (priority promotion: a storm model takes its workers before any
+   prediction; ``imagegen_pool_storm{model}`` is 1 while it lasts), then predictive preloads in
+   quiet periods (top 5 predicted models, onto the idle workers no storm load took, while fewer
+   workers hold a model than its predicted work needs: each model's ``work_s`` is the mean run
+   time of its recent images, as the log reports them); a (worker, model) with a load under way
+   is never asked again. A pin is a ``LoadModel`` with ``pin`` (ADR 0711), asked when the
+   pinning worker does not hold the tier-1 model, or holds it and its newest heartbeat does not
+   list it in ``pinned`` -- unless a pin command for it was answered (``ModelLoaded``) no more
+   than one heartbeat interval before that heartbeat, which may predate the pin (a heartbeat
+   clearly newer that lacks it: the worker restarted and lost the pin). Each load is one
+   ``LoadModel`` on ``imagegen.pool.commands``; the worker answers ``ModelLoaded``
+   (``source`` resident for a pin on a model it holds) or ``ModelLoadFailed`` naming the
+   command. The commands and answers are in the log, so a restarted pool-manager replays them
+   and sends no duplicate;
 3. upkeep (ADR 0714): an ``EvictModel`` (reason ``unpin``) for each pin a worker holds that
    the pin rule no longer gives it (``policy.pins_to_release``: a worker back after being
    declared lost while another took its pin, a model no longer tier 1 or no longer
@@ -81,6 +84,11 @@ COMMANDS_SENT = Counter(
     "Pool commands the pool-manager published, by command and reason.",
     ["command", "reason"],
 )
+STORM = Gauge(
+    "imagegen_pool_storm",
+    "1 while a model is in a cold-start storm (its loads go before any prediction), else 0.",
+    ["model"],
+)
 GIB = float(1 << 30)
 
 
@@ -127,6 +135,7 @@ class Planner:
         self._changed: dict[str, tuple[int, int]] = {}  # pool -> (desired, current), changed
         self._queue_by_pool: dict[str, list[policy.QueuedWork]] = {}
         self.sent = 0  # pool commands published by this process
+        self.promoted: frozenset[str] = frozenset()  # models in a storm at the last round
 
     def workers(self, now: float, loading: set[tuple[str, str]]) -> list[policy.WorkerState]:
         out = []
@@ -205,25 +214,19 @@ class Planner:
                     loads.append(policy.Load(w.worker_id, model_id, "pin"))
         weights = policy.learn_hourly_weights(self.demand.arrivals)
         demand = policy.predict_demand(self.demand.arrivals, now, weights, cfg.policy)
-        models = self.measured_models()
-        loads += policy.preload_plan(
+        planned = policy.pool_round(
             workers,
-            models,
-            demand,
-            queued_jobs=len(queue),
-            loading=loading,
-            config=cfg.policy,
-        )
-        storm = policy.storm_plan(
-            workers,
-            models,
+            self.measured_models(),
             queue,
+            demand,
             now=now,
+            queued_jobs=len(queue),
             tiers=self.tiers,
             loading=loading,
             config=cfg.policy,
         )
-        loads += storm.loads
+        loads += planned.loads
+        self._storm(planned.promoted, queue)
         self._autoscale(workers, queue)
         seen: set[tuple[str, str]] = set()
         fresh = []
@@ -270,6 +273,23 @@ class Planner:
                 continue
             out.append(evict)
         return out
+
+    def _storm(self, promoted: frozenset[str], queue: list[policy.QueuedWork]) -> None:
+        """Export and log the models in a cold-start storm this round (priority promotion:
+        their loads went ahead of every prediction)."""
+        for model_id in self.promoted - promoted:
+            STORM.labels(model_id).set(0)
+        for model_id in sorted(promoted - self.promoted):
+            log.warning(
+                "cold-start storm",
+                extra={
+                    "model_id": model_id,
+                    "queued_jobs": sum(1 for q in queue if q.model_id == model_id),
+                },
+            )
+        for model_id in promoted:
+            STORM.labels(model_id).set(1)
+        self.promoted = promoted
 
     def measured_models(self) -> dict[str, policy.ModelInfo]:
         """The models with ``work_s`` measured: the mean run time of each model's recent images
