@@ -280,6 +280,38 @@ def test_run_times_count_each_image_once_without_its_load_and_follow_the_recent_
     assert mean_run_s(world.pool.demand, "sdxl") == pytest.approx(0.1)
 
 
+def test_a_queued_job_weighs_what_its_model_measured_per_step_and_megapixel() -> None:
+    """The storm's drain test and the autoscaling signal read each queued job's work: from the
+    step estimate until its model has images, then from their measured seconds per step and
+    megapixel, so a larger batch weighs what its steps and pixels say."""
+    world = World()
+    world.feed(beat("w1"), NOW - 1)
+    world.feed(requested("q1", "sdxl"), NOW - 5)  # 4 steps of 64 px: 0.04 step-megapixels
+    workers = world.planner.workers(NOW, set())
+    [unmeasured] = world.planner.queue(NOW, workers)
+    assert unmeasured.work_s == pytest.approx(4 * 0.01 * 0.05)  # the step estimate
+    for i in range(3):  # 2 s each, load excluded
+        world.feed(requested(f"done{i}", "sdxl"), NOW - 60)
+        world.feed(made(f"done{i}", 2500.0, load_ms=500.0), NOW - 50)
+    params = GenerationParams(
+        prompt="p",
+        model="sdxl",
+        width=128,
+        height=128,
+        steps=4,
+        guidance_scale=5,
+        seed=1,
+        num_images=4,
+    )
+    batch = ev.GenerationRequested(
+        job_id="q2", user_id="u", plan=Plan.PRO, tier=Tier.FAST, params=params
+    )
+    world.feed(batch, NOW - 4)
+    works = sorted(q.work_s for q in world.planner.queue(NOW, workers))
+    per_step_mp = 2.0 / (4 * 0.01)  # the measured images: 64 px counts as 0.01 MP
+    assert works == [pytest.approx(2.0), pytest.approx(per_step_mp * 4 * 128 * 128 * 4 / 1e6)]
+
+
 async def test_a_load_under_way_is_not_asked_again_even_after_a_restart() -> None:
     world = World()
     world.feed(beat("w1"), NOW - 1)

@@ -10,7 +10,8 @@ uses per worker, and the pool's own load commands still under way.
   last 24 h: the eviction score's inputs).
 - **Run times**: each image made (``ImageGenerated``) gives its model's run time on the worker,
   load excluded (``timings_ms`` total less load); the last ``RUN_SAMPLES`` per model give the
-  mean work of one request (``mean_run_s``, the policy's ``ModelInfo.work_s``).
+  mean work of one request (``mean_run_s``, the policy's ``ModelInfo.work_s``) and the seconds
+  per step and megapixel (``run_s_per_step_mp``: what a queued job of that model will take).
 - **Loads under way**: each ``LoadModel`` the pool sent, until the worker answers it
   (``ModelLoaded`` / ``ModelLoadFailed`` naming the command) or it times out. Rebuilt by the
   replay, so a restarted pool-manager knows what it already asked for and asks nothing twice.
@@ -79,6 +80,7 @@ class Demand:
     # command id -> time of a ModelLoaded folded before its command (pin or not: unknown yet)
     loaded_early: dict[str, float] = field(default_factory=dict)
     run_s: dict[str, deque[float]] = field(default_factory=dict)  # model -> recent run seconds
+    run_size: dict[str, deque[float]] = field(default_factory=dict)  # their steps x megapixels
     evicting: dict[str, Pending] = field(default_factory=dict)  # command id -> eviction asked
     # (worker, model) -> when the newest EvictModel for it was answered (ModelEvicted)
     evictions_answered: dict[tuple[str, str], float] = field(default_factory=dict)
@@ -175,6 +177,22 @@ def _ran(demand: Demand, payload: ev.ImageGenerated) -> None:
         return
     run_s = max(0.0, total - payload.timings_ms.get("load", 0.0)) / 1000
     demand.run_s.setdefault(request.model_id, deque(maxlen=RUN_SAMPLES)).append(run_s)
+    size = demand.run_size.setdefault(request.model_id, deque(maxlen=RUN_SAMPLES))
+    size.append(step_mp(request.steps, request.megapixels))
+
+
+def step_mp(steps: int, megapixels: float) -> float:
+    """A request's size for run time estimates: steps x megapixels (images included), with at
+    least 0.01 MP (a tiny image still costs the fixed work of a step)."""
+    return steps * max(megapixels, 0.01)
+
+
+def run_s_per_step_mp(demand: Demand, model_id: str) -> float:
+    """Measured seconds per step and megapixel of ``model_id``'s recent images; 0: none yet."""
+    runs, sizes = demand.run_s.get(model_id), demand.run_size.get(model_id)
+    if not runs or not sizes or sum(sizes) <= 0:
+        return 0.0
+    return sum(runs) / sum(sizes)
 
 
 def mean_run_s(demand: Demand, model_id: str) -> float:

@@ -67,6 +67,8 @@ from ..domain.demand import (
     loads_under_way,
     mean_run_s,
     queued,
+    run_s_per_step_mp,
+    step_mp,
     uses_24h,
 )
 from ..domain.fleet import Fleet, resident
@@ -105,7 +107,8 @@ class Round:
 class PlannerConfig:
     plan_every_s: float = 5.0
     load_timeout_s: float = 120.0  # a load unanswered this long may be asked again
-    step_s: float = 0.05  # denoising seconds per step per megapixel (queued work estimate)
+    # denoising seconds per step per megapixel: a queued job's work until its model has images
+    step_s: float = 0.05
     policy: policy.PoolConfig = policy.PoolConfig(tier1_min_workers=1)
 
 
@@ -194,7 +197,10 @@ class Planner:
         return out
 
     def _work_s(self, r: Requested) -> float:
-        return r.steps * self.config.step_s * max(r.megapixels, 0.01)
+        """A queued job's work: its steps x megapixels at its model's measured seconds per step
+        and megapixel (``run_s_per_step_mp``), or at ``step_s`` until the model has an image."""
+        rate = run_s_per_step_mp(self.demand, r.model_id) or self.config.step_s
+        return rate * step_mp(r.steps, r.megapixels)
 
     def plan(self, now: float) -> Round:
         """The commands to send now: loads (none already under way, pins first), evictions
