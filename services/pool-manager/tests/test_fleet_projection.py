@@ -93,6 +93,7 @@ def test_a_worker_projects_its_state_memory_models_adapters_and_jobs() -> None:
         "memory_free_bytes": 500 * MB,
         "memory_used_bytes": 12 * MB,
         "largest_free_block_bytes": None,
+        "fragmentation_ratio": None,
         "models": [{"model_id": "tiny-sdxl", "kind": "base", "bytes": 3 * MB}],
         "adapters": [{"model_id": "ink", "kind": "lora", "bytes": MB}],
         "pinned": ["tiny-sd15", "tiny-sdxl"],

@@ -157,8 +157,10 @@ def project(fleet: Fleet) -> dict[str, dict[str, Any]]:
     ``state`` is ``lost``, ``busy`` or ``idle``; ``models`` are the resident base models and
     ``adapters`` the LoRAs and ControlNets (``{"model_id", "kind", "bytes"}``);
     ``memory_used_bytes`` is the device memory in use (total minus free, as the worker measured
-    it); ``pinned`` are the models the pool-manager pinned there, as its newest heartbeat lists
-    them, resident or not (ADR 0711); ``in_flight`` are the jobs assigned to it and not ended.
+    it); ``fragmentation_ratio`` is the heartbeat's (CUDA only, else null; the pool asks for a
+    ``DefragmentMemory`` at 0.3, ADR 0714); ``pinned`` are the models the pool-manager pinned
+    there, as its newest heartbeat lists them, resident or not (ADR 0711); ``in_flight`` are the
+    jobs assigned to it and not ended.
     """
     out: dict[str, dict[str, Any]] = {}
     for wid in sorted(fleet.workers):
@@ -174,6 +176,7 @@ def project(fleet: Fleet) -> dict[str, dict[str, Any]]:
             "memory_free_bytes": hb.memory_free_bytes,
             "memory_used_bytes": max(0, hb.memory_total_bytes - hb.memory_free_bytes),
             "largest_free_block_bytes": hb.largest_free_block_bytes,
+            "fragmentation_ratio": hb.fragmentation_ratio,
             "models": [m for m in held if m["kind"] == "base"],
             "adapters": [m for m in held if m["kind"] != "base"],
             "pinned": sorted(hb.pinned),
