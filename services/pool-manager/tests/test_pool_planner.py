@@ -173,6 +173,23 @@ async def test_a_pin_stays_on_the_worker_that_pins_it() -> None:
     assert [(c.worker_id, c.model_id, c.pin) for c in loads] == [("w2", "demo", True)]
 
 
+async def test_a_pin_being_made_does_not_move_to_a_worker_that_joins_meanwhile() -> None:
+    """Seen in a bench fleet run: the pool asked w2 to pin the tier-1 model; w1 (equal budget,
+    an id that sorts first) joined before w2's heartbeat listed the pin, and the pin moved to
+    it, so two workers pinned the model and one pin was released again. A pin asked for or
+    answered counts as the worker's until its heartbeats list it."""
+    world = World()
+    world.feed(beat("w2"), NOW - 1)
+    assert [(c.worker_id, c.pin) for c in await world.round()] == [("w2", True)]
+    world.feed(beat("w1"), NOW + 1)  # joins while w2's pin loads
+    assert await world.commands(NOW + 2) == []
+    answer_pin(world, NOW + 3)
+    world.feed(beat("w2", "demo"), NOW + 3.5)  # built before the pin: does not list it yet
+    assert await world.commands(NOW + 4) == []
+    world.feed(beat("w2", "demo", pinned=("demo",)), NOW + 5.5)
+    assert await world.commands(NOW + 6) == []
+
+
 async def test_a_worker_holding_the_tier_1_model_unpinned_is_asked_to_pin_it_once() -> None:
     world = World()
     world.feed(beat("w1", "demo"), NOW - 1)  # holds it; its heartbeat does not list it pinned

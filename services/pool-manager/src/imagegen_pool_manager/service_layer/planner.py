@@ -140,7 +140,16 @@ class Planner:
         self.sent = 0  # pool commands published by this process
         self.promoted: frozenset[str] = frozenset()  # models in a storm at the last round
 
-    def workers(self, now: float, loading: set[tuple[str, str]]) -> list[policy.WorkerState]:
+    def workers(
+        self,
+        now: float,
+        loading: set[tuple[str, str]],
+        pins_asked: frozenset[tuple[str, str]] = frozenset(),
+    ) -> list[policy.WorkerState]:
+        """The live workers as the policy sees them, each with the pins ``pin_targets`` gives
+        it. A pin counts as the worker's for that choice once it is asked for (``pins_asked``:
+        a pin load under way) or answered, before its heartbeats list it, so a pin does not
+        move to a worker that joins meanwhile."""
         out = []
         busy_loading = {w for w, _ in loading}
         for wid, w in sorted(self.fleet.workers.items()):
@@ -162,7 +171,8 @@ class Planner:
                     budget=float(hb.memory_total_bytes),
                     resident=tuple(items),
                     idle=idle,
-                    pinned=frozenset(hb.pinned),  # pin_targets keeps pins where they are
+                    # pin_targets keeps pins where they are, or are being made
+                    pinned=frozenset(hb.pinned) | self._pins_made(wid, pins_asked),
                 )
             )
         pins = policy.pin_targets(out, self.models, self.config.policy)
@@ -211,7 +221,8 @@ class Planner:
         loading: dict[str, int] = {}
         for _, model_id in loading_pairs:
             loading[model_id] = loading.get(model_id, 0) + 1
-        workers = self.workers(now, loading_pairs)
+        pins_asked = frozenset((p.worker_id, p.model_id) for p in under_way if p.pin)
+        workers = self.workers(now, loading_pairs, pins_asked)
         queue = self.queue(now, workers)
         loads: list[policy.Load] = []
         for w in workers:
@@ -307,6 +318,17 @@ class Planner:
             work = mean_run_s(self.demand, model_id)
             out[model_id] = replace(info, work_s=work) if work > 0 else info
         return out
+
+    def _pins_made(self, worker_id: str, pins_asked: frozenset[tuple[str, str]]) -> set[str]:
+        """The pins of ``worker_id`` asked for and under way, or answered and maybe not in its
+        heartbeats yet (``_pinned_there``)."""
+        asked = {m for w, m in pins_asked if w == worker_id}
+        answered = {
+            m
+            for w, m in self.demand.pins_answered
+            if w == worker_id and self._pinned_there(worker_id, m)
+        }
+        return asked | answered
 
     def _pinned_there(self, worker_id: str, model_id: str) -> bool:
         """Whether ``model_id`` is pinned on ``worker_id`` as far as the pool knows: its newest
