@@ -61,9 +61,16 @@ def beat(
     )
 
 
-def requested(job: str, model: str) -> ev.GenerationRequested:
+def requested(job: str, model: str, size: int = 64, images: int = 1) -> ev.GenerationRequested:
     params = GenerationParams(
-        prompt="p", model=model, width=64, height=64, steps=4, guidance_scale=5, seed=1
+        prompt="p",
+        model=model,
+        width=size,
+        height=size,
+        steps=4,
+        guidance_scale=5,
+        seed=1,
+        num_images=images,
     )
     return ev.GenerationRequested(
         job_id=job, user_id="u", plan=Plan.PRO, tier=Tier.FAST, params=params
@@ -310,20 +317,7 @@ def test_a_queued_job_weighs_what_its_model_measured_per_step_and_megapixel() ->
     for i in range(3):  # 2 s each, load excluded
         world.feed(requested(f"done{i}", "sdxl"), NOW - 60)
         world.feed(made(f"done{i}", 2500.0, load_ms=500.0), NOW - 50)
-    params = GenerationParams(
-        prompt="p",
-        model="sdxl",
-        width=128,
-        height=128,
-        steps=4,
-        guidance_scale=5,
-        seed=1,
-        num_images=4,
-    )
-    batch = ev.GenerationRequested(
-        job_id="q2", user_id="u", plan=Plan.PRO, tier=Tier.FAST, params=params
-    )
-    world.feed(batch, NOW - 4)
+    world.feed(requested("q2", "sdxl", size=128, images=4), NOW - 4)
     works = sorted(q.work_s for q in world.planner.queue(NOW, workers))
     per_step_mp = 2.0 / (4 * 0.01)  # the measured images: 64 px counts as 0.01 MP
     assert works == [pytest.approx(2.0), pytest.approx(per_step_mp * 4 * 128 * 128 * 4 / 1e6)]
