@@ -22,7 +22,7 @@ from imagegen_scheduler.service_layer.scheduling import Scheduler
 from imagegen_schemas import Envelope, GenerationParams, Plan, Tier
 from imagegen_schemas import jobs as ev
 from imagegen_schemas.catalog import TOPICS
-from imagegen_schemas.workers import WorkerHeartbeat, WorkerStatus
+from imagegen_schemas.workers import LoadedModel, ModelLoaded, WorkerHeartbeat, WorkerStatus
 
 pytestmark = pytest.mark.unit
 CATALOG = ModelCatalog(
@@ -299,6 +299,26 @@ async def test_a_job_no_worker_can_run_ends_as_no_capable_worker_after_the_grace
         "x": (ev.FailureReason.NO_CAPABLE_WORKER, "no worker in the fleet runs sdxl models")
     }
     assert "x" not in r.s.state.queued and r.scheduled("ok")
+
+
+async def test_a_queued_job_is_judged_again_when_a_worker_measures_its_model_larger() -> None:
+    """Admitted by the catalog's estimate, then a worker reports the model at 20 GB loaded: no
+    worker's 12.8 GB (16 GB less the margin) holds it, so the job ends as no capable worker,
+    naming both figures, instead of failing out of memory on every worker in turn."""
+    r = Recorder(admission_grace_s=30.0)
+    await r.feed(beat("w1"), *request("busy", model="slow"), *request("x"))
+    await r.at(31.0)
+    assert terminal(r) == {} and "x" in r.s.state.queued  # admitted, waiting for w1
+    measured = LoadedModel(model_id="m", bytes=20 * 10**9)
+    await r.feed(ModelLoaded(worker_id="w1", model=measured, load_ms=5.0))
+    await r.at(32.0)
+    assert terminal(r) == {
+        "x": (
+            ev.FailureReason.NO_CAPABLE_WORKER,
+            "needs 20.0 GB of GPU memory, the largest sd15 worker has 12.8 GB; lower the"
+            " resolution, batch or number of adapters",
+        )
+    }
 
 
 async def test_after_a_restart_an_empty_fleet_rejects_nothing() -> None:

@@ -24,7 +24,7 @@ from imagegen_scheduler.service_layer.scheduling import Scheduler
 from imagegen_schemas import Envelope, GenerationParams, Plan, Tier
 from imagegen_schemas import jobs as ev
 from imagegen_schemas.catalog import TOPICS
-from imagegen_schemas.workers import WorkerHeartbeat, WorkerStatus
+from imagegen_schemas.workers import LoadedModel, ModelLoaded, WorkerHeartbeat, WorkerStatus
 
 pytestmark = pytest.mark.unit
 NOW = 1_800_000_000.0
@@ -55,14 +55,17 @@ def need_gb(catalog: ModelCatalog, batch: int) -> float:
     return footprint_gb(request, catalog)
 
 
-def beat(worker_id: str, memory_bytes: int) -> WorkerHeartbeat:
+def beat(worker_id: str, memory_bytes: int, loaded: int | None = None) -> WorkerHeartbeat:
+    """An idle worker's heartbeat; ``loaded``: it holds sdxl-base, measured at that many bytes."""
+    held = () if loaded is None else (LoadedModel(model_id="sdxl-base", bytes=loaded),)
     return WorkerHeartbeat(
         worker_id=worker_id,
         status=WorkerStatus.IDLE,
         gpu_type=f"budget-{memory_bytes // 2**20}MiB",
         memory_total_bytes=memory_bytes,
-        memory_free_bytes=memory_bytes,
+        memory_free_bytes=memory_bytes - (loaded or 0),
         capabilities=("sdxl",),
+        loaded=held,
     )
 
 
@@ -180,3 +183,51 @@ async def test_an_out_of_memory_attempt_is_rerouted_to_another_worker(
     assert live.scheduled("j") == [("small", 1), ("big", 2)]
     await live.feed(*request("k", batch=1))  # the small worker still takes other jobs
     assert live.scheduled("k") == [("small", 1)]
+
+
+def as_measured() -> int:
+    """sdxl-base's weights as a worker measures them loaded: half again what the manifest's
+    files say (on CPU float16 files load as float32). The small worker holds them, but not
+    them and a job's activations within its margin."""
+    return int(1.5 * budget.weights_mb(SDXL_COMPONENTS) * budget.MIB)
+
+
+async def test_a_models_measured_size_replaces_the_manifests_when_larger(
+    catalog: ModelCatalog,
+) -> None:
+    """Seen with `IMAGEGEN_STACK_WORKERS=4 IMAGEGEN_STACK_WORKER_BUDGETS_MB=64,32 make up`: the
+    32 MiB workers held the demo model, and the scheduler sent them its jobs, which they refused
+    as out of memory (two attempts lost), because it judged the model by its files (float16)
+    while the workers hold it as float32. The size a worker reports for a model it holds is
+    what the model takes; the scheduler judges jobs by it where it is larger."""
+    small, big = budgets(catalog)
+    measured = as_measured()
+    assert measured < small
+    # the job queued before the size is known is judged by it once it is
+    live = Live(catalog)
+    await live.feed(*request("queued", batch=1))
+    await live.feed(beat("small", small, loaded=measured), beat("big", big))
+    assert live.scheduled("queued") == [("big", 1)]
+    # a job arriving after: the same, though the small worker holds the model (warm)
+    await live.feed(ev.ImageGenerated(job_id="queued", worker_id="big", fencing_token=1, images=()))
+    await live.feed(*request("later", batch=1))
+    assert live.scheduled("later") == [("big", 1)]
+    # a ModelLoaded says the same as a heartbeat
+    live = Live(catalog)
+    loaded = ModelLoaded(
+        worker_id="small", model=LoadedModel(model_id="sdxl-base", bytes=measured), load_ms=5.0
+    )
+    await live.feed(beat("small", small), beat("big", big), loaded, *request("j", batch=1))
+    assert live.scheduled("j") == [("big", 1)]
+
+
+async def test_a_measured_size_below_the_manifests_changes_nothing(
+    catalog: ModelCatalog,
+) -> None:
+    """A smaller figure (another worker class, a quantised load) does not shrink the estimate:
+    the scheduler keeps the larger of the two, so no worker is sent a job it may not hold."""
+    small, big = budgets(catalog)
+    live = Live(catalog)
+    await live.feed(beat("small", small, loaded=1), beat("big", big), *request("four", batch=4))
+    assert live.scheduled("four") == [("big", 1)]
+    assert need_gb(live.s.state.catalog, 4) == need_gb(catalog, 4)

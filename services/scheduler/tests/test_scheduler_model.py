@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from scheduler_testkit import CATALOG, job, large, small
 
@@ -75,6 +77,15 @@ def test_admit_refuses_what_no_worker_can_ever_serve(request_kwargs: dict, reaso
 def test_admit_refuses_a_family_the_fleet_does_not_run() -> None:
     verdict = admit(job("j", model="flux"), FleetCapabilities.of([small("a")]), CATALOG)
     assert verdict == Refused("no worker in the fleet runs flux models")
+
+
+def test_admit_names_megabytes_below_a_gigabyte() -> None:
+    """A local fleet's tiny models need megabytes: "needs 0.0 GB" would say nothing."""
+    tiny = replace(small("w"), budget_gb=0.0256)
+    verdict = admit(job("j"), FleetCapabilities.of([tiny]), CATALOG)
+    assert isinstance(verdict, Refused)
+    assert "the largest sdxl worker has 25.6 MB;" in verdict.reason
+    assert verdict.reason.startswith("needs 15.6 GB of GPU memory")
 
 
 def test_promotion_point_a_relax_job_waiting_promote_after_equals_a_fresh_turbo_job() -> None:

@@ -21,7 +21,8 @@ naming a type with no net fails here with ``ControlNetUnavailable``). Loaded Con
 the budget like models: the job's own stay (their size is in its need), the others are
 evictable, before models (``DiffusersRunner.held``). The scheduler fills the same formula from the
 manifests' file sizes (its catalog), so on CPU, where float16 weights load as float32, it counts
-them at half what the worker counts.
+them at half what the worker counts until a worker has held the model: then it takes the size
+the worker reports (heartbeats, ``ModelLoaded``; ADR 0715).
 
 Without a budget (CPU and no ``model_memory_budget_mb``) nothing is checked: there is no limit
 to check against.

@@ -74,7 +74,12 @@ def admit(
     if not fitting:
         largest = max(c.budget_gb for c in capable)
         return Refused(
-            f"needs {need:.1f} GB of GPU memory, the largest {model.family} worker has "
-            f"{largest:.1f} GB; lower the resolution, batch or number of adapters"
+            f"needs {_size(need)} of GPU memory, the largest {model.family} worker has "
+            f"{_size(largest)}; lower the resolution, batch or number of adapters"
         )
     return Admitted(need, tuple(sorted({c.gpu_type for c in fitting})))
+
+
+def _size(gb: float) -> str:
+    """GB with one decimal; MB below 1 GB (a local fleet's tiny models need megabytes)."""
+    return f"{gb:.1f} GB" if gb >= 1 else f"{gb * 1000:.1f} MB"

@@ -80,6 +80,17 @@ class WorkerLost:
     at: float  # event time
 
 
+@dataclass(frozen=True, slots=True)
+class WeightsMeasured:
+    """A worker reported what a model or adapter it holds takes loaded (a heartbeat's entry,
+    ``ModelLoaded.bytes``). Where that is more than the catalog's estimate from the files (on
+    CPU float16 files load as float32), jobs are judged by it from now on."""
+
+    item_id: str  # the catalog's id: a model's id, ``lora/<id>``, ``cn/<id>``
+    weights_gb: float  # as measured
+    at: float  # event time
+
+
 Event = (
     JobQueued
     | JobAssigned
@@ -89,6 +100,7 @@ Event = (
     | JobCancelled
     | WorkerUpdated
     | WorkerLost
+    | WeightsMeasured
 )
 
 

@@ -41,6 +41,7 @@ from .events import (
     JobPreempted,
     JobQueued,
     PreemptionDecided,
+    WeightsMeasured,
     WorkerLost,
     WorkerUpdated,
 )
@@ -97,6 +98,8 @@ def fold(log: Log, payload: object, at: float) -> list[Payload]:  # noqa: C901
         log.residency.snapshot(
             payload.worker_id, {held_id(m.model_id, m.kind): None for m in payload.loaded}, at
         )
+        for m in payload.loaded:
+            _measured(log, held_id(m.model_id, m.kind), m.bytes, at)
         if at >= log.beats.get(payload.worker_id, float("-inf")):
             log.beats[payload.worker_id] = at
             view = worker_view(payload, log.budget_fraction)
@@ -105,6 +108,7 @@ def fold(log: Log, payload: object, at: float) -> list[Payload]:  # noqa: C901
     if isinstance(payload, ModelLoaded | ModelEvicted):
         if isinstance(payload, ModelLoaded):
             model_id = held_id(payload.model.model_id, payload.model.kind)
+            _measured(log, model_id, payload.model.bytes, at)
         else:
             model_id = held_id(payload.model_id, payload.kind)
         resident = isinstance(payload, ModelLoaded)
@@ -174,6 +178,13 @@ def held_id(model_id: str, kind: str) -> str:
     use, ``facts.job_request``), ``cn/<id>`` for a ControlNet."""
     prefix = {"lora": "lora/", "controlnet": "cn/"}.get(kind, "")
     return prefix + model_id
+
+
+def _measured(log: Log, item_id: str, size: int, at: float) -> None:
+    """What a worker reports a model or adapter takes loaded, for the catalog (the larger of it
+    and the estimate from the files counts: ``state.evolve``)."""
+    if size > 0:
+        evolve(log.state, WeightsMeasured(item_id, size / budget.GB, at))
 
 
 def _update_worker(log: Log, view: WorkerView, at: float) -> None:

@@ -120,6 +120,17 @@ class TierQueue:
         if not jobs:
             del self.by_user[user_id]
 
+    def replace(self, job: QueuedJob) -> None:
+        """Put ``job`` in the place of the queued job with its id (the same request, a new
+        footprint): its order keys (``due_since``, ``seq``, user) are unchanged."""
+        old = self.arrivals.get(job.job_id)
+        if old is None:
+            return
+        self.arrivals[job.job_id] = job
+        self.by_model[job.request.model_id][job.job_id] = job
+        jobs = self.by_user[job.request.user_id]
+        jobs[jobs.index(old)] = job
+
     def note_served(self, user_id: str, at: float) -> None:
         """Record that a job of the user in this tier finished on its worker at ``at``.
         Idempotent and order-free: only the latest time counts."""

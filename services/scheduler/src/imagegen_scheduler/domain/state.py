@@ -20,6 +20,7 @@ from .events import (
     JobPreempted,
     JobQueued,
     PreemptionDecided,
+    WeightsMeasured,
     WorkerLost,
     WorkerUpdated,
 )
@@ -144,6 +145,8 @@ def evolve(state: SchedulerState, event: Event) -> SchedulerState:
                 state.idle.discard(worker.worker_id)
             if not worker.accepting:
                 state.held.pop(worker.worker_id, None)
+        case WeightsMeasured(item_id, weights_gb, at):
+            _measured(state, item_id, weights_gb)
         case WorkerLost(worker_id, at):
             state.fleet.forget(worker_id)
             state.sync_user_cap()
@@ -155,6 +158,33 @@ def evolve(state: SchedulerState, event: Event) -> SchedulerState:
                 if lost is not None:
                     _requeue(state, lost, at, lost.job.remaining_steps, lost.job.attempt + 1)
     return state
+
+
+def _measured(state: SchedulerState, item_id: str, weights_gb: float) -> None:
+    """Raise the catalog's weights of ``item_id`` to a measured figure that exceeds them (never
+    lower them: the larger of estimate and measurements is kept, whatever order they come in),
+    and judge the queued jobs that use it again."""
+    catalog = state.catalog
+    if item_id in catalog.models:
+        model = catalog.models[item_id]
+        if weights_gb <= model.weights_gb:
+            return
+        models = {**catalog.models, item_id: replace(model, weights_gb=weights_gb)}
+        state.catalog = replace(catalog, models=models)
+    elif item_id in catalog.adapters:
+        adapter = catalog.adapters[item_id]
+        if weights_gb <= adapter.weights_gb:
+            return
+        adapters = {**catalog.adapters, item_id: replace(adapter, weights_gb=weights_gb)}
+        state.catalog = replace(catalog, adapters=adapters)
+    else:
+        return
+    for job in list(state.queued.values()):
+        request = job.request
+        if request.model_id == item_id or item_id in request.adapters:
+            again = replace(job, footprint_gb=footprint_gb(request, state.catalog))
+            state.queued[job.job_id] = again
+            state.queues[request.tier].replace(again)
 
 
 def _count(state: SchedulerState, job: QueuedJob, step: int) -> None:

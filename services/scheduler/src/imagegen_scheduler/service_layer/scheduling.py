@@ -82,6 +82,7 @@ class Scheduler:
         self.live_since: float | None = None  # when it caught up (admission waits a grace)
         self._lock = asyncio.Lock()
         self._fleet: FleetCapabilities | None = None  # the fleet the admitted set was judged on
+        self._judged_by: ModelCatalog | None = None  # and the catalog (measured sizes raise it)
         self._admitted: set[str] = set()  # queued jobs some worker of that fleet can run
         self._checked_at = float("-inf")  # last deadline and admission check
         self._estimated_at = float("-inf")  # last wait estimate
@@ -231,8 +232,8 @@ class Scheduler:
         if not self.log.seen:
             return []
         fleet = FleetCapabilities.of(self.log.seen.values())
-        if fleet != self._fleet:
-            self._fleet, self._admitted = fleet, set()
+        if fleet != self._fleet or self.state.catalog is not self._judged_by:
+            self._fleet, self._judged_by, self._admitted = fleet, self.state.catalog, set()
         self._admitted &= self.state.queued.keys()
         refused, admitted = unservable(self.log, fleet, self._admitted)
         self._admitted.update(admitted)
