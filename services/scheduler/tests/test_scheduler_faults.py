@@ -315,10 +315,31 @@ async def test_a_queued_job_is_judged_again_when_a_worker_measures_its_model_lar
     assert terminal(r) == {
         "x": (
             ev.FailureReason.NO_CAPABLE_WORKER,
-            "needs 20.0 GB of GPU memory, the largest sd15 worker has 12.8 GB; lower the"
-            " resolution, batch or number of adapters",
+            "model 'm' takes 20.0 GB of GPU memory loaded, the largest sd15 worker has"
+            " 12.8 GB; it needs a worker with more memory",
         )
     }
+
+
+async def test_a_worker_gone_longer_than_the_fleet_window_no_longer_admits_jobs() -> None:
+    """Seen restarting the local stack with fewer, smaller workers: the retained heartbeats of
+    the workers of the run before kept every job for their class admitted, waiting until its
+    queue deadline (30 minutes for fast) for a worker that was not coming back. A worker that
+    heartbeated within the window still counts (it may be restarting); one gone longer not."""
+    r = Recorder(admission_grace_s=30.0, admission_fleet_window_s=600.0)
+    stopped = beat("w9", ("sdxl",)).model_copy(update={"status": WorkerStatus.STOPPED})
+    await r.feed(beat("w1"), stopped)
+    await r.at(300.0)
+    await r.feed(beat("w1"), *request("x", model="big"))
+    await r.at(400.0)
+    assert terminal(r) == {}, "w9 stopped 400 s ago: it may be restarting"
+    await r.feed(beat("w1"))  # the live worker keeps heartbeating
+    await r.at(601.0)
+    assert terminal(r) == {
+        "x": (ev.FailureReason.NO_CAPABLE_WORKER, "no worker in the fleet runs sdxl models")
+    }
+    await r.feed(beat("w9", ("sdxl",)), *request("y", model="big"))  # back: admitted, runs
+    assert r.scheduled("y") == [("w9", 1, 1)]
 
 
 async def test_after_a_restart_an_empty_fleet_rejects_nothing() -> None:

@@ -84,8 +84,14 @@ def test_admit_names_megabytes_below_a_gigabyte() -> None:
     tiny = replace(small("w"), budget_gb=0.0256)
     verdict = admit(job("j"), FleetCapabilities.of([tiny]), CATALOG)
     assert isinstance(verdict, Refused)
-    assert "the largest sdxl worker has 25.6 MB;" in verdict.reason
-    assert verdict.reason.startswith("needs 15.6 GB of GPU memory")
+    assert verdict.reason == (
+        "model 'sdxl' takes 13.5 GB of GPU memory loaded, the largest sdxl worker has 25.6 MB;"
+        " it needs a worker with more memory"
+    )
+    roomy = replace(small("w"), budget_gb=14.0)  # holds the model, not a job's activations
+    verdict = admit(job("j"), FleetCapabilities.of([roomy]), CATALOG)
+    assert isinstance(verdict, Refused)
+    assert verdict.reason.startswith("needs 15.6 GB of GPU memory, the largest sdxl worker has")
 
 
 def test_promotion_point_a_relax_job_waiting_promote_after_equals_a_fresh_turbo_job() -> None:

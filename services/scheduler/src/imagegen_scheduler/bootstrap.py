@@ -50,6 +50,7 @@ def bootstrap(settings: SchedulerSettings, *, publisher: Publisher | None = None
             run_s=settings.run_deadline_s,
         ),
         admission_grace_s=settings.admission_grace_s,
+        admission_fleet_window_s=settings.admission_fleet_window_s,
         eta_every_s=settings.eta_every_s,
     )
     consumer = ReplayingConsumer(

@@ -39,6 +39,16 @@ class SchedulerSettings(ServiceSettings):
             " heartbeat (every 2 s by default), so a restart never rejects for an empty fleet."
         ),
     )
+    admission_fleet_window_s: float = Field(
+        default=900.0,
+        gt=0,
+        description=(
+            "Admission judges a queued job against the workers that heartbeated within this many"
+            " seconds: a restarting worker is still of the fleet, one gone longer (scaled away,"
+            " a test fleet of last week) no longer keeps jobs waiting for it until their queue"
+            " deadline."
+        ),
+    )
     worker_silent_after_s: float = Field(
         default=10.0,
         gt=0,

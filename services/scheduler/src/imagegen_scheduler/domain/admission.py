@@ -73,6 +73,12 @@ def admit(
     fitting = [c for c in capable if need <= c.budget_gb]
     if not fitting:
         largest = max(c.budget_gb for c in capable)
+        if model.weights_gb > largest:  # no smaller request helps
+            return Refused(
+                f"model {request.model_id!r} takes {_size(model.weights_gb)} of GPU memory"
+                f" loaded, the largest {model.family} worker has {_size(largest)}; it needs a"
+                " worker with more memory"
+            )
         return Refused(
             f"needs {_size(need)} of GPU memory, the largest {model.family} worker has "
             f"{_size(largest)}; lower the resolution, batch or number of adapters"

@@ -64,6 +64,7 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
         deadlines: Deadlines = DEFAULT_DEADLINES,
         admission_grace_s: float = 30.0,
+        admission_fleet_window_s: float = 900.0,
         eta_every_s: float = 5.0,
         worker_silent_after_s: float | None = None,
     ) -> None:
@@ -77,6 +78,7 @@ class Scheduler:
         self.clock = clock
         self.deadlines = deadlines
         self.admission_grace_s = admission_grace_s
+        self.admission_fleet_window_s = admission_fleet_window_s
         self.eta_every_s = eta_every_s
         self.worker_silent_after_s = worker_silent_after_s  # None: trust the last heartbeat
         self.live_since: float | None = None  # when it caught up (admission waits a grace)
@@ -226,12 +228,21 @@ class Scheduler:
     def _unservable(self, now: float) -> list[ev.GenerationFailed]:
         """Queued jobs no worker of the fleet can run, once the fleet had time to show itself:
         the grace after catching up, and at least one worker seen (an empty fleet proves
-        nothing; such jobs wait for workers, bounded by their queue deadline)."""
+        nothing; such jobs wait for workers, bounded by their queue deadline). The fleet is the
+        workers that heartbeated within ``admission_fleet_window_s``: lost ones too, for a
+        while (a restarting worker is still of the fleet), but not for ever (the compacted
+        heartbeat topic keeps every worker that ever ran)."""
         if self.live_since is None or now - self.live_since < self.admission_grace_s:
             return []
-        if not self.log.seen:
+        window = self.admission_fleet_window_s
+        recent = [
+            view
+            for worker_id, view in self.log.seen.items()
+            if now - self.log.beats.get(worker_id, float("-inf")) <= window
+        ]
+        if not recent:
             return []
-        fleet = FleetCapabilities.of(self.log.seen.values())
+        fleet = FleetCapabilities.of(recent)
         if fleet != self._fleet or self.state.catalog is not self._judged_by:
             self._fleet, self._judged_by, self._admitted = fleet, self.state.catalog, set()
         self._admitted &= self.state.queued.keys()
