@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from imagegen_pool_manager.domain.policy import (
@@ -199,6 +201,23 @@ def test_preloads_only_when_quiet_onto_idle_workers_lacking_the_model() -> None:
     assert len({load.worker_id for load in loads}) == len(loads)  # one load per worker
     # busy: not quiet, nothing
     assert preload_plan(workers, MODELS, demand, queued_jobs=100) == []
+
+
+def test_a_preload_fits_beside_the_resident_models_within_what_a_job_may_use() -> None:
+    """Seen in a `bench fleet` run: preloads that fit a small worker's whole memory but not
+    the part a job may use (less the 20% margin) were unloaded by the worker's next job 5-75 s
+    later, and asked for again in a later quiet round, four times for one worker and model.
+    A job runs only once what stays beside it fits the usable part, so such a preload evicts,
+    one job later. Here 20 GB of 40 is free, of the 32 a job may use 12: sd3 (15) does not go."""
+    tight = replace(worker("tight", item("jugg", 20.0), budget=40.0), usable=32.0)
+    assert tight.free == 20.0 and tight.free_for_jobs == 12.0
+    assert preload_plan([tight], MODELS, [("sd3", 10.0)], queued_jobs=0) == []
+    roomy = replace(tight, usable=36.0)  # 16 free for jobs: it fits
+    assert preload_plan([roomy], MODELS, [("sd3", 10.0)], queued_jobs=0) == [
+        Load("tight", "sd3", "predictive")
+    ]
+    # without a usable figure (the seed's GPU classes: their budget is what a job may use)
+    assert preload_plan([replace(tight, usable=None)], MODELS, [("sd3", 10.0)], queued_jobs=0)
 
 
 def test_preloads_take_only_the_top_five_and_skip_well_held_models() -> None:

@@ -271,6 +271,7 @@ class Simulation:
             worker.run is None and worker.loading is None and worker.worker_id in self.state.idle,
             worker.pinned,
             worker.gpu.speed,
+            worker.gpu.budget_gb,  # what a job may use (the same as the above but in a replay)
         )
 
     def push(self, at: float, kind: int, payload: object) -> None:

@@ -79,10 +79,20 @@ class WorkerState:
     idle: bool  # accepting, running nothing, loading nothing
     pinned: frozenset[str] = frozenset()  # tier-1 models it keeps for the minimum
     speed: float = 1.0  # relative throughput (denoising seconds of a speed-1.0 GPU per second)
+    # what a job may use: the budget less the worker's margin (None: the whole budget). A job
+    # runs only once what stays beside it fits here, so weights above it are unloaded by the
+    # next job (the worker's admission, ADR 0708)
+    usable: float | None = None
 
     @property
     def free(self) -> float:
         return self.budget - sum(item.size for item in self.resident)
+
+    @property
+    def free_for_jobs(self) -> float:
+        """What is left of ``usable`` beside the resident weights (may be negative)."""
+        usable = self.budget if self.usable is None else self.usable
+        return usable - sum(item.size for item in self.resident)
 
     def holds(self, name: str) -> bool:
         return any(item.name == name for item in self.resident)
@@ -416,7 +426,7 @@ def preload_plan(
             if w.worker_id not in taken
             and model.family in w.capabilities
             and not w.holds(model_id)
-            and w.free >= model.size
+            and w.free_for_jobs >= model.size
         ]
         if not targets:
             continue

@@ -49,6 +49,7 @@ from dataclasses import dataclass, replace
 
 from prometheus_client import Counter, Gauge
 
+from imagegen_runtime import budget
 from imagegen_runtime.publishing import Publisher
 from imagegen_schemas.workers import (
     AutoscaleRecommended,
@@ -173,6 +174,8 @@ class Planner:
                     idle=idle,
                     # pin_targets keeps pins where they are, or are being made
                     pinned=frozenset(hb.pinned) | self._pins_made(wid, pins_asked),
+                    # a job runs within the memory less the margin (ADR 0708)
+                    usable=hb.memory_total_bytes * budget.USABLE_FRACTION,
                 )
             )
         pins = policy.pin_targets(out, self.models, self.config.policy)
@@ -185,6 +188,8 @@ class Planner:
                 w.resident,
                 w.idle,
                 pins.get(w.worker_id, frozenset()),
+                w.speed,
+                w.usable,
             )
             for w in out
         ]
