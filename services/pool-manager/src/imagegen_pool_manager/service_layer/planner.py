@@ -179,20 +179,7 @@ class Planner:
                 )
             )
         pins = policy.pin_targets(out, self.models, self.config.policy)
-        return [
-            policy.WorkerState(
-                w.worker_id,
-                w.pool,
-                w.capabilities,
-                w.budget,
-                w.resident,
-                w.idle,
-                pins.get(w.worker_id, frozenset()),
-                w.speed,
-                w.usable,
-            )
-            for w in out
-        ]
+        return [replace(w, pinned=pins.get(w.worker_id, frozenset())) for w in out]
 
     def queue(self, now: float, workers: list[policy.WorkerState]) -> list[policy.QueuedWork]:
         """Queued jobs as the pool sees them, each in the smallest pool that can run it."""

@@ -9,7 +9,9 @@ Every handler is idempotent: a duplicate or stale event (old fencing token) chan
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from .config import SchedulerConfig
 from .events import (
@@ -25,7 +27,17 @@ from .events import (
     WorkerUpdated,
 )
 from .fleet import Fleet
-from .model import TIERS, ModelCatalog, Tier, WorkerView, denoise_s, footprint_gb, load_estimate_s
+from .model import (
+    TIERS,
+    AdapterSpec,
+    ModelCatalog,
+    ModelSpec,
+    Tier,
+    WorkerView,
+    denoise_s,
+    footprint_gb,
+    load_estimate_s,
+)
 from .queues import QueuedJob, TierQueue
 
 
@@ -165,26 +177,30 @@ def _measured(state: SchedulerState, item_id: str, weights_gb: float) -> None:
     lower them: the larger of estimate and measurements is kept, whatever order they come in),
     and judge the queued jobs that use it again."""
     catalog = state.catalog
-    if item_id in catalog.models:
-        model = catalog.models[item_id]
-        if weights_gb <= model.weights_gb:
-            return
-        models = {**catalog.models, item_id: replace(model, weights_gb=weights_gb)}
+    if (models := _raised(catalog.models, item_id, weights_gb)) is not None:
         state.catalog = replace(catalog, models=models)
-    elif item_id in catalog.adapters:
-        adapter = catalog.adapters[item_id]
-        if weights_gb <= adapter.weights_gb:
-            return
-        adapters = {**catalog.adapters, item_id: replace(adapter, weights_gb=weights_gb)}
+    elif (adapters := _raised(catalog.adapters, item_id, weights_gb)) is not None:
         state.catalog = replace(catalog, adapters=adapters)
     else:
-        return
+        return  # not in the catalog, or not larger than its figure
     for job in list(state.queued.values()):
         request = job.request
         if request.model_id == item_id or item_id in request.adapters:
             again = replace(job, footprint_gb=footprint_gb(request, state.catalog))
             state.queued[job.job_id] = again
             state.queues[request.tier].replace(again)
+
+
+_Spec = TypeVar("_Spec", ModelSpec, AdapterSpec)
+
+
+def _raised(specs: Mapping[str, _Spec], item_id: str, weights_gb: float) -> dict[str, _Spec] | None:
+    """``specs`` with ``item_id``'s weights raised to ``weights_gb``; None when it is not
+    there or its figure is not smaller."""
+    spec = specs.get(item_id)
+    if spec is None or weights_gb <= spec.weights_gb:
+        return None
+    return {**specs, item_id: replace(spec, weights_gb=weights_gb)}
 
 
 def _count(state: SchedulerState, job: QueuedJob, step: int) -> None:
