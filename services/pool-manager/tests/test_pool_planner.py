@@ -5,6 +5,7 @@ pool should have."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from imagegen_pool_manager.domain.demand import RUN_SAMPLES, fold_demand, mean_run_s
 from imagegen_pool_manager.domain.fleet import evolve
 from imagegen_pool_manager.domain.policy import ModelInfo
-from imagegen_pool_manager.service_layer.planner import Planner, PlannerConfig, pool_of
+from imagegen_pool_manager.service_layer.planner import DESIRED, Planner, PlannerConfig, pool_of
 from imagegen_pool_manager.service_layer.pool import PoolManager
 from imagegen_runtime.publishing import InMemoryPublisher
 from imagegen_schemas import Envelope, GenerationParams, Plan, Tier, parse
@@ -46,6 +47,7 @@ def beat(
     pinned: tuple[str, ...] = (),
     total_mb: int = 512,
     fragmentation: float | None = None,
+    capabilities: tuple[str, ...] = ("sd15", "sdxl", "flux"),
 ) -> WorkerHeartbeat:
     return WorkerHeartbeat(
         worker_id=wid,
@@ -54,7 +56,7 @@ def beat(
         memory_total_bytes=total_mb * (1 << 20),
         memory_free_bytes=total_mb * (1 << 19),
         fragmentation_ratio=fragmentation,
-        capabilities=("sd15", "sdxl", "flux"),
+        capabilities=capabilities,
         loaded=tuple(LoadedModel(model_id=m, bytes=int(MODELS[m].size)) for m in loaded),
         pinned=pinned,
         interval_s=2.0,
@@ -80,12 +82,17 @@ def requested(job: str, model: str, size: int = 64, images: int = 1) -> ev.Gener
 class World:
     """A pool-manager and its planner over an in-memory log; ``restart`` replays the log."""
 
-    def __init__(self, log: list[Envelope] | None = None, step_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        log: list[Envelope] | None = None,
+        step_s: float = 0.05,
+        models: dict[str, ModelInfo] = MODELS,
+    ) -> None:
         self.publisher = InMemoryPublisher(producer="pool-manager")
         self.log: list[Envelope] = []
         self.pool = PoolManager(self.publisher, timeout_s=600, clock=lambda: NOW)
         self.planner = Planner(
-            self.publisher, self.pool.fleet, self.pool.demand, MODELS, PlannerConfig(step_s=step_s)
+            self.publisher, self.pool.fleet, self.pool.demand, models, PlannerConfig(step_s=step_s)
         )
         for env in log or []:
             self._fold(env)
@@ -414,6 +421,91 @@ async def test_the_autoscaling_signal_is_published_when_it_changes() -> None:
     assert all(a != b for a, b in zip(desired, desired[1:], strict=False))  # only on change
     assert later[-1]["pool"] == pool_of("cpu", 512 * (1 << 20)) == "cpu-0.5GiB"
     assert later[-1]["queued_jobs"] == 40
+
+
+def signals(world: World) -> list[dict[str, object]]:
+    return [
+        r.envelope.data
+        for r in world.publisher.records
+        if r.envelope.type == AutoscaleRecommended.event_type
+    ]
+
+
+def gauge(pool: str) -> float | None:
+    """``imagegen_pool_desired_workers{pool}`` as /metrics shows it; None: no such series."""
+    for metric in DESIRED.collect():
+        for sample in metric.samples:
+            if sample.labels.get("pool") == pool:
+                return sample.value
+    return None
+
+
+async def test_a_pool_whose_workers_are_all_lost_still_asks_for_workers_for_its_queue() -> None:
+    # The only flux-capable pool (768 MiB) crashes; flux jobs wait. The signal must go on asking
+    # for that pool (scale from zero), not freeze at its last value or drop the jobs.
+    world = World(step_s=50.0)  # 4 steps of a 64 px job: 10 s of work each
+    big, small = pool_of("cpu", 768 << 20), pool_of("cpu", 256 << 20)
+    world.feed(beat("w1", total_mb=768), NOW - 700)  # silent past the 600 s timeout
+    world.feed(beat("w2", total_mb=256, capabilities=("sd15", "sdxl")), NOW - 1)
+    await world.pool.sweep()
+    assert world.pool.fleet.workers["w1"].lost
+    for i in range(40):
+        world.feed(requested(f"j{i}", "flux"), NOW - 120)
+    await world.round()
+    last = {s["pool"]: s for s in signals(world)}
+    assert last[big]["current_workers"] == 0
+    assert last[big]["queued_jobs"] == 40
+    assert last[big]["desired_workers"] > 1  # type: ignore[operator]
+    assert gauge(big) == last[big]["desired_workers"]
+    assert last[small]["queued_jobs"] == 0  # it cannot run flux
+    assert "no live worker" in str(last[big]["reason"])
+
+
+async def test_a_queued_job_asks_for_the_smallest_pool_whose_memory_holds_its_model() -> None:
+    # 'big' takes 300 MB: a 256 MiB worker gives a job 205 MB (less the 20% margin), a 512 MiB
+    # one 410 MB. Its queue must ask for 512 MiB workers, not for the smaller pool.
+    models = {**MODELS, "big": ModelInfo("big", "sd15", 300e6, tier=3)}
+    world = World(step_s=50.0, models=models)
+    small, large = pool_of("cpu", 256 << 20), pool_of("cpu", 512 << 20)
+    world.feed(beat("w1", total_mb=256), NOW - 1)
+    world.feed(beat("w2", total_mb=512), NOW - 1)
+    for i in range(40):
+        world.feed(requested(f"j{i}", "big"), NOW - 120)
+    await world.round()
+    last = {s["pool"]: s for s in signals(world)}
+    assert last[large]["queued_jobs"] == 40 and last[large]["desired_workers"] > 1  # type: ignore[operator]
+    assert small not in last or last[small]["queued_jobs"] == 0
+
+
+async def test_a_pool_no_worker_belongs_to_any_more_is_withdrawn() -> None:
+    # A worker restarts with another memory size (or its class is scaled away): its old pool
+    # must not stay in /metrics at its last value; the log says it is no longer wanted.
+    world = World()
+    old, new = pool_of("cpu", 384 << 20), pool_of("cpu", 640 << 20)
+    world.feed(beat("w1", total_mb=384), NOW - 2)
+    await world.round()
+    assert gauge(old) == 1
+    world.feed(beat("w1", total_mb=640), NOW - 1)
+    await world.round()
+    assert gauge(old) is None and gauge(new) is not None
+    last = {s["pool"]: s for s in signals(world)}
+    assert last[old]["desired_workers"] == 0 and last[old]["current_workers"] == 0
+    assert "withdrawn" in str(last[old]["reason"])
+
+
+async def test_a_pool_silent_past_the_window_is_withdrawn_and_one_within_it_is_kept() -> None:
+    world = World()
+    world.planner.config = replace(world.planner.config, autoscale_pool_window_s=900.0)
+    gone, kept = pool_of("cpu", 896 << 20), pool_of("cpu", 1152 << 20)
+    world.feed(beat("w1", total_mb=896), NOW - 800)
+    world.feed(beat("w2", total_mb=1152), NOW - 800)
+    await world.pool.sweep()  # both lost
+    await world.round()
+    assert gauge(gone) == 1 and gauge(kept) == 1  # lost, within the window: still asked for
+    world.feed(beat("w2", total_mb=1152), NOW - 1)  # w2 comes back; w1 stays silent
+    await world.round(NOW + 200)  # w1 last heard 1,000 s ago
+    assert gauge(gone) is None and gauge(kept) is not None
+    assert gone != kept
 
 
 async def test_a_command_for_a_worker_the_fleet_never_heard_from_is_poison() -> None:

@@ -45,7 +45,11 @@ def bootstrap(
         pool.fleet,
         pool.demand,
         load_models(settings.models_dir),
-        PlannerConfig(plan_every_s=settings.plan_every_s, load_timeout_s=settings.load_timeout_s),
+        PlannerConfig(
+            plan_every_s=settings.plan_every_s,
+            load_timeout_s=settings.load_timeout_s,
+            autoscale_pool_window_s=settings.autoscale_pool_window_s,
+        ),
     )
     consumer = ReplayingConsumer(
         settings.kafka_bootstrap,

@@ -57,6 +57,15 @@ class PoolManagerSettings(ServiceSettings, DatabaseSettingsMixin):
     load_timeout_s: float = Field(
         default=120.0, gt=0, description="A LoadModel unanswered this long may be sent again."
     )
+    autoscale_pool_window_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="The autoscaling signal speaks for the pools of the workers heard from "
+        "within this many seconds, lost ones too: a pool whose workers all crashed is asked for "
+        "again while jobs wait for it. A pool none of them belongs to any more is withdrawn "
+        "(its imagegen_pool_desired_workers series removed, a last AutoscaleRecommended with "
+        "0). The scheduler's IMAGEGEN_SCHEDULER_ADMISSION_FLEET_WINDOW_S has the same default.",
+    )
     backlog_every_s: float = Field(
         default=5.0,
         gt=0,

@@ -33,7 +33,11 @@ Every ``plan_every_s`` once caught up with the log:
    restarted pool-manager knows them too;
 4. the autoscaling signal: desired workers per pool, exported as the gauge
    ``imagegen_pool_desired_workers{pool}`` and published as ``AutoscaleRecommended`` when it
-   changes.
+   changes (ADR 0716). It speaks for the pool of every worker heard from within
+   ``autoscale_pool_window_s`` (900 s), lost ones too, so a pool whose workers all crashed is
+   asked for again while its jobs wait; each queued job counts in the smallest pool whose
+   memory less the margin holds its model's weights. A pool no such worker belongs to any more
+   is withdrawn: its series removed, a last signal of 0.
 
 Eviction to make room stays with the workers ("LRU, only what must go"): the simulator
 measured the seed's score as worse at peak (ADR 0701), so the pool sends ``EvictModel`` only to
@@ -111,6 +115,20 @@ class PlannerConfig:
     # denoising seconds per step per megapixel: a queued job's work until its model has images
     step_s: float = 0.05
     policy: policy.PoolConfig = policy.PoolConfig(tier1_min_workers=1)
+    # the autoscaling signal covers the pools of the workers heard from within this window, lost
+    # ones too (a pool whose workers all crashed is asked for again); the scheduler admits jobs
+    # against the workers of the same window (admission_fleet_window_s, ADR 0715)
+    autoscale_pool_window_s: float = 900.0
+
+
+@dataclass(frozen=True)
+class PoolSeen:
+    """A pool (GPU class) as the planner knows it: the largest memory of its name's rounding
+    and the families its workers run."""
+
+    pool: str
+    budget: float
+    capabilities: frozenset[str]
 
 
 def pool_of(gpu_type: str, memory_total_bytes: int) -> str:
@@ -181,21 +199,47 @@ class Planner:
         pins = policy.pin_targets(out, self.models, self.config.policy)
         return [replace(w, pinned=pins.get(w.worker_id, frozenset())) for w in out]
 
-    def queue(self, now: float, workers: list[policy.WorkerState]) -> list[policy.QueuedWork]:
-        """Queued jobs as the pool sees them, each in the smallest pool that can run it."""
+    def queue(self, now: float, pools: list[PoolSeen]) -> list[policy.QueuedWork]:
+        """Queued jobs as the pool sees them, each in the smallest of ``pools`` that can run
+        it: its workers run the model's family and a job there may use (the memory less the
+        margin, ADR 0708) at least the model's weights, as registered or as a worker measured
+        them loaded, whichever is larger. A job no pool can run is left out."""
+        measured: dict[str, float] = {}
+        for wid in self.fleet.workers:
+            for m in resident(self.fleet, wid):
+                measured[m.model_id] = max(measured.get(m.model_id, 0.0), float(m.bytes))
         out = []
         for r in queued(self.demand).values():
             info = self.models.get(r.model_id)
             if info is None:
                 continue
-            pools = sorted((w.budget, w.pool) for w in workers if info.family in w.capabilities)
-            if not pools:
+            weights = max(info.size, measured.get(r.model_id, 0.0))
+            fits = sorted(
+                (p.budget, p.pool)
+                for p in pools
+                if info.family in p.capabilities and p.budget * budget.USABLE_FRACTION >= weights
+            )
+            if not fits:
                 continue
             out.append(
                 policy.QueuedWork(
-                    r.model_id, r.tier, self._work_s(r), max(0.0, now - r.at), pools[0][1]
+                    r.model_id, r.tier, self._work_s(r), max(0.0, now - r.at), fits[0][1]
                 )
             )
+        return out
+
+    def pools_seen(self, now: float) -> dict[str, PoolSeen]:
+        """The pools of the workers heard from within ``autoscale_pool_window_s``, lost or not,
+        by name: the pools the autoscaling signal speaks for."""
+        out: dict[str, PoolSeen] = {}
+        for w in self.fleet.workers.values():
+            if now - w.last_seen > self.config.autoscale_pool_window_s:
+                continue
+            hb = w.heartbeat
+            name = pool_of(hb.gpu_type, hb.memory_total_bytes)
+            seen = out.get(name)
+            caps = frozenset(hb.capabilities) | (seen.capabilities if seen else frozenset())
+            out[name] = PoolSeen(name, float(hb.memory_total_bytes), caps)
         return out
 
     def _work_s(self, r: Requested) -> float:
@@ -215,7 +259,8 @@ class Planner:
             loading[model_id] = loading.get(model_id, 0) + 1
         pins_asked = frozenset((p.worker_id, p.model_id) for p in under_way if p.pin)
         workers = self.workers(now, loading_pairs, pins_asked)
-        queue = self.queue(now, workers)
+        live = {w.pool: PoolSeen(w.pool, w.budget, w.capabilities) for w in workers}
+        queue = self.queue(now, list(live.values()))
         loads: list[policy.Load] = []
         for w in workers:
             for model_id in sorted(w.pinned):
@@ -236,7 +281,7 @@ class Planner:
         )
         loads += planned.loads
         self._storm(planned.promoted, queue)
-        self._autoscale(workers, queue)
+        self._autoscale(now, workers)
         seen: set[tuple[str, str]] = set()
         fresh = []
         for load in loads:
@@ -333,11 +378,18 @@ class Planner:
         answered_at = self.demand.pins_answered.get((worker_id, model_id))
         return answered_at is not None and worker.last_seen <= answered_at + hb.interval_s
 
-    def _autoscale(self, workers: list[policy.WorkerState], queue: list[policy.QueuedWork]) -> None:
-        pools: dict[str, policy.PoolLoad] = {}
+    def _autoscale(self, now: float, workers: list[policy.WorkerState]) -> None:
+        """Desired workers for every pool seen within the window: its live workers (busy ones
+        kept with headroom) and the queued jobs it is the smallest pool to run, whether or not
+        any of its workers is alive. A pool that no worker heard from within the window
+        belongs to any more (scaled away, or a worker back with another memory size) is
+        withdrawn: its gauge series removed and a last signal with 0 desired published."""
+        seen = self.pools_seen(now)
+        pools = {name: policy.PoolLoad(0, 0) for name in seen}
         for w in workers:
             p = pools.get(w.pool, policy.PoolLoad(0, 0))
             pools[w.pool] = policy.PoolLoad(p.workers + 1, p.busy + (0 if w.idle else 1))
+        queue = self.queue(now, list(seen.values()))
         desired = policy.desired_workers(pools, queue)
         for pool, n in desired.items():
             DESIRED.labels(pool).set(n)
@@ -346,8 +398,22 @@ class Planner:
             for pool, n in desired.items()
             if self.desired.get(pool) != n
         }
+        for pool in sorted(set(self.desired) - set(desired)):
+            DESIRED.remove(pool)
+            self._changed[pool] = (0, 0)
         self.desired = desired
         self._queue_by_pool = {pool: [q for q in queue if q.pool == pool] for pool in desired}
+
+    def _reason(self, pool: str, current: int) -> str:
+        window = f"{self.config.autoscale_pool_window_s:.0f} s"
+        if pool not in self.desired:
+            return f"withdrawn: no worker heard from in the last {window} belongs to this pool"
+        if current == 0:
+            return (
+                f"no live worker (lost or stopped, heard from within {window}); "
+                "queue depth and waits (policy.desired_workers)"
+            )
+        return "queue depth and waits (policy.desired_workers)"
 
     async def run_once(self, now: float) -> int:
         """Plan, then publish the commands and any changed autoscaling signal; returns the
@@ -401,7 +467,7 @@ class Planner:
                 current_workers=current,
                 queued_jobs=len(waiting),
                 oldest_wait_s=round(max((q.waited_s for q in waiting), default=0.0), 3),
-                reason="queue depth and waits (policy.desired_workers)",
+                reason=self._reason(pool, current),
             )
             await self.publisher.publish(signal, key=pool)
         return sent
