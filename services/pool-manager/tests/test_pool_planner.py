@@ -48,7 +48,10 @@ def beat(
     total_mb: int = 512,
     fragmentation: float | None = None,
     capabilities: tuple[str, ...] = ("sd15", "sdxl", "flux"),
+    measured: dict[str, float] | None = None,
 ) -> WorkerHeartbeat:
+    """``measured``: what a model takes loaded where it differs from its files (``MODELS``)."""
+    sizes = {m: (measured or {}).get(m, MODELS[m].size) for m in loaded}
     return WorkerHeartbeat(
         worker_id=wid,
         status=status,
@@ -57,7 +60,7 @@ def beat(
         memory_free_bytes=total_mb * (1 << 19),
         fragmentation_ratio=fragmentation,
         capabilities=capabilities,
-        loaded=tuple(LoadedModel(model_id=m, bytes=int(MODELS[m].size)) for m in loaded),
+        loaded=tuple(LoadedModel(model_id=m, bytes=int(sizes[m])) for m in loaded),
         pinned=pinned,
         interval_s=2.0,
     )
@@ -177,6 +180,18 @@ def answer_pin(world: World, at: float, model: str = "demo") -> str:
     return command.event_id
 
 
+async def test_a_restarted_pool_manager_plans_only_on_workers_heard_from_lately() -> None:
+    # The log still holds w0's heartbeat of an hour ago (a worker of an earlier run, not yet
+    # declared lost: the pool-manager gives every worker a timeout from its own start). No
+    # pin, preload or defragmentation goes to it; the pin goes to the worker beating now.
+    world = World()
+    world.feed(beat("w0", total_mb=1024, fragmentation=0.9), NOW - 3600)
+    world.feed(beat("w1"), NOW - 1)
+    assert not world.pool.fleet.workers["w0"].lost
+    commands = await world.commands()
+    assert [(c.worker_id, type(c).__name__) for c in commands] == [("w1", "LoadModel")]
+
+
 async def test_a_pin_stays_on_the_worker_that_pins_it() -> None:
     """The worker whose heartbeat lists the pin keeps it (it lost the model to a job that could
     not fit beside it), though another worker holds the model: pins do not wander."""
@@ -268,6 +283,47 @@ async def test_demand_in_a_quiet_period_preloads_onto_an_idle_worker() -> None:
     assert loads[0].reason == "predictive"
 
 
+async def test_the_pin_rule_weighs_a_model_as_a_worker_measured_it_loaded() -> None:
+    # demo's files are 14 MB; loaded on CPU it takes 28 MB. A 64 MiB worker may pin a model of at
+    # most a quarter of its memory (16.8 MB): by its files it could, as measured it cannot.
+    world = World()
+    world.feed(beat("w1", "demo", total_mb=64, measured={"demo": 28 * MB}), NOW - 1)
+    assert await world.round() == []
+    world.feed(beat("w1", total_mb=64), NOW)  # restarted, empty: the measurement stays
+    assert await world.round() == []
+    assert await world.restart().round() == []  # and comes back with the log
+    files = World()  # the same worker reporting the files' size: pinned as before
+    files.feed(beat("w1", "demo", total_mb=64), NOW - 1)
+    assert [(c.model_id, c.reason) for c in await files.round()] == [("demo", "pin")]
+
+
+async def test_a_preload_needs_room_for_the_model_as_a_worker_measured_it_loaded() -> None:
+    # sdxl's files are 3 MB; w2 reports it at 60 MB loaded. w1 (64 MiB) may give a job 51.2 MiB:
+    # room for sdxl by its files, none as measured, so the next job would unload the preload.
+    def world(sdxl_bytes: float) -> World:
+        w = World()
+        w.feed(beat("w1", total_mb=64), NOW - 1)
+        w.feed(
+            beat(
+                "w2",
+                "demo",
+                "sdxl",
+                pinned=("demo",),
+                status=WorkerStatus.BUSY,
+                measured={"sdxl": sdxl_bytes},
+            ),
+            NOW - 1,
+        )
+        for i in range(5):  # sdxl asked for (and served) in the last hour
+            w.feed(requested(f"old{i}", "sdxl"), NOW - 600 + i)
+            w.feed(ev.GenerationCancelled(job_id=f"old{i}"), NOW - 500 + i)
+        return w
+
+    as_files = await world(3 * MB).round()
+    assert [(c.worker_id, c.model_id, c.reason) for c in as_files] == [("w1", "sdxl", "predictive")]
+    assert await world(60 * MB).round() == []
+
+
 def made(job: str, total_ms: float, load_ms: float = 0.0) -> ev.ImageGenerated:
     timings = {"load": load_ms, "total": total_ms}
     return ev.ImageGenerated(
@@ -340,7 +396,9 @@ async def test_a_load_under_way_is_not_asked_again_even_after_a_restart() -> Non
     # The replayed command carries the time it was published (the wall clock, at or after NOW):
     # unanswered past the timeout from then, it is asked again.
     [asked_at] = [p.at for p in restarted.pool.demand.pending.values()]
+    restarted.feed(beat("w1"), asked_at + 118)  # still beating, still without the model
     assert await restarted.round(asked_at + 119) == []
+    restarted.feed(beat("w1"), asked_at + 120)
     assert await restarted.round(asked_at + 121) != []
 
 
@@ -571,6 +629,7 @@ async def test_a_second_pin_of_a_model_is_released_once_and_never_asked_again() 
     assert await reordered.commands(NOW + 4) == []
     world.feed(beat("w2"), NOW + 5)  # unpinned and unloaded
     assert await world.commands(NOW + 6) == []
+    world.feed(beat("w1", "demo", pinned=("demo",)), NOW + 60)
     world.feed(beat("w2", "demo", pinned=("demo",)), NOW + 60)  # pinned again, well after
     assert brief(await world.commands(NOW + 61)) == [("evict", "w2", "demo", "unpin")]
 
@@ -581,8 +640,13 @@ async def test_an_unanswered_release_is_asked_again_after_the_timeout() -> None:
     world.feed(beat("w2", "demo", pinned=("demo",)), NOW - 1)
     assert len(await world.commands()) == 1
     [asked_at] = [p.at for p in world.pool.demand.evicting.values()]
-    assert await world.commands(asked_at + 119) == []
-    assert brief(await world.commands(asked_at + 121)) == [("evict", "w2", "demo", "unpin")]
+    for at, expected in (
+        (asked_at + 119, []),
+        (asked_at + 121, [("evict", "w2", "demo", "unpin")]),
+    ):
+        world.feed(beat("w1", "demo", pinned=("demo",)), at - 1)  # both still beating, w2
+        world.feed(beat("w2", "demo", pinned=("demo",)), at - 1)  # still pinning
+        assert brief(await world.commands(at)) == expected
 
 
 async def test_a_pin_is_kept_until_the_worker_taking_it_over_holds_it() -> None:

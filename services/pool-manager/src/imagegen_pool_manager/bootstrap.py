@@ -49,6 +49,7 @@ def bootstrap(
             plan_every_s=settings.plan_every_s,
             load_timeout_s=settings.load_timeout_s,
             autoscale_pool_window_s=settings.autoscale_pool_window_s,
+            fresh_s=settings.heartbeat_timeout_s,
         ),
     )
     consumer = ReplayingConsumer(

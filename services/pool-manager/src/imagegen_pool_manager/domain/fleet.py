@@ -69,6 +69,9 @@ class Fleet:
     ended: dict[str, Ended] = field(default_factory=dict)  # job id -> what ended
     # what each worker holds: the newest fact per (worker, model), with its kind and bytes
     residency: ResidencyFacts[LoadedModel] = field(default_factory=ResidencyFacts)
+    # the most memory any worker reported a model or adapter taking loaded (heartbeats'
+    # ``loaded[].bytes``, ``ModelLoaded.model.bytes``), kept after it is unloaded (ADR 0716)
+    measured: dict[str, int] = field(default_factory=dict)
 
 
 def evolve(fleet: Fleet, payload: object, at: float, event_id: str) -> Fleet:
@@ -79,10 +82,13 @@ def evolve(fleet: Fleet, payload: object, at: float, event_id: str) -> Fleet:
                 fleet.workers[payload.worker_id] = Worker(payload.worker_id, at, event_id, payload)
             listed = {m.model_id: m for m in payload.loaded}
             fleet.residency.snapshot(payload.worker_id, listed, at)
+            for m in payload.loaded:
+                _measure(fleet, m)
             return fleet
         case ModelLoaded():
             model = payload.model
             fleet.residency.fact(payload.worker_id, model.model_id, True, at, model)
+            _measure(fleet, model)
             return fleet
         case ModelEvicted():
             fleet.residency.fact(payload.worker_id, payload.model_id, False, at)
@@ -113,6 +119,13 @@ def evolve(fleet: Fleet, payload: object, at: float, event_id: str) -> Fleet:
             return fleet
     _settle(fleet, payload.job_id)
     return fleet
+
+
+def _measure(fleet: Fleet, model: LoadedModel) -> None:
+    """Keep the largest size reported for ``model`` (the order facts are read in is no
+    matter)."""
+    if model.bytes > fleet.measured.get(model.model_id, 0):
+        fleet.measured[model.model_id] = model.bytes
 
 
 def _settle(fleet: Fleet, job_id: str) -> None:

@@ -119,6 +119,10 @@ class PlannerConfig:
     # ones too (a pool whose workers all crashed is asked for again); the scheduler admits jobs
     # against the workers of the same window (admission_fleet_window_s, ADR 0715)
     autoscale_pool_window_s: float = 900.0
+    # a worker is planned on only while its newest heartbeat is at most this old (the loss
+    # timeout): after a restart the log still holds heartbeats of workers long gone, which the
+    # loss rule gives a timeout from the pool-manager's start before declaring them lost
+    fresh_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -165,16 +169,19 @@ class Planner:
         loading: set[tuple[str, str]],
         pins_asked: frozenset[tuple[str, str]] = frozenset(),
     ) -> list[policy.WorkerState]:
-        """The live workers as the policy sees them, each with the pins ``pin_targets`` gives
-        it. A pin counts as the worker's for that choice once it is asked for (``pins_asked``:
-        a pin load under way) or answered, before its heartbeats list it, so a pin does not
-        move to a worker that joins meanwhile."""
+        """The live workers as the policy sees them (not lost, idle or busy, a heartbeat within
+        ``fresh_s``), each with the pins ``pin_targets`` gives it. A pin counts as the worker's
+        for that choice once it is asked for (``pins_asked``: a pin load under way) or
+        answered, before its heartbeats list it, so a pin does not move to a worker that joins
+        meanwhile."""
         out = []
         busy_loading = {w for w, _ in loading}
         for wid, w in sorted(self.fleet.workers.items()):
             hb = w.heartbeat
             if w.lost or hb.status not in (WorkerStatus.IDLE, WorkerStatus.BUSY):
                 continue
+            if now - w.last_seen > self.config.fresh_s:
+                continue  # not heard from lately: a replayed heartbeat of a worker maybe gone
             items = []
             for m in resident(self.fleet, wid):
                 last, uses = uses_24h(self.demand, wid, m.model_id, now)
@@ -196,7 +203,7 @@ class Planner:
                     usable=hb.memory_total_bytes * budget.USABLE_FRACTION,
                 )
             )
-        pins = policy.pin_targets(out, self.models, self.config.policy)
+        pins = policy.pin_targets(out, self.sized_models(), self.config.policy)
         return [replace(w, pinned=pins.get(w.worker_id, frozenset())) for w in out]
 
     def queue(self, now: float, pools: list[PoolSeen]) -> list[policy.QueuedWork]:
@@ -204,20 +211,16 @@ class Planner:
         it: its workers run the model's family and a job there may use (the memory less the
         margin, ADR 0708) at least the model's weights, as registered or as a worker measured
         them loaded, whichever is larger. A job no pool can run is left out."""
-        measured: dict[str, float] = {}
-        for wid in self.fleet.workers:
-            for m in resident(self.fleet, wid):
-                measured[m.model_id] = max(measured.get(m.model_id, 0.0), float(m.bytes))
+        models = self.sized_models()
         out = []
         for r in queued(self.demand).values():
-            info = self.models.get(r.model_id)
+            info = models.get(r.model_id)
             if info is None:
                 continue
-            weights = max(info.size, measured.get(r.model_id, 0.0))
             fits = sorted(
                 (p.budget, p.pool)
                 for p in pools
-                if info.family in p.capabilities and p.budget * budget.USABLE_FRACTION >= weights
+                if info.family in p.capabilities and p.budget * budget.USABLE_FRACTION >= info.size
             )
             if not fits:
                 continue
@@ -316,7 +319,7 @@ class Planner:
             for p in evictions_under_way(self.demand, now, self.config.load_timeout_s)
         }
         out = []
-        for evict in policy.pins_to_release(held, targets, self.models):
+        for evict in policy.pins_to_release(held, targets, self.sized_models()):
             pair = (evict.worker_id, evict.model_id)
             worker = self.fleet.workers[evict.worker_id]
             answered_at = self.demand.evictions_answered.get(pair)
@@ -345,13 +348,28 @@ class Planner:
             STORM.labels(model_id).set(1)
         self.promoted = promoted
 
+    def sized_models(self) -> dict[str, policy.ModelInfo]:
+        """The registered models, each at the larger of its registered size (its files) and the
+        largest size a worker ever reported it at loaded (``Fleet.measured``, from heartbeats'
+        ``loaded[].bytes`` and ``ModelLoaded``, kept after an unload, so a worker that restarts
+        empty does not make the model look small again): on CPU float16 files load as float32,
+        twice their size. The pin rule (a quarter of the memory), a preload's room and the pool
+        a queued job asks for read it, as the scheduler routes by it (ADR 0715, 0716)."""
+        measured = self.fleet.measured
+        return {
+            model_id: replace(info, size=measured[model_id])
+            if measured.get(model_id, 0.0) > info.size
+            else info
+            for model_id, info in self.models.items()
+        }
+
     def measured_models(self) -> dict[str, policy.ModelInfo]:
         """The models with ``work_s`` measured: the mean run time of each model's recent images
         (``mean_run_s``; workers report speed 1.0, so seconds on this fleet), as the simulator
         gives the policy each model's mean work. A model with no image yet keeps the registry's
         (0: unknown, the share rule alone)."""
         out = {}
-        for model_id, info in self.models.items():
+        for model_id, info in self.sized_models().items():
             work = mean_run_s(self.demand, model_id)
             out[model_id] = replace(info, work_s=work) if work > 0 else info
         return out
