@@ -14,6 +14,8 @@
     imagegen usage --user U --since T [--until T] [--json]   a user's usage ledger (docs/usage.md)
     imagegen webhooks secret|redeliver    webhook secrets, resend dead letters (docs/webhooks.md)
     imagegen dlq list|show|redrive        dead letters, operator key only (docs/dlq.md)
+    imagegen pool load|evict|defrag --worker W [--model M]   a pool command by hand, and the
+                                          worker's answer (operator key; ADR 0718)
 
 Connection settings come from flags, else IMAGEGEN_KAFKA_BOOTSTRAP / IMAGEGEN_DATABASE_URL,
 else the local stack's var/stack.env.
@@ -232,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     from .dlq import add_parser as add_dlq_parser
 
     add_dlq_parser(sub)
+    from .pool import add_parser as add_pool_parser
+
+    add_pool_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

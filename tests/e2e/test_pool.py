@@ -88,3 +88,59 @@ def test_the_pool_pins_the_tier_1_model_and_a_restart_asks_nothing_twice(
     ready = httpx.get("http://127.0.0.1:8105/readyz", timeout=5)
     assert ready.status_code == 200, ready.text
     assert PINNED in {m["model_id"] for m in fleet(stack)["worker-local-1"]["models"]}
+
+
+def pool(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
+    """``imagegen pool ...`` against the stack, with its operator key."""
+    from .test_metrics import operator_key
+
+    return subprocess.run(
+        [sys.executable, "-m", "imagegen.cli", "pool", *args, "--key", operator_key(stack)],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_an_operator_sends_pool_commands_by_hand_and_reads_the_workers_answers(
+    stack: RunningStack,
+) -> None:
+    w = ("--worker", "worker-local-1")
+    first = pool(stack, "load", *w, "--model", "tiny-sdxl", "--json")
+    assert first.returncode == 0, first.stderr
+    loaded = json.loads(first.stdout)
+    assert loaded["outcome"] == "loaded" and loaded["answer"]["command_id"] == loaded["command_id"]
+    again = pool(stack, "load", *w, "--model", "tiny-sdxl")
+    assert again.returncode == 0, again.stderr
+    assert "already resident (nothing read)" in again.stdout  # a second load reads nothing
+    assert any(
+        e["event_id"] == loaded["command_id"] and e["data"]["reason"] == "operator"
+        for e in loads(stack)
+    )
+
+    unknown = pool(stack, "load", *w, "--model", "no-such-model")
+    assert unknown.returncode == 1 and "unknown_model" in unknown.stderr
+    lora = pool(stack, "load", *w, "--model", "tiny-sd15-lora-ink")
+    assert lora.returncode == 1 and "not_a_base_model" in lora.stderr
+
+    commands = len(read_topic(stack, "imagegen.pool.commands"))
+    nobody = pool(stack, "load", "--worker", "w9", "--model", "tiny-sdxl")
+    assert nobody.returncode == 2 and "no worker 'w9' in the fleet" in nobody.stderr
+    pinned = pool(stack, "evict", *w, "--model", PINNED)
+    assert pinned.returncode == 2 and "pinned on 'worker-local-1'" in pinned.stderr
+    assert len(read_topic(stack, "imagegen.pool.commands")) == commands  # nothing was sent
+
+    evicted = pool(stack, "evict", *w, "--model", "tiny-sdxl")
+    assert evicted.returncode == 0 and "evicted tiny-sdxl" in evicted.stdout, evicted.stderr
+    gone = pool(stack, "evict", *w, "--model", "tiny-sdxl")
+    assert gone.returncode == 0 and "nothing unloaded" in gone.stdout, gone.stderr
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "imagegen.cli", "pool", "defrag", *w, "--key", stack.key],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "operator" in refused.stderr.lower()

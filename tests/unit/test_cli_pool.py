@@ -1,0 +1,81 @@
+"""``imagegen pool``: which record answers a command, and how it is told (src/imagegen/pool.py).
+The commands against a running stack: tests/e2e/test_pool.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from imagegen.cli import main
+from imagegen.pool import answer_of
+from imagegen_schemas import Envelope
+from imagegen_schemas.workers import (
+    LoadedModel,
+    ModelEvicted,
+    ModelLoaded,
+    ModelLoadFailed,
+    WorkerHeartbeat,
+    WorkerStatus,
+)
+
+pytestmark = pytest.mark.unit
+CMD = "c0ffee00-0000-4000-8000-000000000001"
+
+
+def env(payload: object) -> Envelope:
+    return Envelope.wrap(payload, correlation_id="w1", producer="t")  # type: ignore[arg-type]
+
+
+def test_only_the_answer_to_this_command_for_this_model_counts() -> None:
+    other = ModelLoaded(worker_id="w1", model=LoadedModel(model_id="m", bytes=1), load_ms=1)
+    assert answer_of(env(other), CMD, "m") is None  # a job's load: no command id
+    adapter = ModelEvicted(worker_id="w1", model_id="lora-a", kind="lora", command_id=CMD)
+    assert answer_of(env(adapter), CMD, "m") is None  # unloaded with the model, same command
+    beat = WorkerHeartbeat(
+        worker_id="w1",
+        status=WorkerStatus.IDLE,
+        gpu_type="cpu",
+        memory_total_bytes=1,
+        memory_free_bytes=1,
+    )
+    assert answer_of(env(beat), CMD, "m") is None
+    evicted = answer_of(env(ModelEvicted(worker_id="w1", model_id="m", command_id=CMD)), CMD, "m")
+    assert evicted is not None and evicted.outcome == "evicted" and evicted.ok
+    none = ModelEvicted(worker_id="w1", model_id="m", reason="not_resident", command_id=CMD)
+    answer = answer_of(env(none), CMD, "m")
+    assert answer is not None and answer.outcome == "not_resident" and answer.ok
+    assert "nothing unloaded" in answer.line("w1", "m")
+
+
+def test_a_refused_load_is_not_ok_and_says_why() -> None:
+    failed = ModelLoadFailed(
+        worker_id="w1", model_id="m", reason="does_not_fit", message="needs 9 GB", command_id=CMD
+    )
+    answer = answer_of(env(failed), CMD, "m")
+    assert answer is not None and not answer.ok
+    assert answer.line("w1", "m") == "w1 refused to load m: does_not_fit: needs 9 GB"
+    resident = ModelLoaded(
+        worker_id="w1",
+        model=LoadedModel(model_id="m", bytes=3 << 20),
+        load_ms=0,
+        source="resident",
+        command_id=CMD,
+    )
+    loaded = answer_of(env(resident), CMD, "m")
+    assert loaded is not None and loaded.line("w1", "m") == (
+        "loaded m on w1: already resident (nothing read), 3.0 MiB"
+    )
+
+
+def test_a_negative_wait_is_refused_before_anything_is_read(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["pool", "load", "--worker", "w1", "--model", "m", "--wait", "-1", "--key", "k"])
+    assert code == 2
+    assert "--wait must be >= 0" in capsys.readouterr().err
+
+
+def test_load_and_evict_need_a_model_and_every_command_a_worker() -> None:
+    for argv in (["pool", "load", "--worker", "w1"], ["pool", "defrag"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
