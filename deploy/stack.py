@@ -370,7 +370,12 @@ def write_s3_config(st: Stack) -> Path:
     return conf
 
 
-def setup(st: Stack) -> None:
+def setup(st: Stack, reconfigure: bool | None = None) -> None:
+    """Everything the stack needs on disk. ``reconfigure``: write the services' supervisor
+    programs from this invocation's settings (``IMAGEGEN_STACK_WORKERS``, budgets, pool ...).
+    None: only when no supervisord runs, so that `make infra-up` (which `make test` and `make
+    bench` run first) leaves a running stack's fleet as `make up` made it, instead of dropping
+    its extra workers and restarting the rest with other settings."""
     for d in (st.logs, st.kafka_dir):
         d.mkdir(parents=True, exist_ok=True)
     private_dir(st.run)  # supervisord.conf holds the database password and signing key
@@ -379,7 +384,10 @@ def setup(st: Stack) -> None:
     ensure_pg_cluster(st)
     write_kafka_config(st)
     write_s3_config(st)
-    write_supervisor_config(st)
+    if reconfigure is None:
+        reconfigure = supervisord_pid(st) is None or not (st.run / "supervisord.conf").exists()
+    if reconfigure:
+        write_supervisor_config(st)
     write_env_file(st)
 
 
@@ -592,13 +600,14 @@ def ctl(st: Stack, *args: str, check: bool = False) -> subprocess.CompletedProce
     )
 
 
-def ensure_supervisord(st: Stack) -> None:
+def ensure_supervisord(st: Stack, reconfigure: bool = True) -> None:
+    """Start supervisord, or have a running one apply the written programs (``reconfigure``)."""
     if supervisord_pid(st) is None:
         sh(Path(PY).parent / "supervisord", "-c", st.run / "supervisord.conf")
         deadline = time.monotonic() + 15
         while ctl(st, "status").returncode not in (0, 3) and time.monotonic() < deadline:
             time.sleep(0.1)  # poll for the control socket to answer
-    else:
+    elif reconfigure:
         ctl(st, "reread")
         ctl(st, "update")
 
@@ -732,9 +741,13 @@ def wait_service(st: Stack, name: str, timeout_s: float = 120) -> float:
 
 
 # ---- commands ------------------------------------------------------------------------------------
-def infra_up(st: Stack) -> None:
-    setup(st)
-    ensure_supervisord(st)
+def infra_up(st: Stack, reconfigure: bool | None = None) -> None:
+    """Kafka, PostgreSQL and S3, up and ready. ``reconfigure`` as :func:`setup`: `up` passes
+    True (its settings make the fleet); alone, a running stack's services are left alone."""
+    if reconfigure is None:
+        reconfigure = supervisord_pid(st) is None
+    setup(st, reconfigure)
+    ensure_supervisord(st, reconfigure)
     start(st, "kafka", "postgres", "s3")
     wait_kafka(st)
     wait_pg(st)
@@ -754,7 +767,7 @@ def ensure_topics(st: Stack, prefix: str = "") -> None:
 
 def up(st: Stack) -> None:
     t0 = time.monotonic()
-    infra_up(st)
+    infra_up(st, reconfigure=True)
     say(f"ready  kafka         {st.kafka_bootstrap}")
     say(f"ready  postgres      127.0.0.1:{st.pg_port}")
     say(f"ready  s3            http://127.0.0.1:{st.s3_port}  (storage: {storage()})")

@@ -84,3 +84,67 @@ def test_the_pool_setting_reaches_the_pool_manager_and_the_schedulers_switch_gua
     st = stack.Stack(var=tmp_path)
     assert stack.service_env(st, "pool-manager").get("IMAGEGEN_POOL_MANAGER_POOL") == pool
     assert stack.service_env(st, "scheduler").get("IMAGEGEN_SCHEDULER_GUARD_SWITCHES") == guard
+
+
+def _quiet_infra(monkeypatch: pytest.MonkeyPatch, running: bool) -> list[tuple[str, ...]]:
+    """infra_up's downloads, processes and waits stubbed; supervisord ``running`` or not.
+    Returns the supervisorctl calls."""
+    calls: list[tuple[str, ...]] = []
+    for name in (
+        "ensure_kafka_jars",
+        "ensure_s3_jars",
+        "ensure_pg_cluster",
+        "start",
+        "wait_kafka",
+        "wait_pg",
+        "ensure_database",
+        "wait_s3",
+        "ensure_topics",
+        "write_kafka_config",
+        "write_s3_config",
+        "sh",
+    ):
+        monkeypatch.setattr(stack, name, lambda *a, **k: None)
+    monkeypatch.setattr(stack, "supervisord_pid", lambda st: 4242 if running else None)
+
+    class Done:
+        returncode = 0
+
+    def ctl(st: object, *args: str, check: bool = False) -> Done:
+        calls.append(args)
+        return Done()
+
+    monkeypatch.setattr(stack, "ctl", ctl)
+    return calls
+
+
+def test_infra_up_leaves_a_running_fleet_as_make_up_made_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # `IMAGEGEN_STACK_WORKERS=4 ... make up`, then `make test` (infra-up, no fleet settings):
+    # the extra workers were dropped and the others restarted without their budgets.
+    monkeypatch.setenv("IMAGEGEN_STACK_WORKERS", "4")
+    monkeypatch.setenv("IMAGEGEN_STACK_WORKER_BUDGETS_MB", "64,32")
+    calls = _quiet_infra(monkeypatch, running=False)
+    fleet = stack.Stack(var=tmp_path)
+    stack.write_supervisor_config(fleet)
+    conf = (tmp_path / "run" / "supervisord.conf").read_text()
+    assert "[program:gpu-worker-4]" in conf
+    monkeypatch.delenv("IMAGEGEN_STACK_WORKERS")
+    monkeypatch.delenv("IMAGEGEN_STACK_WORKER_BUDGETS_MB")
+    calls = _quiet_infra(monkeypatch, running=True)
+    stack.infra_up(stack.Stack(var=tmp_path))
+    assert (tmp_path / "run" / "supervisord.conf").read_text() == conf
+    assert ("update",) not in calls
+    stack.infra_up(stack.Stack(var=tmp_path), reconfigure=True)  # what `make up` does
+    assert "[program:gpu-worker-4]" not in (tmp_path / "run" / "supervisord.conf").read_text()
+    assert ("update",) in calls
+
+
+def test_infra_up_writes_the_programs_when_no_stack_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("IMAGEGEN_STACK_WORKERS", raising=False)
+    _quiet_infra(monkeypatch, running=False)
+    stack.infra_up(stack.Stack(var=tmp_path))
+    assert "[program:gpu-worker]" in (tmp_path / "run" / "supervisord.conf").read_text()
