@@ -4,8 +4,8 @@
                               [--no-idempotency-key]
 
 1. **Infrastructure**: the shared local Kafka and PostgreSQL (``deploy/stack.py infra-up``, as
-   the tests use them, and the tests' database; do not run it beside ``make test-e2e``: infra-up
-   rewrites the stack's supervisor config), the catalog's topics under a fresh prefix, a fresh
+   the tests use them, and the tests' database; infra-up leaves a running stack's services as
+   they are, ADR 0001), the catalog's topics under a fresh prefix, a fresh
    key on the ``turbo`` plan. The API runs as ``make up`` runs it: one ``python -m
    imagegen_api`` process and its job projector beside it (``python -m imagegen_api.projector``,
    ADR 0641), which projects the accepted jobs meanwhile. The API's limits are raised
