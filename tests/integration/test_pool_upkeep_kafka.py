@@ -26,7 +26,7 @@ from imagegen_schemas.workers import (
     EvictModel,
     LoadedModel,
     LoadModel,
-    ModelEvicted,
+    ModelLoaded,
     WorkerHeartbeat,
     WorkerStatus,
 )
@@ -156,12 +156,18 @@ async def test_a_surplus_pin_and_fragmented_memory_are_each_handled_once_across_
         [(evict_env, evict)] = commands.of(EvictModel)
         assert isinstance(evict, EvictModel)
         assert (evict.worker_id, evict.model_id, evict.reason) == ("w2", "demo", "unpin")
+        assert evict.keep_resident  # only the pin goes: w2 keeps the warm model
         [(_, defrag)] = commands.of(DefragmentMemory)
         assert isinstance(defrag, DefragmentMemory) and defrag.worker_id == "w1"
         assert commands.of(LoadModel) == []  # w1's pin is in its heartbeat: nothing to load
-        # w2 answers; its next heartbeat, built before it dropped the pin, still lists it
-        answer = ModelEvicted(
-            worker_id="w2", model_id="demo", reason="command", command_id=evict_env.event_id
+        # w2 answers (the model stays resident); its next heartbeat, built before it dropped
+        # the pin, still lists it
+        answer = ModelLoaded(
+            worker_id="w2",
+            model=LoadedModel(model_id="demo", bytes=14 * MB),
+            load_ms=0,
+            source="resident",
+            command_id=evict_env.event_id,
         )
         await pub.publish(answer, key="w2")
         await pub.publish(

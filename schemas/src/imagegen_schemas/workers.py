@@ -159,12 +159,20 @@ class LoadModel(Payload):
 
 
 class EvictModel(Payload):
-    """Command: evict a model from a worker."""
+    """Command: evict a model from a worker (and unpin it there)."""
 
     event_type: ClassVar[str] = "imagegen.pool.evict_model"
     worker_id: str
     model_id: str
     reason: str = ""
+    keep_resident: bool = Field(
+        default=False,
+        description="Only unpin it: the model stays loaded, and the worker's own eviction "
+        "(least recently used, only what must go) decides when it leaves. Answered "
+        "ModelLoaded(source 'resident') when it is loaded, ModelEvicted(reason 'not_resident') "
+        "when it is not; never deferred by a run. The pool-manager releases pins this way "
+        "(ADR 0714). Workers that predate this field unload the model.",
+    )
 
 
 class DefragmentMemory(Payload):

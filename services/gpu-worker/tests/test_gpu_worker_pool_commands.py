@@ -692,3 +692,52 @@ def test_the_wired_heartbeat_lists_the_runners_pins(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(dr.DiffusersRunner, "pins", lambda self: ["m1", "m2"])
     assert wired_heartbeat(tmp_path).pinned == ("m1", "m2")
+
+
+def unpin(model_id: str) -> EvictModel:
+    return EvictModel(worker_id=WORKER, model_id=model_id, reason="unpin", keep_resident=True)
+
+
+async def test_an_unpin_keeps_the_model_loaded_and_answers_resident(
+    commands: PoolCommands, runner: LightRunner, publisher: InMemoryPublisher
+) -> None:
+    # The pool releasing a pin (a model out of tier 1, a worker back after being declared
+    # lost) must not unload a warm model: on a fleet pinning a popular model on 20 workers that
+    # would be 20 cold loads waiting to happen.
+    await send(commands, pin("a"))
+    await send(commands, load("b"))
+    env = await send(commands, unpin("a"))
+    (fact, answer) = facts(publisher)[-1]
+    assert isinstance(answer, ModelLoaded)
+    assert (answer.model.model_id, answer.source, answer.command_id) == (
+        "a",
+        "resident",
+        env.event_id,
+    )
+    assert fact.event_id == derived_event_id(env.event_id, ModelLoaded.event_type, "a")
+    assert runner.pins() == [] and [m for m, _ in runner.resident()] == ["a", "b"]
+    await send(commands, load("c"))  # no longer protected: the least recently used goes
+    assert [m for m, _ in runner.resident()] == ["b", "c"]
+    env = await send(commands, unpin("a"))  # not loaded: answered not_resident
+    (_, answer) = facts(publisher)[-1]
+    assert isinstance(answer, ModelEvicted)
+    assert (answer.reason, answer.command_id) == ("not_resident", env.event_id)
+
+
+async def test_an_unpin_is_not_deferred_by_a_run_and_cancels_a_deferred_eviction(
+    commands: PoolCommands, worker: Worker, runner: LightRunner, publisher: InMemoryPublisher
+) -> None:
+    runner.gate, runner.running = threading.Event(), threading.Event()
+    job_env, job = assignment("j1", "a")
+    run = asyncio.create_task(worker.on_assignment(job_env, job))
+    assert await asyncio.to_thread(runner.running.wait, 10)
+    await settle(publisher, 1)  # the job's cold load of a
+    await send(commands, evict("a"))  # deferred while the run uses it
+    env = await send(commands, unpin("a"))
+    (_, answer) = facts(publisher)[-1]
+    assert isinstance(answer, ModelLoaded) and answer.command_id == env.event_id
+    assert commands.deferred == {}
+    runner.gate.set()
+    await asyncio.wait_for(run, 10)
+    await commands.after_run()
+    assert [m for m, _ in runner.resident()] == ["a"]  # still loaded after the run

@@ -595,15 +595,26 @@ def brief(commands: list[object]) -> list[tuple[str, ...]]:
 
 
 def answer_evict(world: World, at: float) -> None:
-    """The worker answers the newest EvictModel: the model left its memory."""
+    """The worker answers the newest EvictModel as a worker does: an unpin (``keep_resident``)
+    of a resident model with ``ModelLoaded(source="resident")``, an eviction with
+    ``ModelEvicted``."""
     [*_, command] = [e for e in world.log if e.type == EvictModel.event_type]
-    evicted = ModelEvicted(
-        worker_id=command.data["worker_id"],
-        model_id=command.data["model_id"],
-        reason="command",
-        command_id=command.event_id,
-    )
-    world.feed(evicted, at)
+    worker_id, model_id = command.data["worker_id"], command.data["model_id"]
+    answer: ModelLoaded | ModelEvicted
+    if command.data["keep_resident"]:
+        model = LoadedModel(model_id=model_id, bytes=int(MODELS[model_id].size))
+        answer = ModelLoaded(
+            worker_id=worker_id,
+            model=model,
+            load_ms=0,
+            source="resident",
+            command_id=command.event_id,
+        )
+    else:
+        answer = ModelEvicted(
+            worker_id=worker_id, model_id=model_id, reason="command", command_id=command.event_id
+        )
+    world.feed(answer, at)
 
 
 async def test_a_second_pin_of_a_model_is_released_once_and_never_asked_again() -> None:
@@ -622,8 +633,11 @@ async def test_a_second_pin_of_a_model_is_released_once_and_never_asked_again() 
     assert await world.commands(NOW + 4) == []
     assert await world.restart().commands(NOW + 4) == []
     # the answer replayed before its command (another topic, read first) counts the same
-    answer = [e for e in world.log if e.type == ModelEvicted.event_type]
-    rest = [e for e in world.log if e.type != ModelEvicted.event_type]
+    [asked] = [e for e in world.log if e.type == EvictModel.event_type]
+    assert asked.data["keep_resident"]  # only the pin goes: the warm model stays
+    answer = [e for e in world.log if e.data.get("command_id") == asked.event_id]
+    assert [e.type for e in answer] == [ModelLoaded.event_type]
+    rest = [e for e in world.log if e not in answer]
     reordered = World(answer + rest)
     assert reordered.pool.demand.evicting == {}  # answered, not under way
     assert await reordered.commands(NOW + 4) == []

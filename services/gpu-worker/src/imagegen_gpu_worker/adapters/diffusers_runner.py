@@ -452,6 +452,23 @@ class DiffusersRunner:
             self._unload(model_id, reason=COMMAND)
             return "evicted"
 
+    def unpin(self, model_id: str) -> str:
+        """Drop the pin on ``model_id`` and keep it loaded (an EvictModel with
+        ``keep_resident``: the pool releases a pin, ADR 0714); the worker's own eviction
+        decides later when it leaves. Returns ``"resident"`` (reported ``Loaded(source=
+        "resident")``, as a LoadModel of a resident model: it stays where it was in the LRU
+        order) or ``"not_resident"`` (reported ``Unloaded(not_resident)``). A run using the
+        model does not matter: nothing is unloaded."""
+        with self._lock:
+            with self._index_lock:
+                self.pinned.discard(model_id)
+                hit = self.loaded.get(model_id)
+            if hit is None:
+                self._report(Unloaded(model_id, NOT_RESIDENT))
+                return "not_resident"
+            self._report(Loaded(model_id, hit.kind, hit.bytes, 0.0, RESIDENT))
+            return "resident"
+
     def defragment(self) -> DefragOutcome:
         """Compact the device's memory: on CUDA every resident pipeline no run is using goes
         to the CPU (pageable memory: a rare, bulk move that should not leave pinned blocks

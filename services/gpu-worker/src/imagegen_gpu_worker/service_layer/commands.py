@@ -21,7 +21,11 @@ republishes the same ids):
   command_id)``; not resident -> ``ModelEvicted(reason="not_resident", command_id)``, nothing
   unloaded; in use by the running job -> nothing now: the eviction is carried out when that run
   ends, and its ``ModelEvicted(reason="command", command_id)`` published then (a newer command
-  for that model cancels it). The model is unpinned whatever the outcome. ``model_id`` may
+  for that model cancels it). The model is unpinned whatever the outcome. With
+  ``keep_resident`` only the pin goes (the pool releasing a pin, ADR 0714): resident ->
+  ``ModelLoaded(source="resident", load_ms=0, command_id)``, nothing unloaded, whether a run
+  uses it or not; not resident -> ``ModelEvicted(reason="not_resident", command_id)``; an
+  eviction deferred for that model is cancelled. ``model_id`` may
   also be a loaded ControlNet's registry id (the id heartbeats list it by,
   ``kind="controlnet"``): answered the same way, "in use" meaning a running job uses the net.
   A LoRA's id (``kind="lora"`` in heartbeats) deletes its adapter from every resident model
@@ -84,6 +88,9 @@ class ModelHost(Protocol):
 
     # A model's, a loaded ControlNet's or a LoRA's id -> "evicted", "not_resident" or "in_use"
     def evict(self, model_id: str) -> str: ...
+
+    # EvictModel(keep_resident): unpin only -> "resident" or "not_resident"
+    def unpin(self, model_id: str) -> str: ...
 
     def defragment(self) -> DefragOutcome | None: ...
 
@@ -188,6 +195,14 @@ class PoolCommands:
 
     async def _evict(self, env: Envelope, msg: EvictModel) -> None:
         cause = Cause(env, command=True)
+        if msg.keep_resident:  # unpin only (ADR 0714): never deferred, nothing unloaded
+            if self.deferred.pop(msg.model_id, None) is not None:
+                log.info(
+                    "deferred eviction cancelled by a newer unpin", extra={"model": msg.model_id}
+                )
+            await self.residency.in_thread(self.host.unpin, msg.model_id, cause=cause)
+            await cause.settled()
+            return
         outcome = await self.residency.in_thread(self.host.evict, msg.model_id, cause=cause)
         if outcome == "in_use":
             self.deferred[msg.model_id] = env  # a newer EvictModel replaces an older one

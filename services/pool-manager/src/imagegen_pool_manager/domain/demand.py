@@ -128,6 +128,8 @@ def fold_demand(demand: Demand, payload: object, at: float, event_id: str) -> No
                 )
         case EvictModel():
             answered_at = demand.evicted_early.pop(event_id, None)  # its answer, folded first
+            if answered_at is None and payload.keep_resident:  # an unpin answered "resident"
+                answered_at = demand.loaded_early.pop(event_id, None)
             if answered_at is not None:
                 _evict_answered(demand, payload.worker_id, payload.model_id, answered_at)
             elif event_id not in demand.answered and event_id not in demand.evicting:
@@ -147,6 +149,11 @@ def fold_demand(demand: Demand, payload: object, at: float, event_id: str) -> No
             demand.defragmented[payload.worker_id] = max(
                 demand.defragmented.get(payload.worker_id, at), at
             )
+        case ModelLoaded(command_id=str() as unpin_id) if unpin_id in demand.evicting:
+            # an EvictModel with keep_resident answered: the pin is gone, the model stays
+            demand.answered.add(unpin_id)
+            asked = demand.evicting.pop(unpin_id)
+            _evict_answered(demand, asked.worker_id, asked.model_id, at)
         case ModelLoaded() | ModelLoadFailed():
             command_id = payload.command_id
             if command_id is not None:

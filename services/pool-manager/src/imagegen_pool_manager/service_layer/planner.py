@@ -455,8 +455,11 @@ class Planner:
             )
             COMMANDS_SENT.labels("LoadModel", load.reason).inc()
         for evict in planned.evictions:
-            eviction = EvictModel(
-                worker_id=evict.worker_id, model_id=evict.model_id, reason=evict.reason
+            eviction = EvictModel(  # only the pin goes: the warm model stays (ADR 0714)
+                worker_id=evict.worker_id,
+                model_id=evict.model_id,
+                reason=evict.reason,
+                keep_resident=True,
             )
             env = await self.publisher.publish(eviction, key=evict.worker_id)
             fold_demand(self.demand, eviction, now, env.event_id)  # under way at once
