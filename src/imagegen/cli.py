@@ -50,16 +50,11 @@ def _bootstrap(args: argparse.Namespace) -> str:
     return args.bootstrap or stack_setting("KAFKA_BOOTSTRAP", "127.0.0.1:29092") or ""
 
 
-def cmd_fleet(args: argparse.Namespace) -> int:
-    import json
-
+def load_fleet(url: str) -> dict[str, dict[str, Any]]:
+    """The pool-manager's persisted fleet projection, one document per worker (by id); empty
+    before the pool-manager's first write."""
     from imagegen_pool_manager.adapters.fleet_store import PgFleetStore
     from imagegen_runtime.db import make_engine
-
-    url = args.database_url or stack_setting("DATABASE_URL")
-    if not url:
-        print("no database: pass --database-url or run `make up` first", file=sys.stderr)
-        return 2
 
     async def load() -> dict[str, dict[str, Any]]:
         engine = make_engine(url, pool_size=1)
@@ -70,21 +65,51 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         finally:
             await engine.dispose()
 
-    docs = asyncio.run(load())
+    return asyncio.run(load())
+
+
+def _ago(seconds: float) -> str:
+    """How long ago a worker was last heard from, for the fleet table (``12s``, ``5m``,
+    ``3h``, ``2d``)."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    import json
+
+    url = args.database_url or stack_setting("DATABASE_URL")
+    if not url:
+        print("no database: pass --database-url or run `make up` first", file=sys.stderr)
+        return 2
+
+    docs = load_fleet(url)
     if args.json:
         print(json.dumps({"workers": list(docs.values())}, indent=2, sort_keys=True))
         return 0
     if not docs:
         print("no workers yet (the pool-manager writes the fleet once it has caught up)")
         return 0
+    import time
+
     mib = 1 << 20
-    print(f"{'WORKER':<18} {'STATE':<6} {'USED/TOTAL MiB':>15}  {'JOB':<12} MODELS (ADAPTERS)")
+    print(
+        f"{'WORKER':<18} {'STATE':<6} {'SEEN':>8} {'USED/TOTAL MiB':>15}  {'JOB':<12} "
+        "MODELS (ADAPTERS)"
+    )
+    now = time.time()
     for doc in docs.values():
         models = ", ".join(m["model_id"] for m in doc["models"]) or "-"
         adapters = ", ".join(m["model_id"] for m in doc["adapters"])
         memory = f"{doc['memory_used_bytes'] // mib}/{doc['memory_total_bytes'] // mib}"
         job = (doc["running_job_id"] or "-")[:12]
-        line = f"{doc['worker_id']:<18} {doc['state']:<6} {memory:>15}  {job:<12} {models}"
+        seen = _ago(now - float(doc.get("last_seen") or 0.0))
+        line = (
+            f"{doc['worker_id']:<18} {doc['state']:<6} {seen:>8} {memory:>15}  {job:<12} {models}"
+        )
         print(line + (f" ({adapters})" if adapters else ""))
     return 0
 

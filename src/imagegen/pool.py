@@ -48,6 +48,7 @@ from imagegen_schemas.workers import (
 )
 
 REASON = "operator"
+STALE_S = 60.0  # a worker the projection last heard from longer ago is not sent a command
 ANSWERS = "imagegen.workers.models"
 
 
@@ -103,23 +104,12 @@ def answer_of(envelope: Envelope, command_id: str, model_id: str) -> Answer | No
 
 
 def _fleet(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    from imagegen_pool_manager.adapters.fleet_store import PgFleetStore
-    from imagegen_runtime.db import make_engine
+    from .cli import load_fleet, stack_setting
 
-    from .cli import stack_setting
-
-    url = args.database_url or stack_setting("DATABASE_URL") or ""
-
-    async def load() -> dict[str, dict[str, Any]]:
-        engine = make_engine(url, pool_size=1)
-        try:
-            store = PgFleetStore(engine)
-            await store.create_tables()  # an empty fleet before the pool-manager's first write
-            return await store.load()
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(load())
+    url = args.database_url or stack_setting("DATABASE_URL")
+    if not url:
+        raise RuntimeError("no database: pass --database-url or run `make up` first")
+    return load_fleet(url)
 
 
 def _check_worker(args: argparse.Namespace) -> str | None:
@@ -135,6 +125,12 @@ def _check_worker(args: argparse.Namespace) -> str | None:
         return (
             f"worker {args.worker!r} is lost (no heartbeat within the pool-manager's timeout): "
             "it would not answer"
+        )
+    silent = time.time() - float(worker.get("last_seen") or 0.0)
+    if silent > STALE_S:
+        return (
+            f"worker {args.worker!r} was last heard from {silent:.0f} s ago (the fleet "
+            "projection is not being updated: is the stack up? `make status`)"
         )
     model = getattr(args, "model", None)
     if args.pool_cmd == "evict" and model in worker.get("pinned", []) and not args.force:

@@ -79,3 +79,15 @@ def test_load_and_evict_need_a_model_and_every_command_a_worker() -> None:
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2
+
+
+def test_the_fleet_table_says_how_long_ago_each_worker_was_heard_from() -> None:
+    from imagegen.cli import _ago
+
+    assert [_ago(s) for s in (-1.0, 12.4, 61.0, 7200.0, 200000.0)] == [
+        "0s",
+        "12s",
+        "1m",
+        "2h",
+        "2d",
+    ]
