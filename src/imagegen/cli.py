@@ -86,7 +86,15 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         print("no database: pass --database-url or run `make up` first", file=sys.stderr)
         return 2
 
-    docs = load_fleet(url)
+    try:
+        docs = load_fleet(url)
+    except Exception as exc:  # the database is down or unreachable: say so, no traceback
+        print(
+            f"could not read the fleet projection from the database: {type(exc).__name__}: "
+            f"{exc} (is the stack up? `make status`)",
+            file=sys.stderr,
+        )
+        return 2
     if args.json:
         print(json.dumps({"workers": list(docs.values())}, indent=2, sort_keys=True))
         return 0

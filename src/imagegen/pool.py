@@ -24,7 +24,8 @@ var/stack.env), ``--database-url``, ``--bootstrap``, ``--prefix``.
 Exit status: 0 done (loaded, evicted, not resident, defragmentation sent), 1 the worker refused
 the load, 2 bad input (no such worker, a lost one, a pinned model without --force, a key that is
 not an operator's, no database), 3 no answer within ``--wait`` (the command stays in the log;
-the worker answers it when it reads it).
+the worker answers it when it reads it), 4 Kafka could not be reached (nothing was sent, or
+the send was not acknowledged within 30 s).
 """
 
 from __future__ import annotations
@@ -209,7 +210,10 @@ def cmd_command(args: argparse.Namespace) -> int:
     bootstrap = _bootstrap(args)
     topic = args.prefix + ANSWERS
     waiting = cmd != "defrag" and args.wait > 0
-    start = high_watermarks(bootstrap, (topic,)) if waiting else {}
+    try:
+        start = high_watermarks(bootstrap, (topic,)) if waiting else {}
+    except Exception as exc:  # no broker, or no such topic: nothing sent yet
+        return _fail(cmd, f"could not read {topic} on {bootstrap}: {exc!r}; nothing sent", 4)
 
     async def send() -> Envelope:
         publisher = KafkaPublisher(bootstrap, "imagegen-cli", args.prefix, retry_for_s=30.0)
@@ -218,7 +222,10 @@ def cmd_command(args: argparse.Namespace) -> int:
         finally:
             await publisher.close()
 
-    envelope = asyncio.run(send())
+    try:
+        envelope = asyncio.run(send())
+    except Exception as exc:  # the broker away past the publisher's retries
+        return _fail(cmd, f"could not publish to Kafka at {bootstrap} within 30 s: {exc!r}", 4)
     sent = {"command": command.event_type, "command_id": envelope.event_id}
     if not waiting:
         if args.json:

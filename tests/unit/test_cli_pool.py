@@ -91,3 +91,32 @@ def test_the_fleet_table_says_how_long_ago_each_worker_was_heard_from() -> None:
         "2h",
         "2d",
     ]
+
+
+def test_a_database_that_cannot_be_reached_is_said_plainly(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["fleet", "--database-url", "postgresql+asyncpg://u:p@127.0.0.1:1/none"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "could not read the fleet projection" in err and "Traceback" not in err
+
+
+def test_kafka_that_cannot_be_reached_is_exit_4_and_nothing_is_sent(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from confluent_kafka import KafkaException
+
+    import imagegen.dlq
+    import imagegen.pool
+    import imagegen.replay
+
+    def down(*_: object) -> None:
+        raise KafkaException("broker transport failure")
+
+    monkeypatch.setattr(imagegen.dlq, "authorize", lambda args: None)
+    monkeypatch.setattr(imagegen.pool, "_check_worker", lambda args: None)
+    monkeypatch.setattr(imagegen.replay, "high_watermarks", down)
+    code = main(["pool", "load", "--worker", "w1", "--model", "m", "--bootstrap", "x:1"])
+    assert code == 4
+    assert "nothing sent" in capsys.readouterr().err
