@@ -271,7 +271,35 @@ def main(argv: list[str] | None = None) -> int:
 
     add_pool_parser(sub)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except Exception as exc:
+        if not unreachable(exc):
+            raise
+        print(
+            f"imagegen {args.command}: cannot reach the stack: {type(exc).__name__}: {exc} "
+            "(is it up? `make up`, `make status`; or pass --bootstrap / --database-url)",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says Kafka or PostgreSQL cannot be reached: a
+    refused or timed-out connection, a broker transport failure. Anything else is a bug and
+    keeps its traceback."""
+    from confluent_kafka import KafkaException
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionError | TimeoutError):
+            return True
+        if isinstance(seen, KafkaException) and "transport" in str(seen).lower():
+            return True
+        if type(seen).__name__ in ("CannotConnectNowError", "ConnectionDoesNotExistError"):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 if __name__ == "__main__":

@@ -120,3 +120,27 @@ def test_kafka_that_cannot_be_reached_is_exit_4_and_nothing_is_sent(
     code = main(["pool", "load", "--worker", "w1", "--model", "m", "--bootstrap", "x:1"])
     assert code == 4
     assert "nothing sent" in capsys.readouterr().err
+
+
+def test_every_command_says_plainly_when_the_stack_is_down(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A refused connection (Kafka or PostgreSQL away) is one line and exit 2, not a
+    traceback; other errors keep theirs."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from imagegen.cli import unreachable
+
+    code = main(["keys", "list", "--database-url", "postgresql+asyncpg://u:p@127.0.0.1:1/none"])
+    assert code == 2
+    assert "cannot reach the stack" in capsys.readouterr().err
+    transport = KafkaException(KafkaError(KafkaError._TRANSPORT, "Broker transport failure"))
+    assert unreachable(transport)
+    try:
+        try:
+            raise ConnectionRefusedError(111, "refused")
+        except OSError as inner:
+            raise RuntimeError("wrapped") from inner
+    except RuntimeError as outer:
+        assert unreachable(outer)
+    assert not unreachable(ValueError("a bug"))
