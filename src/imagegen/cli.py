@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(
             f"imagegen {args.command}: cannot reach the stack: {type(exc).__name__}: {exc} "
-            "(is it up? `make up`, `make status`; or pass --bootstrap / --database-url)",
+            "(is it up? `make up`, `make status`; `--help` names the flags that point elsewhere)",
             file=sys.stderr,
         )
         return 2
