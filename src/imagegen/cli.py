@@ -110,7 +110,13 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     )
     now = time.time()
     for doc in docs.values():
-        models = ", ".join(m["model_id"] for m in doc["models"]) or "-"
+        pinned = set(doc.get("pinned", ()))
+        models = (
+            ", ".join(
+                m["model_id"] + ("*" if m["model_id"] in pinned else "") for m in doc["models"]
+            )
+            or "-"
+        )
         adapters = ", ".join(m["model_id"] for m in doc["adapters"])
         memory = f"{doc['memory_used_bytes'] // mib}/{doc['memory_total_bytes'] // mib}"
         job = (doc["running_job_id"] or "-")[:12]
@@ -119,6 +125,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             f"{doc['worker_id']:<18} {doc['state']:<6} {seen:>8} {memory:>15}  {job:<12} {models}"
         )
         print(line + (f" ({adapters})" if adapters else ""))
+    if any(doc.get("pinned") for doc in docs.values()):
+        print("* pinned there by the pool (tier 1)")
     return 0
 
 

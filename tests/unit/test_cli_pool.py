@@ -144,3 +144,37 @@ def test_every_command_says_plainly_when_the_stack_is_down(
     except RuntimeError as outer:
         assert unreachable(outer)
     assert not unreachable(ValueError("a bug"))
+
+
+def test_the_fleet_table_marks_pinned_models_and_the_age_of_each_worker(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    import imagegen.cli
+
+    doc = {
+        "worker_id": "worker-local-1",
+        "state": "idle",
+        "memory_used_bytes": 30 << 20,
+        "memory_total_bytes": 512 << 20,
+        "running_job_id": None,
+        "models": [{"model_id": "shapes-demo"}, {"model_id": "tiny-sdxl"}],
+        "adapters": [{"model_id": "tiny-sd15-lora-ink"}],
+        "pinned": ["shapes-demo"],
+        "last_seen": time.time() - 90,
+    }
+    monkeypatch.setattr(imagegen.cli, "load_fleet", lambda url: {"worker-local-1": doc})
+    assert main(["fleet", "--database-url", "postgresql+asyncpg://u:p@h/db"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split() == [
+        "worker-local-1",
+        "idle",
+        "1m",
+        "30/512",
+        "-",
+        "shapes-demo*,",
+        "tiny-sdxl",
+        "(tiny-sd15-lora-ink)",
+    ]
+    assert out[-1] == "* pinned there by the pool (tier 1)"
