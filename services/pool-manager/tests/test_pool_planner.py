@@ -519,6 +519,24 @@ async def test_a_pool_whose_workers_are_all_lost_still_asks_for_workers_for_its_
     assert "no live worker" in str(last[big]["reason"])
 
 
+async def test_a_pool_losing_workers_is_signalled_even_when_the_desired_count_stays() -> None:
+    # Analytics read the events: w2's loss changes the pool's live workers (2 -> 1) while 1
+    # worker is still wanted; that is news, and is published.
+    world = World()
+    pool = pool_of("cpu", 320 << 20)
+    world.feed(beat("w1", "demo", pinned=("demo",), total_mb=320), NOW - 1)
+    world.feed(beat("w2", total_mb=320), NOW - 1)
+    await world.round()
+    before = [s for s in signals(world) if s["pool"] == pool]
+    assert [(s["desired_workers"], s["current_workers"]) for s in before][-1:] == [(1, 2)]
+    world.feed(beat("w1", "demo", pinned=("demo",), total_mb=320), NOW + 14)
+    await world.round(NOW + 15)  # w2 silent for 16 s: no longer fresh, so not live
+    after = [s for s in signals(world) if s["pool"] == pool]
+    assert [(s["desired_workers"], s["current_workers"]) for s in after][-1] == (1, 1)
+    await world.round(NOW + 16)
+    assert len([s for s in signals(world) if s["pool"] == pool]) == len(after)  # no change
+
+
 async def test_a_queued_job_asks_for_the_smallest_pool_whose_memory_holds_its_model() -> None:
     # 'big' takes 300 MB: a 256 MiB worker gives a job 205 MB (less the 20% margin), a 512 MiB
     # one 410 MB. Its queue must ask for 512 MiB workers, not for the smaller pool.

@@ -33,11 +33,11 @@ Every ``plan_every_s`` once caught up with the log:
    restarted pool-manager knows them too;
 4. the autoscaling signal: desired workers per pool, exported as the gauge
    ``imagegen_pool_desired_workers{pool}`` and published as ``AutoscaleRecommended`` when it
-   changes (ADR 0716). It speaks for the pool of every worker heard from within
-   ``autoscale_pool_window_s`` (900 s), lost ones too, so a pool whose workers all crashed is
-   asked for again while its jobs wait; each queued job counts in the smallest pool whose
-   memory less the margin holds its model's weights. A pool no such worker belongs to any more
-   is withdrawn: its series removed, a last signal of 0.
+   or the pool's live workers change (ADR 0716). It speaks for the pool of every worker heard
+   from within ``autoscale_pool_window_s`` (900 s), lost ones too, so a pool whose workers all
+   crashed is asked for again while its jobs wait; each queued job counts in the smallest pool
+   whose memory less the margin holds its model's weights. A pool no such worker belongs to any
+   more is withdrawn: its series removed, a last signal of 0.
 
 Eviction to make room stays with the workers ("LRU, only what must go"): the simulator
 measured the seed's score as worse at peak (ADR 0701), so the pool sends ``EvictModel`` only to
@@ -159,6 +159,7 @@ class Planner:
         self.tiers = {m.model_id: m.tier for m in self.models.values()}
         self.desired: dict[str, int] = {}
         self._changed: dict[str, tuple[int, int]] = {}  # pool -> (desired, current), changed
+        self._signalled: dict[str, tuple[int, int]] = {}  # pool -> (desired, current) last sent
         self._queue_by_pool: dict[str, list[policy.QueuedWork]] = {}
         self.sent = 0  # pool commands published by this process
         self.promoted: frozenset[str] = frozenset()  # models in a storm at the last round
@@ -411,15 +412,17 @@ class Planner:
         desired = policy.desired_workers(pools, queue)
         for pool, n in desired.items():
             DESIRED.labels(pool).set(n)
+        now_signals = {pool: (n, pools[pool].workers) for pool, n in desired.items()}
         self._changed = {
-            pool: (n, pools[pool].workers)
-            for pool, n in desired.items()
-            if self.desired.get(pool) != n
+            pool: signal
+            for pool, signal in now_signals.items()
+            if self._signalled.get(pool) != signal  # desired or current workers changed
         }
         for pool in sorted(set(self.desired) - set(desired)):
             DESIRED.remove(pool)
             self._changed[pool] = (0, 0)
         self.desired = desired
+        self._signalled = now_signals
         self._queue_by_pool = {pool: [q for q in queue if q.pool == pool] for pool in desired}
 
     def _reason(self, pool: str, current: int) -> str:
