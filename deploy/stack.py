@@ -385,7 +385,7 @@ def setup(st: Stack, reconfigure: bool | None = None) -> None:
     write_kafka_config(st)
     write_s3_config(st)
     if reconfigure is None:
-        reconfigure = supervisord_pid(st) is None or not (st.run / "supervisord.conf").exists()
+        reconfigure = no_stack_running(st)
     if reconfigure:
         write_supervisor_config(st)
     write_env_file(st)
@@ -600,6 +600,12 @@ def ctl(st: Stack, *args: str, check: bool = False) -> subprocess.CompletedProce
     )
 
 
+def no_stack_running(st: Stack) -> bool:
+    """No supervisord of this stack runs (or it has no programs written yet): the services'
+    programs are written from this invocation's settings (:func:`setup`)."""
+    return supervisord_pid(st) is None or not (st.run / "supervisord.conf").exists()
+
+
 def ensure_supervisord(st: Stack, reconfigure: bool = True) -> None:
     """Start supervisord, or have a running one apply the written programs (``reconfigure``)."""
     if supervisord_pid(st) is None:
@@ -745,7 +751,7 @@ def infra_up(st: Stack, reconfigure: bool | None = None) -> None:
     """Kafka, PostgreSQL and S3, up and ready. ``reconfigure`` as :func:`setup`: `up` passes
     True (its settings make the fleet); alone, a running stack's services are left alone."""
     if reconfigure is None:
-        reconfigure = supervisord_pid(st) is None
+        reconfigure = no_stack_running(st)
     setup(st, reconfigure)
     ensure_supervisord(st, reconfigure)
     start(st, "kafka", "postgres", "s3")

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from imagegen_schemas import Envelope
+from imagegen_schemas import Envelope, topic_for
 from imagegen_schemas.workers import (
     DefragmentMemory,
     EvictModel,
@@ -50,7 +50,7 @@ from imagegen_schemas.workers import (
 
 REASON = "operator"
 STALE_S = 60.0  # a worker the projection last heard from longer ago is not sent a command
-ANSWERS = "imagegen.workers.models"
+ANSWERS = topic_for(ModelLoaded)  # imagegen.workers.models: every answer to a command
 
 
 def _fail(cmd: str, message: str, code: int) -> int:

@@ -70,7 +70,7 @@ class Fleet:
     # what each worker holds: the newest fact per (worker, model), with its kind and bytes
     residency: ResidencyFacts[LoadedModel] = field(default_factory=ResidencyFacts)
     # the most memory any worker reported a model or adapter taking loaded (heartbeats'
-    # ``loaded[].bytes``, ``ModelLoaded.model.bytes``), kept after it is unloaded (ADR 0716)
+    # ``loaded[].bytes``, ``ModelLoaded.model.bytes``), kept after it is unloaded (ADR 0717)
     measured: dict[str, int] = field(default_factory=dict)
 
 

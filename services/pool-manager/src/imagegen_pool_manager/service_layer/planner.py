@@ -127,8 +127,8 @@ class PlannerConfig:
 
 @dataclass(frozen=True)
 class PoolSeen:
-    """A pool (GPU class) as the planner knows it: the largest memory of its name's rounding
-    and the families its workers run."""
+    """A pool (GPU class) as the planner knows it: the memory its workers report (its name
+    rounds them alike) and the families they run."""
 
     pool: str
     budget: float
@@ -157,7 +157,6 @@ class Planner:
         self.models = dict(models)
         self.config = config or PlannerConfig()
         self.tiers = {m.model_id: m.tier for m in self.models.values()}
-        self.desired: dict[str, int] = {}
         self._changed: dict[str, tuple[int, int]] = {}  # pool -> (desired, current), changed
         self._signalled: dict[str, tuple[int, int]] = {}  # pool -> (desired, current) last sent
         self._queue_by_pool: dict[str, list[policy.QueuedWork]] = {}
@@ -418,16 +417,15 @@ class Planner:
             for pool, signal in now_signals.items()
             if self._signalled.get(pool) != signal  # desired or current workers changed
         }
-        for pool in sorted(set(self.desired) - set(desired)):
+        for pool in sorted(set(self._signalled) - set(desired)):
             DESIRED.remove(pool)
             self._changed[pool] = (0, 0)
-        self.desired = desired
         self._signalled = now_signals
         self._queue_by_pool = {pool: [q for q in queue if q.pool == pool] for pool in desired}
 
     def _reason(self, pool: str, current: int) -> str:
         window = f"{self.config.autoscale_pool_window_s:.0f} s"
-        if pool not in self.desired:
+        if pool not in self._signalled:
             return f"withdrawn: no worker heard from in the last {window} belongs to this pool"
         if current == 0:
             return (
