@@ -192,6 +192,8 @@ def cmd_command(args: argparse.Namespace) -> int:
     cmd = args.pool_cmd
     if args.wait < 0:
         return _fail(cmd, "--wait must be >= 0 seconds", 2)
+    if cmd != "defrag" and not args.model.strip():
+        return _fail(cmd, "--model must name a model (`GET /v1/models` lists them)", 2)
     if (refused := authorize(args)) is not None:
         return _fail(cmd, refused, 2)
     try:

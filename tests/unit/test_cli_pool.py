@@ -74,6 +74,15 @@ def test_a_negative_wait_is_refused_before_anything_is_read(
     assert "--wait must be >= 0" in capsys.readouterr().err
 
 
+def test_an_empty_model_id_is_refused_before_anything_is_read(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # seen on the stack: `imagegen pool evict --model ""` was sent and answered "not resident"
+    code = main(["pool", "evict", "--worker", "w1", "--model", " ", "--key", "k"])
+    assert code == 2
+    assert "--model must name a model" in capsys.readouterr().err
+
+
 def test_load_and_evict_need_a_model_and_every_command_a_worker() -> None:
     for argv in (["pool", "load", "--worker", "w1"], ["pool", "defrag"]):
         with pytest.raises(SystemExit) as exc:
